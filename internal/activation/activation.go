@@ -1,0 +1,118 @@
+// Package activation provides the listening sockets the proxy serves: those
+// systemd passes in (LISTEN_FDS, Accept=no), each checked and named, and
+// those it binds itself for --listen.
+package activation
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"golang.org/x/sys/unix"
+)
+
+// Listener is one listening stream socket and the name it goes by in
+// messages and in --backend NAME=ADDRESS.
+type Listener struct {
+	net.Listener
+	// Name is the socket's FileDescriptorName= (LISTEN_FDNAMES), or
+	// systemd's default "LISTEN_FD_<n>"; for --listen, the address given.
+	Name string
+	// FD is the descriptor number systemd passed, or -1 for --listen.
+	FD int
+}
+
+// maxInherited bounds LISTEN_FDS, so that a garbage count cannot make us
+// wrap thousands of descriptors that were never passed.
+const maxInherited = 4096
+
+// Inherited returns the sockets systemd passed in, and unsets the
+// environment so that nothing reads it twice. It returns none, without
+// error, when LISTEN_PID names another process (as sd_listen_fds does); it
+// fails, naming the descriptor and what to change, for anything that is not
+// a listening stream socket.
+func Inherited() ([]Listener, error) {
+	if err := checkEnvironment(os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")); err != nil {
+		return nil, err
+	}
+	files := activation.Files(true)
+	listeners := make([]Listener, 0, len(files))
+	var failed error
+	for _, f := range files {
+		l, err := fromFile(f)
+		f.Close() // the listener, if any, holds its own duplicate
+		if err != nil && failed == nil {
+			failed = err
+		}
+		if err == nil {
+			listeners = append(listeners, l)
+		}
+	}
+	if failed != nil {
+		Close(listeners)
+		return nil, failed
+	}
+	return listeners, nil
+}
+
+// checkEnvironment rejects values go-systemd would silently ignore, so a
+// broken unit gets an error instead of "no sockets".
+func checkEnvironment(pid, fds string) error {
+	if fds == "" {
+		return nil
+	}
+	if pid != "" {
+		if _, err := strconv.Atoi(pid); err != nil {
+			return fmt.Errorf("LISTEN_PID=%q is not a process ID: it must be set by systemd or systemd-socket-activate", pid)
+		}
+	}
+	n, err := strconv.Atoi(fds)
+	if err != nil || n < 0 {
+		return fmt.Errorf("LISTEN_FDS=%q is not a number of sockets: it must be set by systemd or systemd-socket-activate", fds)
+	}
+	if n > maxInherited {
+		return fmt.Errorf("LISTEN_FDS=%q is more sockets than the %d this proxy accepts", fds, maxInherited)
+	}
+	return nil
+}
+
+// fromFile checks that f is a listening stream socket, as Accept=no passes.
+func fromFile(f *os.File) (Listener, error) {
+	fd := int(f.Fd())
+	where := fmt.Sprintf("inherited fd %d (%q)", fd, f.Name())
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	switch {
+	case errors.Is(err, unix.ENOTSOCK):
+		return Listener{}, fmt.Errorf("%s: not a socket: pass sockets with ListenStream= in the .socket unit", where)
+	case errors.Is(err, unix.EBADF):
+		return Listener{}, fmt.Errorf("%s: not an open descriptor: LISTEN_FDS counts more sockets than were passed", where)
+	case err != nil:
+		return Listener{}, fmt.Errorf("%s: %v", where, err)
+	case typ != unix.SOCK_STREAM:
+		return Listener{}, fmt.Errorf("%s: not a stream socket: use ListenStream= in the .socket unit, not ListenDatagram= or ListenSequentialPacket=", where)
+	}
+	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	if err != nil {
+		return Listener{}, fmt.Errorf("%s: %v", where, err)
+	}
+	if listening == 0 {
+		return Listener{}, fmt.Errorf("%s: socket is not listening: use Accept=no in the .socket unit (with Accept=yes systemd passes a connection, not a listener)", where)
+	}
+	// FileListener wraps a duplicate and, for unix sockets, never unlinks
+	// the path on close: systemd owns that file.
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return Listener{}, fmt.Errorf("%s: %v", where, err)
+	}
+	return Listener{Listener: ln, Name: f.Name(), FD: fd}, nil
+}
+
+// Close closes every listener. Inherited unix sockets keep their files.
+func Close(listeners []Listener) {
+	for _, l := range listeners {
+		l.Close()
+	}
+}

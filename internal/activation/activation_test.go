@@ -1,0 +1,194 @@
+package activation
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "spx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// socketFile makes a raw socket of the given type and wraps it as systemd's
+// passing would, under the given name.
+func socketFile(t *testing.T, domain, typ int, listen bool, name string) *os.File {
+	t.Helper()
+	fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if listen {
+		if err := unix.Listen(fd, 8); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := os.NewFile(uintptr(fd), name)
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func TestFromFileRejects(t *testing.T) {
+	regular, err := os.CreateTemp(t.TempDir(), "plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer regular.Close()
+	tests := []struct {
+		name    string
+		file    *os.File
+		mention string
+	}{
+		{name: "datagram", file: socketFile(t, unix.AF_INET, unix.SOCK_DGRAM, false, "dns"), mention: "ListenDatagram="},
+		{name: "not listening", file: socketFile(t, unix.AF_INET, unix.SOCK_STREAM, false, "web"), mention: "Accept=no"},
+		{name: "regular file", file: regular, mention: "not a socket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := fromFile(tt.file)
+			if err == nil {
+				t.Fatal("fromFile accepted it")
+			}
+			fd := tt.file.Fd()
+			for _, want := range []string{tt.mention, "fd " + strconv.Itoa(int(fd)), tt.file.Name()} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not mention %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestFromFileAcceptsListeningStream(t *testing.T) {
+	f := socketFile(t, unix.AF_INET, unix.SOCK_STREAM, true, "web")
+	l, err := fromFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.Name != "web" {
+		t.Errorf("name %q, want web", l.Name)
+	}
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, err := l.Accept()
+	if err != nil {
+		t.Fatalf("accept on inherited listener: %v", err)
+	}
+	a.Close()
+}
+
+func TestClosingInheritedUnixListenerKeepsFile(t *testing.T) {
+	path := filepath.Join(shortDir(t), "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	l, err := fromFile(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("closing the inherited listener removed systemd's socket file: %v", err)
+	}
+}
+
+func TestCheckEnvironment(t *testing.T) {
+	tests := []struct {
+		name, pid, fds string
+		ok             bool
+	}{
+		{name: "unset", ok: true},
+		{name: "normal", pid: "1", fds: "2", ok: true},
+		{name: "garbage count", pid: "1", fds: "two"},
+		{name: "negative count", pid: "1", fds: "-1"},
+		{name: "huge count", pid: "1", fds: "1000000"},
+		{name: "garbage pid", pid: "me", fds: "1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkEnvironment(tt.pid, tt.fds)
+			if (err == nil) != tt.ok {
+				t.Fatalf("checkEnvironment(%q, %q) = %v, want ok=%v", tt.pid, tt.fds, err, tt.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), "LISTEN_") {
+				t.Fatalf("error %q does not name the variable", err)
+			}
+		})
+	}
+}
+
+func TestListen(t *testing.T) {
+	dir := shortDir(t)
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", filepath.Join(dir, "l.sock"), "@spx-listen-" + filepath.Base(dir)} {
+		t.Run(addr, func(t *testing.T) {
+			l, err := Listen(addr)
+			if err != nil {
+				if strings.HasPrefix(addr, "[::1]") {
+					t.Skipf("no IPv6 loopback: %v", err)
+				}
+				t.Fatal(err)
+			}
+			defer l.Close()
+			network := l.Addr().Network()
+			c, err := net.Dial(network, l.Addr().String())
+			if err != nil {
+				t.Fatalf("dial %s: %v", addr, err)
+			}
+			c.Close()
+		})
+	}
+	for _, bad := range []string{"", "127.0.0.1", "256.0.0.1:80"} {
+		if l, err := Listen(bad); err == nil {
+			l.Close()
+			t.Errorf("Listen(%q) succeeded", bad)
+		} else if bad != "" && !strings.Contains(err.Error(), bad) {
+			t.Errorf("Listen(%q) error %q does not name it", bad, err)
+		}
+	}
+}
+
+func TestListenReplacesStaleSocketOnly(t *testing.T) {
+	path := filepath.Join(shortDir(t), "stale.sock")
+	live, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Listen(path); err == nil {
+		l.Close()
+		t.Fatal("a second --listen took over a live socket")
+	}
+	// Leave the file behind, as a proxy that was killed would.
+	live.Listener.(*net.UnixListener).SetUnlinkOnClose(false)
+	live.Close()
+	again, err := Listen(path)
+	if err != nil {
+		t.Fatalf("a stale socket file blocked --listen: %v", err)
+	}
+	again.Close()
+}

@@ -1,0 +1,63 @@
+package activation
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+)
+
+// Listen binds a listener for --listen ADDR: HOST:PORT, [IPv6]:PORT, :PORT
+// (every address), a unix socket path, or @abstract.
+func Listen(addr string) (Listener, error) {
+	network := "tcp"
+	switch {
+	case addr == "":
+		return Listener{}, errors.New("empty --listen address: give HOST:PORT, [IPv6]:PORT, a unix socket path or @name")
+	case strings.HasPrefix(addr, "/"), strings.HasPrefix(addr, "@"):
+		network = "unix"
+		if strings.HasPrefix(addr, "/") {
+			removeStaleSocket(addr)
+		}
+	case !strings.Contains(addr, ":"):
+		return Listener{}, fmt.Errorf("--listen address %q has no port: write HOST:PORT, [IPv6]:PORT or :PORT", addr)
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return Listener{}, fmt.Errorf("cannot listen on %q: %v", addr, unwrap(err))
+	}
+	return Listener{Listener: ln, Name: addr, FD: -1}, nil
+}
+
+// removeStaleSocket deletes a socket file left behind by a proxy that died,
+// but only when nobody answers on it: a live listener is never taken over.
+func removeStaleSocket(path string) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		os.Remove(path)
+	}
+}
+
+// unwrap keeps the system's reason from a net.OpError; the caller already
+// names the address.
+func unwrap(err error) error {
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		var sysErr *os.SyscallError
+		if errors.As(opErr.Err, &sysErr) {
+			return sysErr.Err
+		}
+		return opErr.Err
+	}
+	return err
+}
