@@ -1,0 +1,153 @@
+// Command socket-proxyd forwards the connections on sockets systemd passes in
+// (or that it binds with --listen) to one backend: a drop-in replacement for
+// systemd-socket-proxyd.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/logging"
+	"github.com/socket-proxyd/socket-proxyd/internal/notify"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
+	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
+)
+
+// version and commit are set by the Makefile with -ldflags -X; a plain
+// `go build` or `go install` falls back to the module's build info.
+var version, commit string
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is the whole program; it returns the exit status: 0 on success, on
+// idle exit and after SIGTERM/SIGINT, 1 on any failure, as the original.
+func run(args []string, stdout, stderr io.Writer) int {
+	journal := os.Getenv("JOURNAL_STREAM") != ""
+	fail := func(err error) int {
+		prefix := ""
+		if journal {
+			prefix = "<3>"
+		}
+		fmt.Fprintf(stderr, "%ssocket-proxyd: %v\n", prefix, err)
+		return 1
+	}
+	opts, err := parseOptions(args)
+	if err != nil {
+		fail(err)
+		fmt.Fprintln(stderr, "socket-proxyd: run 'socket-proxyd --help' for usage")
+		return 1
+	}
+	if opts.help {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	if opts.version {
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	}
+
+	logOpts := logging.Options{Journal: journal, Level: slog.LevelInfo}
+	var levelErr error
+	if s := os.Getenv("SYSTEMD_LOG_LEVEL"); s != "" {
+		logOpts.Level, levelErr = logging.ParseLevel(s)
+	}
+	log := logging.New(stderr, logOpts)
+	if levelErr != nil {
+		log.Warn(levelErr.Error())
+	}
+
+	listeners, err := activation.Inherited()
+	if err != nil {
+		return fail(err)
+	}
+	for _, addr := range opts.listen {
+		l, err := activation.Listen(addr)
+		if err != nil {
+			activation.Close(listeners)
+			return fail(err)
+		}
+		listeners = append(listeners, l)
+	}
+	if len(listeners) == 0 {
+		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS"))
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	stopping := func() {
+		notify.Stopping()
+		log.Debug("stopping")
+	}
+	defer context.AfterFunc(ctx, stopping)()
+
+	srv := proxy.New(proxy.Config{
+		Listeners:      listeners,
+		Backend:        opts.backend,
+		MaxConnections: opts.maxConnections,
+		ExitIdleTime:   exitIdleTime(opts.exitIdleTime),
+		Log:            log,
+	})
+	watchdogCtx, stopWatchdog := context.WithCancel(ctx)
+	watchdogDone := make(chan struct{})
+	go func() {
+		defer close(watchdogDone)
+		notify.Watchdog(watchdogCtx, notify.WatchdogInterval())
+	}()
+	notify.Ready()
+	log.Debug("ready", "listeners", len(listeners), "backend", opts.backend.String(), "connections_max", opts.maxConnections)
+
+	err = srv.Run(ctx)
+	stopWatchdog()
+	<-watchdogDone
+	if ctx.Err() == nil {
+		stopping() // idle exit; a signal already said so
+	}
+	if err != nil {
+		return fail(err)
+	}
+	return 0
+}
+
+// exitIdleTime maps the flag to proxy.Config, where zero means never: an
+// explicit 0 means "exit as soon as nothing is open".
+func exitIdleTime(d time.Duration) time.Duration {
+	switch d {
+	case timespan.Infinity:
+		return 0
+	case 0:
+		return time.Nanosecond
+	}
+	return d
+}
+
+func versionString() string {
+	v, c := version, commit
+	if info, ok := debug.ReadBuildInfo(); ok {
+		if v == "" {
+			v = info.Main.Version
+		}
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && c == "" {
+				c = s.Value
+			}
+		}
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	if c == "" {
+		c = "unknown"
+	}
+	return fmt.Sprintf("socket-proxyd %s (commit %s, %s)", v, c, runtime.Version())
+}
