@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/logging"
 	"github.com/socket-proxyd/socket-proxyd/internal/notify"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
+	"github.com/socket-proxyd/socket-proxyd/internal/status"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
 )
 
@@ -98,18 +100,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ExitIdleTime:   exitIdleTime(opts.exitIdleTime),
 		Log:            log,
 	})
-	watchdogCtx, stopWatchdog := context.WithCancel(ctx)
-	watchdogDone := make(chan struct{})
-	go func() {
-		defer close(watchdogDone)
-		notify.Watchdog(watchdogCtx, notify.WatchdogInterval())
-	}()
+	// The watchdog and the status line live exactly as long as Run.
+	reportCtx, stopReporting := context.WithCancel(ctx)
+	var reporters sync.WaitGroup
+	reporters.Go(func() { notify.Watchdog(reportCtx, notify.WatchdogInterval()) })
+	reporters.Go(func() { status.Report(reportCtx, status.Interval, srv.Stats, notify.Status) })
 	notify.Ready()
 	log.Debug("ready", "listeners", len(listeners), "backend", opts.backend.String(), "connections_max", opts.maxConnections)
 
 	err = srv.Run(ctx)
-	stopWatchdog()
-	<-watchdogDone
+	stopReporting()
+	reporters.Wait()
 	if ctx.Err() == nil {
 		stopping() // idle exit; a signal already said so
 	}
