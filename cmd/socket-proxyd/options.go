@@ -100,9 +100,16 @@ func flagError(err error) error {
 		return fmt.Errorf("unknown option %q", "-"+strings.Trim(short, "'"))
 	}
 	if flag, ok := strings.CutPrefix(msg, "flag needs an argument: "); ok {
+		if short, _, found := strings.Cut(flag, " in "); found {
+			flag = "-" + strings.Trim(short, "'")
+		}
 		return fmt.Errorf("option %s needs a value", flag)
 	}
-	return err
+	if arg, ok := strings.CutPrefix(msg, "bad flag syntax: "); ok {
+		return fmt.Errorf("bad option syntax %q: write -c N or --name=VALUE", arg)
+	}
+	// Anything else pflag may say: keep it to one line whatever the input.
+	return errors.New(strings.Trim(strconv.Quote(msg), `"`))
 }
 
 // positiveInt is -c's value: a whole number of at least 1.

@@ -87,12 +87,31 @@ func splitHostPort(s string) (host, port string, err error) {
 		host, port = s[:i], s[i+1:]
 	}
 	if host == "" {
-		return "", "", fmt.Errorf("backend address %q has no host: write HOST:PORT, e.g. 127.0.0.1%s", s, s)
+		return "", "", fmt.Errorf("backend address %q has no host: write HOST:PORT, e.g. 127.0.0.1:80", s)
 	}
-	if strings.ContainsAny(host, " \t\n/[]@") {
+	if strings.Contains(host, ":") {
+		if net.ParseIP(host) == nil {
+			return "", "", fmt.Errorf("backend address %q: %q is not an IPv6 address: write [IPv6]:PORT, e.g. [::1]:80", s, host)
+		}
+		return host, port, nil
+	}
+	if net.ParseIP(host) == nil && !isHostName(host) {
 		return "", "", fmt.Errorf("backend address %q: %q is not a host name or IP address", s, host)
 	}
 	return host, port, nil
+}
+
+// isHostName allows the letters, digits, dots, hyphens and underscores that
+// DNS names and /etc/hosts entries are made of.
+func isHostName(h string) bool {
+	for _, r := range h {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
+		default:
+			return false
+		}
+	}
+	return len(h) <= 253
 }
 
 // checkPort allows a number from 1 to 65535 or a service name from

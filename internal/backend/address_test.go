@@ -57,6 +57,9 @@ func TestParseErrors(t *testing.T) {
 		{name: "abstract empty", in: "@", mention: "empty"},
 		{name: "abstract too long", in: "@" + strings.Repeat("a", 108), mention: "shorter name"},
 		{name: "space in host", in: "a b:80", mention: `"a b"`},
+		{name: "control character", in: ":\n", mention: "no host"},
+		{name: "unbracketed ipv6 without port", in: "::1", mention: "[IPv6]:PORT"},
+		{name: "newline in host", in: "a\nb:80", mention: "not a host name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
