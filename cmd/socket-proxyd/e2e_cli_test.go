@@ -135,7 +135,7 @@ func TestBadBackend(t *testing.T) {
 		backend string
 		want    string
 	}{
-		{name: "empty", backend: "", want: `""`},
+		{name: "empty", backend: "", want: "empty backend"},
 		{name: "port out of range", backend: "127.0.0.1:99999", want: `"127.0.0.1:99999"`},
 		{name: "hostname port out of range", backend: "localhost:65536", want: `"localhost:65536"`},
 		{name: "unix path longer than sun_path", backend: long, want: `"` + long + `"`},

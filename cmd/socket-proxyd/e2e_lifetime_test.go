@@ -2,6 +2,9 @@ package main_test
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -16,13 +19,18 @@ func TestIdleExitNeverUsed(t *testing.T) {
 	t.Parallel()
 	checkDiffers(t, "idle exit counted from start-up", func(t *testing.T, im impl) error {
 		fd, _ := inheritTCP(t, "web")
-		p := start(t, im.path, launch{args: []string{"--exit-idle-time=500ms", "127.0.0.1:9"}, fds: []inherited{fd}})
+		n := newNotifyReceiver(t)
+		p := start(t, im.path, launch{args: []string{"--exit-idle-time=500ms", "127.0.0.1:9"},
+			fds: []inherited{fd}, env: []string{n.env()}})
 		code, err := p.exitWithin(idleSpan + 5*time.Second)
 		if err != nil {
 			return err
 		}
 		if code != 0 {
 			t.Errorf("exit status %d, want 0; stderr:\n%s", code, p.stderr.String())
+		}
+		if err := n.wait("STOPPING=1", 5*time.Second); err != nil {
+			t.Errorf("idle exit: %v", err)
 		}
 		// The span is a minimum: measured from our start, which is before its.
 		if elapsed := time.Since(p.start); elapsed < idleSpan {
@@ -150,5 +158,79 @@ func TestSIGTERMWhileIdle(t *testing.T) {
 			return fmt.Errorf("exit status %d, want 0; stderr:\n%s", code, p.stderr.String())
 		}
 		return n.wait("STOPPING=1", 5*time.Second)
+	})
+}
+
+// TestWatchdog: with WATCHDOG_USEC set, WATCHDOG=1 is sent at half of it,
+// as the original does through sd-event.
+func TestWatchdog(t *testing.T) {
+	t.Parallel()
+	forEachImpl(t, func(t *testing.T, im impl) {
+		n := newNotifyReceiver(t)
+		fd, _ := inheritTCP(t, "web")
+		start(t, im.path, launch{args: []string{"127.0.0.1:9"}, fds: []inherited{fd},
+			env: []string{n.env(), "WATCHDOG_USEC=400000"}})
+		count := func() int {
+			k := 0
+			for _, m := range n.messages() {
+				if m == "WATCHDOG=1" {
+					k++
+				}
+			}
+			return k
+		}
+		// Every 200ms: three pings within 5s even on a loaded machine.
+		err := poll(5*time.Second, func() bool { return count() >= 3 },
+			func() string {
+				return fmt.Sprintf("%d WATCHDOG=1 in 5s with WATCHDOG_USEC=400000: %q", count(), n.messages())
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestRaiseNOFILE: started with systemd's default soft limit of 1024 open
+// files, the proxy runs with the hard limit (Go's runtime sets hard-1 on
+// purpose, see syscall/rlimit.go). The original keeps 1024 and runs out of
+// descriptors long before its own connection limit.
+func TestRaiseNOFILE(t *testing.T) {
+	t.Parallel()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Max <= 2048 {
+		t.Skipf("hard RLIMIT_NOFILE is only %d", lim.Max)
+	}
+	checkDiffers(t, "RLIMIT_NOFILE raised to the hard limit", func(t *testing.T, im impl) error {
+		_, backend := echoTCP(t, "127.0.0.1:0")
+		fd, addr := inheritTCP(t, "web")
+		p := start(t, im.path, launch{args: []string{backend}, fds: []inherited{fd}, softNOFILE: 1024})
+		mustEcho(t, dial(t, "tcp", addr), 1000) // it has started
+		limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", p.cmd.Process.Pid))
+		if err != nil {
+			t.Skipf("cannot read the proxy's limits: %v", err)
+		}
+		for _, line := range strings.Split(string(limits), "\n") {
+			if !strings.HasPrefix(line, "Max open files") {
+				continue
+			}
+			f := strings.Fields(strings.TrimPrefix(line, "Max open files"))
+			if len(f) < 2 {
+				break
+			}
+			soft, err1 := strconv.ParseUint(f[0], 10, 64)
+			hard, err2 := strconv.ParseUint(f[1], 10, 64)
+			if err1 != nil || err2 != nil {
+				break
+			}
+			if soft+1 < hard {
+				return fmt.Errorf("soft limit of open files %d, want the hard limit %d", soft, hard)
+			}
+			return nil
+		}
+		t.Fatalf("no \"Max open files\" in /proc/PID/limits:\n%s", limits)
+		return nil
 	})
 }

@@ -149,8 +149,9 @@ type launch struct {
 	// listenPID, when not empty, is used verbatim as LISTEN_PID instead of
 	// the child's own pid (to test a mismatch).
 	listenPID string
-	// noFDEnv passes fds without any LISTEN_* variables.
-	noFDEnv bool
+	// softNOFILE, when not zero, starts the binary with this soft
+	// RLIMIT_NOFILE, like systemd's default LimitNOFILE=1024:524288.
+	softNOFILE int
 }
 
 // proc is a running binary; Cleanup kills it (by pid) and waits for it.
@@ -186,9 +187,13 @@ func cleanEnv() []string {
 func start(t *testing.T, bin string, l launch) *proc {
 	t.Helper()
 	env := append(cleanEnv(), l.env...)
-	var cmd *exec.Cmd
-	switch {
-	case len(l.fds) > 0 && !l.noFDEnv:
+	// The shim: sh runs "exec BINARY ARGS..." ($0 and $@), after setting a
+	// limit or prefixed with LISTEN_PID=$$, the pid that exec keeps.
+	var pre, assign string
+	if l.softNOFILE != 0 {
+		pre = fmt.Sprintf("ulimit -Sn %d && ", l.softNOFILE)
+	}
+	if len(l.fds) > 0 {
 		names := make([]string, len(l.fds))
 		for i, f := range l.fds {
 			names[i] = f.name
@@ -201,12 +206,16 @@ func start(t *testing.T, bin string, l launch) *proc {
 			"LISTEN_FDNAMES="+strings.Join(names, ":"))
 		if l.listenPID != "" {
 			env = append(env, "LISTEN_PID="+l.listenPID)
-			cmd = exec.Command(bin, l.args...)
 		} else {
-			cmd = exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin}, l.args...)...)
+			assign = "LISTEN_PID=$$ "
 		}
-	default:
+	}
+	var cmd *exec.Cmd
+	if pre == "" && assign == "" {
 		cmd = exec.Command(bin, l.args...)
+	} else {
+		shim := pre + assign + `exec "$0" "$@"`
+		cmd = exec.Command("/bin/sh", append([]string{"-c", shim, bin}, l.args...)...)
 	}
 	cmd.Env = env
 	for _, f := range l.fds {
