@@ -1,0 +1,349 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// candidate is one way of getting bytes from the load generator to the backend.
+type candidate struct {
+	name    string
+	version string
+	// activated: started the way systemd starts a socket-activated service.
+	activated bool
+	// forks: one process per connection (socat); the idle test stops at -max-forks.
+	forks bool
+	// start launches the candidate forwarding to backend; nil for direct.
+	start func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error)
+}
+
+// launcher holds what every candidate's start needs.
+type launcher struct {
+	pin     bool
+	cpu     int // the proxy's CPU
+	connMax int // -c for socket-proxyd and systemd-socket-proxyd
+}
+
+// proxyProc is a running candidate. Its process group is its own, so stop reaches
+// socat's per-connection children too.
+type proxyProc struct {
+	pid     int
+	addr    string // where clients connect
+	logPath string
+	done    chan struct{} // closed when the process has been waited for
+	err     error         // its exit status, once done is closed
+}
+
+// childEnv is the harness's environment without anything that would make a
+// candidate think it runs under systemd.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case strings.HasPrefix(k, "LISTEN_"), strings.HasPrefix(k, "WATCHDOG_"),
+			k == "NOTIFY_SOCKET", k == "JOURNAL_STREAM", k == pinnedEnv:
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// spawn starts argv (under taskset, on the proxy CPU) with stdout and stderr in a
+// log file, extra as fds 3.., and a goroutine that waits for it and then calls
+// onExit.
+func (l *launcher) spawn(dir, name string, argv, env []string, extra []*os.File, addr string, onExit func()) (*proxyProc, error) {
+	if l.pin {
+		argv = append([]string{"taskset", "-c", strconv.Itoa(l.cpu)}, argv...)
+	}
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close() // the child has its own copy
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.Dir = dir
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.ExtraFiles = extra
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proxyProc{pid: cmd.Process.Pid, addr: addr, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+		onExit()
+	}()
+	return p, nil
+}
+
+// exited reports whether the process has ended, and how.
+func (p *proxyProc) exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// stop ends the process group (SIGTERM, then SIGKILL after 5s) and waits for the
+// process.
+func (p *proxyProc) stop() error {
+	if gone, err := p.exited(); gone {
+		return fmt.Errorf("exited during the run: %v", err)
+	}
+	syscall.Kill(-p.pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(5 * time.Second):
+	}
+	syscall.Kill(-p.pid, syscall.SIGKILL)
+	select {
+	case <-p.done:
+		return fmt.Errorf("ignored SIGTERM for 5s; killed")
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("pid %d not reaped 10s after SIGKILL", p.pid)
+	}
+}
+
+// logTail returns the last lines of the candidate's output, for error reports.
+func (p *proxyProc) logTail() string {
+	b, _ := os.ReadFile(p.logPath)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return strings.Join(lines, " / ")
+}
+
+// activationListener creates a listening TCP socket on 127.0.0.1 the way systemd
+// hands one to a service: blocking (systemd clears O_NONBLOCK unless
+// NonBlocking=yes), backlog 4096 (somaxconn).
+func activationListener() (*os.File, string, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, "", err
+	}
+	sa := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+	err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if err == nil {
+		err = unix.Bind(fd, sa)
+	}
+	if err == nil {
+		err = unix.Listen(fd, 4096)
+	}
+	var name unix.Sockaddr
+	if err == nil {
+		name, err = unix.Getsockname(fd)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, "", fmt.Errorf("listener: %w", err)
+	}
+	port := name.(*unix.SockaddrInet4).Port
+	return os.NewFile(uintptr(fd), "listener"), net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
+}
+
+// startActivated starts bin socket-activated: the listener as fd 3, LISTEN_FDS=1,
+// LISTEN_FDNAMES, and LISTEN_PID set by a shell to its own pid just before it execs
+// bin, so the pid is right and is also the pid we measure.
+func startActivated(bin string) func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
+	return func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
+		f, addr, err := activationListener()
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close() // the child has its own copy
+		argv := []string{"/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`,
+			bin, "-c", strconv.Itoa(l.connMax), backend}
+		env := append(childEnv(), "LISTEN_FDS=1", "LISTEN_FDNAMES=proxybench")
+		return l.spawn(dir, filepath.Base(bin), argv, env, []*os.File{f}, addr, onExit)
+	}
+}
+
+// freePort returns a loopback port that was free a moment ago, for the candidates
+// that bind their own listener.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func startSocat(bin string) func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
+	return func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		argv := []string{bin,
+			fmt.Sprintf("TCP-LISTEN:%d,bind=127.0.0.1,fork,reuseaddr,backlog=4096", port),
+			"TCP:" + backend}
+		return l.spawn(dir, "socat", argv, childEnv(), nil, fmt.Sprintf("127.0.0.1:%d", port), onExit)
+	}
+}
+
+// haproxyMaxconn keeps haproxy's own descriptor budget (2 per connection plus a
+// few) inside the 20000 limit, above the 9000 connections the idle test wants.
+const haproxyMaxconn = 9900
+
+func startHAProxy(bin string) func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
+	return func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		cfg := fmt.Sprintf(`global
+	maxconn %d
+	nbthread 1
+defaults
+	mode tcp
+	maxconn %d
+	timeout connect 5s
+	timeout client 1h
+	timeout server 1h
+frontend bench
+	bind 127.0.0.1:%d backlog 4096
+	default_backend bench
+backend bench
+	server backend %s
+`, haproxyMaxconn, haproxyMaxconn, port, backend)
+		path := filepath.Join(dir, "haproxy.cfg")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			return nil, err
+		}
+		argv := []string{bin, "-db", "-f", path}
+		return l.spawn(dir, "haproxy", argv, childEnv(), nil, fmt.Sprintf("127.0.0.1:%d", port), onExit)
+	}
+}
+
+const nginxStreamModule = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+func startNginx(bin string) func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
+	return func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		// One process (no master), which is then the pid we measure. Each proxied
+		// connection takes two of worker_connections.
+		cfg := fmt.Sprintf(`load_module %s;
+daemon off;
+master_process off;
+worker_rlimit_nofile 20000;
+error_log %s/error.log warn;
+pid %s/nginx.pid;
+events {
+	worker_connections 20000;
+}
+stream {
+	server {
+		listen 127.0.0.1:%d backlog=4096;
+		proxy_pass %s;
+		proxy_timeout 1h;
+		proxy_half_close on;
+	}
+}
+`, nginxStreamModule, dir, dir, port, backend)
+		path := filepath.Join(dir, "nginx.conf")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			return nil, err
+		}
+		argv := []string{bin, "-p", dir + "/", "-c", path, "-e", filepath.Join(dir, "error.log")}
+		return l.spawn(dir, "nginx", argv, childEnv(), nil, fmt.Sprintf("127.0.0.1:%d", port), onExit)
+	}
+}
+
+// versionOf runs argv and returns the first output line containing want (or the
+// first line if want is empty).
+func versionOf(want string, argv ...string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+	for _, line := range strings.Split(string(out), "\n") {
+		line = strings.TrimSpace(line)
+		if line != "" && strings.Contains(line, want) {
+			return line
+		}
+	}
+	return "unknown"
+}
+
+// buildOurs builds ./cmd/socket-proxyd into dir.
+func buildOurs(dir string) (string, error) {
+	bin := filepath.Join(dir, "socket-proxyd")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/socket-proxyd").CombinedOutput()
+	if err != nil {
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) > 3 {
+			lines = lines[:3]
+		}
+		return "", fmt.Errorf("go build ./cmd/socket-proxyd: %v: %s", err, strings.Join(lines, " / "))
+	}
+	return bin, nil
+}
+
+// findCandidates returns the candidates that are installed, in table order, and a
+// line for each one that is not.
+func findCandidates(ours string, oursErr error) (cands []*candidate, skipped []string) {
+	cands = append(cands, &candidate{name: "direct", version: "no proxy"})
+	if oursErr != nil {
+		skipped = append(skipped, "socket-proxyd: "+oursErr.Error())
+	} else {
+		cands = append(cands, &candidate{name: "socket-proxyd", activated: true,
+			version: versionOf("", ours, "--version"), start: startActivated(ours)})
+	}
+	look := func(name string, paths ...string) string {
+		for _, p := range paths {
+			if p, err := exec.LookPath(p); err == nil {
+				return p
+			}
+		}
+		skipped = append(skipped, name+": not installed")
+		return ""
+	}
+	if p := look("systemd-socket-proxyd", "/lib/systemd/systemd-socket-proxyd", "/usr/lib/systemd/systemd-socket-proxyd"); p != "" {
+		cands = append(cands, &candidate{name: "systemd-socket-proxyd", activated: true,
+			version: versionOf("systemd", p, "--version"), start: startActivated(p)})
+	}
+	if p := look("haproxy", "haproxy", "/usr/sbin/haproxy"); p != "" {
+		v, _, _ := strings.Cut(versionOf("HAProxy version", p, "-v"), " - ")
+		cands = append(cands, &candidate{name: "haproxy", version: v, start: startHAProxy(p)})
+	}
+	if p := look("nginx", "nginx", "/usr/sbin/nginx"); p != "" {
+		if _, err := os.Stat(nginxStreamModule); err != nil {
+			skipped = append(skipped, "nginx: stream module not installed ("+nginxStreamModule+")")
+		} else {
+			cands = append(cands, &candidate{name: "nginx", version: versionOf("nginx version", p, "-v"), start: startNginx(p)})
+		}
+	}
+	if p := look("socat", "socat"); p != "" {
+		v := versionOf("socat version", p, "-V")
+		if i := strings.Index(v, " on "); i > 0 {
+			v = v[:i]
+		}
+		cands = append(cands, &candidate{name: "socat", forks: true, version: v, start: startSocat(p)})
+	}
+	return cands, skipped
+}
