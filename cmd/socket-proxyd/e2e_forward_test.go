@@ -466,3 +466,93 @@ func TestUnixListenerNotUnlinked(t *testing.T) {
 		}
 	})
 }
+
+// TestResetPropagates: a reset on one side closes the other side promptly,
+// instead of leaving it half-open.
+func TestResetPropagates(t *testing.T) {
+	t.Parallel()
+	t.Run("backend resets", func(t *testing.T) {
+		t.Parallel()
+		forEachImpl(t, func(t *testing.T, im impl) {
+			ln := listenTCP(t, "127.0.0.1:0")
+			serve(t, ln, func(c net.Conn) {
+				var b [1]byte
+				if _, err := io.ReadFull(c, b[:]); err != nil {
+					return
+				}
+				_ = c.(*net.TCPConn).SetLinger(0) // Close sends RST
+			})
+			fd, addr := inheritTCP(t, "web")
+			start(t, im.path, launch{args: []string{ln.Addr().String()}, fds: []inherited{fd}})
+			c := dial(t, "tcp", addr)
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if err := closedWithoutData(c, 10*time.Second); err != nil {
+				t.Fatalf("client after the backend's reset: %v", err)
+			}
+		})
+	})
+	t.Run("client resets", func(t *testing.T) {
+		t.Parallel()
+		forEachImpl(t, func(t *testing.T, im impl) {
+			ended := make(chan error, 1)
+			ln := listenTCP(t, "127.0.0.1:0")
+			serve(t, ln, func(c net.Conn) {
+				var b [1]byte
+				if _, err := io.ReadFull(c, b[:]); err != nil {
+					ended <- err
+					return
+				}
+				_, err := io.Copy(io.Discard, c) // until the proxy closes us
+				ended <- err
+			})
+			fd, addr := inheritTCP(t, "web")
+			start(t, im.path, launch{args: []string{ln.Addr().String()}, fds: []inherited{fd}})
+			c := dial(t, "tcp", addr)
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+			select {
+			case <-ended: // EOF or reset: either way the proxy closed it
+			case <-time.After(10 * time.Second):
+				t.Fatal("backend connection still open 10s after the client's reset")
+			}
+		})
+	})
+}
+
+// TestManyClients: 64 clients at once, each echoing 256 KiB, all intact.
+func TestManyClients(t *testing.T) {
+	t.Parallel()
+	const clients = 64
+	forEachImpl(t, func(t *testing.T, im impl) {
+		path := filepath.Join(shortDir(t), "b.sock")
+		srv := echoUnix(t, path)
+		fd, addr := inheritTCP(t, "web")
+		start(t, im.path, launch{args: []string{path}, fds: []inherited{fd}})
+		errs := make(chan error, clients)
+		for i := 0; i < clients; i++ {
+			go func() {
+				c, err := net.DialTimeout("tcp", addr, ioTimeout)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(ioTimeout))
+				errs <- echoRoundTrip(c, 256*1024)
+			}()
+		}
+		for i := 0; i < clients; i++ {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+		if n := srv.accepted.Load(); n != clients {
+			t.Errorf("backend accepted %d connections, want %d", n, clients)
+		}
+	})
+}
