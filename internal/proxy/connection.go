@@ -2,117 +2,362 @@ package proxy
 
 import (
 	"context"
-	"errors"
-	"io"
-	"net"
-	"sync"
+	"log/slog"
+	"net/netip"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// connection is one client and its backend connection.
-type connection struct {
-	client, backend net.Conn
-	abortOnce       sync.Once
+// conn is one client and its backend: a small state machine
+//
+//	resolving -> connecting -> open -> closed
+//
+// whose open state is two independent directions, client->backend (in) and
+// backend->client (out). It holds no buffer of its own: bytes in flight sit
+// in a pipe lent by the loop's pool, and only for as long as they are in
+// flight. Room is left for what comes next (issue 4): bytes to write to the
+// backend before forwarding (a PROXY protocol header) fit as a pipe
+// pre-filled before the in direction starts; connect retries until a
+// deadline are the connect queue walking the targets again; a per-connection
+// idle timeout and draining on shutdown are more deadline entries.
+type conn struct {
+	fd       [2]int32  // client, backend; -1 while there is no backend socket
+	gen      [2]uint32 // registration of each side, to tell stale events
+	state    uint8
+	tcp      [2]bool  // TCP (vs unix) socket: nodelay, and RST on abort
+	ready    [2]uint8 // what each side is known ready for (canRead...)
+	listener uint16
+	attempt  uint16 // index of the backend address being tried
+	dir      [2]direction
+	start    int64 // loop clock at accept
+	client   netip.AddrPort
+	dial     *dialState // set for a backend host name, once resolved
 }
 
-// closeWriter is the half-close both *net.TCPConn and *net.UnixConn have.
-type closeWriter interface{ CloseWrite() error }
-
-var (
-	_ closeWriter = (*net.TCPConn)(nil)
-	_ closeWriter = (*net.UnixConn)(nil)
+const (
+	stateResolving uint8 = iota + 1
+	stateConnecting
+	stateOpen
 )
 
-// serve is what happens to one client: connect to the backend, forward both
-// ways until both directions have ended, close, and log one line.
-func (s *Server) serve(ctx context.Context, client net.Conn, listener string) {
-	start := time.Now()
-	backendConn, err := s.cfg.Dialer.Dial(ctx, s.cfg.Backend)
-	if err != nil {
-		client.Close()
-		if ctx.Err() == nil {
-			s.backendErrors.Add(1)
-			s.log.Warn("cannot connect to backend, closing client",
-				"client", client.RemoteAddr().String(), "backend", s.cfg.Backend.String(), "error", err.Error())
+// Readiness of one side, learned from edge-triggered events and cleared by
+// EAGAIN. peerClosed is sticky: once the peer has sent FIN (or an error
+// came), a short read no longer proves the socket empty, so reads go on
+// until EOF.
+const (
+	canRead uint8 = 1 << iota
+	canWrite
+	peerClosed
+)
+
+// direction is one way through the connection.
+type direction struct {
+	pipe  *pipe // bytes read and not yet written; nil when there are none
+	n     int64 // bytes delivered
+	flags uint8
+}
+
+const (
+	srcEOF   uint8 = 1 << iota // the source ended its stream
+	dstShut                    // the destination was shut down for writing
+	bulk                       // the last read filled the buffer: splice
+	noSplice                   // the kernel cannot splice this pair
+)
+
+// connEvents: every socket is registered once, for everything,
+// edge-triggered; interest is never toggled.
+const connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+
+// open starts a connection for an accepted client.
+func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
+	c := &conn{fd: [2]int32{int32(fd), -1}, listener: uint16(listener), start: l.now(), client: clientAddr(sa)}
+	c.gen[0] = l.nextGen()
+	if _, ok := sa.(*unix.SockaddrUnix); !ok {
+		c.tcp[0] = true
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	if err := l.add(fd, connEvents, c.gen[0]); err != nil {
+		unix.Close(fd)
+		l.s.log.Warn("cannot watch client, closing it", "client", c.clientString(), "error", err.Error())
+		return
+	}
+	l.track(fd, c)
+	l.opened()
+	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: c.start + int64(l.timeout)})
+	if l.static != nil {
+		l.connect(c)
+	} else {
+		l.resolve(c)
+	}
+}
+
+// event handles what epoll said about one side of c.
+func (l *loop) event(c *conn, side, fd int, ev uint32) {
+	r := c.ready[side]
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r |= canRead
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r |= canWrite
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r |= peerClosed
+	}
+	c.ready[side] = r
+	switch c.state {
+	case stateResolving:
+		return // the client's readiness is remembered for later
+	case stateConnecting:
+		if side == 1 {
+			l.connectDone(c, fd, ev)
 		}
 		return
 	}
-	c := &connection{client: client, backend: backendConn}
-	if !s.track(c) {
-		c.abort()
+	if !l.pump(c, side) || !l.pump(c, 1-side) {
 		return
 	}
-	defer s.untrack(c)
-
-	var (
-		wg    sync.WaitGroup
-		in    int64
-		inErr error
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		in, inErr = c.clientToBackend()
-	}()
-	out, outErr := c.backendToClient()
-	wg.Wait()
-	client.Close()
-	backendConn.Close()
-
-	s.bytesIn.Add(in)
-	s.bytesOut.Add(out)
-	attrs := []any{"client", client.RemoteAddr().String(), "listener", listener, "backend", s.cfg.Backend.String(),
-		"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond).String()}
-	if err := errors.Join(inErr, outErr); err != nil && ctx.Err() == nil {
-		s.log.Debug("connection aborted", append(attrs, "error", err.Error())...)
-		return
+	if ev&unix.EPOLLERR != 0 {
+		// An error neither direction ran into, e.g. a reset from a
+		// client whose direction had ended while the backend was
+		// silent: end the connection now, not at the next write.
+		if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && e != 0 {
+			l.abort(c, unix.Errno(e))
+		}
 	}
-	s.log.Debug("connection closed", attrs...)
 }
 
-// clientToBackend and backendToClient are named so that a goroutine dump
-// says which way a stuck copy goes.
-func (c *connection) clientToBackend() (int64, error) { return c.forward(c.backend, c.client) }
-func (c *connection) backendToClient() (int64, error) { return c.forward(c.client, c.backend) }
-
-// forward copies src to dst until src ends. io.Copy is handed the concrete
-// *net.TCPConn and *net.UnixConn, never a wrapper, so that the kernel
-// splices TCP->TCP, unix->TCP and TCP->unix without copying to userspace.
-// On EOF it shuts down writing towards dst and leaves the other direction
-// running: a client that sends its request and then shutdown(SHUT_WR) still
-// gets its reply (the original tears the whole connection down here). Any
-// other error aborts both sides, so the peer learns of it promptly.
-func (c *connection) forward(dst, src net.Conn) (int64, error) {
-	n, err := io.Copy(dst, src)
-	if err != nil {
-		c.abort()
-		if errors.Is(err, net.ErrClosed) {
-			err = nil // we closed it: the other direction failed, or shutdown
+// pump moves bytes from side d to side 1-d until one of them would block,
+// the source ends, or an error ends the connection. It reports whether the
+// connection is still open.
+//
+// Small reads go through the loop's shared buffer and straight out with
+// write; what the destination cannot take is parked in a pooled pipe. Once a
+// read fills the buffer the direction is bulk and moves by splice into an
+// empty pooled pipe (only an empty one: then EAGAIN can only mean the socket
+// is empty), and from there to the destination.
+func (l *loop) pump(c *conn, d int) bool {
+	dir := &c.dir[d]
+	src, dst := int(c.fd[d]), int(c.fd[1-d])
+	for {
+		if p := dir.pipe; p != nil {
+			if c.ready[1-d]&canWrite == 0 {
+				return true
+			}
+			n, e := l.drain(p, dst)
+			if n > 0 {
+				l.count(c, d, n)
+			}
+			if e == unix.EAGAIN {
+				c.ready[1-d] &^= canWrite
+				return true
+			}
+			if e != 0 {
+				l.abort(c, e)
+				return false
+			}
+			if p.n > 0 {
+				continue
+			}
+			l.pipes.put(p)
+			dir.pipe = nil
 		}
-		return n, err
+		if dir.flags&srcEOF != 0 {
+			if dir.flags&dstShut == 0 {
+				// Half-close: the other direction keeps going.
+				dir.flags |= dstShut
+				unix.Shutdown(dst, unix.SHUT_WR)
+				if c.dir[1-d].flags&dstShut != 0 {
+					l.finish(c)
+					return false
+				}
+			}
+			return true
+		}
+		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
+			return true
+		}
+		if dir.flags&(bulk|noSplice) == bulk {
+			if p := l.pipes.get(); p != nil {
+				n, e := rawSplice(src, p.w, l.pipes.size)
+				switch {
+				case n > 0:
+					l.s.splices.Add(1)
+					l.s.splicedBytes.Add(int64(n))
+					p.n = n
+					dir.pipe = p
+					if n < bufSize {
+						dir.flags &^= bulk
+					}
+					continue
+				case e == 0:
+					l.pipes.put(p)
+					dir.flags |= srcEOF
+					continue
+				case e == unix.EAGAIN:
+					l.pipes.put(p)
+					c.ready[d] &^= canRead
+					return true
+				case e == unix.EINVAL:
+					l.pipes.put(p)
+					dir.flags |= noSplice
+					continue
+				default:
+					l.pipes.put(p)
+					l.abort(c, e)
+					return false
+				}
+			}
+		}
+		n, e := rawRead(src, l.buf)
+		switch {
+		case e == unix.EAGAIN:
+			c.ready[d] &^= canRead
+			return true
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			l.abort(c, e)
+			return false
+		case n == 0:
+			dir.flags |= srcEOF
+			continue
+		case n == len(l.buf):
+			dir.flags |= bulk
+		case c.ready[d]&peerClosed == 0:
+			// A short read emptied the socket; new data will raise a
+			// new edge, so skip the read that would say EAGAIN.
+			c.ready[d] &^= canRead
+		}
+		w, e := rawWrite(dst, l.buf[:n])
+		if e == unix.EAGAIN {
+			w = 0
+			c.ready[1-d] &^= canWrite
+		} else if e != 0 {
+			l.abort(c, e)
+			return false
+		}
+		if w > 0 {
+			l.count(c, d, w)
+		}
+		if w < n {
+			dir.pipe = l.park(l.buf[w:n])
+		}
 	}
-	if cw, ok := dst.(closeWriter); ok {
-		cw.CloseWrite()
+}
+
+// drain writes out what a pipe holds.
+func (l *loop) drain(p *pipe, dst int) (int, unix.Errno) {
+	if p.r < 0 {
+		n, e := rawWrite(dst, p.mem)
+		if n > 0 {
+			p.mem = p.mem[n:]
+			p.n -= n
+		}
+		return n, e
 	}
-	return n, nil
+	n, e := rawSplice(p.r, dst, p.n)
+	if n > 0 {
+		p.n -= n
+	}
+	if e == unix.EINVAL {
+		// The destination cannot take a splice (never seen on Linux
+		// sockets, but then nothing is lost): copy the pipe out.
+		mem := make([]byte, p.n)
+		m, _ := rawRead(p.r, mem)
+		l.pipes.put(&pipe{r: p.r, w: p.w, n: p.n - m}) // discarded if bytes stayed behind
+		*p = pipe{r: -1, w: -1, n: m, mem: mem[:m]}
+		return n, 0
+	}
+	return n, e
+}
+
+// park keeps the bytes a write left over, in a pooled pipe if one can be had.
+func (l *loop) park(b []byte) *pipe {
+	if p := l.pipes.get(); p != nil {
+		if l.pipes.size >= len(b) {
+			if n, e := rawWrite(p.w, b); e == 0 && n == len(b) {
+				p.n = n
+				return p
+			}
+		}
+		l.pipes.discard(p)
+	}
+	return &pipe{r: -1, w: -1, n: len(b), mem: append([]byte(nil), b...)}
+}
+
+func (l *loop) count(c *conn, d, n int) {
+	c.dir[d].n += int64(n)
+	if d == 0 {
+		l.s.bytesIn.Add(int64(n))
+	} else {
+		l.s.bytesOut.Add(int64(n))
+	}
+}
+
+// finish closes a connection both of whose directions ended cleanly.
+func (l *loop) finish(c *conn) {
+	l.release(c, false)
+	l.logClosed(c, nil)
 }
 
 // abort closes both sides at once, with a reset on TCP so that the peer of a
-// failed connection does not mistake the end for a clean EOF.
-func (c *connection) abort() {
-	c.abortOnce.Do(func() {
-		for _, conn := range []net.Conn{c.client, c.backend} {
-			if tcp, ok := conn.(*net.TCPConn); ok {
-				tcp.SetLinger(0)
-			}
-			conn.Close()
-		}
-	})
+// failed connection does not mistake the end for a clean EOF. A nil err is a
+// close we caused ourselves (shutdown) and is not logged as a failure.
+func (l *loop) abort(c *conn, err error) {
+	l.release(c, true)
+	l.logClosed(c, err)
 }
 
-// ensure io.Copy's fast paths stay reachable: both concrete types must keep
-// implementing io.ReaderFrom / io.WriterTo.
-var (
-	_ io.ReaderFrom = (*net.TCPConn)(nil)
-	_ io.WriterTo   = (*net.TCPConn)(nil)
-)
+// release closes the sockets and gives the pipes back.
+func (l *loop) release(c *conn, reset bool) {
+	for side, fd := range c.fd {
+		if fd < 0 {
+			continue
+		}
+		if reset && c.tcp[side] {
+			unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		}
+		l.conns[fd] = nil
+		unix.Close(int(fd))
+		c.fd[side] = -1
+	}
+	for d := range c.dir {
+		if p := c.dir[d].pipe; p != nil {
+			l.pipes.put(p) // discarded when it still holds bytes
+			c.dir[d].pipe = nil
+		}
+	}
+	c.state = 0
+	l.closed()
+}
+
+func (l *loop) logClosed(c *conn, err error) {
+	if !l.s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.s.cfg.Backend.String(),
+		"bytes_in", c.dir[0].n, "bytes_out", c.dir[1].n,
+		"duration", time.Duration(l.now() - c.start).Round(time.Millisecond).String()}
+	if err != nil && !l.stopping {
+		l.s.log.Debug("connection aborted", append(attrs, "error", err.Error())...)
+		return
+	}
+	l.s.log.Debug("connection closed", attrs...)
+}
+
+func (l *loop) listenerName(c *conn) string {
+	if int(c.listener) < len(l.listeners) {
+		return l.listeners[c.listener].name
+	}
+	return ""
+}
+
+// clientString is the client's address as Go's net prints it; a client on
+// a unix listener has, as a rule, no name.
+func (c *conn) clientString() string {
+	if !c.tcp[0] {
+		return "unix"
+	}
+	return c.client.String()
+}

@@ -1,0 +1,471 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// bufSize is the shared buffer small reads go through. A read that
+	// fills it switches its direction to splice.
+	bufSize = 16 << 10
+	// maxEvents is how many events one wait returns at most.
+	maxEvents = 256
+	// trimInterval is how long a free pipe may stay unused before it is
+	// closed.
+	trimInterval = time.Second
+	// acceptRetry is how soon accepting resumes after EMFILE when no
+	// connection closes in between.
+	acceptRetry = time.Second
+	// hotWait is how long the loop waits in a raw epoll_wait, holding its
+	// P, after it last had work; past that it blocks through the scheduler
+	// so that an idle proxy costs no wake-ups.
+	hotWait = 5 // milliseconds
+)
+
+// loop is the event loop: one epoll instance, the listeners, every
+// connection, and the pipe pool. Only the goroutine running run touches it,
+// except wake and the resolver hand-off.
+type loop struct {
+	s      *Server
+	epfd   int
+	wakefd int // eventfd: ctx cancelled or a resolution is ready
+	events []unix.EpollEvent
+	buf    []byte
+	pipes  pipePool
+	epoch  time.Time
+
+	listeners []listenerFD
+	conns     []*conn // by descriptor number, both sides of each connection
+	gen       uint32  // last connection generation handed out; never 0
+	active    int
+
+	// backend addresses for a numeric or unix backend, resolved once
+	static  []target
+	timeout time.Duration
+
+	connectQ []deadline // connection attempts in deadline order
+	qHead    int
+
+	idleAt       int64 // monotonic ns when the proxy exits if still idle; 0: not armed
+	trimAt       int64
+	acceptPaused bool
+	acceptAt     int64
+
+	lastWarning time.Time
+	unwarned    int
+
+	hot     bool // last wait found work: wait raw
+	rawWait bool // the program has a P to spare for a raw wait
+
+	// resolutions handed back by resolver goroutines
+	resolveMu   sync.Mutex
+	resolved    []resolution
+	resolving   int
+	resolveWG   sync.WaitGroup
+	resolveCtx  context.Context
+	resolveStop context.CancelFunc
+	stopping    bool
+}
+
+type listenerFD struct {
+	fd   int
+	name string
+}
+
+// deadline is an entry of the connect queue; stale entries (the connection
+// went on or went away) are skipped when they come up.
+type deadline struct {
+	fd  int32
+	gen uint32
+	at  int64
+}
+
+func newLoop(s *Server) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create the event loop: %v", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("cannot create the event loop: %v", err)
+	}
+	l := &loop{
+		s: s, epfd: epfd, wakefd: wakefd,
+		events:  make([]unix.EpollEvent, maxEvents),
+		buf:     make([]byte, bufSize),
+		epoch:   time.Now(),
+		timeout: s.cfg.Dialer.Timeout,
+	}
+	l.resolveCtx, l.resolveStop = context.WithCancel(context.Background())
+	if l.timeout <= 0 {
+		l.timeout = defaultDialTimeout
+	}
+	l.pipes = pipePool{max: pipeBudget(s.cfg.MaxConnections), stats: s}
+	l.rawWait = runtime.GOMAXPROCS(0) > 1
+	if err := l.add(wakefd, unix.EPOLLIN, 0); err != nil {
+		l.close()
+		return nil, fmt.Errorf("cannot create the event loop: %v", err)
+	}
+	for _, ln := range s.cfg.Listeners {
+		fd, err := listenerFDOf(ln.Listener)
+		if err == nil {
+			err = l.add(fd, unix.EPOLLIN|unix.EPOLLET, 0)
+		}
+		if err != nil {
+			l.close()
+			return nil, fmt.Errorf("listener %q: %v", ln.Name, err)
+		}
+		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name})
+	}
+	l.static = staticAddrs(s.cfg.Backend)
+	if s.cfg.ExitIdleTime > 0 {
+		l.idleAt = l.now() + int64(s.cfg.ExitIdleTime)
+	}
+	return l, nil
+}
+
+// listenerFDOf borrows the descriptor of a listener. The listener keeps
+// owning it (Run closes the listeners on the way out); it is non-blocking
+// already, as Go makes every socket.
+func listenerFDOf(ln any) (int, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T is not a socket", ln)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
+// pipeBudget bounds the pool so that pipes, two descriptors each, never take
+// the descriptors the connection limit needs.
+func pipeBudget(maxConns int) int {
+	var rl unix.Rlimit
+	limit := 1024
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Cur < 1<<30 {
+		limit = int(rl.Cur)
+	}
+	n := (limit - 2*maxConns - 64) / 2
+	return max(16, min(n, 1024))
+}
+
+func (l *loop) add(fd int, events uint32, gen uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: int32(gen)}
+	return unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+}
+
+func (l *loop) now() int64 { return int64(time.Since(l.epoch)) }
+
+// wake interrupts the wait; it is the one method other goroutines call.
+func (l *loop) wake() {
+	l.resolveMu.Lock()
+	defer l.resolveMu.Unlock()
+	if l.wakefd >= 0 {
+		var one = [8]byte{1}
+		unix.Write(l.wakefd, one[:])
+	}
+}
+
+// run serves until ctx ends or the idle time passes; it reports whether it
+// stopped for being idle.
+func (l *loop) run(ctx context.Context) (idle bool) {
+	for {
+		n := l.wait(l.timeout_ms())
+		for i := range n {
+			ev := &l.events[i]
+			if ev.Pad == 0 {
+				l.special(int(ev.Fd))
+				continue
+			}
+			fd := int(ev.Fd)
+			if fd < len(l.conns) {
+				if c := l.conns[fd]; c != nil {
+					side := 0
+					if int(c.fd[1]) == fd {
+						side = 1
+					}
+					if c.gen[side] == uint32(ev.Pad) {
+						l.event(c, side, fd, ev.Events)
+					}
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if l.timers() {
+			return true
+		}
+	}
+}
+
+// wait returns the number of events ready, waiting at most msec (-1: no
+// limit). It first polls without waiting; when the loop had work recently
+// and the program has another P for the rest of its goroutines, it waits in
+// a raw epoll_wait for up to hotWait ms; otherwise it blocks through the
+// scheduler, which releases the P for as long as the proxy is idle.
+func (l *loop) wait(msec int) int {
+	n, e := rawEpollWait(l.epfd, l.events, 0)
+	if e == 0 && n > 0 {
+		l.hot = true
+		return n
+	}
+	if msec == 0 {
+		return 0
+	}
+	if l.hot && l.rawWait && l.resolving == 0 {
+		t := hotWait
+		if msec >= 0 && msec < t {
+			t = msec
+		}
+		n, e = rawEpollWait(l.epfd, l.events, t)
+		if e == 0 && n > 0 {
+			return n
+		}
+		if e == unix.EINTR || (e == 0 && t == msec) {
+			return 0 // the caller's timeout passed, or a signal came
+		}
+		l.hot = false
+		if msec > 0 {
+			msec -= t
+		}
+	}
+	n, err := unix.EpollWait(l.epfd, l.events, msec)
+	if err != nil || n <= 0 {
+		return 0
+	}
+	l.hot = true
+	return n
+}
+
+// timeout_ms is how long the next wait may last: until the earliest of the
+// connect deadlines, the idle exit, the pipe trim and the accept retry.
+func (l *loop) timeout_ms() int {
+	if l.qHead == len(l.connectQ) && l.idleAt == 0 && len(l.pipes.free) == 0 && !l.acceptPaused {
+		return -1
+	}
+	now := l.now()
+	next := int64(-1)
+	consider := func(at int64) {
+		if at > 0 && (next < 0 || at < next) {
+			next = at
+		}
+	}
+	if l.qHead < len(l.connectQ) {
+		consider(l.connectQ[l.qHead].at)
+	}
+	consider(l.idleAt)
+	if len(l.pipes.free) > 0 {
+		if l.trimAt == 0 {
+			l.trimAt = now + int64(trimInterval)
+		}
+		consider(l.trimAt)
+	}
+	if l.acceptPaused {
+		consider(l.acceptAt)
+	}
+	if next < 0 {
+		return -1
+	}
+	if next <= now {
+		return 0
+	}
+	return int((next - now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+}
+
+// timers runs what is due; it reports whether the idle time has passed.
+func (l *loop) timers() bool {
+	if l.qHead == len(l.connectQ) && l.idleAt == 0 && l.trimAt == 0 && !l.acceptPaused {
+		return false
+	}
+	now := l.now()
+	for l.qHead < len(l.connectQ) && l.connectQ[l.qHead].at <= now {
+		d := l.connectQ[l.qHead]
+		l.connectQ[l.qHead] = deadline{}
+		l.qHead++
+		if int(d.fd) < len(l.conns) {
+			if c := l.conns[d.fd]; c != nil && c.gen[0] == d.gen && c.state != stateOpen {
+				l.connectTimedOut(c)
+			}
+		}
+	}
+	if l.qHead == len(l.connectQ) {
+		l.connectQ, l.qHead = l.connectQ[:0], 0
+	} else if l.qHead > 1024 && l.qHead > len(l.connectQ)/2 {
+		n := copy(l.connectQ, l.connectQ[l.qHead:])
+		l.connectQ, l.qHead = l.connectQ[:n], 0
+	}
+	if l.trimAt != 0 && now >= l.trimAt {
+		l.pipes.trim()
+		l.trimAt = 0
+	}
+	if l.acceptPaused && now >= l.acceptAt {
+		l.resumeAccepting()
+	}
+	return l.idleAt != 0 && now >= l.idleAt && l.active == 0
+}
+
+// special handles the loop's own descriptors: the wake-up eventfd and the
+// listeners.
+func (l *loop) special(fd int) {
+	if fd == l.wakefd {
+		var b [8]byte
+		unix.Read(l.wakefd, b[:])
+		l.takeResolved()
+		return
+	}
+	if l.acceptPaused {
+		return
+	}
+	for i := range l.listeners {
+		if l.listeners[i].fd == fd {
+			l.accept(i)
+			return
+		}
+	}
+}
+
+// accept takes every pending client of listener i (the listener is
+// edge-triggered: one event, then accept until EAGAIN).
+func (l *loop) accept(i int) {
+	lfd := l.listeners[i].fd
+	for {
+		nfd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch {
+		case err == nil:
+		case err == unix.EAGAIN:
+			return
+		case err == unix.EINTR, err == unix.ECONNABORTED, err == unix.EPROTO, err == unix.EPERM:
+			continue // that client is gone or was filtered; the next one may not be
+		case err == unix.EMFILE, err == unix.ENFILE, err == unix.ENOBUFS, err == unix.ENOMEM:
+			// Out of descriptors: the pending clients stay in the
+			// backlog, and their event is consumed. Accept again when
+			// a connection closes, or after acceptRetry.
+			if !l.acceptPaused {
+				l.s.log.Warn("cannot accept, pausing until a connection closes", "listener", l.listeners[i].name, "error", err.Error())
+			}
+			l.acceptPaused = true
+			l.acceptAt = l.now() + int64(acceptRetry)
+			return
+		default:
+			l.s.log.Warn("cannot accept", "listener", l.listeners[i].name, "error", err.Error())
+			return
+		}
+		if l.active >= l.s.cfg.MaxConnections {
+			unix.Close(nfd)
+			l.refuse()
+			continue
+		}
+		l.open(nfd, sa, i)
+	}
+}
+
+// resumeAccepting accepts on every listener after a pause for EMFILE; the
+// events that would have said so were consumed while paused.
+func (l *loop) resumeAccepting() {
+	l.acceptPaused = false
+	for i := range l.listeners {
+		l.accept(i)
+		if l.acceptPaused {
+			return
+		}
+	}
+}
+
+// refuse counts a client closed at the limit: at most exactly
+// MaxConnections are proxied (the original's check admits one more), and
+// the warning is rate-limited so a flood cannot fill the journal.
+func (l *loop) refuse() {
+	l.s.refused.Add(1)
+	l.unwarned++
+	if now := time.Now(); now.Sub(l.lastWarning) >= refusedWarningInterval {
+		l.s.log.Warn("connection limit reached, refusing clients", "max", l.s.cfg.MaxConnections, "refused", l.unwarned)
+		l.lastWarning, l.unwarned = now, 0
+	}
+}
+
+// track records the connection's descriptor in the table.
+func (l *loop) track(fd int, c *conn) {
+	if fd >= len(l.conns) {
+		n := max(2*len(l.conns), fd+1, 64)
+		conns := make([]*conn, n)
+		copy(conns, l.conns)
+		l.conns = conns
+	}
+	l.conns[fd] = c
+}
+
+func (l *loop) nextGen() uint32 {
+	l.gen++
+	if l.gen == 0 {
+		l.gen = 1
+	}
+	return l.gen
+}
+
+// opened and closed keep the count, the idle timer and the accept pause.
+func (l *loop) opened() {
+	l.active++
+	l.s.active.Add(1)
+	l.s.accepted.Add(1)
+	l.idleAt = 0
+}
+
+func (l *loop) closed() {
+	l.active--
+	l.s.active.Add(-1)
+	if l.active == 0 && l.s.cfg.ExitIdleTime > 0 {
+		l.idleAt = l.now() + int64(l.s.cfg.ExitIdleTime)
+	}
+	if l.acceptPaused && !l.stopping {
+		l.resumeAccepting()
+	}
+}
+
+// close ends every connection (with a reset on TCP, as a stopped proxy
+// cannot finish them) and frees the loop. The listeners are the caller's.
+func (l *loop) close() {
+	l.stopping = true
+	l.resolveStop()
+	for fd, c := range l.conns {
+		if c != nil && int(c.fd[0]) == fd {
+			l.abort(c, nil)
+		}
+	}
+	l.resolveWG.Wait()
+	l.pipes.closeAll()
+	unix.Close(l.epfd)
+	l.resolveMu.Lock()
+	unix.Close(l.wakefd)
+	l.wakefd = -1
+	l.resolveMu.Unlock()
+}
+
+// clientAddr is the client's address for log lines.
+func clientAddr(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+var errStopping = errors.New("proxy stopping")
