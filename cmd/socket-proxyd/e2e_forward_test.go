@@ -273,25 +273,39 @@ func TestListen(t *testing.T) {
 			t.Parallel()
 			checkDiffers(t, "--listen is new", func(t *testing.T, im impl) error {
 				srv, backend := echoTCP(t, "127.0.0.1:0")
-				fronts := tt.fronts(t)
-				var l launch
-				for _, f := range fronts {
-					l.args = append(l.args, "--listen", f.arg)
-				}
-				l.args = append(l.args, backend)
 				var inhAddr string
+				var fds []inherited
 				if tt.inherit {
 					var fd inherited
 					fd, inhAddr = inheritTCP(t, "web")
-					l.fds = []inherited{fd}
+					fds = []inherited{fd}
 				}
-				p := start(t, im.path, l)
-				want := 0
-				for _, f := range fronts {
-					c, err := dialUntil(p, f.network, f.dial, 10*time.Second)
-					if err != nil {
-						return err
+				var fronts []front
+				var conns []net.Conn
+				// A TCP port from freeTCPAddr may be taken in between: then the
+				// proxy fails to bind it, and we try again with another.
+				for attempt := 1; conns == nil; attempt++ {
+					fronts = tt.fronts(t)
+					l := launch{fds: fds}
+					for _, f := range fronts {
+						l.args = append(l.args, "--listen", f.arg)
 					}
+					l.args = append(l.args, backend)
+					p := start(t, im.path, l)
+					for _, f := range fronts {
+						c, err := dialUntil(p, f.network, f.dial, 10*time.Second)
+						if err != nil {
+							if p.exited() && strings.Contains(p.stderr.String(), "in use") && attempt < 3 {
+								conns = nil
+								break
+							}
+							return err
+						}
+						conns = append(conns, c)
+					}
+				}
+				want := 0
+				for _, c := range conns {
 					mustEcho(t, c, 64*1024)
 					want++
 				}
