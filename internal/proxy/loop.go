@@ -58,6 +58,7 @@ type loop struct {
 	idleAt       int64 // monotonic ns when the proxy exits if still idle; 0: not armed
 	trimAt       int64
 	acceptPaused bool
+	pauseWarned  bool
 	acceptAt     int64
 
 	lastWarning time.Time
@@ -357,7 +358,8 @@ func (l *loop) accept(i int) {
 			// Out of descriptors: the pending clients stay in the
 			// backlog, and their event is consumed. Accept again when
 			// a connection closes, or after acceptRetry.
-			if !l.acceptPaused {
+			if !l.pauseWarned {
+				l.pauseWarned = true // once per burst
 				l.s.log.Warn("cannot accept, pausing until a connection closes", "listener", l.listeners[i].name, "error", err.Error())
 			}
 			l.acceptPaused = true
@@ -367,9 +369,10 @@ func (l *loop) accept(i int) {
 			l.s.log.Warn("cannot accept", "listener", l.listeners[i].name, "error", err.Error())
 			return
 		}
+		l.pauseWarned = false
 		if l.active >= l.s.cfg.MaxConnections {
+			l.refuse() // counted before the client can see the close
 			unix.Close(nfd)
-			l.refuse()
 			continue
 		}
 		l.open(nfd, sa, i)

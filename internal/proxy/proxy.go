@@ -67,7 +67,7 @@ type Server struct {
 	log *slog.Logger
 
 	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
-	pipes, splices, splicedBytes                                 atomic.Int64
+	pipes, splices, splicedBytes                                atomic.Int64
 }
 
 // New prepares a proxy; Run starts it.

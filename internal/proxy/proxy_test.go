@@ -70,6 +70,9 @@ func start(t *testing.T, backendAddr string, cfg Config) *running {
 		if err := <-r.done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
+		if n := r.srv.Stats().Pipes; n != 0 {
+			t.Errorf("%d pipes open after Run returned", n)
+		}
 	})
 	return r
 }

@@ -1,0 +1,490 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+)
+
+// Tests of the event-driven engine itself: descriptors and pipes come back,
+// splice is really used, and the edge cases of edge-triggered forwarding.
+
+// openFDs counts this process's sockets, epoll instances and eventfds: what
+// the proxy opens besides pipes (which Stats.Pipes counts; Go's own splice,
+// used by the test backends, caches pipes of its own).
+func openFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count descriptors: %v", err)
+	}
+	n := 0
+	for _, e := range entries {
+		link, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		if strings.HasPrefix(link, "socket:") || strings.HasPrefix(link, "anon_inode:") {
+			n++
+		}
+	}
+	return n
+}
+
+// noLeak fails the test if, once everything the test set up is torn down,
+// more sockets are open than before. Call it first: cleanups run last in,
+// first out, so its check runs after every other cleanup.
+func noLeak(t *testing.T) {
+	t.Helper()
+	// Make sure the runtime's own descriptors (netpoll) exist already.
+	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		ln.Close()
+	}
+	before := openFDs(t)
+	t.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			n := openFDs(t)
+			if n <= before {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%d descriptors open after the test, %d before", n, before)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+// startOn runs a proxy with the given listener in front of backendAddr.
+func startOn(t *testing.T, ln activation.Listener, backendAddr string, cfg Config) *running {
+	t.Helper()
+	addr, err := backend.Parse(backendAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cfg.Listeners = append(cfg.Listeners, ln)
+	cfg.Backend = addr
+	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{srv: New(cfg), addr: ln.Addr().String(), logs: logs, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- r.srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if n := r.srv.Stats().Pipes; n != 0 {
+			t.Errorf("%d pipes open after Run returned", n)
+		}
+	})
+	return r
+}
+
+// waitFor polls cond until it holds or 10 seconds pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestNoDescriptorLeak(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{})
+	roundTrip(t, p.addr, randomBytes(t, 8<<20))
+	for range 20 {
+		roundTrip(t, p.addr, []byte("hello"))
+	}
+	waitFor(t, "connections to close", func() bool { return p.srv.Stats().Active == 0 })
+}
+
+func TestSpliceCarriesBulk(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{})
+	payload := randomBytes(t, 32<<20)
+	roundTrip(t, p.addr, payload)
+	st := p.srv.Stats()
+	t.Logf("after echoing %d bytes: %+v", len(payload), st)
+	if st.Splices == 0 {
+		t.Fatal("a 32 MiB echo was not spliced at all")
+	}
+	// Both ways: nearly everything should have gone through a pipe; only
+	// the first read of a burst goes through the shared buffer.
+	if st.SplicedBytes < int64(len(payload)) {
+		t.Errorf("spliced %d bytes of %d echoed both ways", st.SplicedBytes, 2*len(payload))
+	}
+	if st.BytesIn != int64(len(payload)) || st.BytesOut != int64(len(payload)) {
+		t.Errorf("bytes in %d, out %d; want %d each", st.BytesIn, st.BytesOut, len(payload))
+	}
+}
+
+func TestPipesGoBackToZero(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{})
+	// An idle connection, open all along, must not keep a pipe.
+	idle := dial(t, p.addr)
+	idle.Write([]byte("ping"))
+	io.ReadFull(idle, make([]byte, 4))
+	var wg sync.WaitGroup
+	payload := randomBytes(t, 8<<20)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			roundTrip(t, p.addr, payload)
+		}()
+	}
+	wg.Wait()
+	if p.srv.Stats().Pipes == 0 {
+		t.Log("no pipe left right after the transfers (all closed already)")
+	}
+	waitFor(t, "the pipe pool to empty", func() bool { return p.srv.Stats().Pipes == 0 })
+	idle.Write([]byte("pong"))
+	if _, err := io.ReadFull(idle, make([]byte, 4)); err != nil {
+		t.Fatalf("idle connection stopped working: %v", err)
+	}
+}
+
+func TestUnixToUnix(t *testing.T) {
+	noLeak(t)
+	dir := shortDir(t)
+	addr := listenBackend(t, "unix", filepath.Join(dir, "b"), echo)
+	ln, err := activation.Listen(filepath.Join(dir, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startOn(t, ln, addr, Config{})
+	for _, size := range []int{1, 100, 64 << 10, 8 << 20} {
+		c, err := net.Dial("unix", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		payload := randomBytes(t, size)
+		go func() {
+			c.Write(payload)
+			c.(*net.UnixConn).CloseWrite()
+		}()
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("%d bytes over unix<->unix: got %d (%v)", size, len(got), err)
+		}
+	}
+	if !bytes.Contains([]byte(p.logs.String()), []byte("client=unix")) {
+		t.Errorf("log lines should name the unix client:\n%s", p.logs)
+	}
+}
+
+func TestManySmallMessages(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", p.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			msg := make([]byte, 64)
+			got := make([]byte, 64)
+			for j := range 1000 {
+				copy(msg, fmt.Sprintf("conn %d message %d", i, j))
+				if _, err := c.Write(msg); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := io.ReadFull(c, got); err != nil {
+					errs <- fmt.Errorf("conn %d message %d: %v", i, j, err)
+					return
+				}
+				if !bytes.Equal(got, msg) {
+					errs <- fmt.Errorf("conn %d message %d: got %q", i, j, got)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if st := p.srv.Stats(); st.BytesIn != 8*1000*64 {
+		t.Errorf("BytesIn %d, want %d", st.BytesIn, 8*1000*64)
+	}
+}
+
+func TestBothWaysAtOnce(t *testing.T) {
+	noLeak(t)
+	const size = 32 << 20
+	fromBackend := randomBytes(t, size)
+	fromClient := randomBytes(t, size)
+	backendGot := make(chan [32]byte, 1)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		go func() {
+			c.Write(fromBackend)
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		h := sha256.New()
+		io.Copy(h, c)
+		var sum [32]byte
+		h.Sum(sum[:0])
+		backendGot <- sum
+	})
+	p := start(t, addr, Config{})
+	c := dial(t, p.addr)
+	go func() {
+		c.Write(fromClient)
+		c.CloseWrite()
+	}()
+	h := sha256.New()
+	if _, err := io.Copy(h, c); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(h.Sum(nil), sha256Of(fromBackend)) {
+		t.Error("client got other bytes than the backend sent")
+	}
+	if got := <-backendGot; !bytes.Equal(got[:], sha256Of(fromClient)) {
+		t.Error("backend got other bytes than the client sent")
+	}
+}
+
+func sha256Of(b []byte) []byte {
+	s := sha256.Sum256(b)
+	return s[:]
+}
+
+func TestClientResetReachesBackend(t *testing.T) {
+	for _, name := range []string{"while sending", "after half-close"} {
+		t.Run(name, func(t *testing.T) {
+			noLeak(t)
+			got := make(chan error, 1)
+			addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				_, err := io.Copy(io.Discard, c)
+				if err == nil && name == "after half-close" {
+					// The client's direction ended cleanly and the
+					// backend sits silent: reads say EOF for good,
+					// but the reset still lands in SO_ERROR.
+					err = waitSocketError(c, 10*time.Second)
+				}
+				got <- err
+			})
+			p := start(t, addr, Config{})
+			c := dial(t, p.addr)
+			c.Write([]byte("some request"))
+			if name == "after half-close" {
+				c.CloseWrite()
+				time.Sleep(50 * time.Millisecond) // let the EOF through first; not needed for correctness
+			}
+			c.SetLinger(0)
+			c.Close()
+			// A reset reaching a socket that got our FIN first reads
+			// as EPIPE (tcp_reset in CLOSE_WAIT).
+			err := <-got
+			if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+				t.Fatalf("backend saw %v after the client reset, want a reset", err)
+			}
+		})
+	}
+}
+
+func TestBackendNeverReads(t *testing.T) {
+	noLeak(t)
+	release := make(chan struct{})
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		<-release
+	})
+	t.Cleanup(func() { close(release) })
+	p := start(t, addr, Config{})
+	c := dial(t, p.addr)
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	chunk := make([]byte, 1<<20)
+	written := 0
+	for written < 256<<20 {
+		c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := c.Write(chunk)
+		written += n
+		if err != nil {
+			break
+		}
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	st := p.srv.Stats()
+	t.Logf("client could write %d MiB before back-pressure; pipes %d; heap %+d KiB", written>>20, st.Pipes, (int64(after.HeapInuse)-int64(before.HeapInuse))>>10)
+	if written >= 256<<20 {
+		t.Fatal("no back-pressure: the proxy took 256 MiB for a backend that reads nothing")
+	}
+	if st.Pipes > 2 {
+		t.Errorf("%d pipes for one stalled connection", st.Pipes)
+	}
+	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 8<<20 {
+		t.Errorf("heap grew by %d KiB while the backend stalled", grown>>10)
+	}
+}
+
+// TestConnectionSize keeps the per-connection state small: issue 3 asks for
+// at most 0.25 KiB of userspace memory per idle connection, table slots
+// included.
+func TestConnectionSize(t *testing.T) {
+	size := unsafe.Sizeof(conn{})
+	t.Logf("conn is %d bytes, plus 2 table slots of %d", size, unsafe.Sizeof((*conn)(nil)))
+	if size+2*unsafe.Sizeof((*conn)(nil)) > 256 {
+		t.Errorf("conn is %d bytes", size)
+	}
+}
+
+// TestManyConnections holds as many connections open at once as the
+// descriptor limit allows in one process (the clients and the backend live
+// here too, so each proxied connection costs 4 descriptors of this
+// process), and checks every one of them works and costs the proxy 2
+// descriptors and no pipe.
+func TestManyConnections(t *testing.T) {
+	if testing.Short() {
+		t.Skip("holds thousands of connections")
+	}
+	noLeak(t)
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	n := min(9000, (int(rl.Cur)-300)/4)
+	if n < 100 {
+		t.Skipf("descriptor limit %d is too low", rl.Cur)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu       sync.Mutex
+		backends []net.Conn
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range backends {
+			c.Close()
+		}
+	})
+	// One goroutine answers every backend connection: a goroutine each
+	// would cost the test more memory than the proxy.
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			backends = append(backends, c)
+			mu.Unlock()
+			// Copy without Go's splice, which holds a pipe per copy.
+			go io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
+		}
+	}()
+	fdsBefore := openFDs(t)
+	p := start(t, ln.Addr().String(), Config{MaxConnections: n})
+	clients := make([]net.Conn, 0, n)
+	t.Cleanup(func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	})
+	msg := []byte("0123456789abcdef")
+	got := make([]byte, len(msg))
+	for i := range n {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		clients = append(clients, c)
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			logs := p.logs.String()
+			t.Fatalf("connection %d: got %q, %v; %+v\n%s", i, got, err, p.srv.Stats(), logs[max(0, len(logs)-3000):])
+		}
+	}
+	st := p.srv.Stats()
+	if st.Active != int64(n) {
+		t.Fatalf("%d active, want %d", st.Active, n)
+	}
+	// Everyone still works with all of them open.
+	for i, c := range clients {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	for i, c := range clients {
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("connection %d second round: got %q, %v", i, got, err)
+		}
+	}
+	waitFor(t, "the pipe pool to empty", func() bool { return p.srv.Stats().Pipes == 0 })
+	fds := openFDs(t) - fdsBefore
+	// This process holds the client, the backend and the proxy's two.
+	perConn := float64(fds)/float64(n) - 2
+	t.Logf("%d connections: %.2f proxy descriptors each", n, perConn)
+	if perConn > 2.05 {
+		t.Errorf("%.2f descriptors per idle connection, want 2", perConn)
+	}
+}
+
+// waitSocketError polls SO_ERROR until the socket has a pending error.
+func waitSocketError(c net.Conn, timeout time.Duration) error {
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		var soErr int
+		rc.Control(func(fd uintptr) {
+			soErr, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR)
+		})
+		if soErr != 0 {
+			return syscall.Errno(soErr)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return errors.New("no error on the socket")
+}
