@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -158,18 +159,27 @@ func treeMem(root int) (kib int64, fds int, err error) {
 	return kib, fds, nil
 }
 
-// memAvailable returns MemAvailable from /proc/meminfo in KiB.
-func memAvailable() (int64, error) {
+// meminfo returns the named /proc/meminfo fields, in KiB.
+func meminfo(names ...string) (map[string]int64, error) {
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	out := map[string]int64{}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
-			return parseKiB(rest)
+		k, v, ok := strings.Cut(line, ":")
+		if ok && slices.Contains(names, k) {
+			if out[k], err = parseKiB(v); err != nil {
+				return nil, fmt.Errorf("/proc/meminfo: %s: %v", k, err)
+			}
 		}
 	}
-	return 0, fmt.Errorf("/proc/meminfo: no MemAvailable")
+	for _, n := range names {
+		if _, ok := out[n]; !ok {
+			return nil, fmt.Errorf("/proc/meminfo: no %s", n)
+		}
+	}
+	return out, nil
 }
 
 // threadCPUs returns the distinct Cpus_allowed_list values of this process's

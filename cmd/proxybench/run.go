@@ -23,7 +23,16 @@ type idleRaw struct {
 	dMem   float64 // proxy Pss, KiB
 	dFds   float64 // proxy descriptors
 	dAvail float64 // MemAvailable consumed, KiB (machine-wide)
+	dSelf  float64 // the harness's own Pss, KiB
+	dSlab  float64 // kernel slab caches, KiB (machine-wide)
+	dFree  float64 // MemFree consumed, KiB (machine-wide)
 }
+
+// kernel is the kernel memory per connection that MemAvailable shows: what the
+// machine lost, less what the proxy and the harness hold in user space.
+func (d *idleRaw) kernel() float64 { return (d.dAvail - d.dMem - d.dSelf) / float64(d.n) }
+
+func (d *idleRaw) slab() float64 { return d.dSlab / float64(d.n) }
 
 // runResult is one candidate's figures from one round. vals holds the figures
 // by column key; errs holds, by the same key, why a figure is missing.
@@ -40,7 +49,7 @@ type runResult struct {
 	foreign float64 // CPUs' worth of time other processes used during the run
 }
 
-var allKeys = []string{"up1", "down1", "up32", "down32", "p50", "p99", "rps", "cps", "rss", "fds", "kern", "held", "cpu"}
+var allKeys = []string{"up1", "down1", "up32", "down32", "p50", "p99", "rps", "cps", "rss", "fds", "kern", "slab", "held", "cpu"}
 
 func (r *runResult) fail(key string, err error) {
 	if _, dup := r.errs[key]; !dup {
@@ -48,22 +57,30 @@ func (r *runResult) fail(key string, err error) {
 	}
 }
 
-// kernel computes kernel KiB per connection: MemAvailable consumed per connection,
-// less what the same number of direct connections consumed (sockets at the client
-// and backend ends, and the harness's own memory), less the proxy's own Pss.
+// kernel computes kernel KiB per connection: MemAvailable consumed per connection
+// less the proxy's and the harness's own Pss, less the same for direct
+// connections (the client and backend sockets every candidate has). slab is the
+// same difference of the Slab counter: narrower (no page allocations, such as
+// pipe pages) but less disturbed by other processes. For direct itself both are
+// the baseline's absolute figures, in the detail table only.
 func (r *runResult) kernel(direct *runResult) {
-	for i, key := range []string{"kern100", "kern"} {
+	for i, sfx := range []string{"100", ""} {
 		p := r.idle[i]
-		if p == nil || r.name == "direct" {
+		switch {
+		case p == nil:
 			continue
-		}
-		if direct == nil || direct.idle[i] == nil {
-			r.fail(key, errors.New("no direct baseline"))
+		case r.name == "direct":
+			r.vals["base"+sfx] = p.kernel()
+			r.vals["baseslab"+sfx] = p.slab()
+			continue
+		case direct == nil || direct.idle[i] == nil:
+			r.fail("kern"+sfx, errors.New("no direct baseline"))
+			r.fail("slab"+sfx, errors.New("no direct baseline"))
 			continue
 		}
 		d := direct.idle[i]
-		n := float64(p.n)
-		r.vals[key] = p.dAvail/n - d.dAvail/float64(d.n) - p.dMem/n
+		r.vals["kern"+sfx] = p.kernel() - d.kernel()
+		r.vals["slab"+sfx] = p.slab() - d.slab()
 	}
 }
 
@@ -78,6 +95,12 @@ func (r *runResult) summary() string {
 	}
 	if r.limit != "" {
 		parts = append(parts, "idle stopped: "+r.limit)
+	}
+	for _, d := range r.idle {
+		if d != nil {
+			parts = append(parts, fmt.Sprintf("[%d idle: proxy Pss %+.0f KiB, fds %+.0f, MemAvailable %+.0f KiB, harness Pss %+.0f KiB, Slab %+.0f KiB, MemFree %+.0f KiB]",
+				d.n, d.dMem, d.dFds, -d.dAvail, d.dSelf, d.dSlab, -d.dFree))
+		}
 	}
 	parts = append(parts, fmt.Sprintf("(%.1fs, other processes %.2f CPUs)", r.elapsed.Seconds(), r.foreign))
 	return strings.Join(parts, " ")
@@ -192,7 +215,7 @@ func (b *bench) runCandidate(ctx context.Context, c *candidate, idleOnly bool) *
 		return b.idle(ctx, r, addr, pid, target)
 	})
 	if err != nil {
-		for _, k := range []string{"rss", "fds", "kern", "rss100", "fds100", "kern100"} {
+		for _, k := range []string{"rss", "fds", "kern", "slab", "rss100", "fds100", "kern100", "slab100"} {
 			r.fail(k, errors.New("idle test failed"))
 		}
 	}
@@ -260,7 +283,10 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 type snapshot struct {
 	mem   int64 // proxy Pss KiB
 	fds   int
+	self  int64 // the harness's own Pss KiB
 	avail int64 // MemAvailable KiB
+	slab  int64 // Slab KiB
+	free  int64 // MemFree KiB
 }
 
 // snap reads memory after letting the harness's garbage and freed kernel memory
@@ -276,8 +302,15 @@ func (b *bench) snap(pid int) (snapshot, error) {
 			return s, err
 		}
 	}
-	s.avail, err = memAvailable()
-	return s, err
+	if s.self, err = memKiB(os.Getpid()); err != nil {
+		return s, err
+	}
+	m, err := meminfo("MemAvailable", "Slab", "MemFree")
+	if err != nil {
+		return s, err
+	}
+	s.avail, s.slab, s.free = m["MemAvailable"], m["Slab"], m["MemFree"]
+	return s, nil
 }
 
 // idle holds 100 idle connections, then up to target, each proven to work by one
@@ -318,14 +351,13 @@ func (b *bench) idle(ctx context.Context, r *runResult, addr string, pid int, ta
 			return err
 		}
 		raw := &idleRaw{n: len(conns), dMem: float64(s.mem - base.mem), dFds: float64(s.fds - base.fds),
-			dAvail: float64(base.avail - s.avail)}
+			dAvail: float64(base.avail - s.avail), dSelf: float64(s.self - base.self), dSlab: float64(s.slab - base.slab), dFree: float64(base.free - s.free)}
 		r.idle[i] = raw
 		suffix := []string{"100", ""}[i]
 		if pid > 0 {
 			r.vals["rss"+suffix] = raw.dMem / float64(raw.n)
 			r.vals["fds"+suffix] = raw.dFds / float64(raw.n)
 		}
-		r.vals["avail"+suffix] = raw.dAvail / float64(raw.n)
 		if limitErr != nil {
 			if i == 0 {
 				r.idle[1] = raw
@@ -379,7 +411,7 @@ func (b *bench) straceRun(ctx context.Context, c *candidate) (string, error) {
 	}
 	defer errf.Close()
 	cmd := exec.Command("strace", "-f", "-c", "-o", out,
-		"-e", "trace=splice,read,write,recvfrom,sendto", "-p", strconv.Itoa(p.pid))
+		"-e", "trace=splice,read,write,recvfrom,sendto,readv,writev,recvmsg,sendmsg", "-p", strconv.Itoa(p.pid))
 	cmd.Stdout, cmd.Stderr = errf, errf
 	if err := cmd.Start(); err != nil {
 		return "", err
