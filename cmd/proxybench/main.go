@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -199,6 +200,12 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	unlock, err := lockMachine(ctx, 20*time.Minute)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "proxybench: %v\n", err)
+		return 1
+	}
+	defer unlock()
 
 	tmp, err := os.MkdirTemp("", "pxb")
 	if err != nil {
@@ -262,6 +269,39 @@ func run() int {
 	}
 	writeReport(os.Stdout, cfg, cands, skipped, results, traces)
 	return 0
+}
+
+// lockMachine keeps two runs on one machine from measuring each other: it takes
+// an exclusive flock on a file in the temporary directory, waiting up to timeout
+// for a run that holds it.
+func lockMachine(ctx context.Context, timeout time.Duration) (unlock func(), err error) {
+	path := filepath.Join(os.TempDir(), "proxybench.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(timeout)
+	for i := 0; ; i++ {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			f.Truncate(0)
+			f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("another proxybench run holds %s; gave up after %v", path, timeout)
+		}
+		if i%30 == 0 {
+			holder, _ := os.ReadFile(path)
+			fmt.Fprintf(os.Stderr, "proxybench: waiting for another run to finish (pid %s)\n", strings.TrimSpace(string(holder)))
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 // bench runs the measurements.

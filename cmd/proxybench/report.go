@@ -124,7 +124,7 @@ func idleTarget(cfg *config, c *candidate) int {
 
 func writeReport(w io.Writer, cfg *config, cands []*candidate, skipped []string, results map[string][]*runResult, traces []string) {
 	fmt.Fprintf(w, "## proxybench %s\n\n", time.Now().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(w, "- command: `%s`\n", strings.Join(os.Args, " "))
+	fmt.Fprintf(w, "- command: `%s`\n", strings.Join(append([]string{"proxybench"}, os.Args[1:]...), " "))
 	fmt.Fprintf(w, "- machine: %s\n", machine())
 	fmt.Fprintf(w, "- harness: %s; load generator and backends in this process, its threads on CPU %s\n",
 		runtime.Version(), threadCPUs())
