@@ -570,3 +570,33 @@ func TestManyClients(t *testing.T) {
 		}
 	})
 }
+
+// TestInheritedWithoutNames: without LISTEN_FDNAMES (systemd before 227, or
+// a hand-made launcher) the sockets are used all the same.
+func TestInheritedWithoutNames(t *testing.T) {
+	t.Parallel()
+	forEachImpl(t, func(t *testing.T, im impl) {
+		_, backend := echoTCP(t, "127.0.0.1:0")
+		fd1, addr1 := inheritTCP(t, "")
+		fd2, addr2 := inheritTCP(t, "")
+		start(t, im.path, launch{args: []string{backend}, fds: []inherited{fd1, fd2}, noNames: true})
+		mustEcho(t, dial(t, "tcp", addr1), 1000)
+		mustEcho(t, dial(t, "tcp", addr2), 1000)
+	})
+}
+
+// TestBackendDefaultPort: a backend without a port means port 80, as in the
+// original. Needs 127.0.0.1:80 free and bindable (root).
+func TestBackendDefaultPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:80")
+	if err != nil {
+		t.Skipf("cannot listen on 127.0.0.1:80: %v", err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	serve(t, ln, echo)
+	forEachImpl(t, func(t *testing.T, im impl) {
+		fd, addr := inheritTCP(t, "web")
+		start(t, im.path, launch{args: []string{"127.0.0.1"}, fds: []inherited{fd}})
+		mustEcho(t, dial(t, "tcp", addr), 1000)
+	})
+}

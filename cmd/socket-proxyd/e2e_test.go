@@ -149,6 +149,8 @@ type launch struct {
 	// listenPID, when not empty, is used verbatim as LISTEN_PID instead of
 	// the child's own pid (to test a mismatch).
 	listenPID string
+	// noNames leaves LISTEN_FDNAMES unset, as older systemd versions do.
+	noNames bool
 	// softNOFILE, when not zero, starts the binary with this soft
 	// RLIMIT_NOFILE, like systemd's default LimitNOFILE=1024:524288.
 	softNOFILE int
@@ -201,9 +203,10 @@ func start(t *testing.T, bin string, l launch) *proc {
 				names[i] = "unknown"
 			}
 		}
-		env = append(env,
-			"LISTEN_FDS="+strconv.Itoa(len(l.fds)),
-			"LISTEN_FDNAMES="+strings.Join(names, ":"))
+		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(l.fds)))
+		if !l.noNames {
+			env = append(env, "LISTEN_FDNAMES="+strings.Join(names, ":"))
+		}
 		if l.listenPID != "" {
 			env = append(env, "LISTEN_PID="+l.listenPID)
 		} else {
