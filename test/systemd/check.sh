@@ -1,0 +1,233 @@
+#!/bin/bash
+# check.sh runs inside the test container (a Debian bookworm booted by
+# systemd-nspawn, see run.sh) as spx-check.service. It sets up one scenario
+# with the unit files from contrib/systemd, exactly as an administrator would,
+# checks it, and writes one line per check to /opt/spx-test/results:
+#   PASS <scenario>: <check>
+#   FAIL <scenario>: <check>: <what went wrong>
+# and a last line DONE. The host (run.sh) reads the file after power-off.
+set -uo pipefail
+
+t=/opt/spx-test
+contrib=$t/contrib/systemd
+results=$t/results
+scenario=$(cat "$t/scenario")
+: >"$results"
+
+pass() { echo "PASS $scenario: $1" | tee -a "$results"; }
+fail() { echo "FAIL $scenario: $1: $2" | tee -a "$results"; }
+
+# check NAME COMMAND...: one check, passed when COMMAND succeeds.
+check() {
+	local name=$1 out
+	shift
+	if out=$("$@" 2>&1); then
+		pass "$name"
+	else
+		fail "$name" "$(printf '%s' "$out" | tr '\n' ' ' | tail -c 400)"
+	fi
+}
+
+# wait_for SECONDS COMMAND...: poll COMMAND every 0.1 s until it succeeds or
+# the deadline passes.
+wait_for() {
+	local tries=$(($1 * 10))
+	shift
+	while ((tries-- > 0)); do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "still false after the deadline: $*"
+	return 1
+}
+
+state() { systemctl show -P ActiveState "$1"; }
+is_state() { [[ $(systemctl show -P ActiveState "$1")/$(systemctl show -P SubState "$1") == "$2" ]] || {
+	echo "$1 is $(systemctl show -P ActiveState "$1")/$(systemctl show -P SubState "$1"), want $2"
+	return 1
+}; }
+running() { is_state "$1" active/running; }
+inactive() { is_state "$1" inactive/dead; }
+
+# get_page URL: the nginx welcome page through the proxy.
+get_page() {
+	local page
+	page=$(curl -fsS --max-time 10 "$1") || return 1
+	grep -q 'Welcome to nginx' <<<"$page" || { echo "unexpected page: $page"; return 1; }
+}
+
+# dynamic_user UNIT: the unit's main process runs as a DynamicUser= uid.
+dynamic_user() {
+	local pid uid
+	pid=$(systemctl show -P MainPID "$1")
+	[[ $pid != 0 ]] || { echo "$1 has no main process"; return 1; }
+	uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+	[[ $(systemctl show -P DynamicUser "$1") == yes ]] || { echo "DynamicUser= is not set"; return 1; }
+	((uid >= 61184 && uid <= 65519)) || { echo "uid $uid is not a dynamic user"; return 1; }
+}
+
+# nofile_raised UNIT: the soft RLIMIT_NOFILE was raised to the hard limit.
+nofile_raised() {
+	local pid soft hard
+	pid=$(systemctl show -P MainPID "$1")
+	read -r soft hard < <(awk '/^Max open files/ {print $4, $5}' "/proc/$pid/limits")
+	[[ $soft == "$hard" ]] || { echo "soft limit $soft, hard limit $hard"; return 1; }
+}
+
+# no_errors UNIT: nothing at priority err or worse in the unit's journal.
+no_errors() {
+	local lines
+	lines=$(journalctl -q --no-pager -b -u "$1" -p err -o cat)
+	[[ -z $lines ]] || { echo "$lines"; return 1; }
+}
+
+# install_nginx_site FILE DROPIN...: nginx's site config and nginx.service
+# drop-ins from contrib/systemd/nginx.
+install_nginx() {
+	local site=$1
+	shift
+	rm -f /etc/nginx/sites-enabled/default
+	cp "$contrib/nginx/$site" /etc/nginx/sites-enabled/default
+	mkdir -p /etc/systemd/system/nginx.service.d
+	for d in "$@"; do cp "$contrib/nginx/$d" /etc/systemd/system/nginx.service.d/; done
+}
+
+install_units() { for u in "$@"; do cp "$contrib/$u" /etc/systemd/system/; done; }
+
+scenario_simple() { # Examples 1 to 4
+	install_nginx unix-socket.conf runtime-directory.conf
+	install_units proxy-to-nginx.socket proxy-to-nginx.service
+	systemctl daemon-reload
+	check "nginx restarts on its unix socket" systemctl restart nginx.service
+	check "systemctl enable --now proxy-to-nginx.socket" systemctl enable --now proxy-to-nginx.socket
+	check "socket listening, proxy not yet started" eval 'is_state proxy-to-nginx.socket active/listening && inactive proxy-to-nginx.service'
+	check "first connection starts the proxy; curl gets nginx's page" get_page http://localhost:80/
+	check "proxy-to-nginx.service is active (running)" running proxy-to-nginx.service
+	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx.service
+	check "soft RLIMIT_NOFILE raised to the hard limit" nofile_raised proxy-to-nginx.service
+	check "20 more requests through the proxy" eval 'for i in {1..20}; do get_page http://127.0.0.1:80/ || exit 1; done'
+	check "systemctl stop proxy-to-nginx.service" systemctl stop proxy-to-nginx.service
+	check "stopped cleanly (exit status 0)" eval '[[ $(systemctl show -P Result proxy-to-nginx.service) == success ]]'
+	check "next connection starts it again" get_page http://localhost:80/
+	check "no error lines in its journal" no_errors proxy-to-nginx.service
+}
+
+scenario_namespace() { # Examples 5 to 8
+	install_nginx port-8080.conf private-namespace.conf
+	install_units proxy-to-nginx-ns.socket proxy-to-nginx-ns.service
+	systemctl daemon-reload
+	check "nginx restarts in its private network namespace" systemctl restart nginx.service
+	check "systemctl enable --now proxy-to-nginx-ns.socket" systemctl enable --now proxy-to-nginx-ns.socket
+	check "curl gets nginx's page through the proxy" get_page http://localhost:80/
+	check "proxy-to-nginx-ns.service is active (running)" running proxy-to-nginx-ns.service
+	check "proxy is in nginx's network namespace" eval '
+		a=$(readlink /proc/$(systemctl show -P MainPID nginx.service)/ns/net) &&
+		b=$(readlink /proc/$(systemctl show -P MainPID proxy-to-nginx-ns.service)/ns/net) &&
+		c=$(readlink /proc/self/ns/net) &&
+		[[ $a == "$b" && $a != "$c" ]] || { echo "nginx $a, proxy $b, host $c"; exit 1; }'
+	check "nginx's port 8080 is not reachable from outside the namespace" eval '! curl -sS --max-time 5 http://127.0.0.1:8080/'
+	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx-ns.service
+	check "no error lines in its journal" no_errors proxy-to-nginx-ns.service
+}
+
+scenario_idle() { # --exit-idle-time= with StopWhenUnneeded=
+	systemctl disable --now nginx.service
+	install_nginx unix-socket.conf runtime-directory.conf stop-when-unneeded.conf
+	install_units proxy-to-nginx-idle.socket
+	# The shipped unit, with a short idle time so the test does not wait 5 min.
+	sed 's/--exit-idle-time=[^ ]*/--exit-idle-time=2s/' "$contrib/proxy-to-nginx-idle.service" \
+		>/etc/systemd/system/proxy-to-nginx-idle.service
+	systemctl daemon-reload
+	check "systemctl enable --now proxy-to-nginx-idle.socket" systemctl enable --now proxy-to-nginx-idle.socket
+	check "before any connection neither proxy nor nginx runs" eval 'inactive proxy-to-nginx-idle.service && inactive nginx.service'
+	check "first connection starts both; curl gets nginx's page" get_page http://localhost:80/
+	check "both are active (running)" eval 'running proxy-to-nginx-idle.service && running nginx.service'
+	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx-idle.service
+	check "idle proxy exits" wait_for 30 inactive proxy-to-nginx-idle.service
+	check "idle exit is a success (exit status 0)" eval '[[ $(systemctl show -P Result proxy-to-nginx-idle.service) == success ]]'
+	check "nginx stops when unneeded" wait_for 30 inactive nginx.service
+	check "next connection starts both again" get_page http://localhost:80/
+	check "both are active (running) again" eval 'running proxy-to-nginx-idle.service && running nginx.service'
+	check "both stop again when idle" eval 'wait_for 30 inactive proxy-to-nginx-idle.service && wait_for 30 inactive nginx.service'
+	# A connection that stays open keeps the proxy up past the idle time.
+	check "open connection keeps the proxy running past the idle time" eval '
+		exec 3<>/dev/tcp/127.0.0.1/80 || exit 1
+		wait_for 30 running proxy-to-nginx-idle.service || exit 1
+		pid=$(systemctl show -P MainPID proxy-to-nginx-idle.service)
+		sleep 4
+		running proxy-to-nginx-idle.service || exit 1
+		[[ $(systemctl show -P MainPID proxy-to-nginx-idle.service) == "$pid" ]] || { echo "proxy restarted"; exit 1; }
+		exec 3>&-'
+	check "exits once that connection closes" wait_for 30 inactive proxy-to-nginx-idle.service
+	# Started without any connection: the idle time counts from start-up.
+	check "started with no connection, it still exits when idle" eval '
+		systemctl start proxy-to-nginx-idle.service || exit 1
+		wait_for 30 inactive proxy-to-nginx-idle.service'
+	check "no error lines in its journal" no_errors proxy-to-nginx-idle.service
+}
+
+scenario_notify() { # Type=notify, --listen, watchdog, journal
+	install_nginx unix-socket.conf runtime-directory.conf
+	# The shipped unit with a short watchdog, so a missing WATCHDOG=1 shows.
+	sed 's/^WatchdogSec=.*/WatchdogSec=1s/' "$contrib/proxy-to-nginx-listen.service" \
+		>/etc/systemd/system/proxy-to-nginx-listen.service
+	systemctl daemon-reload
+	check "nginx restarts on its unix socket" systemctl restart nginx.service
+	check "socket-proxyd --version names version, commit and Go version" eval '
+		v=$(/usr/bin/socket-proxyd --version) &&
+		[[ $v =~ ^socket-proxyd\ [^\ ]+\ \(commit\ [^\ ,]+,\ go[0-9][^\ ]*\)$ ]] || { echo "got: $v"; exit 1; }'
+	check "systemctl start returns once READY=1 is sent" timeout 20 systemctl start proxy-to-nginx-listen.service
+	check "status shows active (running)" eval 'systemctl status proxy-to-nginx-listen.service | grep "Active: active (running)"'
+	check "curl gets nginx's page through --listen 127.0.0.1:8081" get_page http://127.0.0.1:8081/
+	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx-listen.service
+	check "watchdog pings keep it alive (WatchdogSec=1s, 4 s)" eval '
+		pid=$(systemctl show -P MainPID proxy-to-nginx-listen.service)
+		sleep 4
+		running proxy-to-nginx-listen.service || exit 1
+		[[ $(systemctl show -P MainPID proxy-to-nginx-listen.service) == "$pid" && $(systemctl show -P NRestarts proxy-to-nginx-listen.service) == 0 ]] ||
+			{ echo "restarted: $(systemctl show -P Result proxy-to-nginx-listen.service)"; exit 1; }'
+	check "systemctl stop: exits 0 after SIGTERM" eval '
+		systemctl stop proxy-to-nginx-listen.service &&
+		[[ $(systemctl show -P ExecMainCode proxy-to-nginx-listen.service) == 1 && $(systemctl show -P ExecMainStatus proxy-to-nginx-listen.service) == 0 ]] ||
+			{ echo "code $(systemctl show -P ExecMainCode proxy-to-nginx-listen.service) status $(systemctl show -P ExecMainStatus proxy-to-nginx-listen.service)"; exit 1; }'
+	check "no error lines in its journal" no_errors proxy-to-nginx-listen.service
+
+	# A backend that is not there: one warning line in the journal that names
+	# the client and the backend, with the journal's own timestamp only.
+	check "transient proxy to a missing backend starts" systemd-run --quiet --unit=spx-journal -p Type=notify -p DynamicUser=yes \
+		/usr/bin/socket-proxyd --listen 127.0.0.1:8099 /run/nowhere.sock
+	check "connection to it is closed" eval '! curl -sS --max-time 10 http://127.0.0.1:8099/'
+	check "one warning line naming client and backend" eval '
+		wait_for 10 eval "journalctl -q -b -u spx-journal -p warning..warning -o cat | grep -q /run/nowhere.sock" || exit 1
+		lines=$(journalctl -q -b -u spx-journal -p warning..warning -o cat | grep /run/nowhere.sock)
+		echo "$lines"
+		[[ $(wc -l <<<"$lines") == 1 ]] && grep -q 127.0.0.1 <<<"$lines" && ! grep -Eq "^(time=|[0-9]{4}[-/])" <<<"$lines"'
+	systemctl stop spx-journal.service
+}
+
+scenario_deb() { # the Debian package: install, use, remove
+	local files
+	check "dpkg -i socket-proxyd.deb" dpkg -i "$t/socket-proxyd.deb"
+	check "socket-proxyd --version runs" /usr/bin/socket-proxyd --version
+	check "man page installed" test -f /usr/share/man/man8/socket-proxyd.8.gz
+	check "units installed and known to systemd" eval 'systemctl cat proxy-to-nginx.socket proxy-to-nginx.service >/dev/null'
+	install_nginx unix-socket.conf runtime-directory.conf
+	systemctl daemon-reload
+	check "nginx restarts on its unix socket" systemctl restart nginx.service
+	check "Example 4 with the packaged units: systemctl enable --now proxy-to-nginx.socket" systemctl enable --now proxy-to-nginx.socket
+	check "curl gets nginx's page" get_page http://localhost:80/
+	files=$(dpkg -L socket-proxyd | while read -r f; do [[ -d $f ]] || echo "$f"; done)
+	check "package lists its files" test -n "$files"
+	check "dpkg -r socket-proxyd" dpkg -r socket-proxyd
+	check "removal stopped the proxy and its socket" eval 'inactive proxy-to-nginx.service && ! systemctl is-active -q proxy-to-nginx.socket'
+	check "every file of the package is gone" eval 'left=0; while read -r f; do [[ -e $f ]] && { echo "left: $f"; left=1; }; done <<<"$files"; exit $left'
+	check "dpkg -P socket-proxyd" dpkg -P socket-proxyd
+	check "package no longer known to dpkg" eval '! dpkg -s socket-proxyd'
+}
+
+case $scenario in
+simple | namespace | idle | notify | deb) "scenario_$scenario" ;;
+*) fail setup "unknown scenario $scenario" ;;
+esac
+journalctl -b --no-pager -o short-monotonic >"$t/journal.txt" 2>&1
+echo DONE >>"$results"

@@ -1,0 +1,40 @@
+#!/bin/bash
+# verify-units.sh: run "systemd-analyze verify" on every unit file and nginx
+# drop-in in contrib/systemd, the way "make install" installs them: ExecStart=
+# rewritten to a real socket-proxyd binary, and man:socket-proxyd(8) found in
+# our docs/. Any message from systemd-analyze counts as a failure, since it
+# reports unknown keys and bad values only as warnings.
+#
+# Usage: test/systemd/verify-units.sh [SOCKET_PROXYD_BINARY]   (default ./socket-proxyd)
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+bin=${1:-${SOCKET_PROXYD_BIN:-$top/socket-proxyd}}
+[[ -x $bin ]] || { echo "verify-units: $bin: no executable socket-proxyd (run make build)" >&2; exit 1; }
+bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/spx-verify.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/units/nginx.service.d" "$tmp/man/man8"
+cp "$top/docs/socket-proxyd.8" "$tmp/man/man8/"
+
+units=()
+for f in "$top"/contrib/systemd/*.socket "$top"/contrib/systemd/*.service; do
+	sed "s|/usr/bin/socket-proxyd|$bin|g" "$f" >"$tmp/units/${f##*/}"
+	units+=("$tmp/units/${f##*/}")
+done
+# nginx.service may not exist on this machine: a stand-in carries the drop-ins
+# the examples ask for, so they are checked as well.
+printf '[Unit]\nDescription=stand-in for nginx\n[Service]\nExecStart=/bin/true\n' >"$tmp/units/nginx.service"
+cp "$top"/contrib/systemd/nginx/*.conf "$tmp/units/nginx.service.d/"
+rm "$tmp/units/nginx.service.d/"{unix-socket,port-8080}.conf # nginx's own config, not drop-ins
+units+=("$tmp/units/nginx.service")
+
+out=$(cd "$tmp/units" && SYSTEMD_UNIT_PATH="$tmp/units:" MANPATH="$tmp/man" \
+	systemd-analyze verify "${units[@]}" 2>&1) || { echo "$out" >&2; echo "verify-units: systemd-analyze verify failed" >&2; exit 1; }
+if [[ -n $out ]]; then
+	echo "$out" >&2
+	echo "verify-units: systemd-analyze verify printed warnings" >&2
+	exit 1
+fi
+echo "verify-units: ok: ${units[*]##*/}"
