@@ -85,13 +85,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS"))
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	stopping := func() {
-		notify.Stopping()
-		log.Debug("stopping")
+	// STOPPING=1 goes out before the proxy starts closing anything, so the
+	// signal is watched here rather than through a context the proxy sees
+	// first.
+	var stopOnce sync.Once
+	stopping := func(reason string) {
+		stopOnce.Do(func() {
+			notify.Stopping()
+			log.Info("stopping", "reason", reason)
+		})
 	}
-	defer context.AfterFunc(ctx, stopping)()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
+	var background sync.WaitGroup
+	defer background.Wait()
+	background.Go(func() {
+		select {
+		case sig := <-signals:
+			stopping(sig.String())
+			cancel()
+		case <-ctx.Done():
+		}
+	})
 
 	srv := proxy.New(proxy.Config{
 		Listeners:      listeners,
@@ -101,19 +119,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Log:            log,
 	})
 	// The watchdog and the status line live exactly as long as Run.
-	reportCtx, stopReporting := context.WithCancel(ctx)
-	var reporters sync.WaitGroup
-	reporters.Go(func() { notify.Watchdog(reportCtx, notify.WatchdogInterval()) })
-	reporters.Go(func() { status.Report(reportCtx, status.Interval, srv.Stats, notify.Status) })
+	background.Go(func() { notify.Watchdog(ctx, notify.WatchdogInterval()) })
+	background.Go(func() { status.Report(ctx, status.Interval, srv.Stats, notify.Status) })
 	notify.Ready()
 	log.Debug("ready", "listeners", len(listeners), "backend", opts.backend.String(), "connections_max", opts.maxConnections)
 
 	err = srv.Run(ctx)
-	stopReporting()
-	reporters.Wait()
-	if ctx.Err() == nil {
-		stopping() // idle exit; a signal already said so
-	}
+	stopping("idle") // unless a signal already said so
+	cancel()
 	if err != nil {
 		return fail(err)
 	}
