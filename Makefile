@@ -1,0 +1,121 @@
+# socket-proxyd: build, test, install, package.
+#
+#   make                 build ./socket-proxyd (version and commit from git)
+#   make test            go test -race ./...   (what the README and .ci/run run)
+#   make bench           the benchmark harness: go run ./cmd/proxybench
+#   make install         install into $(DESTDIR)$(PREFIX) (PREFIX=/usr/local)
+#   make uninstall       remove what make install installed (same PREFIX/DESTDIR)
+#   make deb             build/socket-proxyd_VERSION_ARCH.deb with dpkg-deb
+#   make man-check       the man page renders without warnings, and its options match --help
+#   make verify-units    systemd-analyze verify on contrib/systemd
+#   make systemd-test    the units and the .deb under a real systemd in a container (root)
+#   make deb-test        only the .deb part of systemd-test (root)
+#   make clean
+#
+# Installed files (PREFIX=/usr/local; the .deb uses PREFIX=/usr):
+#   $(BINDIR)/socket-proxyd                        BINDIR=$(PREFIX)/bin
+#   $(MANDIR)/man8/socket-proxyd.8                 MANDIR=$(PREFIX)/share/man
+#   $(UNITDIR)/proxy-to-nginx*.{socket,service}    UNITDIR=$(PREFIX)/lib/systemd/system
+#   $(DOCDIR)/examples/nginx/*.conf                DOCDIR=$(PREFIX)/share/doc/socket-proxyd
+# systemd reads units from /usr/local/lib/systemd/system as well as
+# /usr/lib/systemd/system. The units are installed disabled; their ExecStart=
+# is rewritten to $(BINDIR)/socket-proxyd.
+
+GO ?= go
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DOCDIR ?= $(PREFIX)/share/doc/socket-proxyd
+DESTDIR ?=
+
+# VERSION: the tag (v1.2.3 -> 1.2.3, with -N-gHASH after it and -dirty when
+# the tree has changes), or before the first tag a snapshot version that
+# sorts below 0.0.0 and rises with the commit date, as Debian's ~git
+# versions do. COMMIT: the commit hash. main.version and main.commit in
+# cmd/socket-proxyd are set from them; --version prints both.
+ifeq ($(origin COMMIT),undefined)
+COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+endif
+ifeq ($(origin VERSION),undefined)
+VERSION := $(shell v=$$(git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null) && echo $${v\#v} || \
+	echo 0.0.0~git$$(git log -1 --format=%cd --date=format:%Y%m%d 2>/dev/null || echo 0).$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown))
+endif
+
+GOBUILDFLAGS ?= -trimpath
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# A static binary: it runs in any container or chroot, and the pure Go
+# resolver needs no NSS modules under ProtectSystem=strict.
+export CGO_ENABLED ?= 0
+
+SOURCES := $(shell find cmd/socket-proxyd internal -name '*.go' ! -name '*_test.go' 2>/dev/null) go.mod go.sum
+UNITS := $(notdir $(wildcard contrib/systemd/*.socket contrib/systemd/*.service))
+NGINX_EXAMPLES := $(notdir $(wildcard contrib/systemd/nginx/*.conf))
+
+.PHONY: all build test bench vet fmt-check man-check verify-units install uninstall deb deb-test systemd-test clean
+
+all: build
+
+build: socket-proxyd
+
+# A file target, so "make && sudo make install" does not build again as root.
+socket-proxyd: $(SOURCES)
+	$(GO) build $(GOBUILDFLAGS) -ldflags '$(LDFLAGS)' -o $@ ./cmd/socket-proxyd
+
+test:
+	$(GO) test -race ./...
+
+bench:
+	$(GO) run ./cmd/proxybench
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+# groff's own warnings (-ww), then the Go test that compares the man page's
+# OPTIONS with --help.
+man-check:
+	@out=$$(groff -man -ww -z docs/socket-proxyd.8 2>&1); \
+	if [ -n "$$out" ]; then echo "$$out"; echo "man-check: groff warns about docs/socket-proxyd.8"; exit 1; fi
+	@out=$$(MANWIDTH=80 man --warnings -l docs/socket-proxyd.8 2>&1 >/dev/null); \
+	if [ -n "$$out" ]; then echo "$$out"; echo "man-check: man warns about docs/socket-proxyd.8"; exit 1; fi
+	$(GO) test -count=1 ./docs/
+
+verify-units: socket-proxyd
+	test/systemd/verify-units.sh ./socket-proxyd
+
+install: socket-proxyd
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)/examples/nginx
+	install -m 0755 socket-proxyd $(DESTDIR)$(BINDIR)/socket-proxyd
+	install -m 0644 docs/socket-proxyd.8 $(DESTDIR)$(MANDIR)/man8/socket-proxyd.8
+	for u in $(UNITS); do \
+		sed 's|/usr/bin/socket-proxyd|$(BINDIR)/socket-proxyd|g' contrib/systemd/$$u >$(DESTDIR)$(UNITDIR)/$$u && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	for f in $(NGINX_EXAMPLES); do install -m 0644 contrib/systemd/nginx/$$f $(DESTDIR)$(DOCDIR)/examples/nginx/$$f || exit 1; done
+	@echo "installed; units are not enabled (see socket-proxyd(8), EXAMPLES); run systemctl daemon-reload"
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/socket-proxyd $(DESTDIR)$(MANDIR)/man8/socket-proxyd.8
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
+	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/examples/nginx/,$(NGINX_EXAMPLES))
+	-rmdir $(DESTDIR)$(DOCDIR)/examples/nginx $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) 2>/dev/null
+
+# The .deb: make install with PREFIX=/usr into a staging tree, then dpkg-deb.
+deb: socket-proxyd
+	packaging/deb/build.sh "$(VERSION)" build
+
+deb-test: deb
+	SOCKET_PROXYD_BIN=$(CURDIR)/socket-proxyd SOCKET_PROXYD_DEB=$$(cat build/deb-path) test/systemd/run.sh deb
+
+# Boots Debian bookworm under systemd-nspawn once per scenario (needs root,
+# debootstrap and systemd-container; the root is cached, see test/systemd/run.sh).
+systemd-test: socket-proxyd deb
+	SOCKET_PROXYD_BIN=$(CURDIR)/socket-proxyd SOCKET_PROXYD_DEB=$$(cat build/deb-path) test/systemd/run.sh
+
+clean:
+	rm -f socket-proxyd
+	rm -rf build

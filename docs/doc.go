@@ -1,0 +1,4 @@
+// Package docs holds the socket-proxyd(8) manual page, socket-proxyd.8,
+// written in roff by hand. Its tests keep the page in step with the program's
+// --help and with the unit files in contrib/systemd.
+package docs

@@ -1,0 +1,209 @@
+package docs_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const manPage = "socket-proxyd.8"
+
+// help builds the program and returns its --help text.
+func help(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "socket-proxyd")
+	build := exec.Command("go", "build", "-o", bin, "github.com/socket-proxyd/socket-proxyd/cmd/socket-proxyd")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/socket-proxyd: %v\n%s", err, out)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(bin, "--help")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("socket-proxyd --help: %v\n%s", err, stderr.String())
+	}
+	return stdout.String()
+}
+
+// section returns the roff source of one .SH section of the man page.
+func section(t *testing.T, page, name string) string {
+	t.Helper()
+	start := strings.Index(page, "\n.SH "+name+"\n")
+	if start < 0 {
+		t.Fatalf("%s has no .SH %s", manPage, name)
+	}
+	rest := page[start+len("\n.SH "+name+"\n"):]
+	if end := strings.Index(rest, "\n.SH "); end >= 0 {
+		rest = rest[:end]
+	}
+	return rest
+}
+
+var fontEscape = regexp.MustCompile(`\\f[BIRP]`)
+
+// plain turns roff into text: no font escapes, \- as -, no macro names.
+func plain(roff string) string {
+	s := fontEscape.ReplaceAllString(roff, "")
+	s = strings.ReplaceAll(s, `\-`, "-")
+	s = strings.ReplaceAll(s, `\(aq`, "'")
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, ".") {
+			if _, rest, ok := strings.Cut(l, " "); ok {
+				l = strings.ReplaceAll(rest, `"`, "")
+			} else {
+				continue
+			}
+		}
+		lines = append(lines, l)
+	}
+	return strings.Join(lines, "\n")
+}
+
+var optionName = regexp.MustCompile(`(?:^|[\s,])(--?[a-zA-Z][a-zA-Z0-9-]*)`)
+
+// options lists the spellings in an option's heading, e.g. "-c --connections-max".
+func options(heading string) string {
+	var names []string
+	for _, m := range optionName.FindAllStringSubmatch(heading, -1) {
+		names = append(names, m[1])
+	}
+	return strings.Join(names, " ")
+}
+
+// helpOptions: the option headings of --help, the lines that start with "-"
+// up to the gap before the description.
+func helpOptions(help string) []string {
+	var opts []string
+	for _, l := range strings.Split(help, "\n") {
+		l = strings.TrimSpace(l)
+		if !strings.HasPrefix(l, "-") {
+			continue
+		}
+		heading, _, _ := strings.Cut(l, "  ")
+		opts = append(opts, options(heading))
+	}
+	slices.Sort(opts)
+	return opts
+}
+
+// manOptions: the headings of the .TP entries in OPTIONS.
+func manOptions(src string) []string {
+	var opts []string
+	lines := strings.Split(src, "\n")
+	for i, l := range lines {
+		if l == ".TP" && i+1 < len(lines) {
+			opts = append(opts, options(plain(lines[i+1])))
+		}
+	}
+	slices.Sort(opts)
+	return opts
+}
+
+func readPage(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(manPage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestOptionsMatchHelp: every option of --help is in the man page's OPTIONS
+// with the same spellings, and the man page documents no option that
+// --help does not have; defaults --help gives are in the man page too.
+func TestOptionsMatchHelp(t *testing.T) {
+	h := help(t)
+	page := readPage(t)
+	opts := section(t, page, "OPTIONS")
+	fromHelp, fromMan := helpOptions(h), manOptions(opts)
+	if len(fromHelp) == 0 {
+		t.Fatalf("no options found in --help:\n%s", h)
+	}
+	for _, o := range fromHelp {
+		if !slices.Contains(fromMan, o) {
+			t.Errorf("--help has %q; the man page's OPTIONS do not (they have %q)", o, fromMan)
+		}
+	}
+	for _, o := range fromMan {
+		if !slices.Contains(fromHelp, o) {
+			t.Errorf("the man page's OPTIONS have %q; --help does not (it has %q)", o, fromHelp)
+		}
+	}
+	text := plain(opts)
+	for _, m := range regexp.MustCompile(`\(default: ([^)]+)\)`).FindAllStringSubmatch(h, -1) {
+		if !strings.Contains(text, m[1]) {
+			t.Errorf("--help gives the default %q; the man page's OPTIONS do not mention it", m[1])
+		}
+	}
+}
+
+// TestSections: the sections an administrator expects, in order.
+func TestSections(t *testing.T) {
+	page := readPage(t)
+	want := []string{"NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "ENVIRONMENT",
+		"EXAMPLES", "DIFFERENCES FROM SYSTEMD-SOCKET-PROXYD", "SEE ALSO"}
+	var got []string
+	for _, l := range strings.Split(page, "\n") {
+		if name, ok := strings.CutPrefix(l, ".SH "); ok {
+			got = append(got, strings.ReplaceAll(strings.Trim(name, `"`), `\-`, "-"))
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("sections %q, want %q", got, want)
+	}
+}
+
+// TestExamplesMatchUnits: every ExecStart= in the man page's examples is the
+// one of a unit in contrib/systemd, and every unit there appears in the man
+// page, so the two cannot drift apart.
+func TestExamplesMatchUnits(t *testing.T) {
+	examples := plain(section(t, readPage(t), "EXAMPLES"))
+	units, err := filepath.Glob("../contrib/systemd/*.s*")
+	if err != nil || len(units) == 0 {
+		t.Fatalf("no unit files in contrib/systemd: %v", err)
+	}
+	shipped := map[string]bool{}
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := filepath.Base(u)
+		if !strings.Contains(examples, name) {
+			t.Errorf("contrib/systemd/%s is not in the man page's EXAMPLES", name)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "ExecStart=") {
+				shipped[l] = true
+				if !strings.Contains(examples, l) {
+					t.Errorf("contrib/systemd/%s has %q; the man page's EXAMPLES do not", name, l)
+				}
+			}
+		}
+	}
+	for _, l := range strings.Split(examples, "\n") {
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "ExecStart=") && !shipped[l] {
+			t.Errorf("the man page has %q; no unit in contrib/systemd does", l)
+		}
+	}
+}
+
+// TestRendersWithoutWarnings: groff, as man(1) runs it, has nothing to say.
+func TestRendersWithoutWarnings(t *testing.T) {
+	if _, err := exec.LookPath("groff"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("groff is not installed (apt-get install groff-base)")
+		}
+		t.Skip("groff is not installed; make man-check and CI run this check")
+	}
+	out, err := exec.Command("groff", "-man", "-ww", "-z", manPage).CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Errorf("groff -man -ww -z %s: %v\n%s", manPage, err, out)
+	}
+}
