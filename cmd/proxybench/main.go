@@ -261,7 +261,7 @@ func run() int {
 			if err != nil {
 				out = "failed: " + err.Error()
 			}
-			traces = append(traces, fmt.Sprintf("#### %s\n\n```\n%s\n```\n", c.name, strings.TrimSpace(out)))
+			traces = append(traces, fmt.Sprintf("**%s**\n\n```\n%s\n```\n", c.name, strings.TrimSpace(out)))
 		}
 	}
 	if ctx.Err() != nil {

@@ -123,7 +123,7 @@ func idleTarget(cfg *config, c *candidate) int {
 }
 
 func writeReport(w io.Writer, cfg *config, cands []*candidate, skipped []string, results map[string][]*runResult, traces []string) {
-	fmt.Fprintf(w, "## proxybench %s\n\n", time.Now().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(w, "### proxybench run of %s\n\n", time.Now().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "- command: `%s`\n", strings.Join(append([]string{"proxybench"}, os.Args[1:]...), " "))
 	fmt.Fprintf(w, "- machine: %s\n", machine())
 	fmt.Fprintf(w, "- harness: %s; load generator and backends in this process, its threads on CPU %s\n",
@@ -288,7 +288,7 @@ func writeReport(w io.Writer, cfg *config, cands []*candidate, skipped []string,
 		fmt.Fprintln(w)
 	}
 	if len(traces) > 0 {
-		fmt.Fprintln(w, "### System calls during one bulk transfer each way (strace -f -c)")
+		fmt.Fprintln(w, "#### System calls during one bulk transfer each way (strace -f -c)")
 		fmt.Fprintln(w)
 		for _, t := range traces {
 			fmt.Fprintln(w, t)
