@@ -66,7 +66,7 @@ test:
 	$(GO) test -race ./...
 
 bench:
-	$(GO) run ./cmd/proxybench
+	$(GO) run ./cmd/proxybench $(BENCHFLAGS)
 
 vet:
 	$(GO) vet ./...
