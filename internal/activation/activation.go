@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"golang.org/x/sys/unix"
@@ -35,7 +36,8 @@ const maxInherited = 4096
 // fails, naming the descriptor and what to change, for anything that is not
 // a listening stream socket.
 func Inherited() ([]Listener, error) {
-	if err := checkEnvironment(os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")); err != nil {
+	names, named := os.LookupEnv("LISTEN_FDNAMES")
+	if err := checkEnvironment(os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"), names, named, os.Getpid()); err != nil {
 		return nil, err
 	}
 	files := activation.Files(true)
@@ -59,14 +61,25 @@ func Inherited() ([]Listener, error) {
 }
 
 // checkEnvironment rejects values go-systemd would silently ignore, so a
-// broken unit gets an error instead of "no sockets".
-func checkEnvironment(pid, fds string) error {
+// broken unit gets an error instead of "no sockets". Variables meant for
+// another process (LISTEN_PID is a number, not ours) are ignored, garbage
+// or not, as sd_listen_fds(3) does. Like sd_listen_fds_with_names(3), it
+// rejects a LISTEN_FDNAMES that names a different number of sockets than
+// LISTEN_FDS counts: systemd always sets both together, so a mismatch means
+// a broken launcher, and the descriptors past those really passed would be
+// whatever the process holds there (the Go runtime opens files at start-up,
+// so they would be reported as "not a socket", a misleading message).
+func checkEnvironment(pid, fds, names string, named bool, self int) error {
 	if fds == "" {
 		return nil
 	}
 	if pid != "" {
-		if _, err := strconv.Atoi(pid); err != nil {
+		p, err := strconv.Atoi(pid)
+		if err != nil {
 			return fmt.Errorf("LISTEN_PID=%q is not a process ID: it must be set by systemd or systemd-socket-activate", pid)
+		}
+		if p != self {
+			return nil
 		}
 	}
 	n, err := strconv.Atoi(fds)
@@ -76,7 +89,20 @@ func checkEnvironment(pid, fds string) error {
 	if n > maxInherited {
 		return fmt.Errorf("LISTEN_FDS=%q is more sockets than the %d this proxy accepts", fds, maxInherited)
 	}
+	if named && n > 0 {
+		if k := strings.Count(names, ":") + 1; k != n {
+			return fmt.Errorf("LISTEN_FDS=%q but LISTEN_FDNAMES=%q names %d: both must be set together by systemd or systemd-socket-activate", fds, truncate(names, 64), k)
+		}
+	}
 	return nil
+}
+
+// truncate shortens s for an error message.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // fromFile checks that f is a listening stream socket, as Accept=no passes.

@@ -119,28 +119,63 @@ func TestClosingInheritedUnixListenerKeepsFile(t *testing.T) {
 }
 
 func TestCheckEnvironment(t *testing.T) {
+	const self = 42
 	tests := []struct {
-		name, pid, fds string
-		ok             bool
+		name, pid, fds, names string
+		named                 bool
+		ok                    bool
 	}{
 		{name: "unset", ok: true},
-		{name: "normal", pid: "1", fds: "2", ok: true},
-		{name: "garbage count", pid: "1", fds: "two"},
-		{name: "negative count", pid: "1", fds: "-1"},
-		{name: "huge count", pid: "1", fds: "1000000"},
+		{name: "normal", pid: "42", fds: "2", ok: true},
+		{name: "normal with names", pid: "42", fds: "2", names: "web:admin", named: true, ok: true},
+		{name: "empty names", pid: "42", fds: "2", names: ":", named: true, ok: true},
+		{name: "zero sockets", pid: "42", fds: "0", names: "", named: true, ok: true},
+		{name: "garbage count", pid: "42", fds: "two"},
+		{name: "negative count", pid: "42", fds: "-1"},
+		{name: "huge count", pid: "42", fds: "1000000"},
+		{name: "overflowing count", pid: "42", fds: "99999999999999999999999"},
 		{name: "garbage pid", pid: "me", fds: "1"},
+		{name: "overflowing pid", pid: "99999999999999999999999", fds: "1"},
+		{name: "more names than sockets", pid: "42", fds: "1", names: "web:admin", named: true},
+		{name: "fewer names than sockets", pid: "42", fds: "3", names: "web", named: true},
+		// Meant for another process: ignored, garbage or not, as sd_listen_fds.
+		{name: "another process", pid: "1", fds: "2", ok: true},
+		{name: "another process, garbage count", pid: "1", fds: "two", ok: true},
+		{name: "another process, names mismatch", pid: "1", fds: "2", names: "web", named: true, ok: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := checkEnvironment(tt.pid, tt.fds)
+			err := checkEnvironment(tt.pid, tt.fds, tt.names, tt.named, self)
 			if (err == nil) != tt.ok {
-				t.Fatalf("checkEnvironment(%q, %q) = %v, want ok=%v", tt.pid, tt.fds, err, tt.ok)
+				t.Fatalf("checkEnvironment(%q, %q, %q) = %v, want ok=%v", tt.pid, tt.fds, tt.names, err, tt.ok)
 			}
 			if err != nil && !strings.Contains(err.Error(), "LISTEN_") {
 				t.Fatalf("error %q does not name the variable", err)
 			}
 		})
 	}
+}
+
+// FuzzCheckEnvironment: any LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES give an
+// answer, never a panic, and an error always names the variable.
+func FuzzCheckEnvironment(f *testing.F) {
+	f.Add("42", "1", "web", true)
+	f.Add("42", "2", "web:", true)
+	f.Add("1", "x", "", false)
+	f.Add("", "4097", "", false)
+	f.Add("42", "-0", strings.Repeat(":", 100), true)
+	f.Fuzz(func(t *testing.T, pid, fds, names string, named bool) {
+		err := checkEnvironment(pid, fds, names, named, 42)
+		if err != nil && !strings.Contains(err.Error(), "LISTEN_") {
+			t.Fatalf("error %q does not name the variable", err)
+		}
+		if err == nil && fds != "" && pid == "42" {
+			n, aerr := strconv.Atoi(fds)
+			if aerr != nil || n < 0 || n > maxInherited {
+				t.Fatalf("accepted LISTEN_FDS=%q", fds)
+			}
+		}
+	})
 }
 
 func TestListen(t *testing.T) {
