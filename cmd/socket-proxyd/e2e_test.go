@@ -151,6 +151,11 @@ type launch struct {
 	listenPID string
 	// noNames leaves LISTEN_FDNAMES unset, as older systemd versions do.
 	noNames bool
+	// listenFDs and listenFDNames, when not empty, are used verbatim as
+	// LISTEN_FDS and LISTEN_FDNAMES instead of the values fds implies (to
+	// test garbage); listenFDs also makes LISTEN_PID the child's own pid
+	// when no fds are passed at all.
+	listenFDs, listenFDNames string
 	// softNOFILE, when not zero, starts the binary with this soft
 	// RLIMIT_NOFILE, like systemd's default LimitNOFILE=1024:524288.
 	softNOFILE int
@@ -195,7 +200,7 @@ func start(t *testing.T, bin string, l launch) *proc {
 	if l.softNOFILE != 0 {
 		pre = fmt.Sprintf("ulimit -Sn %d && ", l.softNOFILE)
 	}
-	if len(l.fds) > 0 {
+	if len(l.fds) > 0 || l.listenFDs != "" {
 		names := make([]string, len(l.fds))
 		for i, f := range l.fds {
 			names[i] = f.name
@@ -203,9 +208,16 @@ func start(t *testing.T, bin string, l launch) *proc {
 				names[i] = "unknown"
 			}
 		}
-		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(l.fds)))
+		count, joined := strconv.Itoa(len(l.fds)), strings.Join(names, ":")
+		if l.listenFDs != "" {
+			count = l.listenFDs
+		}
+		if l.listenFDNames != "" {
+			joined = l.listenFDNames
+		}
+		env = append(env, "LISTEN_FDS="+count)
 		if !l.noNames {
-			env = append(env, "LISTEN_FDNAMES="+strings.Join(names, ":"))
+			env = append(env, "LISTEN_FDNAMES="+joined)
 		}
 		if l.listenPID != "" {
 			env = append(env, "LISTEN_PID="+l.listenPID)
