@@ -91,7 +91,9 @@ func TestBadActivationEnvironment(t *testing.T) {
 		},
 		{
 			name: "LISTEN_FDS huge",
-			l:    func(t *testing.T) launch { return launch{fds: []inherited{good(t)}, listenFDs: "1000000", noNames: true} },
+			l: func(t *testing.T) launch {
+				return launch{fds: []inherited{good(t)}, listenFDs: "1000000", noNames: true}
+			},
 			want: []string{`LISTEN_FDS="1000000"`, "4096"},
 		},
 		{
