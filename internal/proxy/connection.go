@@ -140,6 +140,15 @@ func (l *loop) pump(c *conn, d int) bool {
 	dir := &c.dir[d]
 	src, dst := int(c.fd[d]), int(c.fd[1-d])
 	for {
+		if dir.flags&(bulk|noSplice) == bulk && (dir.pipe == nil || dir.pipe.r >= 0) {
+			open, more := l.splicePump(c, d)
+			if !open {
+				return false
+			}
+			if !more {
+				return true
+			}
+		}
 		if p := dir.pipe; p != nil {
 			if c.ready[1-d]&canWrite == 0 {
 				return true
@@ -177,38 +186,6 @@ func (l *loop) pump(c *conn, d int) bool {
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
 		}
-		if dir.flags&(bulk|noSplice) == bulk {
-			if p := l.pipes.get(); p != nil {
-				n, e := rawSplice(src, p.w, l.pipes.size)
-				switch {
-				case n > 0:
-					l.s.splices.Add(1)
-					l.s.splicedBytes.Add(int64(n))
-					p.n = n
-					dir.pipe = p
-					if n < bufSize {
-						dir.flags &^= bulk
-					}
-					continue
-				case e == 0:
-					l.pipes.put(p)
-					dir.flags |= srcEOF
-					continue
-				case e == unix.EAGAIN:
-					l.pipes.put(p)
-					c.ready[d] &^= canRead
-					return true
-				case e == unix.EINVAL:
-					l.pipes.put(p)
-					dir.flags |= noSplice
-					continue
-				default:
-					l.pipes.put(p)
-					l.abort(c, e)
-					return false
-				}
-			}
-		}
 		n, e := rawRead(src, l.buf)
 		switch {
 		case e == unix.EAGAIN:
@@ -244,6 +221,90 @@ func (l *loop) pump(c *conn, d int) bool {
 			dir.pipe = l.park(l.buf[w:n])
 		}
 	}
+}
+
+// splicePump is pump for a bulk direction: socket -> pooled pipe -> socket,
+// alternating, until neither side makes progress. It keeps the pipe topped
+// up while the destination is busy, so each wake-up moves as much as the
+// sockets allow. It reports whether the connection is still open, and
+// whether pump should go on with the read/write path (the direction left
+// bulk mode, or the source ended and the pipe is empty).
+//
+// EAGAIN from splicing into a non-empty pipe may mean "pipe full" as well as
+// "socket empty", so it does not clear the source's readiness; only EAGAIN
+// into an empty pipe does. A readiness kept by mistake costs one splice
+// later, never a stall.
+func (l *loop) splicePump(c *conn, d int) (open, more bool) {
+	dir := &c.dir[d]
+	src, dst := int(c.fd[d]), int(c.fd[1-d])
+	p := dir.pipe
+	if p == nil {
+		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 || dir.flags&srcEOF != 0 {
+			return true, dir.flags&srcEOF != 0
+		}
+		if p = l.pipes.get(); p == nil {
+			dir.flags &^= bulk // no pipe to be had: copy through the buffer
+			return true, true
+		}
+		dir.pipe = p
+	}
+	last := -1 // bytes the last splice from the source brought
+	for {
+		progress := false
+		if p.n > 0 && c.ready[1-d]&canWrite != 0 {
+			n, e := rawSplice(p.r, dst, p.n)
+			switch {
+			case n > 0:
+				p.n -= n
+				l.count(c, d, n)
+				progress = true
+			case e == unix.EAGAIN:
+				c.ready[1-d] &^= canWrite
+			case e == unix.EINVAL:
+				dir.flags = dir.flags&^bulk | noSplice
+				return true, true // the read/write path drains it
+			case e != 0:
+				l.abort(c, e)
+				return false, false
+			}
+		}
+		if dir.flags&srcEOF == 0 && c.ready[d]&canRead != 0 && p.n < l.pipes.size {
+			n, e := rawSplice(src, p.w, l.pipes.size-p.n)
+			switch {
+			case n > 0:
+				l.s.splices.Add(1)
+				l.s.splicedBytes.Add(int64(n))
+				p.n += n
+				last = n
+				progress = true
+			case e == 0:
+				dir.flags |= srcEOF
+				progress = true
+			case e == unix.EAGAIN:
+				if p.n == 0 {
+					c.ready[d] &^= canRead
+				}
+			case e == unix.EINVAL:
+				dir.flags = dir.flags&^bulk | noSplice
+				return true, true
+			default:
+				l.abort(c, e)
+				return false, false
+			}
+		}
+		if !progress {
+			break
+		}
+	}
+	if p.n > 0 {
+		return true, false // wait for the destination
+	}
+	l.pipes.put(p)
+	dir.pipe = nil
+	if last >= 0 && last < bufSize {
+		dir.flags &^= bulk // the burst is over: small reads again
+	}
+	return true, dir.flags&srcEOF != 0
 }
 
 // drain writes out what a pipe holds.

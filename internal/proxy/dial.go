@@ -146,6 +146,12 @@ func (l *loop) startConnect(c *conn, sa unix.Sockaddr) unix.Errno {
 
 // connectDone handles the event that ends a connect in progress.
 func (l *loop) connectDone(c *conn, fd int, ev uint32) {
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		if ev&unix.EPOLLOUT != 0 {
+			l.connected(c) // writable and no error: connected, no SO_ERROR call needed
+		}
+		return
+	}
 	e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	if err == nil && e == 0 {
 		if ev&unix.EPOLLOUT == 0 {

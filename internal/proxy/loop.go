@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -64,8 +63,7 @@ type loop struct {
 	lastWarning time.Time
 	unwarned    int
 
-	hot     bool // last wait found work: wait raw
-	rawWait bool // the program has a P to spare for a raw wait
+	hot bool // the last wait found work: wait raw
 
 	// resolutions handed back by resolver goroutines
 	resolveMu   sync.Mutex
@@ -112,7 +110,6 @@ func newLoop(s *Server) (*loop, error) {
 		l.timeout = defaultDialTimeout
 	}
 	l.pipes = pipePool{max: pipeBudget(s.cfg.MaxConnections), stats: s}
-	l.rawWait = runtime.GOMAXPROCS(0) > 1
 	if err := l.add(wakefd, unix.EPOLLIN, 0); err != nil {
 		l.close()
 		return nil, fmt.Errorf("cannot create the event loop: %v", err)
@@ -217,25 +214,21 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 }
 
 // wait returns the number of events ready, waiting at most msec (-1: no
-// limit). It first polls without waiting; when the loop had work recently
-// and the program has another P for the rest of its goroutines, it waits in
-// a raw epoll_wait for up to hotWait ms; otherwise it blocks through the
-// scheduler, which releases the P for as long as the proxy is idle.
+// limit). When the loop had work recently it waits in a raw epoll_wait for
+// up to hotWait ms, keeping its P; otherwise, or past that, it polls once
+// without waiting and then blocks through the scheduler, which releases the
+// P for as long as the proxy is idle. With GOMAXPROCS=1 (a proxy pinned to
+// one CPU) the rest of the program then waits for the loop's P: at most
+// hotWait, or the runtime's 10 ms preemption under constant load; that is a
+// signal or a watchdog ping a few ms late. A host name resolution in flight
+// needs a P at once, so it turns raw waits off.
 func (l *loop) wait(msec int) int {
-	n, e := rawEpollWait(l.epfd, l.events, 0)
-	if e == 0 && n > 0 {
-		l.hot = true
-		return n
-	}
-	if msec == 0 {
-		return 0
-	}
-	if l.hot && l.rawWait && l.resolving == 0 {
+	if l.hot && l.resolving == 0 {
 		t := hotWait
 		if msec >= 0 && msec < t {
 			t = msec
 		}
-		n, e = rawEpollWait(l.epfd, l.events, t)
+		n, e := rawEpollWait(l.epfd, l.events, t)
 		if e == 0 && n > 0 {
 			return n
 		}
@@ -246,6 +239,11 @@ func (l *loop) wait(msec int) int {
 		if msec > 0 {
 			msec -= t
 		}
+	} else if n, e := rawEpollWait(l.epfd, l.events, 0); e == 0 && n > 0 {
+		l.hot = true
+		return n
+	} else if msec == 0 {
+		return 0
 	}
 	n, err := unix.EpollWait(l.epfd, l.events, msec)
 	if err != nil || n <= 0 {
