@@ -294,14 +294,24 @@ func (l *loop) timers() bool {
 		return false
 	}
 	now := l.now()
-	for l.qHead < len(l.connectQ) && l.connectQ[l.qHead].at <= now {
+	// Pop the entries that are due, and the stale ones in front (their
+	// connection is open or gone), so that the queue stays as short as
+	// the number of connects in progress.
+	for l.qHead < len(l.connectQ) {
 		d := l.connectQ[l.qHead]
+		var c *conn
+		if int(d.fd) < len(l.conns) {
+			if c = l.conns[d.fd]; c != nil && (c.gen[0] != d.gen || c.state == stateOpen) {
+				c = nil
+			}
+		}
+		if c != nil && d.at > now {
+			break
+		}
 		l.connectQ[l.qHead] = deadline{}
 		l.qHead++
-		if int(d.fd) < len(l.conns) {
-			if c := l.conns[d.fd]; c != nil && c.gen[0] == d.gen && c.state != stateOpen {
-				l.connectTimedOut(c)
-			}
+		if c != nil {
+			l.connectTimedOut(c)
 		}
 	}
 	if l.qHead == len(l.connectQ) {
