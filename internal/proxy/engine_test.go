@@ -253,7 +253,9 @@ func TestBothWaysAtOnce(t *testing.T) {
 	fromClient := randomBytes(t, size)
 	backendGot := make(chan [32]byte, 1)
 	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		wrote := make(chan struct{})
 		go func() {
+			defer close(wrote)
 			c.Write(fromBackend)
 			c.(*net.TCPConn).CloseWrite()
 		}()
@@ -262,6 +264,7 @@ func TestBothWaysAtOnce(t *testing.T) {
 		var sum [32]byte
 		h.Sum(sum[:0])
 		backendGot <- sum
+		<-wrote // the handler's return closes c
 	})
 	p := start(t, addr, Config{})
 	c := dial(t, p.addr)
@@ -270,11 +273,12 @@ func TestBothWaysAtOnce(t *testing.T) {
 		c.CloseWrite()
 	}()
 	h := sha256.New()
-	if _, err := io.Copy(h, c); err != nil {
+	n, err := io.Copy(h, c)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(h.Sum(nil), sha256Of(fromBackend)) {
-		t.Error("client got other bytes than the backend sent")
+	if n != size || !bytes.Equal(h.Sum(nil), sha256Of(fromBackend)) {
+		t.Errorf("client got %d bytes, other than the %d the backend sent", n, size)
 	}
 	if got := <-backendGot; !bytes.Equal(got[:], sha256Of(fromClient)) {
 		t.Error("backend got other bytes than the client sent")
@@ -505,5 +509,54 @@ func TestHostNameBackend(t *testing.T) {
 	}
 	if st := p.srv.Stats(); st.BackendErrors != 0 {
 		t.Fatalf("%d backend errors:\n%s", st.BackendErrors, p.logs)
+	}
+}
+
+// TestManyStreamsShareThePool: concurrent echoes with writes of every size
+// share the pipe pool and the one buffer; every byte must come back in
+// order on every connection.
+func TestManyStreamsShareThePool(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			payload := make([]byte, 4<<20)
+			for j := range payload {
+				payload[j] = byte(j*7 + i)
+			}
+			c, err := net.Dial("tcp", p.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			go func() {
+				// Writes from 1 byte to 256 KiB, so that reads come
+				// small, full-buffer and bulk in turn.
+				for off, k := 0, 0; off < len(payload); k++ {
+					n := min(len(payload)-off, 1<<(k%19))
+					if _, err := c.Write(payload[off : off+n]); err != nil {
+						return
+					}
+					off += n
+				}
+				c.(*net.TCPConn).CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(got, payload) {
+				errs <- fmt.Errorf("stream %d: %d bytes back of %d (%v)", i, len(got), len(payload), err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
