@@ -37,8 +37,30 @@ const maxInherited = 4096
 // a listening stream socket.
 func Inherited() ([]Listener, error) {
 	names, named := os.LookupEnv("LISTEN_FDNAMES")
-	if err := checkEnvironment(os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"), names, named, os.Getpid()); err != nil {
+	pid, fds := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
+	if err := checkEnvironment(pid, fds, names, named, os.Getpid()); err != nil {
 		return nil, err
+	}
+	// Check every descriptor before anything wraps it in an *os.File. When
+	// LISTEN_FDS counts more than were passed, the numbers past them belong
+	// to whatever this process opened itself, the Go runtime's own epoll
+	// and eventfd among them: an *os.File for one of those closes it (when
+	// closed, or when the garbage collector finalizes it) and the runtime
+	// dies with "fatal error: runtime: netpoll failed". So a bad fd is an
+	// error before any descriptor is touched.
+	if p, err := strconv.Atoi(pid); err == nil && p == os.Getpid() {
+		n, _ := strconv.Atoi(fds) // checked above
+		split := strings.Split(names, ":")
+		for i := 0; i < n; i++ {
+			fd := listenFDsStart + i
+			name := "LISTEN_FD_" + strconv.Itoa(fd)
+			if i < len(split) && split[i] != "" {
+				name = split[i]
+			}
+			if err := checkFD(fd, fmt.Sprintf("inherited fd %d (%q)", fd, name)); err != nil {
+				return nil, err
+			}
+		}
 	}
 	files := activation.Files(true)
 	listeners := make([]Listener, 0, len(files))
@@ -59,6 +81,9 @@ func Inherited() ([]Listener, error) {
 	}
 	return listeners, nil
 }
+
+// listenFDsStart is SD_LISTEN_FDS_START, the first descriptor systemd passes.
+const listenFDsStart = 3
 
 // checkEnvironment rejects values go-systemd would silently ignore, so a
 // broken unit gets an error instead of "no sockets". Variables meant for
@@ -109,23 +134,8 @@ func truncate(s string, n int) string {
 func fromFile(f *os.File) (Listener, error) {
 	fd := int(f.Fd())
 	where := fmt.Sprintf("inherited fd %d (%q)", fd, f.Name())
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	switch {
-	case errors.Is(err, unix.ENOTSOCK):
-		return Listener{}, fmt.Errorf("%s: not a socket: pass sockets with ListenStream= in the .socket unit", where)
-	case errors.Is(err, unix.EBADF):
-		return Listener{}, fmt.Errorf("%s: not an open descriptor: LISTEN_FDS counts more sockets than were passed", where)
-	case err != nil:
-		return Listener{}, fmt.Errorf("%s: %v", where, err)
-	case typ != unix.SOCK_STREAM:
-		return Listener{}, fmt.Errorf("%s: not a stream socket: use ListenStream= in the .socket unit, not ListenDatagram= or ListenSequentialPacket=", where)
-	}
-	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
-	if err != nil {
-		return Listener{}, fmt.Errorf("%s: %v", where, err)
-	}
-	if listening == 0 {
-		return Listener{}, fmt.Errorf("%s: socket is not listening: use Accept=no in the .socket unit (with Accept=yes systemd passes a connection, not a listener)", where)
+	if err := checkFD(fd, where); err != nil {
+		return Listener{}, err
 	}
 	// FileListener wraps a duplicate and, for unix sockets, never unlinks
 	// the path on close: systemd owns that file.
@@ -134,6 +144,30 @@ func fromFile(f *os.File) (Listener, error) {
 		return Listener{}, fmt.Errorf("%s: %v", where, err)
 	}
 	return Listener{Listener: ln, Name: f.Name(), FD: fd}, nil
+}
+
+// checkFD checks that descriptor fd is a listening stream socket, without
+// taking ownership of it; where names it in the error.
+func checkFD(fd int, where string) error {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	switch {
+	case errors.Is(err, unix.ENOTSOCK):
+		return fmt.Errorf("%s: not a socket: pass sockets with ListenStream= in the .socket unit", where)
+	case errors.Is(err, unix.EBADF):
+		return fmt.Errorf("%s: not an open descriptor: LISTEN_FDS counts more sockets than were passed", where)
+	case err != nil:
+		return fmt.Errorf("%s: %v", where, err)
+	case typ != unix.SOCK_STREAM:
+		return fmt.Errorf("%s: not a stream socket: use ListenStream= in the .socket unit, not ListenDatagram= or ListenSequentialPacket=", where)
+	}
+	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	if err != nil {
+		return fmt.Errorf("%s: %v", where, err)
+	}
+	if listening == 0 {
+		return fmt.Errorf("%s: socket is not listening: use Accept=no in the .socket unit (with Accept=yes systemd passes a connection, not a listener)", where)
+	}
+	return nil
 }
 
 // Close closes every listener. Inherited unix sockets keep their files.

@@ -4,9 +4,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -226,4 +228,59 @@ func TestListenReplacesStaleSocketOnly(t *testing.T) {
 		t.Fatalf("a stale socket file blocked --listen: %v", err)
 	}
 	again.Close()
+}
+
+// TestInheritedLeavesOtherDescriptorsAlone: LISTEN_FDS counting far more
+// descriptors than were passed is an error, and the descriptors past the
+// passed ones, which belong to this process (the Go runtime's epoll and
+// eventfd among them), are neither closed nor wrapped in an *os.File that
+// the garbage collector would close. Before the fix, the e2e test
+// "LISTEN_FDS counts more than passed" crashed the -race binary with
+// "fatal error: runtime: netpoll failed".
+func TestInheritedLeavesOtherDescriptorsAlone(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // the netpoller is up
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	before := openFDs(t)
+	t.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	t.Setenv("LISTEN_FDS", strconv.Itoa(maxInherited))
+	os.Unsetenv("LISTEN_FDNAMES")
+	if _, err := Inherited(); err == nil {
+		t.Fatal("Inherited accepted 4096 descriptors that were never passed")
+	} else {
+		t.Log(err)
+	}
+	runtime.GC()
+	runtime.GC() // finalizers of any *os.File made on the way have run
+	if after := openFDs(t); after != before {
+		t.Errorf("%d descriptors open before, %d after", before, after)
+	}
+	// The runtime's poller still works.
+	done := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Close()
+		}
+		done <- err
+	}()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	return len(entries)
 }
