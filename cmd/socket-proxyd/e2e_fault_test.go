@@ -31,24 +31,44 @@ const toldWithin = 10 * time.Second
 // procfs: what the proxy holds
 
 // fdCount returns how many descriptors pid has open, and how many of them
-// are pipes.
+// are pipes of its own: pipes the test process holds too (the proxy's
+// stdout and stderr, anything the test inherited and passed on) are not.
 func fdCount(pid int) (fds, pipes int, err error) {
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	entries, err := os.ReadDir(dir)
+	targets, err := fdTargets(strconv.Itoa(pid))
 	if err != nil {
 		return 0, 0, err
 	}
-	for _, e := range entries {
-		target, err := os.Readlink(dir + "/" + e.Name())
-		if err != nil {
-			continue // closed since ReadDir
-		}
+	ours, err := fdTargets("self")
+	if err != nil {
+		return 0, 0, err
+	}
+	shared := make(map[string]bool, len(ours))
+	for _, t := range ours {
+		shared[t] = true
+	}
+	for _, t := range targets {
 		fds++
-		if strings.HasPrefix(target, "pipe:") {
+		if strings.HasPrefix(t, "pipe:") && !shared[t] {
 			pipes++
 		}
 	}
 	return fds, pipes, nil
+}
+
+// fdTargets reads what each descriptor of /proc/PID/fd links to.
+func fdTargets(pid string) ([]string, error) {
+	dir := "/proc/" + pid + "/fd"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	targets := make([]string, 0, len(entries))
+	for _, e := range entries {
+		if t, err := os.Readlink(dir + "/" + e.Name()); err == nil { // else closed since ReadDir
+			targets = append(targets, t)
+		}
+	}
+	return targets, nil
 }
 
 // statusKiB reads a "Name:   123 kB" field of /proc/PID/status.
@@ -96,10 +116,10 @@ func (p *proc) pid() int { return p.cmd.Process.Pid }
 // fdBaseline is what the proxy holds at rest.
 type fdBaseline struct{ fds, pipes int }
 
-// settle polls until the proxy's descriptors and pipes have not changed
-// for longer than the pipe pool keeps a free pipe (a second), and returns
-// that as the baseline. Call it with no client connected. (The pipes
-// counted include the three of stdio the test gave it.)
+// settle polls until the proxy holds no pipe of its own (the pool closes
+// pipes unused for a second, so an idle proxy holds none) and its
+// descriptor count has not changed for half a second, and returns that as
+// the baseline. Call it with no client connected.
 func settle(t *testing.T, p *proc) fdBaseline {
 	t.Helper()
 	var b fdBaseline
@@ -115,7 +135,7 @@ func settle(t *testing.T, p *proc) fdBaseline {
 			stable = 0
 		}
 		b = fdBaseline{fds: fds, pipes: pipes}
-		return stable >= 150 // 1.5s without change
+		return pipes == 0 && stable >= 50
 	}, func() string {
 		return fmt.Sprintf("the proxy never settled: %d fds, %d pipes:\n%s", b.fds, b.pipes, fdList(p.pid()))
 	})
