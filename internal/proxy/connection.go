@@ -133,9 +133,7 @@ func (l *loop) event(c *conn, side, fd int, ev uint32) {
 //
 // Small reads go through the loop's shared buffer and straight out with
 // write; what the destination cannot take is parked in a pooled pipe. Once a
-// read fills the buffer the direction is bulk and moves by splice into an
-// empty pooled pipe (only an empty one: then EAGAIN can only mean the socket
-// is empty), and from there to the destination.
+// read fills the buffer the direction is bulk and splicePump moves it.
 func (l *loop) pump(c *conn, d int) bool {
 	dir := &c.dir[d]
 	src, dst := int(c.fd[d]), int(c.fd[1-d])
@@ -160,6 +158,9 @@ func (l *loop) pump(c *conn, d int) bool {
 			if e == unix.EAGAIN {
 				c.ready[1-d] &^= canWrite
 				return true
+			}
+			if e == 0 && n == 0 {
+				e = unix.EIO // the pipe holds less than counted: never spin on it
 			}
 			if e != 0 {
 				l.abort(c, e)

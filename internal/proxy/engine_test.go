@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -558,5 +559,93 @@ func TestManyStreamsShareThePool(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestAcceptPausesOnEMFILE: out of descriptors, accept fails and its event
+// is gone; the proxy warns once, keeps the pending client in the backlog,
+// and serves it as soon as a connection closes.
+func TestAcceptPausesOnEMFILE(t *testing.T) {
+	noLeak(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	// This backend shares the lowered limit, and accept4 fails with
+	// EMFILE even with nothing to accept: it must retry, not stop.
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if err != nil {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			go func() {
+				defer c.Close()
+				echo(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	p := start(t, addr, Config{})
+	first := dial(t, p.addr)
+	first.Write([]byte("ping"))
+	if _, err := io.ReadFull(first, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	var saved syscall.Rlimit
+	if err = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
+		t.Fatal(err)
+	}
+	restore := func() {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
+			t.Errorf("restoring the descriptor limit: %v", err)
+		}
+	}
+	defer restore()
+	// The limit bounds descriptor numbers: leave exactly one free number
+	// below it, for the second client's socket, and none for the accept.
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	used := map[int]bool{}
+	for _, e := range entries {
+		n, _ := strconv.Atoi(e.Name())
+		used[n] = true
+	}
+	free := []int{}
+	for n := 0; len(free) < 3; n++ {
+		if !used[n] {
+			free = append(free, n)
+		}
+	}
+	// free[0] may be the descriptor ReadDir used, closed again by now.
+	lowered := syscall.Rlimit{Cur: uint64(free[2]), Max: saved.Max}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lowered); err != nil {
+		t.Skip(err)
+	}
+	second, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		restore()
+		t.Skipf("cannot open the second client under the lowered limit: %v", err)
+	}
+	defer second.Close()
+	waitFor(t, "the proxy to pause accepting", func() bool {
+		return strings.Contains(p.logs.String(), "cannot accept, pausing")
+	})
+	restore()
+	first.Close()
+	second.SetDeadline(time.Now().Add(10 * time.Second))
+	second.Write([]byte("pong"))
+	if _, err := io.ReadFull(second, make([]byte, 4)); err != nil {
+		t.Fatalf("the client left in the backlog was not served after a connection closed: %v; %+v\n%s", err, p.srv.Stats(), p.logs)
+	}
+	if n := strings.Count(p.logs.String(), "cannot accept"); n != 1 {
+		t.Errorf("%d accept warnings, want 1", n)
 	}
 }
