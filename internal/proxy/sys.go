@@ -50,11 +50,3 @@ func rawEpollWait(epfd int, events []unix.EpollEvent, msec int) (int, unix.Errno
 	}
 	return int(r), 0
 }
-
-// errnoErr maps a zero Errno to a nil error.
-func errnoErr(e unix.Errno) error {
-	if e == 0 {
-		return nil
-	}
-	return e
-}
