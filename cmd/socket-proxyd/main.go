@@ -84,6 +84,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(listeners) == 0 {
 		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS"))
 	}
+	if err := checkBackends(listeners, opts.backend, opts.named); err != nil {
+		activation.Close(listeners)
+		return fail(err)
+	}
 
 	// STOPPING=1 goes out before the proxy starts closing anything, so the
 	// signal is watched here rather than through a context the proxy sees
@@ -112,11 +116,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	})
 
 	srv := proxy.New(proxy.Config{
-		Listeners:      listeners,
-		Backend:        opts.backend,
-		MaxConnections: opts.maxConnections,
-		ExitIdleTime:   exitIdleTime(opts.exitIdleTime),
-		Log:            log,
+		Listeners:       listeners,
+		Backend:         opts.backend,
+		MaxConnections:  opts.maxConnections,
+		ExitIdleTime:    exitIdleTime(opts.exitIdleTime),
+		Backends:        opts.named,
+		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),
+		IdleTimeout:     infinityMeansZero(opts.idleTimeout),
+		KeepAlive:       zeroMeansNegative(infinityMeansZero(opts.keepAlive)),
+		ProxyProtocol:   opts.proxyProtocol,
+		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),
+		Log:             log,
 	})
 	// The watchdog and the status line live exactly as long as Run.
 	background.Go(func() { notify.Watchdog(ctx, notify.WatchdogInterval()) })
@@ -141,6 +151,23 @@ func exitIdleTime(d time.Duration) time.Duration {
 		return 0
 	case 0:
 		return time.Nanosecond
+	}
+	return d
+}
+
+// The command line says 0 for "none" (no retry, no keepalive, no drain) and
+// infinity for "never"; proxy.Config, like most Go configuration, keeps zero
+// for the default, so these translate.
+func zeroMeansNegative(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+func infinityMeansZero(d time.Duration) time.Duration {
+	if d == timespan.Infinity {
+		return 0
 	}
 	return d
 }

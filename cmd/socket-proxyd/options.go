@@ -12,16 +12,25 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
 )
 
 // options is the parsed command line.
 type options struct {
-	backend        backend.Address
+	backend        backend.Address            // zero when only --backend is given
+	named          map[string]backend.Address // --backend NAME=ADDRESS
 	maxConnections int
 	exitIdleTime   time.Duration // timespan.Infinity: never
 	listen         []string
-	help, version  bool
+
+	connectTimeout  time.Duration // 0: one attempt
+	idleTimeout     time.Duration // timespan.Infinity: never
+	keepAlive       time.Duration // 0: off
+	shutdownTimeout time.Duration // 0: close at once
+	proxyProtocol   proxyproto.Version
+
+	help, version bool
 }
 
 const usage = `socket-proxyd [OPTIONS...] HOST:PORT
@@ -37,6 +46,22 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
      --listen=ADDRESS        Also listen on ADDRESS: HOST:PORT, [IPv6]:PORT,
                              :PORT, a unix socket path or @abstract-name;
                              may be repeated; works without systemd
+     --backend=NAME=ADDRESS  Forward the socket named NAME (its
+                             FileDescriptorName=, or the --listen ADDRESS) to
+                             ADDRESS instead; may be repeated
+     --connect-timeout=SPAN  Keep retrying a refused or missing backend for
+                             up to SPAN; 0 tries once (default: 10s)
+     --idle-timeout=SPAN     Close a connection without traffic either way
+                             for SPAN (default: infinity)
+     --keepalive=SPAN        TCP keepalive idle time on both TCP sides; 0
+                             turns it off (default: 1min)
+     --proxy-protocol=VERSION
+                             Send a PROXY protocol header, v1 or v2, to the
+                             backend before any client byte (default: none)
+     --shutdown-timeout=SPAN
+                             On SIGTERM, stop accepting and let open
+                             connections finish for up to SPAN; 0 closes
+                             them at once (default: 30s)
   -h --help                  Show this help
      --version               Show package version
 
@@ -59,6 +84,13 @@ func parseOptions(args []string) (options, error) {
 	fs.VarP((*positiveInt)(&opts.maxConnections), "connections-max", "c", "")
 	fs.Var(timespan.NewValue(&opts.exitIdleTime, timespan.Infinity), "exit-idle-time", "")
 	fs.StringArrayVar(&opts.listen, "listen", nil, "")
+	var named []string
+	fs.StringArrayVar(&named, "backend", nil, "")
+	fs.Var(timespan.NewValue(&opts.connectTimeout, proxy.DefaultConnectTimeout), "connect-timeout", "")
+	fs.Var(timespan.NewValue(&opts.idleTimeout, timespan.Infinity), "idle-timeout", "")
+	fs.Var(timespan.NewValue(&opts.keepAlive, proxy.DefaultKeepAlive), "keepalive", "")
+	fs.Var(timespan.NewValue(&opts.shutdownTimeout, proxy.DefaultShutdownTimeout), "shutdown-timeout", "")
+	fs.Var((*protocolFlag)(&opts.proxyProtocol), "proxy-protocol", "")
 	fs.BoolVarP(&opts.help, "help", "h", false, "")
 	fs.BoolVar(&opts.version, "version", false, "")
 	if err := fs.Parse(args); err != nil {
@@ -67,19 +99,45 @@ func parseOptions(args []string) (options, error) {
 	if opts.help || opts.version {
 		return opts, nil
 	}
+	var err error
+	if opts.named, err = parseNamedBackends(named); err != nil {
+		return opts, err
+	}
 	switch fs.NArg() {
 	case 0:
-		return opts, errors.New("missing backend address: give HOST:PORT or a unix socket path")
+		if len(opts.named) == 0 {
+			return opts, errors.New("missing backend address: give HOST:PORT or a unix socket path")
+		}
+		return opts, nil // every socket must then be named by --backend
 	case 1:
 	default:
 		return opts, fmt.Errorf("too many arguments %q: give exactly one backend address", fs.Args()[1:])
 	}
-	addr, err := backend.Parse(fs.Arg(0))
-	if err != nil {
-		return opts, err
+	opts.backend, err = backend.Parse(fs.Arg(0))
+	return opts, err
+}
+
+// parseNamedBackends reads each --backend NAME=ADDRESS.
+func parseNamedBackends(values []string) (map[string]backend.Address, error) {
+	if len(values) == 0 {
+		return nil, nil
 	}
-	opts.backend = addr
-	return opts, nil
+	named := make(map[string]backend.Address, len(values))
+	for _, v := range values {
+		name, addr, ok := strings.Cut(v, "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("invalid value %q for --backend: write NAME=ADDRESS, NAME being a socket's FileDescriptorName= or --listen address", v)
+		}
+		if _, dup := named[name]; dup {
+			return nil, fmt.Errorf("invalid value %q for --backend: socket %q already has a backend", v, name)
+		}
+		a, err := backend.Parse(addr)
+		if err != nil {
+			return nil, fmt.Errorf("invalid value %q for --backend: %v", v, err)
+		}
+		named[name] = a
+	}
+	return named, nil
 }
 
 // flagError rewrites pflag's messages into ours: the bad value quoted, both
@@ -111,6 +169,18 @@ func flagError(err error) error {
 	// Anything else pflag may say: keep it to one line whatever the input.
 	return errors.New(strings.Trim(strconv.Quote(msg), `"`))
 }
+
+// protocolFlag is --proxy-protocol's value.
+type protocolFlag proxyproto.Version
+
+func (p *protocolFlag) Set(s string) error {
+	v, err := proxyproto.ParseVersion(s)
+	*p = protocolFlag(v)
+	return err
+}
+
+func (p *protocolFlag) String() string { return proxyproto.Version(*p).String() }
+func (p *protocolFlag) Type() string   { return "version" }
 
 // positiveInt is -c's value: a whole number of at least 1.
 type positiveInt int

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
 )
 
@@ -47,6 +48,29 @@ func TestParseOptions(t *testing.T) {
 	}
 }
 
+func TestParseIssue4Options(t *testing.T) {
+	o, err := parseOptions([]string{"--backend", "web=127.0.0.1:8080", "--backend=admin=/run/a.sock",
+		"--connect-timeout=2s", "--idle-timeout=5min", "--keepalive=0", "--shutdown-timeout=1min", "--proxy-protocol=v2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.backend.Network != "" || len(o.named) != 2 || o.named["web"].String() != "127.0.0.1:8080" || o.named["admin"].String() != "/run/a.sock" {
+		t.Fatalf("backends: default %+v, named %+v", o.backend, o.named)
+	}
+	if o.connectTimeout != 2*time.Second || o.idleTimeout != 5*time.Minute || o.keepAlive != 0 ||
+		o.shutdownTimeout != time.Minute || o.proxyProtocol != proxyproto.V2 {
+		t.Fatalf("parsed %+v", o)
+	}
+	d, err := parseOptions([]string{"h:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.connectTimeout != 10*time.Second || d.idleTimeout != timespan.Infinity || d.keepAlive != time.Minute ||
+		d.shutdownTimeout != 30*time.Second || d.proxyProtocol != proxyproto.None {
+		t.Fatalf("defaults %+v", d)
+	}
+}
+
 func TestParseOptionsErrors(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -63,6 +87,11 @@ func TestParseOptionsErrors(t *testing.T) {
 		{name: "unknown short", args: []string{"-z", "a:1"}, mention: []string{`"-z"`}},
 		{name: "missing value", args: []string{"a:1", "--listen"}, mention: []string{"--listen", "needs a value"}},
 		{name: "bad backend", args: []string{"a:99999"}, mention: []string{`"a:99999"`}},
+		{name: "named backend without name", args: []string{"--backend=127.0.0.1:80"}, mention: []string{`"127.0.0.1:80"`, "NAME=ADDRESS"}},
+		{name: "named backend bad address", args: []string{"--backend=web=a:0"}, mention: []string{`"web=a:0"`, "1 to 65535"}},
+		{name: "named backend twice", args: []string{"--backend=web=a:1", "--backend=web=b:1"}, mention: []string{`"web"`, "already"}},
+		{name: "bad proxy protocol", args: []string{"--proxy-protocol=v3", "a:1"}, mention: []string{`"v3"`, "v1 or v2"}},
+		{name: "bad connect timeout", args: []string{"--connect-timeout=later", "a:1"}, mention: []string{`"later"`, "--connect-timeout"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -18,10 +18,18 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 )
 
 // DefaultMaxConnections is systemd-socket-proxyd's default for -c.
 const DefaultMaxConnections = 256
+
+// Defaults for the options of issue 4; see Config.
+const (
+	DefaultConnectTimeout  = 10 * time.Second
+	DefaultKeepAlive       = time.Minute
+	DefaultShutdownTimeout = 30 * time.Second
+)
 
 // refusedWarningInterval rate-limits the "connection limit reached" warning
 // so that a flood of clients cannot fill the journal.
@@ -43,6 +51,28 @@ type Config struct {
 	// ExitIdleTime ends Run after this long without a connection, counted
 	// from start-up too; zero or negative means never.
 	ExitIdleTime time.Duration
+	// Backends gives listeners a backend of their own, by Listener.Name
+	// (--backend NAME=ADDRESS); the others use Backend.
+	Backends map[string]backend.Address
+	// ConnectTimeout bounds connecting to the backend, retries included: a
+	// refused or missing backend (ECONNREFUSED, ENOENT, EAGAIN) is retried
+	// with a short backoff until it passes, while the client's bytes wait
+	// in its socket (systemd #2105). Zero means DefaultConnectTimeout;
+	// negative means one attempt per address and no retry.
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a connection with no traffic either way for this
+	// long (systemd #23320); zero means never.
+	IdleTimeout time.Duration
+	// KeepAlive is the TCP keepalive idle time set on both TCP sides; zero
+	// means DefaultKeepAlive, negative turns keepalive off.
+	KeepAlive time.Duration
+	// ProxyProtocol, unless proxyproto.None, has a PROXY protocol header
+	// written to the backend before any client byte.
+	ProxyProtocol proxyproto.Version
+	// ShutdownTimeout is how long open connections may go on once ctx ends
+	// and accepting has stopped; zero means DefaultShutdownTimeout,
+	// negative closes them at once.
+	ShutdownTimeout time.Duration
 	// Log receives one line per event; nil discards.
 	Log *slog.Logger
 }
