@@ -429,7 +429,7 @@ func TestBackendUnavailable(t *testing.T) {
 			forEachImpl(t, func(t *testing.T, im impl) {
 				backend, appear := tt.backend(t)
 				fd, addr := inheritTCP(t, "web")
-				p := start(t, im.path, launch{args: []string{backend}, fds: []inherited{fd}})
+				p := start(t, im.path, launch{args: atOnce(im, backend), fds: []inherited{fd}})
 				c := dial(t, "tcp", addr)
 				if err := closedWithoutData(c, 10*time.Second); err != nil {
 					t.Fatalf("client of an unavailable backend: %v", err)
@@ -471,7 +471,7 @@ func TestUnixListenerNotUnlinked(t *testing.T) {
 		_, backend := echoTCP(t, "127.0.0.1:0")
 		path := filepath.Join(shortDir(t), "front.sock")
 		fd := inherited{file: fileOf(t, listenUnix(t, path)), name: "local"}
-		p := start(t, im.path, launch{args: []string{backend}, fds: []inherited{fd}})
+		p := start(t, im.path, launch{args: atOnce(im, backend), fds: []inherited{fd}})
 		mustEcho(t, dial(t, "unix", path), 1000)
 		p.signal(os.Interrupt)
 		p.waitExit(10 * time.Second)

@@ -118,7 +118,7 @@ func TestSIGTERM(t *testing.T) {
 				_, backend := echoTCP(t, "127.0.0.1:0")
 				n := newNotifyReceiver(t)
 				fd, addr := inheritTCP(t, "web")
-				p := start(t, im.path, launch{args: []string{backend}, fds: []inherited{fd}, env: []string{n.env()}})
+				p := start(t, im.path, launch{args: atOnce(im, backend), fds: []inherited{fd}, env: []string{n.env()}})
 				c := dial(t, "tcp", addr)
 				mustEcho(t, c, 1000)
 				p.signal(sig)

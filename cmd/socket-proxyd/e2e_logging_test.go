@@ -20,7 +20,7 @@ func TestRefusedFlood(t *testing.T) {
 	checkDiffers(t, "exact limit, and its warning rate-limited", func(t *testing.T, im impl) error {
 		_, backend := echoTCP(t, "127.0.0.1:0")
 		fd, addr := inheritTCP(t, "web")
-		p := start(t, im.path, launch{args: []string{"-c", "1", backend}, fds: []inherited{fd}})
+		p := start(t, im.path, launch{args: atOnce(im, "-c", "1", backend), fds: []inherited{fd}})
 		held := dial(t, "tcp", addr)
 		mustEcho(t, held, 1000)
 		for i := 0; i < flood; i++ {
@@ -85,7 +85,7 @@ func TestJournalLogging(t *testing.T) {
 					env = append(env, "SYSTEMD_LOG_LEVEL="+tt.level)
 				}
 				// Two proxies: one with a missing backend, one that works.
-				pBad := start(t, im.path, launch{args: []string{missing}, fds: []inherited{fdBad}, env: env})
+				pBad := start(t, im.path, launch{args: atOnce(im, missing), fds: []inherited{fdBad}, env: env})
 				fdGood, addrGood := inheritTCP(t, "good")
 				pGood := start(t, im.path, launch{args: []string{backend}, fds: []inherited{fdGood}, env: env})
 

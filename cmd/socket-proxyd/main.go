@@ -101,20 +101,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(signals)
-	var background sync.WaitGroup
-	defer background.Wait()
-	background.Go(func() {
-		select {
-		case sig := <-signals:
-			stopping(sig.String())
-			cancel()
-		case <-ctx.Done():
-		}
-	})
-
 	srv := proxy.New(proxy.Config{
 		Listeners:       listeners,
 		Backend:         opts.backend,
@@ -128,15 +114,41 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),
 		Log:             log,
 	})
-	// The watchdog and the status line live exactly as long as Run.
-	background.Go(func() { notify.Watchdog(ctx, notify.WatchdogInterval()) })
-	background.Go(func() { status.Report(ctx, status.Interval, srv.Stats, notify.Status) })
+	// The first signal stops accepting and lets the open connections
+	// finish (up to --shutdown-timeout); a second one closes them at once.
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
+	// alive ends when Run returns: the watchdog, the status line and the
+	// signal watcher live exactly as long as Run, graceful stop included.
+	alive, done := context.WithCancel(context.Background())
+	var background sync.WaitGroup
+	defer background.Wait()
+	defer done()
+	background.Go(func() {
+		select {
+		case sig := <-signals:
+			stopping(sig.String())
+			cancel()
+		case <-alive.Done():
+			return
+		}
+		select {
+		case sig := <-signals:
+			log.Info("closing the open connections at once", "reason", sig.String())
+			srv.CloseConnections()
+		case <-alive.Done():
+		}
+	})
+	background.Go(func() { notify.Watchdog(alive, notify.WatchdogInterval()) })
+	background.Go(func() { status.Report(alive, status.Interval, srv.Stats, notify.Status) })
 	notify.Ready()
 	log.Debug("ready", "listeners", len(listeners), "backend", opts.backend.String(), "connections_max", opts.maxConnections)
 
 	err = srv.Run(ctx)
 	stopping("idle") // unless a signal already said so
 	cancel()
+	done()
 	if err != nil {
 		return fail(err)
 	}

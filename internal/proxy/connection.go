@@ -7,20 +7,25 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 )
 
 // conn is one client and its backend: a small state machine
 //
 //	resolving -> connecting -> open -> closed
 //
+//	             waiting (a refused round: backoff until the next)
+//	                ^   |
+//	                |   v
+//	resolving -> connecting -> open -> closed
+//
 // whose open state is two independent directions, client->backend (in) and
 // backend->client (out). It holds no buffer of its own: bytes in flight sit
 // in a pipe lent by the loop's pool, and only for as long as they are in
-// flight. Room is left for what comes next (issue 4): bytes to write to the
-// backend before forwarding (a PROXY protocol header) fit as a pipe
-// pre-filled before the in direction starts; connect retries until a
-// deadline are the connect queue walking the targets again; a per-connection
-// idle timeout and draining on shutdown are more deadline entries.
+// flight. A PROXY protocol header is a memory pipe the in direction starts
+// with; the connect deadline, the retry backoff and the idle sweep are the
+// loop's, so a connection has no timer of its own.
 type conn struct {
 	fd       [2]int32  // client, backend; -1 while there is no backend socket
 	gen      [2]uint32 // registration of each side, to tell stale events
@@ -29,6 +34,9 @@ type conn struct {
 	ready    [2]uint8 // what each side is known ready for (canRead...)
 	listener uint16
 	attempt  uint16 // index of the backend address being tried
+	round    uint8  // connect rounds retried, for the backoff
+	fdWait   bool   // waiting for a descriptor for the backend socket
+	seen     uint32 // loop tick of the last event (idle timeout)
 	dir      [2]direction
 	start    int64 // loop clock at accept
 	client   netip.AddrPort
@@ -38,6 +46,7 @@ type conn struct {
 const (
 	stateResolving uint8 = iota + 1
 	stateConnecting
+	stateWaiting // for the next connect round, or for a descriptor
 	stateOpen
 )
 
@@ -63,6 +72,7 @@ const (
 	dstShut                    // the destination was shut down for writing
 	bulk                       // the last read filled the buffer: splice
 	noSplice                   // the kernel cannot splice this pair
+	header                     // the pipe holds the PROXY header, not client bytes
 )
 
 // connEvents: every socket is registered once, for everything,
@@ -76,6 +86,7 @@ func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
 	if _, ok := sa.(*unix.SockaddrUnix); !ok {
 		c.tcp[0] = true
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		l.keepAlive(fd)
 	}
 	if err := l.add(fd, connEvents, c.gen[0]); err != nil {
 		unix.Close(fd)
@@ -84,8 +95,8 @@ func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
 	}
 	l.track(fd, c)
 	l.opened()
-	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: c.start + int64(l.timeout)})
-	if l.static != nil {
+	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: c.start + int64(l.connectTimeout)})
+	if l.listeners[listener].static != nil {
 		l.connect(c)
 	} else {
 		l.resolve(c)
@@ -105,15 +116,18 @@ func (l *loop) event(c *conn, side, fd int, ev uint32) {
 		r |= peerClosed
 	}
 	c.ready[side] = r
-	switch c.state {
-	case stateResolving:
-		return // the client's readiness is remembered for later
-	case stateConnecting:
-		if side == 1 {
+	if c.state != stateOpen {
+		switch {
+		case side == 1 && c.state == stateConnecting:
 			l.connectDone(c, fd, ev)
+		case side == 0 && ev&unix.EPOLLERR != 0:
+			// The client reset while waiting for the backend.
+			e, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+			l.abort(c, unix.Errno(e))
 		}
-		return
+		return // otherwise the client's readiness is remembered for later
 	}
+	c.seen = l.tick
 	if !l.pump(c, side) || !l.pump(c, 1-side) {
 		return
 	}
@@ -147,12 +161,12 @@ func (l *loop) pump(c *conn, d int) bool {
 				return true
 			}
 		}
-		if p := dir.pipe; p != nil {
+		if p := dir.pipe; p != nil && p.n > 0 {
 			if c.ready[1-d]&canWrite == 0 {
 				return true
 			}
 			n, e := l.drain(p, dst)
-			if n > 0 {
+			if n > 0 && dir.flags&header == 0 {
 				l.count(c, d, n)
 			}
 			if e == unix.EAGAIN {
@@ -169,6 +183,9 @@ func (l *loop) pump(c *conn, d int) bool {
 			if p.n > 0 {
 				continue
 			}
+			dir.flags &^= header
+		}
+		if p := dir.pipe; p != nil {
 			l.pipes.put(p)
 			dir.pipe = nil
 		}
@@ -390,6 +407,10 @@ func (l *loop) release(c *conn, reset bool) {
 			c.dir[d].pipe = nil
 		}
 	}
+	if c.fdWait {
+		c.fdWait = false
+		l.fdWait--
+	}
 	c.state = 0
 	l.closed()
 }
@@ -398,7 +419,7 @@ func (l *loop) logClosed(c *conn, err error) {
 	if !l.s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
-	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.s.cfg.Backend.String(),
+	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.backendOf(c).String(),
 		"bytes_in", c.dir[0].n, "bytes_out", c.dir[1].n,
 		"duration", time.Duration(l.now() - c.start).Round(time.Millisecond).String()}
 	if err != nil && !l.stopping {
@@ -409,10 +430,15 @@ func (l *loop) logClosed(c *conn, err error) {
 }
 
 func (l *loop) listenerName(c *conn) string {
-	if int(c.listener) < len(l.listeners) {
-		return l.listeners[c.listener].name
+	return l.s.cfg.Listeners[c.listener].Name
+}
+
+// backendOf is where c's listener forwards to.
+func (l *loop) backendOf(c *conn) backend.Address {
+	if b, ok := l.s.cfg.Backends[l.listenerName(c)]; ok {
+		return b
 	}
-	return ""
+	return l.s.cfg.Backend
 }
 
 // clientString is the client's address as Go's net prints it; a client on

@@ -7,13 +7,13 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 )
-
-const defaultDialTimeout = backend.DefaultDialTimeout
 
 // target is one address to connect to, and how errors name it.
 type target struct {
@@ -26,7 +26,10 @@ type target struct {
 // first), and why each failed.
 type dialState struct {
 	targets []target
-	errs    []string
+	errs    []string // why each attempt of the last round failed
+	// retryable: an attempt of the last round was refused, or found no
+	// unix socket or a full backlog, so the backend may be starting.
+	retryable bool
 }
 
 // resolution is a resolver goroutine's answer, handed back to the loop.
@@ -84,11 +87,11 @@ func (l *loop) targets(c *conn) []target {
 	if c.dial != nil {
 		return c.dial.targets
 	}
-	return l.static
+	return l.listeners[c.listener].static
 }
 
 // connect starts connecting c to its next address, going on to the one
-// after whenever one fails at once; with none left, the client is closed.
+// after whenever one fails at once; with none left, the round has failed.
 func (l *loop) connect(c *conn) {
 	ts := l.targets(c)
 	for int(c.attempt) < len(ts) {
@@ -101,10 +104,81 @@ func (l *loop) connect(c *conn) {
 		case unix.EINPROGRESS:
 			c.state = stateConnecting
 			return
+		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+			l.waitForDescriptor(c, e)
+			return
 		}
-		l.attemptFailed(c, t.name+": "+e.Error())
+		l.attemptFailed(c, t.name, e)
 	}
-	l.backendFailed(c)
+	l.roundFailed(c)
+}
+
+// retryable errors say the backend is not there yet: nothing listens on
+// the port or the unix path, or its backlog is full (a unix socket's
+// connect says EAGAIN for that).
+func retryable(e unix.Errno) bool {
+	return e == unix.ECONNREFUSED || e == unix.ENOENT || e == unix.EAGAIN
+}
+
+// roundFailed is reached when every address failed: the round is tried
+// again after a backoff while the deadline allows and the backend may be
+// starting (systemd #2105); otherwise the client is closed. The client's
+// bytes wait in its socket meanwhile: nothing reads them.
+func (l *loop) roundFailed(c *conn) {
+	now, end := l.now(), c.start+int64(l.connectTimeout)
+	if !l.retries || c.dial == nil || !c.dial.retryable || now >= end {
+		l.backendFailed(c)
+		return
+	}
+	l.waitRound(c, now, end)
+}
+
+// waitRound schedules c's next connect round: 10ms after the first
+// failure, doubling up to 500ms, never past the deadline.
+func (l *loop) waitRound(c *conn, now, end int64) {
+	backoff := retryMax
+	if c.round < 6 {
+		backoff = min(retryFirst<<c.round, retryMax)
+		c.round++
+	}
+	c.state = stateWaiting
+	l.pushRetry(deadline{fd: c.fd[0], gen: c.gen[0], at: min(now+int64(backoff), end)})
+}
+
+// retry starts c's next connect round.
+func (l *loop) retry(c *conn) {
+	if c.fdWait {
+		c.fdWait = false
+		l.fdWait--
+	}
+	c.attempt = 0
+	if c.dial != nil {
+		c.dial.errs = c.dial.errs[:0]
+		c.dial.retryable = false
+	}
+	c.state = stateConnecting
+	l.connect(c)
+}
+
+// waitForDescriptor handles EMFILE (and the like) on the backend socket:
+// the client has been accepted but its backend socket cannot be had. It
+// waits, with the backoff of a refused round and within its deadline
+// (whether or not retries are on, as the backend is not to blame), and
+// accepting pauses until it gets one, with one warning per burst rather
+// than one per client.
+func (l *loop) waitForDescriptor(c *conn, e unix.Errno) {
+	l.pauseAccepting("cannot open a socket to the backend, pausing accepting until a connection closes", l.listenerName(c), e)
+	now, end := l.now(), c.start+int64(l.connectTimeout)
+	if now >= end {
+		l.attemptFailed(c, "socket", e)
+		l.backendFailed(c)
+		return
+	}
+	if !c.fdWait {
+		c.fdWait = true
+		l.fdWait++
+	}
+	l.waitRound(c, now, end)
 }
 
 func (l *loop) startConnect(c *conn, sa unix.Sockaddr) unix.Errno {
@@ -122,6 +196,7 @@ func (l *loop) startConnect(c *conn, sa unix.Sockaddr) unix.Errno {
 	c.tcp[1] = family != unix.AF_UNIX
 	if c.tcp[1] {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		l.keepAlive(fd)
 	}
 	c.gen[1] = l.nextGen()
 	c.ready[1] = 0
@@ -165,19 +240,75 @@ func (l *loop) connectDone(c *conn, fd int, ev uint32) {
 	}
 	t := l.targets(c)[c.attempt]
 	l.dropBackend(c)
-	l.attemptFailed(c, t.name+": "+unix.Errno(e).Error())
+	l.attemptFailed(c, t.name, unix.Errno(e))
 	l.connect(c)
 }
 
+// keepAlive turns TCP keepalive on for a TCP socket, once at accept or
+// connect: a peer that vanished (a laptop suspended, systemd #23320) is
+// noticed after about twice the idle time.
+func (l *loop) keepAlive(fd int) {
+	if l.keepIdle == 0 {
+		return
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, l.keepIdle)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, l.keepIntvl)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepCount)
+}
+
+// keepCount is TCP_KEEPCNT: unanswered probes before the connection is
+// dropped.
+const keepCount = 4
+
 // connected starts forwarding. Whatever the client sent meanwhile was
 // remembered as readiness (its events came while the connect was in
-// progress), so both directions are pumped now.
+// progress), so both directions are pumped now; a PROXY protocol header
+// goes first, as a memory pipe the in direction drains before it reads
+// from the client (a partial write of it is continued like any other).
 func (l *loop) connected(c *conn) {
 	c.state = stateOpen
 	c.ready[1] |= canWrite
+	l.pauseWarned = false // a connection got both its sockets: the burst is over
+	if l.sweepEvery > 0 {
+		l.tick = uint32(l.now() / l.sweepEvery)
+	}
+	c.seen = l.tick
+	if v := l.s.cfg.ProxyProtocol; v != proxyproto.None {
+		h := proxyproto.Header(v, c.sourceAddr(), localAddr(int(c.fd[0])))
+		c.dir[0].pipe = &pipe{r: -1, w: -1, n: len(h), mem: h}
+		c.dir[0].flags |= header
+	}
 	if l.pump(c, 0) {
 		l.pump(c, 1)
 	}
+}
+
+// sourceAddr is the client's address for a PROXY header: a *net.TCPAddr,
+// or nil for a client on a unix socket (the header then says UNKNOWN or
+// LOCAL).
+func (c *conn) sourceAddr() net.Addr {
+	if !c.tcp[0] {
+		return nil
+	}
+	return net.TCPAddrFromAddrPort(c.client)
+}
+
+// localAddr is the address the client connected to (getsockname on the
+// accepted socket: the listener's address, or the one it was reached at
+// for a wildcard listener).
+func localAddr(fd int) net.Addr {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil
+	}
+	if _, ok := sa.(*unix.SockaddrUnix); ok {
+		return nil
+	}
+	if ap := clientAddr(sa); ap.IsValid() {
+		return net.TCPAddrFromAddrPort(ap)
+	}
+	return nil
 }
 
 func (l *loop) dropBackend(c *conn) {
@@ -188,28 +319,43 @@ func (l *loop) dropBackend(c *conn) {
 	}
 }
 
-func (l *loop) attemptFailed(c *conn, why string) {
+func (l *loop) attemptFailed(c *conn, name string, e unix.Errno) {
 	c.attempt++
 	if c.dial == nil {
-		c.dial = &dialState{targets: l.static}
+		c.dial = &dialState{targets: l.listeners[c.listener].static}
 	}
-	c.dial.errs = append(c.dial.errs, why)
+	c.dial.errs = append(c.dial.errs, name+": "+e.Error())
+	if retryable(e) {
+		c.dial.retryable = true
+	}
 }
 
-// connectTimedOut fails a connection whose attempts took the whole dial
-// timeout.
+// connectTimedOut fails a connection whose attempts took the whole
+// connect timeout.
 func (l *loop) connectTimedOut(c *conn) {
-	if c.state == stateResolving {
+	switch c.state {
+	case stateResolving:
 		if c.dial == nil {
 			c.dial = &dialState{}
 		}
-		c.dial.errs = append(c.dial.errs, fmt.Sprintf("cannot resolve %q: timed out", l.s.cfg.Backend.Host))
-		l.backendFailed(c)
-		return
+		c.dial.errs = append(c.dial.errs, fmt.Sprintf("cannot resolve %q: timed out", l.backendOf(c).Host))
+	case stateConnecting:
+		t := l.targets(c)[c.attempt]
+		l.dropBackend(c)
+		if c.dial == nil {
+			c.dial = &dialState{targets: l.listeners[c.listener].static}
+		}
+		c.dial.errs = append(c.dial.errs, t.name+": timed out")
+	case stateWaiting:
+		if c.fdWait {
+			if c.dial == nil {
+				c.dial = &dialState{targets: l.targets(c)}
+			}
+			if len(c.dial.errs) == 0 {
+				c.dial.errs = append(c.dial.errs, "socket: "+unix.EMFILE.Error())
+			}
+		}
 	}
-	t := l.targets(c)[c.attempt]
-	l.dropBackend(c)
-	l.attemptFailed(c, t.name+": timed out")
 	l.backendFailed(c)
 }
 
@@ -222,8 +368,11 @@ func (l *loop) backendFailed(c *conn) {
 		why = strings.Join(c.dial.errs, "; ")
 	}
 	l.s.backendErrors.Add(1)
-	l.s.log.Warn("cannot connect to backend, closing client",
-		"client", c.clientString(), "backend", l.s.cfg.Backend.String(), "error", why)
+	attrs := []any{"client", c.clientString(), "backend", l.backendOf(c).String(), "error", why}
+	if c.round > 0 {
+		attrs = append(attrs, "retried_for", time.Duration(l.now()-c.start).Round(time.Millisecond).String())
+	}
+	l.s.log.Warn("cannot connect to backend, closing client", attrs...)
 	l.release(c, false)
 }
 
@@ -234,15 +383,15 @@ func (l *loop) resolve(c *conn) {
 	c.state = stateResolving
 	l.resolving++
 	l.resolveWG.Add(1)
-	go l.resolveBackend(c.fd[0], c.gen[0])
+	go l.resolveBackend(c.fd[0], c.gen[0], l.backendOf(c), time.Duration(c.start+int64(l.connectTimeout)-l.now()))
 }
 
 // resolveBackend is the resolver goroutine of one connection; the loop owns
 // it and waits for it on the way out.
-func (l *loop) resolveBackend(fd int32, gen uint32) {
+func (l *loop) resolveBackend(fd int32, gen uint32, a backend.Address, timeout time.Duration) {
 	defer l.resolveWG.Done()
-	ctx, cancel := context.WithTimeout(l.resolveCtx, l.timeout)
-	addrs, err := l.s.cfg.Dialer.Resolve(ctx, l.s.cfg.Backend)
+	ctx, cancel := context.WithTimeout(l.resolveCtx, timeout)
+	addrs, err := backend.Dialer{Resolver: l.s.cfg.Resolver}.Resolve(ctx, a)
 	cancel()
 	r := resolution{fd: fd, gen: gen, err: err}
 	for _, a := range addrs {
@@ -255,7 +404,7 @@ func (l *loop) resolveBackend(fd int32, gen uint32) {
 		}
 	}
 	if err == nil && len(r.targets) == 0 {
-		r.err = fmt.Errorf("cannot resolve %q: no usable address", l.s.cfg.Backend.Host)
+		r.err = fmt.Errorf("cannot resolve %q: no usable address", a.Host)
 	}
 	l.resolveMu.Lock()
 	defer l.resolveMu.Unlock()

@@ -80,6 +80,9 @@ func startOn(t *testing.T, ln activation.Listener, backendAddr string, cfg Confi
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = -1 // tests of the graceful stop set their own
+	}
 	cfg.Listeners = append(cfg.Listeners, ln)
 	cfg.Backend = addr
 	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 )
 
 const (
@@ -27,6 +30,12 @@ const (
 	// P, after it last had work; past that it blocks through the scheduler
 	// so that an idle proxy costs no wake-ups.
 	hotWait = 5 // milliseconds
+	// retryFirst and retryMax bound the backoff between connect rounds
+	// to a refused or missing backend: 10ms, doubling, up to 500ms.
+	retryFirst = 10 * time.Millisecond
+	retryMax   = 500 * time.Millisecond
+	// sweepMax is the longest interval between two idle sweeps.
+	sweepMax = time.Second
 )
 
 // loop is the event loop: one epoll instance, the listeners, every
@@ -46,12 +55,29 @@ type loop struct {
 	gen       uint32  // last connection generation handed out; never 0
 	active    int
 
-	// backend addresses for a numeric or unix backend, resolved once
-	static  []target
-	timeout time.Duration
+	// connectTimeout is the connect deadline's offset from accept;
+	// retries says whether a refused round is tried again until then.
+	connectTimeout time.Duration
+	retries        bool
+	// keepIdle and keepIntvl are TCP_KEEPIDLE and TCP_KEEPINTVL in
+	// seconds; 0: keepalive off.
+	keepIdle, keepIntvl int
 
 	connectQ []deadline // connection attempts in deadline order
 	qHead    int
+	retryQ   []deadline // connections waiting for their next round: a min-heap by at
+	fdWait   int        // connections waiting for a descriptor for their backend socket
+
+	// Idle timeout: the loop's clock in ticks of sweepEvery, each open
+	// connection's tick of last activity, and a sweep of the table at
+	// every tick that closes those idleTicks behind.
+	sweepEvery int64
+	idleTicks  uint32
+	tick       uint32
+	sweepAt    int64
+
+	draining bool  // ctx ended: no accepting, the open connections finish
+	drainAt  int64 // when the connections still open are closed
 
 	idleAt       int64 // monotonic ns when the proxy exits if still idle; 0: not armed
 	trimAt       int64
@@ -75,8 +101,12 @@ type loop struct {
 }
 
 type listenerFD struct {
-	fd   int
-	name string
+	fd      int
+	name    string
+	backend backend.Address
+	// static holds the backend's addresses when it is numeric or a unix
+	// socket, resolved once at start-up; nil for a host name.
+	static []target
 }
 
 // deadline is an entry of the connect queue; stale entries (the connection
@@ -99,14 +129,27 @@ func newLoop(s *Server) (*loop, error) {
 	}
 	l := &loop{
 		s: s, epfd: epfd, wakefd: wakefd,
-		events:  make([]unix.EpollEvent, maxEvents),
-		buf:     make([]byte, bufSize),
-		epoch:   time.Now(),
-		timeout: s.cfg.Dialer.Timeout,
+		events: make([]unix.EpollEvent, maxEvents),
+		buf:    make([]byte, bufSize),
+		epoch:  time.Now(),
 	}
 	l.resolveCtx, l.resolveStop = context.WithCancel(context.Background())
-	if l.timeout <= 0 {
-		l.timeout = defaultDialTimeout
+	l.connectTimeout, l.retries = s.cfg.ConnectTimeout, true
+	if l.connectTimeout == 0 {
+		l.connectTimeout = DefaultConnectTimeout
+	} else if l.connectTimeout < 0 {
+		l.connectTimeout, l.retries = DefaultConnectTimeout, false
+	}
+	if k := s.cfg.KeepAlive; k >= 0 {
+		if k == 0 {
+			k = DefaultKeepAlive
+		}
+		l.keepIdle = max(1, int((k+time.Second-1)/time.Second))
+		l.keepIntvl = max(1, l.keepIdle/4)
+	}
+	if t := s.cfg.IdleTimeout; t > 0 {
+		l.sweepEvery = int64(min(max(t/4, time.Millisecond), sweepMax))
+		l.idleTicks = uint32((int64(t) + l.sweepEvery - 1) / l.sweepEvery)
 	}
 	l.pipes = pipePool{max: pipeBudget(s.cfg.MaxConnections), stats: s}
 	if err := l.add(wakefd, unix.EPOLLIN, 0); err != nil {
@@ -122,9 +165,12 @@ func newLoop(s *Server) (*loop, error) {
 			l.close()
 			return nil, fmt.Errorf("listener %q: %v", ln.Name, err)
 		}
-		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name})
+		b, ok := s.cfg.Backends[ln.Name]
+		if !ok {
+			b = s.cfg.Backend
+		}
+		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, backend: b, static: staticAddrs(b)})
 	}
-	l.static = staticAddrs(s.cfg.Backend)
 	if s.cfg.ExitIdleTime > 0 {
 		l.idleAt = l.now() + int64(s.cfg.ExitIdleTime)
 	}
@@ -203,13 +249,52 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 				}
 			}
 		}
-		if ctx.Err() != nil {
+		if !l.draining && ctx.Err() != nil {
+			l.startDrain()
+		}
+		if l.draining && l.drained() {
 			return false
 		}
 		if l.timers() {
 			return true
 		}
 	}
+}
+
+// startDrain starts a graceful stop: no more accepting, and the listeners are
+// closed, so that clients connecting meanwhile wait in the backlog of the
+// socket systemd keeps for the next instance; the connections already
+// accepted go on until drained says they are done.
+func (l *loop) startDrain() {
+	l.draining = true
+	for _, ln := range l.listeners {
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+	}
+	activation.Close(l.s.cfg.Listeners)
+	l.acceptPaused = false
+	l.idleAt = 0
+	d := l.s.cfg.ShutdownTimeout
+	if d == 0 {
+		d = DefaultShutdownTimeout
+	}
+	l.drainAt = l.now() + int64(max(d, 0))
+	if l.active > 0 && d > 0 && !l.s.hurry.Load() {
+		l.s.log.Info("letting open connections finish", "connections", l.active, "shutdown_timeout", d.String())
+	}
+}
+
+// drained reports whether a graceful stop is over: every connection has
+// closed, or the time is up or was cut short (CloseConnections), in which
+// case the rest are closed by the caller.
+func (l *loop) drained() bool {
+	if l.active == 0 {
+		return true
+	}
+	if l.s.hurry.Load() || l.now() >= l.drainAt {
+		l.s.log.Info("closing the connections still open", "connections", l.active)
+		return true
+	}
+	return false
 }
 
 // wait returns the number of events ready, waiting at most msec (-1: no
@@ -255,7 +340,8 @@ func (l *loop) wait(msec int) int {
 // timeout_ms is how long the next wait may last: until the earliest of the
 // connect deadlines, the idle exit, the pipe trim and the accept retry.
 func (l *loop) timeout_ms() int {
-	if l.qHead == len(l.connectQ) && l.idleAt == 0 && len(l.pipes.free) == 0 && !l.acceptPaused {
+	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && len(l.pipes.free) == 0 &&
+		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) {
 		return -1
 	}
 	now := l.now()
@@ -267,6 +353,18 @@ func (l *loop) timeout_ms() int {
 	}
 	if l.qHead < len(l.connectQ) {
 		consider(l.connectQ[l.qHead].at)
+	}
+	if len(l.retryQ) > 0 {
+		consider(l.retryQ[0].at)
+	}
+	if l.draining {
+		consider(max(l.drainAt, 1))
+	}
+	if l.sweepEvery > 0 && l.active > 0 {
+		if l.sweepAt == 0 {
+			l.sweepAt = now + l.sweepEvery
+		}
+		consider(l.sweepAt)
 	}
 	consider(l.idleAt)
 	if len(l.pipes.free) > 0 {
@@ -289,10 +387,20 @@ func (l *loop) timeout_ms() int {
 
 // timers runs what is due; it reports whether the idle time has passed.
 func (l *loop) timers() bool {
-	if l.qHead == len(l.connectQ) && l.idleAt == 0 && l.trimAt == 0 && !l.acceptPaused {
+	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && l.trimAt == 0 &&
+		!l.acceptPaused && l.sweepAt == 0 {
 		return false
 	}
 	now := l.now()
+	// Retries before deadlines: a round due at the deadline still runs.
+	for len(l.retryQ) > 0 && l.retryQ[0].at <= now {
+		d := l.popRetry()
+		if int(d.fd) < len(l.conns) {
+			if c := l.conns[d.fd]; c != nil && c.gen[0] == d.gen && c.state == stateWaiting {
+				l.retry(c)
+			}
+		}
+	}
 	// Pop the entries that are due, and the stale ones in front (their
 	// connection is open or gone), so that the queue stays as short as
 	// the number of connects in progress.
@@ -323,10 +431,68 @@ func (l *loop) timers() bool {
 		l.pipes.trim()
 		l.trimAt = 0
 	}
-	if l.acceptPaused && now >= l.acceptAt {
+	if l.acceptPaused && now >= l.acceptAt && l.fdWait == 0 {
 		l.resumeAccepting()
 	}
+	if l.sweepAt != 0 && now >= l.sweepAt {
+		l.tick = uint32(now / l.sweepEvery)
+		l.sweepAt = 0
+		l.sweep()
+	}
 	return l.idleAt != 0 && now >= l.idleAt && l.active == 0
+}
+
+// errIdle ends a connection idle for longer than Config.IdleTimeout.
+var errIdle = fmt.Errorf("idle timeout")
+
+// sweep closes the open connections that have been idle for idleTicks:
+// one pass over the table per tick costs less than a timer per connection,
+// and the data path only stores the tick.
+func (l *loop) sweep() {
+	for fd, c := range l.conns {
+		if c != nil && int(c.fd[0]) == fd && c.state == stateOpen && l.tick-c.seen > l.idleTicks {
+			l.abort(c, errIdle)
+		}
+	}
+}
+
+// pushRetry and popRetry keep retryQ a min-heap by at (container/heap
+// would box every entry).
+func (l *loop) pushRetry(d deadline) {
+	q := append(l.retryQ, d)
+	for i := len(q) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if q[parent].at <= q[i].at {
+			break
+		}
+		q[parent], q[i] = q[i], q[parent]
+		i = parent
+	}
+	l.retryQ = q
+}
+
+func (l *loop) popRetry() deadline {
+	q := l.retryQ
+	top := q[0]
+	n := len(q) - 1
+	q[0] = q[n]
+	q = q[:n]
+	for i := 0; ; {
+		m, a, b := i, 2*i+1, 2*i+2
+		if a < n && q[a].at < q[m].at {
+			m = a
+		}
+		if b < n && q[b].at < q[m].at {
+			m = b
+		}
+		if m == i {
+			break
+		}
+		q[m], q[i] = q[i], q[m]
+		i = m
+	}
+	l.retryQ = q
+	return top
 }
 
 // special handles the loop's own descriptors: the wake-up eventfd and the
@@ -338,7 +504,7 @@ func (l *loop) special(fd int) {
 		l.takeResolved()
 		return
 	}
-	if l.acceptPaused {
+	if l.acceptPaused || l.draining {
 		return
 	}
 	for i := range l.listeners {
@@ -365,18 +531,12 @@ func (l *loop) accept(i int) {
 			// Out of descriptors: the pending clients stay in the
 			// backlog, and their event is consumed. Accept again when
 			// a connection closes, or after acceptRetry.
-			if !l.pauseWarned {
-				l.pauseWarned = true // once per burst
-				l.s.log.Warn("cannot accept, pausing until a connection closes", "listener", l.listeners[i].name, "error", err.Error())
-			}
-			l.acceptPaused = true
-			l.acceptAt = l.now() + int64(acceptRetry)
+			l.pauseAccepting("cannot accept, pausing until a connection closes", l.listeners[i].name, err)
 			return
 		default:
 			l.s.log.Warn("cannot accept", "listener", l.listeners[i].name, "error", err.Error())
 			return
 		}
-		l.pauseWarned = false
 		if l.active >= l.s.cfg.MaxConnections {
 			l.refuse() // counted before the client can see the close
 			unix.Close(nfd)
@@ -386,10 +546,25 @@ func (l *loop) accept(i int) {
 	}
 }
 
+// pauseAccepting stops accepting while descriptors are short, with one
+// warning per burst: the burst ends when a connection gets both its
+// sockets (see connected).
+func (l *loop) pauseAccepting(msg, listener string, err error) {
+	if !l.pauseWarned {
+		l.pauseWarned = true
+		l.s.log.Warn(msg, "listener", listener, "error", err.Error())
+	}
+	l.acceptPaused = true
+	l.acceptAt = l.now() + int64(acceptRetry)
+}
+
 // resumeAccepting accepts on every listener after a pause for EMFILE; the
 // events that would have said so were consumed while paused.
 func (l *loop) resumeAccepting() {
 	l.acceptPaused = false
+	if l.draining {
+		return // the listeners are closed
+	}
 	for i := range l.listeners {
 		l.accept(i)
 		if l.acceptPaused {
@@ -443,7 +618,9 @@ func (l *loop) closed() {
 	if l.active == 0 && l.s.cfg.ExitIdleTime > 0 {
 		l.idleAt = l.now() + int64(l.s.cfg.ExitIdleTime)
 	}
-	if l.acceptPaused && !l.stopping {
+	// A connection waiting for a descriptor for its backend socket gets
+	// the one just freed before a new client is accepted.
+	if l.acceptPaused && !l.stopping && l.fdWait == 0 {
 		l.resumeAccepting()
 	}
 }

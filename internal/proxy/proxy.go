@@ -13,6 +13,7 @@ package proxy
 import (
 	"context"
 	"log/slog"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -40,11 +41,12 @@ const refusedWarningInterval = 10 * time.Second
 type Config struct {
 	// Listeners are served until Run returns, which closes them.
 	Listeners []activation.Listener
-	// Backend is where every client is forwarded.
+	// Backend is where the clients of every listener not in Backends are
+	// forwarded.
 	Backend backend.Address
-	// Dialer connects to the backend: its Timeout bounds each connection's
-	// attempts together, its Resolver looks up host names.
-	Dialer backend.Dialer
+	// Resolver looks up backend host names; nil means net.DefaultResolver.
+	// ConnectTimeout bounds each lookup.
+	Resolver *net.Resolver
 	// MaxConnections is the most clients proxied at once; zero means
 	// DefaultMaxConnections. Client MaxConnections+1 is accepted and closed.
 	MaxConnections int
@@ -58,7 +60,9 @@ type Config struct {
 	// refused or missing backend (ECONNREFUSED, ENOENT, EAGAIN) is retried
 	// with a short backoff until it passes, while the client's bytes wait
 	// in its socket (systemd #2105). Zero means DefaultConnectTimeout;
-	// negative means one attempt per address and no retry.
+	// negative means one attempt per address and no retry (the attempts
+	// are then bounded by DefaultConnectTimeout, as a connect to a host
+	// that never answers would otherwise wait for the kernel's SYN retries).
 	ConnectTimeout time.Duration
 	// IdleTimeout closes a connection with no traffic either way for this
 	// long (systemd #23320); zero means never.
@@ -96,6 +100,9 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 
+	loop  atomic.Pointer[loop] // set while Run runs
+	hurry atomic.Bool          // CloseConnections was called
+
 	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
 	pipes, splices, splicedBytes                                atomic.Int64
 }
@@ -113,24 +120,43 @@ func New(cfg Config) *Server {
 }
 
 // Run serves until ctx ends or the proxy has been idle for ExitIdleTime,
-// then closes the listeners and every connection and returns nil. It fails
-// only when the event loop cannot be set up.
+// and returns nil once every connection is closed. When ctx ends it stops
+// accepting at once and closes its copies of the listeners (systemd keeps
+// the sockets, so clients that connect meanwhile wait in the backlog for
+// the next instance instead of being refused), lets the open connections
+// finish for up to ShutdownTimeout, then closes the rest. It fails only
+// when the event loop cannot be set up.
 func (s *Server) Run(ctx context.Context) error {
 	l, err := newLoop(s)
 	if err != nil {
 		activation.Close(s.cfg.Listeners)
 		return err
 	}
+	s.loop.Store(l)
 	stop := context.AfterFunc(ctx, l.wake)
 	idle := l.run(ctx)
 	stop()
-	// Listeners first, so that no client is accepted into a dying proxy.
-	activation.Close(s.cfg.Listeners)
+	s.loop.Store(nil)
+	if !l.draining {
+		// Listeners first, so that no client is accepted into a dying proxy.
+		activation.Close(s.cfg.Listeners)
+	}
 	l.close()
 	if idle {
 		s.log.Info("exiting after being idle", "exit_idle_time", s.cfg.ExitIdleTime.String())
 	}
 	return nil
+}
+
+// CloseConnections cuts a graceful stop short (a second SIGTERM): once the
+// context given to Run has ended, the connections still open are closed at
+// once instead of after ShutdownTimeout. Called earlier, it makes the stop,
+// when it comes, close them at once. It is safe to call from any goroutine.
+func (s *Server) CloseConnections() {
+	s.hurry.Store(true)
+	if l := s.loop.Load(); l != nil {
+		l.wake()
+	}
 }
 
 // Stats returns the running totals.

@@ -59,6 +59,9 @@ func start(t *testing.T, backendAddr string, cfg Config) *running {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = -1 // tests of the graceful stop set their own
+	}
 	cfg.Listeners = append(cfg.Listeners, ln)
 	cfg.Backend = addr
 	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -317,7 +320,7 @@ func TestBackendRefusedClosesClientAndLogs(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	p := start(t, addr, Config{})
+	p := start(t, addr, Config{ConnectTimeout: -1})
 	c := dial(t, p.addr)
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatal("client of an unreachable backend was not closed")
