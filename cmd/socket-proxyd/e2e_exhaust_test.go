@@ -159,19 +159,6 @@ func TestOutOfDescriptors(t *testing.T) {
 	}
 }
 
-// knownBug fails the test with SPX_KNOWN_BUGS=1, and otherwise skips it
-// with "BUG: why", so that a bug found in code this test's author may not
-// change is recorded without turning CI red. Remove the call with the fix.
-func knownBug(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("SPX_KNOWN_BUGS") == "1" {
-		t.Fatal("BUG: " + why)
-	}
-	t.Skip("BUG: " + why)
-}
-
-var _ = knownBug // no known bug at the moment; kept for the next one
-
 // TestFloodBeyondLimit: with -c 10 and 10 clients held, 500 more connect at
 // once. Each is refused at once, the 10 keep working, and while the flood
 // lasts the proxy never holds more descriptors than its 10 connections'

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
-	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 )
 
 // syncBuffer collects log output from the proxy's goroutines.
@@ -54,30 +52,7 @@ func start(t *testing.T, backendAddr string, cfg Config) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, err := backend.Parse(backendAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncBuffer{}
-	if cfg.ShutdownTimeout == 0 {
-		cfg.ShutdownTimeout = -1 // tests of the graceful stop set their own
-	}
-	cfg.Listeners = append(cfg.Listeners, ln)
-	cfg.Backend = addr
-	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{srv: New(cfg), addr: ln.Addr().String(), logs: logs, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- r.srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-r.done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if n := r.srv.Stats().Pipes; n != 0 {
-			t.Errorf("%d pipes open after Run returned", n)
-		}
-	})
-	return r
+	return startOn(t, ln, backendAddr, cfg)
 }
 
 // serveBackend runs handle for each connection on ln until the test ends.
