@@ -295,21 +295,12 @@ func exchange(addr string, rng *rand.Rand, k kind, up, down int, pause, timeout 
 			return err
 		}
 		return closeWrite(c)
-	case kindEcho:
-		werr := make(chan error, 1)
-		go func() {
-			err := sendWithHash(c, p)
-			if err == nil {
-				err = closeWrite(c)
-			}
-			werr <- err
-		}()
-		rerr := recvAndCheck(c, int64(up), &mine)
-		if rerr == nil {
-			rerr = expectEOF(c)
+	case kindEcho, kindBoth:
+		// Echo gets back what it sends; both gets the backend's own bytes.
+		wantLen, want := int64(up), &mine
+		if k == kindBoth {
+			wantLen, want = int64(down), &theirs
 		}
-		return errors.Join(rerr, <-werr)
-	case kindBoth:
 		werr := make(chan error, 1)
 		go func() {
 			err := sendWithHash(c, p)
@@ -318,7 +309,7 @@ func exchange(addr string, rng *rand.Rand, k kind, up, down int, pause, timeout 
 			}
 			werr <- err
 		}()
-		rerr := recvAndCheck(c, int64(down), &theirs)
+		rerr := recvAndCheck(c, wantLen, want)
 		if rerr == nil {
 			rerr = expectEOF(c)
 		}
