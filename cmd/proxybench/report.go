@@ -173,15 +173,7 @@ func writeReport(w io.Writer, cfg *config, cands []*candidate, skipped []string,
 	}
 
 	// The results.
-	fmt.Fprint(w, "| candidate |")
-	for _, c := range columns {
-		fmt.Fprintf(w, " %s |", c.title)
-	}
-	fmt.Fprint(w, "\n|---|")
-	for range columns {
-		fmt.Fprint(w, "---|")
-	}
-	fmt.Fprintln(w)
+	tableHeader(w)
 	for _, c := range cands {
 		s := sums[c.name]
 		fmt.Fprintf(w, "| %s |", c.name)
@@ -195,15 +187,7 @@ func writeReport(w io.Writer, cfg *config, cands []*candidate, skipped []string,
 	// Ratios to the original.
 	if ref, ok := sums[original]; ok {
 		fmt.Fprintf(w, "Ratios to %s (for µs, KiB, fds and CPU lower is better; for the rest higher is better):\n\n", original)
-		fmt.Fprint(w, "| candidate |")
-		for _, c := range columns {
-			fmt.Fprintf(w, " %s |", c.title)
-		}
-		fmt.Fprint(w, "\n|---|")
-		for range columns {
-			fmt.Fprint(w, "---|")
-		}
-		fmt.Fprintln(w)
+		tableHeader(w)
 		for _, c := range cands {
 			if c.name == original {
 				continue
@@ -331,4 +315,17 @@ func machine() string {
 		fdl = fmt.Sprintf(", open files limit %d", lim.Cur)
 	}
 	return fmt.Sprintf("%d CPUs (%s), %s%s%s", ncpu, model, kernel, mem, fdl)
+}
+
+// tableHeader prints the heading rows shared by the results and ratio tables.
+func tableHeader(w io.Writer) {
+	fmt.Fprint(w, "| candidate |")
+	for _, c := range columns {
+		fmt.Fprintf(w, " %s |", c.title)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range columns {
+		fmt.Fprint(w, "---|")
+	}
+	fmt.Fprintln(w)
 }
