@@ -1,0 +1,57 @@
+package testutil
+
+import (
+	"testing"
+)
+
+func TestInCI(t *testing.T) {
+	for _, tt := range []struct {
+		value string
+		want  bool
+	}{{"", false}, {"0", false}, {"false", false}, {"1", true}, {"true", true}} {
+		t.Setenv("CI", tt.value)
+		if got := InCI(); got != tt.want {
+			t.Errorf("CI=%q: InCI() = %v, want %v", tt.value, got, tt.want)
+		}
+	}
+}
+
+// TestUnavailableFailsUnderCI runs Unavailable on a fake testing.TB: a skip
+// without CI, a failure with it.
+func TestUnavailableFailsUnderCI(t *testing.T) {
+	for _, tt := range []struct {
+		ci              string
+		failed, skipped bool
+	}{{"", false, true}, {"1", true, false}} {
+		t.Setenv("CI", tt.ci)
+		r := &recorder{}
+		func() {
+			defer func() { _ = recover() }() // Fatalf and Skipf end the goroutine: here a panic
+			RequireTool(r, "no-such-tool-spx", "nothing")
+		}()
+		if r.failed != tt.failed || r.skipped != tt.skipped {
+			t.Errorf("CI=%q: failed %v skipped %v, want failed %v skipped %v", tt.ci, r.failed, r.skipped, tt.failed, tt.skipped)
+		}
+	}
+	if p := RequireTool(t, "sh", "dash"); p == "" {
+		t.Error("sh not found")
+	}
+}
+
+// recorder is a testing.TB that records how the test ended.
+type recorder struct {
+	testing.TB
+	failed, skipped bool
+}
+
+type ended struct{}
+
+func (r *recorder) Helper() {}
+func (r *recorder) Fatalf(string, ...any) {
+	r.failed = true
+	panic(ended{})
+}
+func (r *recorder) Skipf(string, ...any) {
+	r.skipped = true
+	panic(ended{})
+}
