@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // checkCleanFailure waits for p to exit and asserts the clean failure: exit
@@ -48,7 +50,7 @@ func rawSocketFile(t *testing.T, domain, typ int, listen bool) *os.File {
 	t.Helper()
 	fd, err := syscall.Socket(domain, typ|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		t.Skipf("socket(%d, %d): %v", domain, typ, err)
+		testutil.Unavailable(t, "socket(%d, %d): %v", domain, typ, err)
 	}
 	f := os.NewFile(uintptr(fd), "raw")
 	t.Cleanup(func() { f.Close() })

@@ -8,12 +8,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // cpuBusyBound is the share of wall time the proxy may spend on the CPU
@@ -28,10 +29,7 @@ const cpuBusyBound = 0.30
 // recovers by itself when clients leave.
 func TestOutOfDescriptors(t *testing.T) {
 	t.Parallel()
-	prlimit, err := exec.LookPath("prlimit")
-	if err != nil {
-		t.Skip("no prlimit (util-linux)")
-	}
+	prlimit := testutil.RequireTool(t, "prlimit", "util-linux")
 	const nofile, clients = 64, 100
 	fs := faultBackend(t)
 	fd, addr := inheritTCP(t, "web")

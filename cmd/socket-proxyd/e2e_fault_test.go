@@ -15,7 +15,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -643,16 +642,8 @@ func TestFaultBackendKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	be := exec.Command(exe, "-test.run=^$")
-	be.Env = append(cleanEnv(), "SPX_KILL_BACKEND=1")
-	be.ExtraFiles = []*os.File{backendFile}
-	be.Stderr = os.Stderr
-	if err := be.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan struct{})
-	go func() { _ = be.Wait(); close(waited) }()
-	t.Cleanup(func() { _ = be.Process.Kill(); <-waited })
+	be := start(t, exe, launch{args: []string{"-test.run=^$"}, env: []string{"SPX_KILL_BACKEND=1"},
+		fds: []inherited{{file: backendFile, name: "backend"}}})
 
 	fd, addr := inheritTCP(t, "web")
 	p := start(t, binary, launch{args: []string{ln.Addr().String()}, fds: []inherited{fd}})
@@ -668,10 +659,7 @@ func TestFaultBackendKilled(t *testing.T) {
 	if _, err := io.CopyN(io.Discard, c, 8<<20); err != nil {
 		t.Fatal(err)
 	}
-	if err := be.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-waited
+	be.lp.Kill()
 	if _, err := drainUntilEnd(c, toldWithin); err != nil {
 		t.Errorf("client after the backend was killed: %v", err)
 	}

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // atOnce prepends, for our binary only, the options that bring back the
@@ -99,9 +101,7 @@ func TestIdleTimeoutE2E(t *testing.T) {
 // TestKeepAliveE2E: ss shows a keepalive timer on the proxy's sockets of
 // both sides, and none with --keepalive=0.
 func TestKeepAliveE2E(t *testing.T) {
-	if _, err := exec.LookPath("ss"); err != nil {
-		t.Skip("no ss (iproute2)")
-	}
+	ss := testutil.RequireTool(t, "ss", "iproute2")
 	for _, tt := range []struct {
 		name string
 		args []string
@@ -118,7 +118,7 @@ func TestKeepAliveE2E(t *testing.T) {
 			// source; its backend side has the backend's as peer.
 			front := ssLine(t, addr, c.LocalAddr().String())
 			var back string
-			out, _ := exec.Command("ss", "-tnoH", "state", "established").Output()
+			out, _ := exec.Command(ss, "-tnoH", "state", "established").Output()
 			for _, line := range strings.Split(string(out), "\n") {
 				f := strings.Fields(line)
 				if len(f) >= 4 && f[3] == backend && f[2] != c.LocalAddr().String() {
@@ -139,7 +139,7 @@ func ssLine(t *testing.T, local, peer string) string {
 	t.Helper()
 	out, err := exec.Command("ss", "-tnoH", "state", "established").Output()
 	if err != nil {
-		t.Skipf("ss: %v", err)
+		t.Fatalf("ss: %v", err)
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
@@ -156,13 +156,7 @@ func ssLine(t *testing.T, local, peer string) string {
 // address the header gave.
 func startNginx(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		if _, err = os.Stat("/usr/sbin/nginx"); err != nil {
-			t.Skip("no nginx (apt-get install nginx-light)")
-		}
-		bin = "/usr/sbin/nginx"
-	}
+	bin := testutil.RequireTool(t, "nginx", "nginx-light")
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "n.sock")
 	conf := fmt.Sprintf(`daemon off;
@@ -187,18 +181,8 @@ http {
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
-	var out lockedBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Skipf("nginx: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-	})
+	ng := start(t, bin, launch{args: []string{"-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log")}})
+	out := ng.stderr
 	if err := poll(10*time.Second, func() bool {
 		c, err := net.Dial("unix", sock)
 		if err == nil {

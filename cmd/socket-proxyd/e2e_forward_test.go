@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -11,8 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 const mib = 1 << 20
@@ -31,9 +33,7 @@ func TestForward(t *testing.T) {
 		}},
 		{name: "ipv6 unbracketed", backend: func(t *testing.T) string {
 			// "::1:PORT" splits at the last colon, as in the original.
-			if !hasIPv6Loopback() {
-				t.Skip("no IPv6 on lo")
-			}
+			requireIPv6(t)
 			_, addr := echoTCP(t, "[::1]:0")
 			_, port, _ := net.SplitHostPort(addr)
 			return "::1:" + port
@@ -66,9 +66,7 @@ func TestForward(t *testing.T) {
 // the bracketed form, systemd issue #35621).
 func TestForwardBracketedIPv6(t *testing.T) {
 	t.Parallel()
-	if !hasIPv6Loopback() {
-		t.Skip("no IPv6 on lo")
-	}
+	requireIPv6(t)
 	checkDiffers(t, "bracketed IPv6 backend, systemd #35621", func(t *testing.T, im impl) error {
 		_, backend := echoTCP(t, "[::1]:0") // net.Addr prints "[::1]:PORT"
 		fd, addr := inheritTCP(t, "web")
@@ -80,33 +78,35 @@ func TestForwardBracketedIPv6(t *testing.T) {
 	})
 }
 
-// TestForwardHostname: "localhost:PORT" is resolved per connection and every
-// resolved address is tried in turn. The backend listens only on the address
-// that the resolver returns last, so a proxy that tries only the first fails
-// (the original's defect) wherever localhost has several addresses.
+// TestForwardHostname: a host name is resolved per connection and every
+// address it resolves to is tried in turn. The name has two addresses, from
+// an /etc/hosts of the test's own (bind-mounted in a private mount
+// namespace around the proxy): 127.0.0.2 first, where nothing listens, then
+// 127.0.0.1, where the backend is. The original tries only the first.
 func TestForwardHostname(t *testing.T) {
 	t.Parallel()
-	ips, err := net.DefaultResolver.LookupIP(context.Background(), "ip", "localhost")
-	if err != nil || len(ips) == 0 {
-		t.Skipf("localhost does not resolve here: %v", err)
+	testutil.RequireRoot(t, "to mount a hosts file of the test's own")
+	unshare := testutil.RequireTool(t, "unshare", "util-linux")
+	hosts := filepath.Join(shortDir(t), "hosts")
+	if err := os.WriteFile(hosts, []byte("127.0.0.2 two.spx.test\n127.0.0.1 two.spx.test\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	last := ips[len(ips)-1]
-	if len(ips) == 1 {
-		t.Logf("localhost resolves only to %v here: only single-address resolution is exercised", last)
-	}
-	forEachImpl(t, func(t *testing.T, im impl) {
-		_, addr := echoTCP(t, net.JoinHostPort(last.String(), "0"))
+	checkDiffers(t, "only the first address of a host name is tried", func(t *testing.T, im impl) error {
+		srv, addr := echoTCP(t, "127.0.0.1:0")
 		_, port, _ := net.SplitHostPort(addr)
 		fd, paddr := inheritTCP(t, "web")
-		start(t, im.path, launch{args: []string{"localhost:" + port}, fds: []inherited{fd}})
-		err := echoRoundTrip(dial(t, "tcp", paddr), 64*1024)
-		switch {
-		case err == nil:
-		case im.original && len(ips) > 1:
-			t.Logf("the original differs as documented (it tries only the first address of %v): %v", ips, err)
-		default:
-			t.Fatalf("localhost:%s (backend on %v only, localhost is %v): %v", port, last, ips, err)
+		// unshare and sh exec in place: the pid, and so LISTEN_PID, stays.
+		p := start(t, unshare, launch{args: []string{"-m", "--propagation", "private", "/bin/sh", "-c",
+			`mount --bind "$0" /etc/hosts && exec "$@"`, hosts, im.path, "two.spx.test:" + port}, fds: []inherited{fd}})
+		for range 2 {
+			if err := echoRoundTrip(dial(t, "tcp", paddr), 64*1024); err != nil {
+				return fmt.Errorf("two.spx.test:%s (127.0.0.2 refuses, 127.0.0.1 serves): %v; stderr:\n%s", port, err, p.stderr.String())
+			}
 		}
+		if n := srv.accepted.Load(); n != 2 {
+			return fmt.Errorf("backend accepted %d connections, want 2", n)
+		}
+		return nil
 	})
 }
 
@@ -248,15 +248,11 @@ func TestListen(t *testing.T) {
 			return []front{{"unix", n, n}}
 		}},
 		{name: "tcp 127.0.0.1", fronts: func(t *testing.T) []front {
-			a := freeTCPAddr(t, "tcp4", "127.0.0.1")
-			return []front{{"tcp", a, a}}
+			return []front{{"tcp", "127.0.0.1:0", ""}} // "": the port the proxy got
 		}},
 		{name: "tcp [::1]", fronts: func(t *testing.T) []front {
-			if !hasIPv6Loopback() {
-				t.Skip("no IPv6 on lo")
-			}
-			a := freeTCPAddr(t, "tcp6", "::1") // "[::1]:PORT"
-			return []front{{"tcp", a, a}}
+			requireIPv6(t)
+			return []front{{"tcp", "[::1]:0", ""}}
 		}},
 		{name: "repeated", fronts: func(t *testing.T) []front {
 			p := filepath.Join(shortDir(t), "l.sock")
@@ -280,29 +276,31 @@ func TestListen(t *testing.T) {
 					fd, inhAddr = inheritTCP(t, "web")
 					fds = []inherited{fd}
 				}
-				var fronts []front
+				fronts := tt.fronts(t)
+				l := launch{fds: fds}
+				for _, f := range fronts {
+					l.args = append(l.args, "--listen", f.arg)
+				}
+				l.args = append(l.args, backend)
+				p := start(t, im.path, l)
 				var conns []net.Conn
-				// A TCP port from freeTCPAddr may be taken in between: then the
-				// proxy fails to bind it, and we try again with another.
-				for attempt := 1; conns == nil; attempt++ {
-					fronts = tt.fronts(t)
-					l := launch{fds: fds}
-					for _, f := range fronts {
-						l.args = append(l.args, "--listen", f.arg)
-					}
-					l.args = append(l.args, backend)
-					p := start(t, im.path, l)
-					for _, f := range fronts {
-						c, err := dialUntil(p, f.network, f.dial, 10*time.Second)
+				for _, f := range fronts {
+					if f.dial == "" {
+						addrs, err := listeningTCP(p, 1+len(fds), 10*time.Second)
 						if err != nil {
-							if p.exited() && strings.Contains(p.stderr.String(), "in use") && attempt < 3 {
-								conns = nil
-								break
-							}
 							return err
 						}
-						conns = append(conns, c)
+						for _, a := range addrs {
+							if a != inhAddr {
+								f.dial = a
+							}
+						}
 					}
+					c, err := dialUntil(p, f.network, f.dial, 10*time.Second)
+					if err != nil {
+						return err
+					}
+					conns = append(conns, c)
 				}
 				want := 0
 				for _, c := range conns {
@@ -412,15 +410,8 @@ func TestBackendUnavailable(t *testing.T) {
 			return name, func() { echoUnix(t, name) }
 		}},
 		{name: "tcp refused", backend: func(t *testing.T) (string, func()) {
-			addr := freeTCPAddr(t, "tcp4", "127.0.0.1")
-			return addr, func() {
-				ln, err := net.Listen("tcp", addr)
-				if err != nil {
-					t.Skipf("port %s was taken in between: %v", addr, err)
-				}
-				t.Cleanup(func() { ln.Close() })
-				serve(t, ln, echo)
-			}
+			addr, listen := refusingTCP(t)
+			return addr, func() { serve(t, listen(), echo) }
 		}},
 	}
 	for _, tt := range tests {
@@ -481,13 +472,15 @@ func TestUnixListenerNotUnlinked(t *testing.T) {
 	})
 }
 
-// TestResetPropagates: a reset on one side closes the other side promptly,
-// instead of leaving it half-open.
+// TestResetPropagates: a reset on one side reaches the other side as a
+// reset, promptly, so that its peer does not mistake a failed exchange for
+// a complete one (a clean EOF would be a lie: the bytes in flight are lost).
 func TestResetPropagates(t *testing.T) {
 	t.Parallel()
+	const why = "a reset: the original passes it on as a clean FIN"
 	t.Run("backend resets", func(t *testing.T) {
 		t.Parallel()
-		forEachImpl(t, func(t *testing.T, im impl) {
+		checkDiffers(t, why, func(t *testing.T, im impl) error {
 			ln := listenTCP(t, "127.0.0.1:0")
 			serve(t, ln, func(c net.Conn) {
 				var b [1]byte
@@ -502,14 +495,17 @@ func TestResetPropagates(t *testing.T) {
 			if _, err := c.Write([]byte("x")); err != nil {
 				t.Fatal(err)
 			}
-			if err := closedWithoutData(c, 10*time.Second); err != nil {
-				t.Fatalf("client after the backend's reset: %v", err)
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			k, err := c.Read(make([]byte, 1))
+			if k != 0 || !errors.Is(err, syscall.ECONNRESET) {
+				return fmt.Errorf("client after the backend's reset: read %d bytes, %v; want a reset", k, err)
 			}
+			return nil
 		})
 	})
 	t.Run("client resets", func(t *testing.T) {
 		t.Parallel()
-		forEachImpl(t, func(t *testing.T, im impl) {
+		checkDiffers(t, why, func(t *testing.T, im impl) error {
 			ended := make(chan error, 1)
 			ln := listenTCP(t, "127.0.0.1:0")
 			serve(t, ln, func(c net.Conn) {
@@ -530,9 +526,13 @@ func TestResetPropagates(t *testing.T) {
 			_ = c.(*net.TCPConn).SetLinger(0)
 			c.Close()
 			select {
-			case <-ended: // EOF or reset: either way the proxy closed it
+			case err := <-ended:
+				if !errors.Is(err, syscall.ECONNRESET) {
+					return fmt.Errorf("backend after the client's reset: %v, want a reset", err)
+				}
+				return nil
 			case <-time.After(10 * time.Second):
-				t.Fatal("backend connection still open 10s after the client's reset")
+				return errors.New("backend connection still open 10s after the client's reset")
 			}
 		})
 	})
@@ -582,21 +582,5 @@ func TestInheritedWithoutNames(t *testing.T) {
 		start(t, im.path, launch{args: []string{backend}, fds: []inherited{fd1, fd2}, noNames: true})
 		mustEcho(t, dial(t, "tcp", addr1), 1000)
 		mustEcho(t, dial(t, "tcp", addr2), 1000)
-	})
-}
-
-// TestBackendDefaultPort: a backend without a port means port 80, as in the
-// original. Needs 127.0.0.1:80 free and bindable (root).
-func TestBackendDefaultPort(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:80")
-	if err != nil {
-		t.Skipf("cannot listen on 127.0.0.1:80: %v", err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	serve(t, ln, echo)
-	forEachImpl(t, func(t *testing.T, im impl) {
-		fd, addr := inheritTCP(t, "web")
-		start(t, im.path, launch{args: []string{"127.0.0.1"}, fds: []inherited{fd}})
-		mustEcho(t, dial(t, "tcp", addr), 1000)
 	})
 }

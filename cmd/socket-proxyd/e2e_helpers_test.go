@@ -10,11 +10,15 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // raceEnabled reports whether this test binary was built with -race; the
@@ -90,18 +94,138 @@ func inheritTCP(t *testing.T, name string) (inherited, string) {
 	return inherited{file: fileOf(t, ln), name: name}, ln.Addr().String()
 }
 
-// freeTCPAddr returns a 127.0.0.1 address that was free a moment ago. Only
-// for programs that must bind themselves (--listen, systemd-socket-activate);
-// callers that can retry on a lost race do.
-func freeTCPAddr(t *testing.T, network, host string) string {
+// listeningTCP polls until the process pid listens on TCP sockets of its
+// own (--listen 127.0.0.1:0 binds a port the kernel picks) and returns
+// their addresses, read from /proc/PID/net/tcp{,6} for the socket inodes
+// in /proc/PID/fd. No port is picked, closed and reused, so none is raced
+// for.
+func listeningTCP(p *proc, want int, d time.Duration) ([]string, error) {
+	var addrs []string
+	err := poll(d, func() bool {
+		addrs = listeningTCPOf(p.cmd.Process.Pid)
+		return len(addrs) >= want || p.exited()
+	}, func() string {
+		return fmt.Sprintf("pid %d listens on %d TCP sockets of the %d wanted within %v; stderr:\n%s",
+			p.cmd.Process.Pid, len(addrs), want, d, p.stderr.String())
+	})
+	if err == nil && len(addrs) < want {
+		err = fmt.Errorf("exited before listening; stderr:\n%s", p.stderr.String())
+	}
+	return addrs, err
+}
+
+func listeningTCPOf(pid int) []string {
+	dir := fmt.Sprintf("/proc/%d/", pid)
+	inodes := map[string]bool{}
+	entries, _ := os.ReadDir(dir + "fd")
+	for _, e := range entries {
+		link, _ := os.Readlink(dir + "fd/" + e.Name())
+		if ino, ok := strings.CutPrefix(link, "socket:["); ok {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	var addrs []string
+	for _, table := range []string{"net/tcp", "net/tcp6"} {
+		b, _ := os.ReadFile(dir + table)
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			// sl local_address rem_address st ... inode (field 9)
+			if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] {
+				continue
+			}
+			if a, err := procNetAddr(f[1]); err == nil {
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	return addrs
+}
+
+// procNetAddr decodes /proc/net/tcp's "0100007F:1F90" (the address in host
+// byte order, 32 bits at a time) into "127.0.0.1:8080".
+func procNetAddr(s string) (string, error) {
+	hexIP, hexPort, ok := strings.Cut(s, ":")
+	raw, err := hex.DecodeString(hexIP)
+	if !ok || err != nil || (len(raw) != 4 && len(raw) != 16) {
+		return "", fmt.Errorf("bad address %q", s)
+	}
+	port, err := strconv.ParseUint(hexPort, 16, 16)
+	if err != nil {
+		return "", err
+	}
+	ip := make(net.IP, len(raw))
+	for i := 0; i < len(raw); i += 4 {
+		ip[i], ip[i+1], ip[i+2], ip[i+3] = raw[i+3], raw[i+2], raw[i+1], raw[i]
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(int(port))), nil
+}
+
+// refusingTCP holds a 127.0.0.1 port bound but not listening, so connects
+// to it are refused, and returns its address and a func that starts
+// listening on that very socket: no port is given up and raced for.
+func refusingTCP(t *testing.T) (string, func() net.Listener) {
 	t.Helper()
-	ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	f := os.NewFile(uintptr(fd), "refusing")
+	t.Cleanup(func() { f.Close() })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	return addr, func() net.Listener {
+		if err := syscall.Listen(fd, 128); err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.FileListener(f) // a dup: f's cleanup closes the original
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln
+	}
+}
+
+// silentTCP is a 127.0.0.1 address whose SYNs go unanswered: a listener
+// with a backlog of 0 whose accept queue the test fills and never
+// accepts from, so the kernel drops further SYNs (listen queue
+// overflow) and a connect to it waits until its deadline.
+func silentTCP(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err == nil {
+		err = syscall.Listen(fd, 0)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	// Fill the queue: connects complete until it is full; the first that
+	// does not complete within 200ms proves SYNs are dropped now.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			if i == 0 {
+				t.Fatalf("the first connect to a listener with an empty queue failed: %v", err)
+			}
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+		if i == 8 {
+			t.Fatalf("%d connects to a backlog-0 listener completed: the kernel does not drop SYNs here", i+1)
+		}
+	}
 }
 
 // hasIPv6Loopback reports whether ::1 can be bound here.
@@ -208,24 +332,6 @@ func dial(t *testing.T, network, addr string) net.Conn {
 	return c
 }
 
-// dialRetry dials until the proxy has bound addr itself (--listen, or
-// systemd-socket-activate), within d.
-func dialRetry(t *testing.T, network, addr string, d time.Duration) net.Conn {
-	t.Helper()
-	var c net.Conn
-	err := poll(d, func() bool {
-		var err error
-		c, err = net.DialTimeout(network, addr, ioTimeout)
-		return err == nil
-	}, func() string { return fmt.Sprintf("nothing listening on %s %s within %v", network, addr, d) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetDeadline(time.Now().Add(ioTimeout))
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -284,5 +390,13 @@ func closedWithoutData(c net.Conn, d time.Duration) error {
 		return fmt.Errorf("connection still open after %v, want it closed at once", d)
 	default:
 		return fmt.Errorf("read: %v", err)
+	}
+}
+
+// requireIPv6 makes the test Unavailable where ::1 cannot be bound.
+func requireIPv6(t *testing.T) {
+	t.Helper()
+	if !hasIPv6Loopback() {
+		testutil.Unavailable(t, "no IPv6 on lo (::1)")
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 const idleSpan = 500 * time.Millisecond
@@ -204,7 +206,7 @@ func TestRaiseNOFILE(t *testing.T) {
 		t.Fatal(err)
 	}
 	if lim.Max <= 2048 {
-		t.Skipf("hard RLIMIT_NOFILE is only %d", lim.Max)
+		testutil.Unavailable(t, "hard RLIMIT_NOFILE is only %d", lim.Max)
 	}
 	checkDiffers(t, "RLIMIT_NOFILE raised to the hard limit", func(t *testing.T, im impl) error {
 		_, backend := echoTCP(t, "127.0.0.1:0")
@@ -213,7 +215,7 @@ func TestRaiseNOFILE(t *testing.T) {
 		mustEcho(t, dial(t, "tcp", addr), 1000) // it has started
 		limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", p.cmd.Process.Pid))
 		if err != nil {
-			t.Skipf("cannot read the proxy's limits: %v", err)
+			t.Fatalf("cannot read the proxy's limits: %v", err)
 		}
 		for _, line := range strings.Split(string(limits), "\n") {
 			if !strings.HasPrefix(line, "Max open files") {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // TestManPageNginx is the man page's own example: nginx listens on a unix
@@ -17,8 +19,8 @@ import (
 // and curl through the proxy gets the pages.
 func TestManPageNginx(t *testing.T) {
 	t.Parallel()
-	nginx := lookTool(t, "nginx", "/usr/sbin/nginx", "nginx-light")
-	curl := lookTool(t, "curl", "/usr/bin/curl", "curl")
+	nginx := lookTool(t, "nginx", "nginx-light")
+	curl := lookTool(t, "curl", "curl")
 
 	dir := shortDir(t)
 	www := filepath.Join(dir, "www")
@@ -87,47 +89,33 @@ http {
 	})
 }
 
-// lookTool finds a program the test needs, or skips saying what to install.
-func lookTool(t *testing.T, name, path, pkg string) string {
+// lookTool finds a program the test needs; without it the test skips, or
+// fails under CI.
+func lookTool(t *testing.T, name, pkg string) string {
 	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	if _, err := os.Stat(path); err == nil {
-		return path
-	}
-	t.Skipf("%s is not installed (apt-get install %s); CI installs it", name, pkg)
-	return ""
+	return testutil.RequireTool(t, name, pkg)
 }
 
-// socketActivate starts bin under the real systemd-socket-activate with the
-// given -l addresses (plus extra options) and waits until it listens. TCP
-// addresses from freeTCPAddr may be lost to a race: then it retries with a
-// fresh one.
-func socketActivate(t *testing.T, opts []string, listen func() []string, bin string, args ...string) (*proc, []string) {
+// socketActivate starts bin under the real systemd-socket-activate (plus
+// extra options), handing it the test's own listening sockets the way
+// systemd would (LISTEN_FDS: it takes them instead of binding -l
+// addresses, so no port is picked, closed and raced for), and waits until
+// it says it listens on each.
+func socketActivate(t *testing.T, opts []string, socks []inherited, bin string, args ...string) *proc {
 	t.Helper()
-	activate := lookTool(t, "systemd-socket-activate", "/usr/bin/systemd-socket-activate", "systemd")
-	for attempt := 0; ; attempt++ {
-		addrs := listen()
-		var argv []string
-		for _, a := range addrs {
-			argv = append(argv, "-l", a)
-		}
-		argv = append(append(append(argv, opts...), bin), args...)
-		p := start(t, activate, launch{args: argv})
-		err := poll(10*time.Second, func() bool {
-			return p.exited() || strings.Count(p.stderr.String(), "Listening on ") == len(addrs)
-		}, func() string { return "systemd-socket-activate did not listen: " + p.stderr.String() })
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !p.exited() {
-			return p, addrs
-		}
-		if attempt == 2 || !strings.Contains(p.stderr.String(), "in use") {
-			t.Fatalf("systemd-socket-activate exited with status %d: %s", p.state.ExitCode(), p.stderr.String())
-		}
+	activate := lookTool(t, "systemd-socket-activate", "systemd")
+	argv := append(append(append([]string(nil), opts...), bin), args...)
+	p := start(t, activate, launch{args: argv, fds: socks})
+	err := poll(10*time.Second, func() bool {
+		return p.exited() || strings.Count(p.stderr.String(), "Listening on ") == len(socks)
+	}, func() string { return "systemd-socket-activate did not listen: " + p.stderr.String() })
+	if err != nil {
+		t.Fatal(err)
 	}
+	if p.exited() {
+		t.Fatalf("systemd-socket-activate exited with status %d: %s", p.state.ExitCode(), p.stderr.String())
+	}
+	return p
 }
 
 // TestSystemdSocketActivate: under `systemd-socket-activate -l
@@ -137,12 +125,11 @@ func TestSystemdSocketActivate(t *testing.T) {
 	t.Parallel()
 	forEachImpl(t, func(t *testing.T, im impl) {
 		srv, backend := echoTCP(t, "127.0.0.1:0")
-		_, addrs := socketActivate(t, nil, func() []string {
-			return []string{freeTCPAddr(t, "tcp4", "127.0.0.1")}
-		}, im.path, backend)
-		c := dial(t, "tcp", addrs[0]) // this one makes it exec the proxy
+		fd, addr := inheritTCP(t, "")
+		socketActivate(t, nil, []inherited{fd}, im.path, backend)
+		c := dial(t, "tcp", addr) // this one makes it exec the proxy
 		mustEcho(t, c, mib)
-		mustEcho(t, dial(t, "tcp", addrs[0]), 64*1024)
+		mustEcho(t, dial(t, "tcp", addr), 64*1024)
 		if n := srv.accepted.Load(); n != 2 {
 			t.Errorf("backend accepted %d connections, want 2", n)
 		}
@@ -157,12 +144,11 @@ func TestSystemdSocketActivateNotify(t *testing.T) {
 		_, backend := echoTCP(t, "127.0.0.1:0")
 		n := newNotifyReceiver(t)
 		path := filepath.Join(shortDir(t), "front.sock")
-		p, addrs := socketActivate(t, []string{"--fdname=web:local", "-E", n.env()}, func() []string {
-			os.Remove(path) // a lost TCP race left it behind
-			return []string{freeTCPAddr(t, "tcp4", "127.0.0.1"), path}
-		}, im.path, backend)
+		fd, addr := inheritTCP(t, "")
+		local := inherited{file: fileOf(t, listenUnix(t, path))}
+		p := socketActivate(t, []string{"--fdname=web:local", "-E", n.env()}, []inherited{fd, local}, im.path, backend)
 		mustEcho(t, dial(t, "unix", path), 64*1024)
-		mustEcho(t, dial(t, "tcp", addrs[0]), 64*1024)
+		mustEcho(t, dial(t, "tcp", addr), 64*1024)
 		if err := n.wait("READY=1", 10*time.Second); err != nil {
 			return err
 		}

@@ -22,11 +22,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testlaunch"
 )
 
 // originalBinary is systemd's own proxy, used for side-by-side runs.
@@ -179,96 +180,42 @@ type launch struct {
 type proc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
+	lp     *testlaunch.Proc
 	stdout *lockedBuffer
 	stderr *lockedBuffer
 	start  time.Time
-	done   chan struct{} // closed once cmd.Wait has returned
+	done   <-chan struct{} // closed once the child has been waited for
 	state  *os.ProcessState
 }
 
 // cleanEnv is the test's environment without anything that would change the
 // proxy's behaviour behind the test's back.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		switch {
-		case strings.HasPrefix(k, "LISTEN_"), strings.HasPrefix(k, "WATCHDOG_"),
-			k == "NOTIFY_SOCKET", k == "JOURNAL_STREAM", k == "SYSTEMD_LOG_LEVEL",
-			k == "SYSTEMD_LOG_TARGET":
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
+func cleanEnv() []string { return testlaunch.CleanEnv() }
 
-// start launches bin as described by l. With inherited fds and no listenPID,
-// it goes through the sh shim so that LISTEN_PID is the binary's own pid.
+// start launches bin as described by l, through internal/testlaunch: with
+// inherited fds and no listenPID, LISTEN_PID is the binary's own pid, and
+// the child dies with the test binary.
 func start(t *testing.T, bin string, l launch) *proc {
 	t.Helper()
-	env := append(cleanEnv(), l.env...)
-	// The shim: sh runs "exec BINARY ARGS..." ($0 and $@), after setting a
-	// limit or prefixed with LISTEN_PID=$$, the pid that exec keeps.
-	var pre, assign string
-	if l.softNOFILE != 0 {
-		pre = fmt.Sprintf("ulimit -Sn %d && ", l.softNOFILE)
+	spec := testlaunch.Spec{
+		Path: bin, Args: l.args, Extra: l.env,
+		ListenPID: l.listenPID, ListenFDs: l.listenFDs, ListenFDNames: l.listenFDNames,
+		NoNames: l.noNames, SoftNOFILE: l.softNOFILE,
 	}
-	if len(l.fds) > 0 || l.listenFDs != "" {
-		names := make([]string, len(l.fds))
-		for i, f := range l.fds {
-			names[i] = f.name
-			if names[i] == "" {
-				names[i] = "unknown"
-			}
-		}
-		count, joined := strconv.Itoa(len(l.fds)), strings.Join(names, ":")
-		if l.listenFDs != "" {
-			count = l.listenFDs
-		}
-		if l.listenFDNames != "" {
-			joined = l.listenFDNames
-		}
-		env = append(env, "LISTEN_FDS="+count)
-		if !l.noNames {
-			env = append(env, "LISTEN_FDNAMES="+joined)
-		}
-		if l.listenPID != "" {
-			env = append(env, "LISTEN_PID="+l.listenPID)
-		} else {
-			assign = "LISTEN_PID=$$ "
-		}
-	}
-	var cmd *exec.Cmd
-	if pre == "" && assign == "" {
-		cmd = exec.Command(bin, l.args...)
-	} else {
-		shim := pre + assign + `exec "$0" "$@"`
-		cmd = exec.Command("/bin/sh", append([]string{"-c", shim, bin}, l.args...)...)
-	}
-	cmd.Env = env
 	for _, f := range l.fds {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, f.file)
+		spec.Sockets = append(spec.Sockets, testlaunch.Socket{File: f.file, Name: f.name})
 	}
-	p := &proc{t: t, cmd: cmd, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
-	cmd.Stdout = p.stdout
-	cmd.Stderr = p.stderr
+	p := &proc{t: t, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}}
+	spec.Stdout, spec.Stderr = p.stdout, p.stderr
 	p.start = time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
+	lp, err := testlaunch.Start(spec)
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() {
-		// The only goroutine that waits for the child; done publishes state.
-		_ = cmd.Wait()
-		p.state = cmd.ProcessState
-		close(p.done)
-	}()
+	p.lp, p.cmd, p.done = lp, lp.Cmd, lp.Done()
 	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-p.done
+		if !lp.Exited() {
+			lp.Kill()
 		}
 		if t.Failed() {
 			t.Logf("%s %q stderr:\n%s", filepath.Base(bin), l.args, p.stderr.String())
@@ -287,12 +234,11 @@ func run(t *testing.T, bin string, l launch) (int, string, string) {
 
 // exited reports whether the process has ended.
 func (p *proc) exited() bool {
-	select {
-	case <-p.done:
+	if p.lp.Exited() {
+		p.state = p.lp.State()
 		return true
-	default:
-		return false
 	}
+	return false
 }
 
 // waitExit waits up to d for the process to exit and returns its exit code
@@ -312,6 +258,7 @@ func (p *proc) exitWithin(d time.Duration) (int, error) {
 	defer timer.Stop()
 	select {
 	case <-p.done:
+		p.state = p.lp.State()
 		return p.state.ExitCode(), nil
 	case <-timer.C:
 		return 0, fmt.Errorf("process still running after %v; stderr:\n%s", d, p.stderr.String())
@@ -326,6 +273,7 @@ func (p *proc) stillRunningAfter(d time.Duration) error {
 	defer timer.Stop()
 	select {
 	case <-p.done:
+		p.state = p.lp.State()
 		return fmt.Errorf("exited with status %d after %v, while it should have kept running; stderr:\n%s",
 			p.state.ExitCode(), time.Since(p.start).Round(time.Millisecond), p.stderr.String())
 	case <-timer.C:

@@ -7,25 +7,21 @@ package main_test
 import (
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // unprivilegedBinary copies the binary under test where nobody may run it
 // (the build directory is 0700), and returns setpriv's path and the copy.
 func unprivilegedBinary(t *testing.T) (setpriv, bin string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to switch to nobody")
-	}
-	setpriv, err := exec.LookPath("setpriv")
-	if err != nil {
-		t.Skip("no setpriv (util-linux)")
-	}
+	testutil.RequireRoot(t, "to switch to nobody")
+	setpriv = testutil.RequireTool(t, "setpriv", "util-linux")
 	dir := shortDir(t)
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -107,8 +103,11 @@ func TestUnprivilegedListen(t *testing.T) {
 	if err := os.Chmod(path, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeTCPAddr(t, "tcp", "127.0.0.1")
-	p := start(t, setpriv, launch{args: asNobody(bin, "--listen", addr, path)})
-	mustEcho(t, dialRetry(t, "tcp", addr, 10*time.Second), 256<<10)
+	p := start(t, setpriv, launch{args: asNobody(bin, "--listen", "127.0.0.1:0", path)})
+	addrs, err := listeningTCP(p, 1, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEcho(t, dial(t, "tcp", addrs[0]), 256<<10)
 	checkRunsAs(t, p)
 }

@@ -75,6 +75,13 @@ func noLeak(t *testing.T) {
 // startOn runs a proxy with the given listener in front of backendAddr.
 func startOn(t *testing.T, ln activation.Listener, backendAddr string, cfg Config) *running {
 	t.Helper()
+	return startPrepared(t, ln, backendAddr, cfg, nil)
+}
+
+// startPrepared is startOn with a prepare func that sees the Server before
+// it runs (to set a test hook).
+func startPrepared(t *testing.T, ln activation.Listener, backendAddr string, cfg Config, prepare func(*Server)) *running {
+	t.Helper()
 	addr, err := backend.Parse(backendAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -88,6 +95,9 @@ func startOn(t *testing.T, ln activation.Listener, backendAddr string, cfg Confi
 	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{srv: New(cfg), addr: ln.Addr().String(), logs: logs, cancel: cancel, done: make(chan error, 1)}
+	if prepare != nil {
+		prepare(r.srv)
+	}
 	go func() { r.done <- r.srv.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()

@@ -230,6 +230,9 @@ func (l *loop) wake() {
 func (l *loop) run(ctx context.Context) (idle bool) {
 	for {
 		n := l.wait(l.timeout_ms())
+		if l.s.testBatch != nil {
+			n = l.s.testBatch(l.events, n)
+		}
 		for i := range n {
 			ev := &l.events[i]
 			if ev.Pad == 0 {

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
@@ -105,6 +107,10 @@ type Server struct {
 
 	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
 	pipes, splices, splicedBytes                                atomic.Int64
+
+	// testBatch, set by tests only, sees each batch of events before the
+	// loop handles it and may add to it (a stale event, deterministically).
+	testBatch func(events []unix.EpollEvent, n int) int
 }
 
 // New prepares a proxy; Run starts it.
