@@ -280,8 +280,11 @@ func dnsAnswer(q []byte, addrs [][4]byte) []byte {
 
 // TestHostNameTriesEveryAddress: a host name with two addresses, from a
 // resolver of the test's own (Config.Resolver on a fake DNS server): the
-// first, 127.0.0.2, refuses (nothing listens there); the second,
-// 127.0.0.1, is the backend. Every connection must reach it at once, in
+// first, 127.0.0.2, refuses (nothing listens there: the reset comes as an
+// event on the connecting socket); the second, 127.0.0.1, is the backend.
+// (An address whose connect fails at once, such as a multicast one, cannot
+// be put first: Go's resolver sorts addresses it cannot route to last,
+// RFC 6724 rule 1.) Every connection must reach it at once, in
 // its first round, with no backend error.
 func TestHostNameTriesEveryAddress(t *testing.T) {
 	noLeak(t)
@@ -295,8 +298,8 @@ func TestHostNameTriesEveryAddress(t *testing.T) {
 		return d.DialContext(ctx, "udp", dns)
 	}}
 	ips, err := resolver.LookupHost(t.Context(), "two.spx.test")
-	if err != nil || strings.Join(ips, " ") != "127.0.0.2 127.0.0.1" {
-		t.Fatalf("the fake DNS server gives %v, %v; want 127.0.0.2 127.0.0.1 in that order", ips, err)
+	if want := "127.0.0.2 127.0.0.1"; err != nil || strings.Join(ips, " ") != want {
+		t.Fatalf("the fake DNS server gives %v, %v; want %s in that order", ips, err, want)
 	}
 	// A connect timeout too short for a retry round to succeed unnoticed:
 	// a proxy that tries only the first address fails the clients.
