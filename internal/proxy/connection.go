@@ -72,12 +72,12 @@ type direction struct {
 }
 
 const (
-	srcEOF   uint8 = 1 << iota // the source ended its stream
-	dstShut                    // the destination was shut down for writing
-	bulk                       // the last read filled the buffer: splice
-	noSplice                   // the kernel cannot splice this pair
-	header                     // the pipe holds the PROXY header, not client bytes
-	fdsDropped                 // descriptors (SCM_RIGHTS) arrived and were closed; logged
+	srcEOF     uint8 = 1 << iota // the source ended its stream
+	dstShut                      // the destination was shut down for writing
+	bulk                         // the last read filled the buffer: splice
+	noSplice                     // the kernel cannot splice this pair
+	header                       // the pipe holds the PROXY header, not client bytes
+	fdsDropped                   // descriptors (SCM_RIGHTS) arrived and were closed; logged
 )
 
 // connEvents: every socket is registered once, for everything,
