@@ -194,10 +194,7 @@ func (l *loop) startConnect(c *conn, sa unix.Sockaddr) unix.Errno {
 		return err.(unix.Errno)
 	}
 	c.tcp[1] = family != unix.AF_UNIX
-	if c.tcp[1] {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		l.keepAlive(fd)
-	}
+	l.streamSocket(fd, c.tcp[1])
 	c.gen[1] = l.nextGen()
 	c.ready[1] = 0
 	// Registered before connect: the edge that says the connect is done
