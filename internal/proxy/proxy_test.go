@@ -123,7 +123,7 @@ func roundTrip(t *testing.T, addr string, payload []byte) {
 	if err != nil {
 		t.Fatalf("read back: %v", err)
 	}
-	if err := <-errc; err != nil {
+	if err := recv(t, errc, "the write to end"); err != nil {
 		t.Fatalf("write: %v", err)
 	}
 	if !bytes.Equal(got, payload) {
@@ -202,7 +202,7 @@ func TestBackendHalfCloseKeepsClientStream(t *testing.T) {
 		t.Fatalf("client write after backend half-close: %v", err)
 	}
 	c.CloseWrite()
-	if got := <-received; !bytes.Equal(got, body) {
+	if got := recv(t, received, "what the backend received"); !bytes.Equal(got, body) {
 		t.Fatalf("backend received %d bytes, want %d", len(got), len(body))
 	}
 }
@@ -341,4 +341,21 @@ func TestShutdownClosesConnections(t *testing.T) {
 	if _, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
 		t.Fatal("listener still accepting after shutdown")
 	}
+}
+
+// recv waits for a value on ch for at most 10 seconds (less if the test's
+// deadline is nearer), so that a regression fails the test with a message
+// instead of hanging it until go test's timeout.
+func recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	timer := time.NewTimer(10 * time.Second)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out after 10s waiting for %s", what)
+	}
+	var zero T
+	return zero
 }
