@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 const manPage = "socket-proxyd.8"
@@ -196,13 +198,8 @@ func TestExamplesMatchUnits(t *testing.T) {
 
 // TestRendersWithoutWarnings: groff, as man(1) runs it, has nothing to say.
 func TestRendersWithoutWarnings(t *testing.T) {
-	if _, err := exec.LookPath("groff"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("groff is not installed (apt-get install groff-base)")
-		}
-		t.Skip("groff is not installed; make man-check and CI run this check")
-	}
-	out, err := exec.Command("groff", "-man", "-ww", "-z", manPage).CombinedOutput()
+	groff := testutil.RequireTool(t, "groff", "groff-base")
+	out, err := exec.Command(groff, "-man", "-ww", "-z", manPage).CombinedOutput()
 	if err != nil || len(out) > 0 {
 		t.Errorf("groff -man -ww -z %s: %v\n%s", manPage, err, out)
 	}

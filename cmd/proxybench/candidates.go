@@ -9,10 +9,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testlaunch"
 )
 
 // candidate is one way of getting bytes from the load generator to the backend.
@@ -37,35 +38,30 @@ type launcher struct {
 // proxyProc is a running candidate. Its process group is its own, so stop reaches
 // socat's per-connection children too.
 type proxyProc struct {
-	pid     int
+	*testlaunch.Proc
 	addr    string // where clients connect
 	logPath string
-	done    chan struct{} // closed when the process has been waited for
-	err     error         // its exit status, once done is closed
 }
 
 // childEnv is the harness's environment without anything that would make a
-// candidate think it runs under systemd.
+// candidate think it runs under systemd, or pinned.
 func childEnv() []string {
 	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		switch {
-		case strings.HasPrefix(k, "LISTEN_"), strings.HasPrefix(k, "WATCHDOG_"),
-			k == "NOTIFY_SOCKET", k == "JOURNAL_STREAM", k == pinnedEnv:
-			continue
+	for _, kv := range testlaunch.CleanEnv() {
+		if k, _, _ := strings.Cut(kv, "="); k != pinnedEnv {
+			env = append(env, kv)
 		}
-		env = append(env, kv)
 	}
 	return env
 }
 
-// spawn starts argv (under taskset, on the proxy CPU) with stdout and stderr in a
-// log file, extra as fds 3.., and a goroutine that waits for it and then calls
-// onExit.
-func (l *launcher) spawn(dir, name string, argv, env []string, extra []*os.File, addr string, onExit func()) (*proxyProc, error) {
+// spawn starts argv (under taskset, on the proxy CPU) through internal/testlaunch
+// (socks as fds 3.. with LISTEN_FDS and LISTEN_PID; killed if the harness dies),
+// with stdout and stderr in a log file, and calls onExit once it has exited.
+func (l *launcher) spawn(dir, name string, argv, env []string, socks []testlaunch.Socket, addr string, onExit func()) (*proxyProc, error) {
+	var prefix []string
 	if l.pin {
-		argv = append([]string{"taskset", "-c", strconv.Itoa(l.cpu)}, argv...)
+		prefix = []string{"taskset", "-c", strconv.Itoa(l.cpu)}
 	}
 	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.Create(logPath)
@@ -73,33 +69,26 @@ func (l *launcher) spawn(dir, name string, argv, env []string, extra []*os.File,
 		return nil, err
 	}
 	defer logf.Close() // the child has its own copy
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = env
-	cmd.Dir = dir
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.ExtraFiles = extra
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	lp, err := testlaunch.Start(testlaunch.Spec{
+		Path: argv[0], Args: argv[1:], Prefix: prefix, Env: env, Sockets: socks,
+		Stdout: logf, Stderr: logf, Dir: dir, Group: true,
+	})
+	if err != nil {
 		return nil, err
 	}
-	p := &proxyProc{pid: cmd.Process.Pid, addr: addr, logPath: logPath, done: make(chan struct{})}
 	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
+		<-lp.Done()
 		onExit()
 	}()
-	return p, nil
+	return &proxyProc{Proc: lp, addr: addr, logPath: logPath}, nil
 }
 
 // exited reports whether the process has ended, and how.
 func (p *proxyProc) exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
+	if p.Exited() {
+		return true, p.Err()
 	}
+	return false, nil
 }
 
 // stop ends the process group (SIGTERM, then SIGKILL after 5s) and waits for the
@@ -108,19 +97,7 @@ func (p *proxyProc) stop() error {
 	if gone, err := p.exited(); gone {
 		return fmt.Errorf("exited during the run: %v", err)
 	}
-	syscall.Kill(-p.pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(5 * time.Second):
-	}
-	syscall.Kill(-p.pid, syscall.SIGKILL)
-	select {
-	case <-p.done:
-		return fmt.Errorf("ignored SIGTERM for 5s; killed")
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("pid %d not reaped 10s after SIGKILL", p.pid)
-	}
+	return p.Stop(5 * time.Second)
 }
 
 // logTail returns the last lines of the candidate's output, for error reports.
@@ -171,10 +148,9 @@ func startActivated(bin string) func(l *launcher, dir, backend string, onExit fu
 			return nil, err
 		}
 		defer f.Close() // the child has its own copy
-		argv := []string{"/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`,
-			bin, "-c", strconv.Itoa(l.connMax), backend}
-		env := append(childEnv(), "LISTEN_FDS=1", "LISTEN_FDNAMES=proxybench")
-		return l.spawn(dir, filepath.Base(bin), argv, env, []*os.File{f}, addr, onExit)
+		argv := []string{bin, "-c", strconv.Itoa(l.connMax), backend}
+		socks := []testlaunch.Socket{{File: f, Name: "proxybench"}}
+		return l.spawn(dir, filepath.Base(bin), argv, childEnv(), socks, addr, onExit)
 	}
 }
 

@@ -144,7 +144,7 @@ func (b *bench) runCandidate(ctx context.Context, c *candidate, idleOnly bool) *
 				r.notes = append(r.notes, fmt.Sprintf("%s: %v; output: %s", c.name, err, p.logTail()))
 			}
 		}()
-		addr, pid = p.addr, p.pid
+		addr, pid = p.addr, p.Pid
 		rctx, rcancel := context.WithTimeout(runCtx, 10*time.Second)
 		err := ready(rctx, addr, b.pat)
 		rcancel()
@@ -411,7 +411,7 @@ func (b *bench) straceRun(ctx context.Context, c *candidate) (string, error) {
 	}
 	defer errf.Close()
 	cmd := exec.Command("strace", "-f", "-c", "-o", out,
-		"-e", "trace=splice,read,write,recvfrom,sendto,readv,writev,recvmsg,sendmsg", "-p", strconv.Itoa(p.pid))
+		"-e", "trace=splice,read,write,recvfrom,sendto,readv,writev,recvmsg,sendmsg", "-p", strconv.Itoa(p.Pid))
 	cmd.Stdout, cmd.Stderr = errf, errf
 	if err := cmd.Start(); err != nil {
 		return "", err

@@ -388,7 +388,7 @@ func (l *loop) resolve(c *conn) {
 func (l *loop) resolveBackend(fd int32, gen uint32, a backend.Address, timeout time.Duration) {
 	defer l.resolveWG.Done()
 	ctx, cancel := context.WithTimeout(l.resolveCtx, timeout)
-	addrs, err := backend.Dialer{Resolver: l.s.cfg.Resolver}.Resolve(ctx, a)
+	addrs, err := backend.Resolve(ctx, l.s.cfg.Resolver, a)
 	cancel()
 	r := resolution{fd: fd, gen: gen, err: err}
 	for _, a := range addrs {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // TestMatchesSystemdAnalyze checks every table input against the real thing,
@@ -17,10 +19,7 @@ func TestMatchesSystemdAnalyze(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts systemd-analyze once per input")
 	}
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze is not installed")
-	}
+	analyze := testutil.RequireTool(t, "systemd-analyze", "systemd")
 	var inputs []string
 	for _, tt := range manPageTests {
 		inputs = append(inputs, tt.in)
