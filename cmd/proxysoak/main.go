@@ -35,6 +35,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testlaunch"
 )
 
 // pinnedEnv marks the re-executed, pinned process.
@@ -139,7 +141,7 @@ func run(cfg config, out io.Writer) int {
 		return fail(err)
 	}
 	fmt.Fprintf(out, "proxysoak: %s, pid %d, %d workers for %v, payloads up to %d bytes, pauses up to %v, pinned=%v\n",
-		bin, p.pid, cfg.conns, cfg.duration, cfg.maxSize, cfg.maxPause, cfg.pin)
+		bin, p.Pid, cfg.conns, cfg.duration, cfg.maxSize, cfg.maxPause, cfg.pin)
 	fmt.Fprintf(out, "before: %s\n", before)
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.duration)
@@ -258,19 +260,15 @@ func (s sample) max(o sample) sample {
 
 // proxy is the running socket-proxyd.
 type proxy struct {
-	cmd  *exec.Cmd
-	pid  int
+	*testlaunch.Proc
 	addr string
 	log  *os.File
-	done chan struct{}
 }
 
-// startProxy starts bin socket-activated, the way systemd does: the
-// listener as fd 3 with LISTEN_FDS=1, and LISTEN_PID set by a shell to its
-// own pid just before it execs bin (so it is also the pid we measure). A
-// small copy of cmd/proxybench's launcher rather than a shared package:
-// these few lines are the whole of it, and the benchmark's version is tied
-// to its candidates and its CPU accounting.
+// startProxy starts bin socket-activated through internal/testlaunch, the
+// launcher the e2e tests and cmd/proxybench use: the listener as fd 3 with
+// LISTEN_FDS=1 and LISTEN_PID its own pid (so also the pid we measure),
+// killed if proxysoak dies.
 func startProxy(bin, dir, backendAddr string, cfg config) (*proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -286,47 +284,32 @@ func startProxy(bin, dir, backendAddr string, cfg config) (*proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	argv := []string{"/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin, "-c", strconv.Itoa(cfg.conns + 100), backendAddr}
-	if cfg.pin {
-		argv = append([]string{"taskset", "-c", "0"}, argv...)
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); !strings.HasPrefix(k, "LISTEN_") && k != "NOTIFY_SOCKET" &&
-			k != "JOURNAL_STREAM" && k != pinnedEnv && !strings.HasPrefix(k, "WATCHDOG_") {
-			cmd.Env = append(cmd.Env, kv)
+	var env []string
+	for _, kv := range testlaunch.CleanEnv() {
+		if k, _, _ := strings.Cut(kv, "="); k != pinnedEnv {
+			env = append(env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, "LISTEN_FDS=1", "LISTEN_FDNAMES=soak")
-	cmd.ExtraFiles = []*os.File{f}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
+	spec := testlaunch.Spec{
+		Path: bin, Args: []string{"-c", strconv.Itoa(cfg.conns + 100), backendAddr}, Env: env,
+		Sockets: []testlaunch.Socket{{File: f, Name: "soak"}}, Stdout: log, Stderr: log,
+	}
+	if cfg.pin {
+		spec.Prefix = []string{"taskset", "-c", "0"}
+	}
+	lp, err := testlaunch.Start(spec)
+	if err != nil {
 		log.Close()
 		return nil, err
 	}
-	p := &proxy{cmd: cmd, pid: cmd.Process.Pid, addr: ln.Addr().String(), log: log, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.done) }()
-	return p, nil
+	return &proxy{Proc: lp, addr: ln.Addr().String(), log: log}, nil
 }
 
-func (p *proxy) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
+func (p *proxy) exited() bool { return p.Exited() }
 
 // stop ends the proxy with SIGTERM (SIGKILL after 10s) and waits for it.
 func (p *proxy) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	_ = p.Stop(10 * time.Second)
 	p.log.Close()
 }
 
@@ -377,7 +360,7 @@ func (p *proxy) sample() (sample, error) {
 	if p.exited() {
 		return s, fmt.Errorf("exited")
 	}
-	dir := fmt.Sprintf("/proc/%d/fd", p.pid)
+	dir := fmt.Sprintf("/proc/%d/fd", p.Pid)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return s, err
@@ -392,7 +375,7 @@ func (p *proxy) sample() (sample, error) {
 			s.pipes++
 		}
 	}
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid))
 	if err != nil {
 		return s, err
 	}
@@ -403,7 +386,7 @@ func (p *proxy) sample() (sample, error) {
 			}
 		}
 	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid))
 	if err != nil {
 		return s, err
 	}
