@@ -392,14 +392,18 @@ func TestConnectionLimit(t *testing.T) {
 	})
 }
 
-// TestBackendUnavailable: the backend is not there; the client is closed at
-// once, one warning line names the backend, and the proxy keeps serving: once
-// the backend appears, the next client gets through.
+// TestBackendUnavailable: the backend is not there (refused, a missing
+// unix socket, a host name that does not resolve, a host that never answers
+// the SYN); the client is closed (at once, or at the connect timeout), one
+// warning line names the client, the backend and why, and the proxy keeps
+// serving: once the backend appears, the next client gets through.
 func TestBackendUnavailable(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
 		backend func(t *testing.T) (arg string, appear func())
+		opts    []string // instead of atOnce's; ours only
+		why     string   // in the warning
 	}{
 		{name: "unix path missing", backend: func(t *testing.T) (string, func()) {
 			path := filepath.Join(shortDir(t), "later.sock")
@@ -412,15 +416,28 @@ func TestBackendUnavailable(t *testing.T) {
 		{name: "tcp refused", backend: func(t *testing.T) (string, func()) {
 			addr, listen := refusingTCP(t)
 			return addr, func() { serve(t, listen(), echo) }
-		}},
+		}, why: "connection refused"},
+		// No DNS answers for .invalid (RFC 6761): an error, or silence
+		// until the connect timeout bounds the lookup.
+		{name: "unresolvable", backend: func(t *testing.T) (string, func()) {
+			return "nowhere.invalid:80", nil
+		}, opts: []string{"--connect-timeout=2s"}, why: `cannot resolve \"nowhere.invalid\"`},
+		{name: "timeout", backend: func(t *testing.T) (string, func()) {
+			return silentTCP(t), nil
+		}, opts: []string{"--connect-timeout=1s"}, why: "timed out"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			forEachImpl(t, func(t *testing.T, im impl) {
+				args := atOnce(im)
+				if tt.opts != nil {
+					oursOnly(t, im, "--connect-timeout")
+					args = tt.opts
+				}
 				backend, appear := tt.backend(t)
 				fd, addr := inheritTCP(t, "web")
-				p := start(t, im.path, launch{args: atOnce(im, backend), fds: []inherited{fd}})
+				p := start(t, im.path, launch{args: append(args, backend), fds: []inherited{fd}})
 				c := dial(t, "tcp", addr)
 				if err := closedWithoutData(c, 10*time.Second); err != nil {
 					t.Fatalf("client of an unavailable backend: %v", err)
@@ -431,6 +448,12 @@ func TestBackendUnavailable(t *testing.T) {
 					if err := p.waitStderr(client, 10*time.Second); err != nil {
 						t.Error(err)
 					}
+					if !strings.Contains(p.stderr.String(), tt.why) {
+						t.Errorf("the warning does not say %q:\n%s", tt.why, p.stderr.String())
+					}
+				}
+				if appear == nil {
+					return
 				}
 				appear()
 				mustEcho(t, dial(t, "tcp", addr), 64*1024)
