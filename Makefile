@@ -10,6 +10,7 @@
 #   make verify-units    systemd-analyze verify on contrib/systemd
 #   make systemd-test    the units and the .deb under a real systemd in a container (root)
 #   make deb-test        only the .deb part of systemd-test (root)
+#   make mutants         mutation testing of internal/... with gremlins (slow: see RELIABILITY.md)
 #   make clean
 #
 # Installed files (PREFIX=/usr/local; the .deb uses PREFIX=/usr):
@@ -52,7 +53,7 @@ SOURCES := $(shell find cmd/socket-proxyd internal -name '*.go' ! -name '*_test.
 UNITS := $(notdir $(wildcard contrib/systemd/*.socket contrib/systemd/*.service))
 NGINX_EXAMPLES := $(notdir $(wildcard contrib/systemd/nginx/*.conf))
 
-.PHONY: all build test bench vet fmt-check man-check verify-units install uninstall deb deb-test systemd-test clean
+.PHONY: all build test bench vet mutants fmt-check man-check verify-units install uninstall deb deb-test systemd-test clean
 
 all: build
 
@@ -67,6 +68,18 @@ test:
 
 bench:
 	$(GO) run ./cmd/proxybench $(BENCHFLAGS)
+
+# Mutation testing (issue 14): gremlins mutates each covered statement of a
+# package in turn and runs its tests; a mutant no test kills is a gap or an
+# equivalent change (docs/RELIABILITY.md lists the survivors and why). A tool,
+# pinned, run with go run: not a dependency of the program. One worker and one
+# CPU per test run by default: the tests are timing-sensitive and the machines
+# small. MUTANTS_PKGS=./internal/proxy for one package.
+GREMLINS ?= github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
+MUTANTS_PKGS ?= $(shell $(GO) list -f '{{.Dir}}' ./internal/... | sed 's|^$(CURDIR)|.|')
+MUTANTS_FLAGS ?= --workers 1 --test-cpu 1 --timeout-coefficient 3
+mutants:
+	@for p in $(MUTANTS_PKGS); do echo "=== gremlins $$p"; $(GO) run $(GREMLINS) unleash $(MUTANTS_FLAGS) $$p || exit 1; done
 
 vet:
 	$(GO) vet ./...

@@ -607,3 +607,38 @@ func TestInheritedWithoutNames(t *testing.T) {
 		mustEcho(t, dial(t, "tcp", addr2), 1000)
 	})
 }
+
+// TestBackendSeesTheProxy: no side channel is forwarded, so a unix backend
+// sees the proxy, not the client, in SO_PEERCRED (the man page says so, as
+// systemd-socket-proxyd(8) does).
+func TestBackendSeesTheProxy(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(shortDir(t), "b.sock")
+	creds := make(chan *syscall.Ucred, 1)
+	serve(t, listenUnix(t, path), func(c net.Conn) {
+		rc, err := c.(*net.UnixConn).SyscallConn()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_ = rc.Control(func(fd uintptr) {
+			cred, err := syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+			if err != nil {
+				t.Error(err)
+			}
+			creds <- cred
+		})
+		echo(c)
+	})
+	fd, addr := inheritTCP(t, "web")
+	p := start(t, binary, launch{args: []string{path}, fds: []inherited{fd}})
+	mustEcho(t, dial(t, "tcp", addr), 100)
+	select {
+	case cred := <-creds:
+		if cred == nil || int(cred.Pid) != p.cmd.Process.Pid {
+			t.Errorf("backend's SO_PEERCRED %+v, want the proxy's pid %d", cred, p.cmd.Process.Pid)
+		}
+	case <-time.After(ioTimeout):
+		t.Fatal("the backend never got a connection")
+	}
+}
