@@ -423,7 +423,7 @@ func TestBackendUnavailable(t *testing.T) {
 			return "nowhere.invalid:80", nil
 		}, opts: []string{"--connect-timeout=2s"}, why: `cannot resolve \"nowhere.invalid\"`},
 		{name: "timeout", backend: func(t *testing.T) (string, func()) {
-			return silentTCP(t), nil
+			return testutil.SilentTCP(t), nil
 		}, opts: []string{"--connect-timeout=1s"}, why: "timed out"},
 	}
 	for _, tt := range tests {

@@ -192,42 +192,6 @@ func refusingTCP(t *testing.T) (string, func() net.Listener) {
 	}
 }
 
-// silentTCP is a 127.0.0.1 address whose SYNs go unanswered: a listener
-// with a backlog of 0 whose accept queue the test fills and never
-// accepts from, so the kernel drops further SYNs (listen queue
-// overflow) and a connect to it waits until its deadline.
-func silentTCP(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err == nil {
-		err = syscall.Listen(fd, 0)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := syscall.Getsockname(fd)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
-	// Fill the queue: connects complete until it is full; the first that
-	// does not complete within 200ms proves SYNs are dropped now.
-	for i := 0; ; i++ {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err != nil {
-			if i == 0 {
-				t.Fatalf("the first connect to a listener with an empty queue failed: %v", err)
-			}
-			return addr
-		}
-		t.Cleanup(func() { c.Close() })
-		if i == 8 {
-			t.Fatalf("%d connects to a backlog-0 listener completed: the kernel does not drop SYNs here", i+1)
-		}
-	}
-}
-
 // hasIPv6Loopback reports whether ::1 can be bound here.
 func hasIPv6Loopback() bool {
 	ln, err := net.Listen("tcp6", "[::1]:0")

@@ -188,10 +188,6 @@ type proc struct {
 	state  *os.ProcessState
 }
 
-// cleanEnv is the test's environment without anything that would change the
-// proxy's behaviour behind the test's back.
-func cleanEnv() []string { return testlaunch.CleanEnv() }
-
 // start launches bin as described by l, through internal/testlaunch: with
 // inherited fds and no listenPID, LISTEN_PID is the binary's own pid, and
 // the child dies with the test binary.

@@ -14,7 +14,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,41 +23,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
-
-// silentBackend is a 127.0.0.1 address whose SYNs go unanswered: a
-// listener with a backlog of 0 whose accept queue the test fills and never
-// accepts from, so the kernel drops further SYNs (listen queue overflow)
-// and a connect to it waits until someone's deadline.
-func silentBackend(t *testing.T) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err == nil {
-		err = unix.Listen(fd, 0)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := unix.Getsockname(fd)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
-	for i := 0; ; i++ {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err != nil {
-			if i == 0 {
-				t.Fatalf("the first connect to a listener with an empty queue failed: %v", err)
-			}
-			return addr
-		}
-		t.Cleanup(func() { c.Close() })
-		if i == 8 {
-			t.Fatalf("%d connects to a backlog-0 listener completed: the kernel does not drop SYNs here", i+1)
-		}
-	}
-}
 
 // closedWithin reads from c until it ends and returns how long that took;
 // data is an error, and so is still being open after limit.
@@ -118,7 +84,7 @@ func TestIdleTimeoutBounds(t *testing.T) {
 // a healthy client.
 func TestStaleEventIgnored(t *testing.T) {
 	noLeak(t)
-	silent := silentBackend(t)
+	silent := testutil.SilentTCP(t)
 	var (
 		mu       sync.Mutex
 		seen     = map[int32]uint32{} // fd -> generation of its events
@@ -201,7 +167,7 @@ func TestStaleEventIgnored(t *testing.T) {
 func TestConnectDeadlineSilentBackend(t *testing.T) {
 	noLeak(t)
 	const timeout = 700 * time.Millisecond
-	silent := silentBackend(t)
+	silent := testutil.SilentTCP(t)
 	p := start(t, silent, Config{ConnectTimeout: timeout})
 	c := dial(t, p.addr)
 	c.Write([]byte("hello"))

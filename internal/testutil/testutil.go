@@ -1,13 +1,19 @@
 // Package testutil holds the one rule every test that needs something from
 // the machine follows: without it the test skips on a developer's machine
 // and fails under CI (CI set), so a CI run that passes has run every test.
+// It also holds the network fixtures that more than one package's tests
+// need.
 package testutil
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run under CI: CI set to anything but ""
@@ -54,5 +60,46 @@ func RequireRoot(t testing.TB, why string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		Unavailable(t, "needs root: %s", why)
+	}
+}
+
+// SilentTCP returns a 127.0.0.1 address whose SYNs go unanswered, for as
+// long as the test runs: a listener with a backlog of 0 whose accept queue
+// it fills and never accepts from, so the kernel drops further SYNs
+// (listen queue overflow) and a connect waits until its own deadline. No
+// privilege or network namespace needed.
+func SilentTCP(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	err = syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+	if err == nil {
+		err = syscall.Listen(fd, 0)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	// Connects complete until the queue is full; the first that does not
+	// complete within 200ms shows SYNs are dropped from then on.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			if i == 0 {
+				t.Fatalf("the first connect to a listener with an empty queue failed: %v", err)
+			}
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+		if i == 8 {
+			t.Fatalf("%d connects to a backlog-0 listener completed: the kernel does not drop SYNs here", i+1)
+		}
 	}
 }

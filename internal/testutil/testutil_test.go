@@ -1,7 +1,10 @@
 package testutil
 
 import (
+	"errors"
+	"net"
 	"testing"
+	"time"
 )
 
 func TestInCI(t *testing.T) {
@@ -54,4 +57,20 @@ func (r *recorder) Fatalf(string, ...any) {
 func (r *recorder) Skipf(string, ...any) {
 	r.skipped = true
 	panic(ended{})
+}
+
+// TestSilentTCP: a connect to the address neither completes nor fails
+// before its deadline.
+func TestSilentTCP(t *testing.T) {
+	addr := SilentTCP(t)
+	begin := time.Now()
+	c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+	if err == nil {
+		c.Close()
+		t.Fatal("a connect to the silent address completed")
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || time.Since(begin) < 250*time.Millisecond {
+		t.Fatalf("connect: %v after %v, want a timeout at the deadline", err, time.Since(begin))
+	}
 }
