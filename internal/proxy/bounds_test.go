@@ -90,6 +90,7 @@ func TestStaleEventIgnored(t *testing.T) {
 		seen     = map[int32]uint32{} // fd -> generation of its events
 		inject   *unix.EpollEvent
 		injected atomic.Bool
+		batches  atomic.Int64 // batches seen by the hook
 	)
 	ln, err := activation.Listen("127.0.0.1:0")
 	if err != nil {
@@ -99,6 +100,7 @@ func TestStaleEventIgnored(t *testing.T) {
 		s.testBatch = func(events []unix.EpollEvent, n int) int {
 			mu.Lock()
 			defer mu.Unlock()
+			batches.Add(1)
 			for _, ev := range events[:n] {
 				if ev.Pad != 0 {
 					seen[ev.Fd] = uint32(ev.Pad)
@@ -149,9 +151,12 @@ func TestStaleEventIgnored(t *testing.T) {
 	mu.Unlock()
 	// Wake the loop so the batch with the stale event comes now.
 	second.Write([]byte("x"))
-	waitFor(t, "the stale event to be handled", injected.Load)
-	second.Write([]byte("y")) // a batch after it: the stale one was handled
-	time.Sleep(100 * time.Millisecond)
+	waitFor(t, "the stale event to be injected", injected.Load)
+	// The batch with the stale event is handled before the next wait: a
+	// later batch proves it was.
+	after := batches.Load()
+	second.Write([]byte("y"))
+	waitFor(t, "a batch after the stale event", func() bool { return batches.Load() > after })
 	if st := p.srv.Stats(); st.Active != 1 {
 		t.Fatalf("%d connections open after a stale event for the second one's descriptor, want 1 (it was acted on)\n%s", st.Active, p.logs)
 	}
