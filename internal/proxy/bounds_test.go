@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -308,12 +309,26 @@ func TestPipePoolBound(t *testing.T) {
 	const conns, size = 40, 4 << 20
 	release := make(chan struct{})
 	received := make(chan int, conns)
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+	// A small receive buffer on the backend's sockets (set on the
+	// listener, so accepted sockets start with it and the kernel does not
+	// grow it): the few MiB loopback TCP would otherwise buffer on the
+	// way could take a whole payload, and the pipes would drain.
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 32<<10) })
+		return err
+	}}
+	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveBackend(t, ln, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(60 * time.Second))
 		<-release
 		n, _ := io.Copy(io.Discard, struct{ io.Reader }{c})
 		received <- int(n)
 	})
+	addr := ln.Addr().String()
 	p := start(t, addr, Config{MaxConnections: maxConns})
 	payload := bytes.Repeat([]byte("p"), size)
 	var wg sync.WaitGroup
@@ -326,12 +341,19 @@ func TestPipePoolBound(t *testing.T) {
 			c.CloseWrite()
 		}()
 	}
-	// Sample while the connections fill the pipes and stall.
+	// Sample while the connections fill the pipes and stall: until the
+	// bound has been reached for half a second (a pool that grows past it
+	// does so meanwhile), or 5 s.
 	peak := int64(0)
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
+	var reached time.Time
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		peak = max(peak, p.srv.Stats().Pipes)
-		time.Sleep(time.Millisecond)
+		if peak >= int64(bound) && reached.IsZero() {
+			reached = time.Now()
+		}
+		if !reached.IsZero() && time.Since(reached) > 500*time.Millisecond {
+			break
+		}
 	}
 	close(release)
 	wg.Wait()
