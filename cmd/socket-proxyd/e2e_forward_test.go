@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,26 +82,29 @@ func TestForwardBracketedIPv6(t *testing.T) {
 // TestForwardHostname: a host name is resolved per connection and every
 // address it resolves to is tried in turn. The name has two addresses, from
 // an /etc/hosts of the test's own (bind-mounted in a private mount
-// namespace around the proxy): 127.0.0.2 first, where nothing listens, then
-// 127.0.0.1, where the backend is. The original tries only the first.
+// namespace around the proxy): 127.0.0.1 first, whose port refuses (bound,
+// never listening), then 127.0.0.2, where the backend is. Go's resolver
+// keeps the file's order and glibc's sorts 127.0.0.1 first too (RFC 6724
+// rule 9), so the original, which tries only the first, fails.
 func TestForwardHostname(t *testing.T) {
 	t.Parallel()
 	testutil.RequireRoot(t, "to mount a hosts file of the test's own")
 	unshare := testutil.RequireTool(t, "unshare", "util-linux")
 	hosts := filepath.Join(shortDir(t), "hosts")
-	if err := os.WriteFile(hosts, []byte("127.0.0.2 two.spx.test\n127.0.0.1 two.spx.test\n"), 0o644); err != nil {
+	if err := os.WriteFile(hosts, []byte("127.0.0.1 two.spx.test\n127.0.0.2 two.spx.test\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	checkDiffers(t, "only the first address of a host name is tried", func(t *testing.T, im impl) error {
-		srv, addr := echoTCP(t, "127.0.0.1:0")
+		srv, addr := echoTCP(t, "127.0.0.2:0")
 		_, port, _ := net.SplitHostPort(addr)
+		holdRefusing(t, "127.0.0.1:"+port)
 		fd, paddr := inheritTCP(t, "web")
 		// unshare and sh exec in place: the pid, and so LISTEN_PID, stays.
 		p := start(t, unshare, launch{args: []string{"-m", "--propagation", "private", "/bin/sh", "-c",
 			`mount --bind "$0" /etc/hosts && exec "$@"`, hosts, im.path, "two.spx.test:" + port}, fds: []inherited{fd}})
 		for range 2 {
 			if err := echoRoundTrip(dial(t, "tcp", paddr), 64*1024); err != nil {
-				return fmt.Errorf("two.spx.test:%s (127.0.0.2 refuses, 127.0.0.1 serves): %v; stderr:\n%s", port, err, p.stderr.String())
+				return fmt.Errorf("two.spx.test:%s (127.0.0.1 refuses, 127.0.0.2 serves): %v; stderr:\n%s", port, err, p.stderr.String())
 			}
 		}
 		if n := srv.accepted.Load(); n != 2 {
@@ -108,6 +112,24 @@ func TestForwardHostname(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// holdRefusing binds addr without listening for as long as the test runs,
+// so connects to it are refused and nothing else can take it.
+func holdRefusing(t *testing.T, addr string) {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
+		t.Fatalf("cannot hold %s: %v", addr, err)
+	}
 }
 
 // halfCloseReply is what the request/reply backend answers: a large reply
