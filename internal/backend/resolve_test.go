@@ -24,6 +24,9 @@ func TestResolve(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `cannot resolve "nowhere.spx.test"`) {
 		t.Errorf("Resolve with a failing resolver: %v, want it to name the host", err)
 	}
+	if lookups == 0 {
+		t.Error("Resolve did not use the resolver it was given")
+	}
 	got, err = Resolve(t.Context(), nil, Address{Network: "tcp", Host: "localhost", Port: "7"})
 	if err != nil || len(got) == 0 || !strings.HasSuffix(got[0], ":7") {
 		t.Errorf("Resolve(localhost) = %v, %v", got, err)
