@@ -402,3 +402,34 @@ func TestSmallMessagesNoPipe(t *testing.T) {
 		t.Errorf("after 200 64-byte exchanges: %d pipes, %d splices (%d bytes); want none", st.Pipes, st.Splices, st.SplicedBytes)
 	}
 }
+
+// TestUnresolvableNameClosesOnlyTheClient: a host name with no address
+// closes the client with one warning, and touches no descriptor but the
+// client's: a connection that never had a backend socket must not close
+// whatever descriptor a wrong "no socket" marker names (stdout, here).
+func TestUnresolvableNameClosesOnlyTheClient(t *testing.T) {
+	noLeak(t)
+	dns := fakeDNS(t) // no address for any name
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dns)
+	}}
+	stdout := func() string {
+		s, err := os.Readlink("/proc/self/fd/1")
+		if err != nil {
+			return "closed: " + err.Error()
+		}
+		return s
+	}
+	before := stdout()
+	p := start(t, "none.spx.test:80", Config{Resolver: resolver})
+	c := dial(t, p.addr)
+	closedWithin(t, c, 10*time.Second)
+	waitFor(t, "the warning", func() bool { return strings.Contains(p.logs.String(), `cannot resolve \"none.spx.test\"`) })
+	if st := p.srv.Stats(); st.BackendErrors != 1 {
+		t.Errorf("BackendErrors %d, want 1", st.BackendErrors)
+	}
+	if after := stdout(); after != before {
+		t.Errorf("descriptor 1 was %s, is %s after the failed connection", before, after)
+	}
+}
