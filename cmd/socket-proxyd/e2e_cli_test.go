@@ -340,3 +340,83 @@ func TestBadInheritedFD(t *testing.T) {
 		})
 	}
 }
+
+// TestCommandLineLikeOriginal: the original's options are read as its
+// getopt_long reads them, case by case (issue 12): abbreviations, both
+// value forms, clusters, "--" and options after the address. ok records
+// what systemd-socket-proxyd 252 does; SPX_COMPARE_ORIGINAL=1 checks that
+// record against the installed original. Parsing passed when the binary
+// gets as far as looking for sockets (none are passed here).
+func TestCommandLineLikeOriginal(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		args []string
+		ok   bool
+		out  bool   // accepted and printed help or version on stdout, exit 0
+		want string // ours, refused: in the error line
+	}{
+		{args: []string{"--connections=10", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--conn", "10", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--c=10", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--connect=5", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--exit-idle=1s", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--e=1s", "127.0.0.1:80"}, ok: true},
+		{args: []string{"-c10", "127.0.0.1:80"}, ok: true},
+		{args: []string{"127.0.0.1:80", "-c", "5"}, ok: true},
+		{args: []string{"127.0.0.1:80", "-c5", "--exit-idle-time", "5s"}, ok: true},
+		{args: []string{"--exit-idle-time=5", "127.0.0.1:80", "--conn=3"}, ok: true},
+		{args: []string{"--connections-max=5", "--connections-max=6", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--h"}, ok: true, out: true},
+		{args: []string{"--he"}, ok: true, out: true},
+		{args: []string{"--v"}, ok: true, out: true},
+		{args: []string{"--ver"}, ok: true, out: true},
+		{args: []string{"-hc5"}, ok: true, out: true},
+		{args: []string{"-c", "5", "-h"}, ok: true, out: true},
+		{args: []string{"--", "-c", "127.0.0.1:80"}, want: `"127.0.0.1:80"`},
+		{args: []string{"127.0.0.1:80", "--", "-c5"}, want: `"-c5"`},
+		{args: []string{"-c"}, want: `"-c" needs a value`},
+		{args: []string{"--connections-max"}, want: `"--connections-max" needs a value`},
+		{args: []string{"--connections-max=", "127.0.0.1:80"}, want: `invalid value "" for -c/--connections-max`},
+		{args: []string{"-c=5", "127.0.0.1:80"}, want: `invalid value "=5"`},
+		{args: []string{"-c5h", "127.0.0.1:80"}, want: `invalid value "5h"`},
+		{args: []string{"-ch"}, want: `invalid value "h"`},
+		{args: []string{"--exit-idle-time=", "127.0.0.1:80"}, want: `invalid value "" for --exit-idle-time`},
+		{args: []string{"--help=x"}, want: `"--help" takes no value`},
+		{args: []string{"--version=1"}, want: `"--version" takes no value`},
+		{args: []string{"--"}, want: "missing backend address"},
+		{args: []string{"--connections-maxx=5", "127.0.0.1:80"}, want: `unknown option "--connections-maxx"`},
+		{args: []string{"--=5", "127.0.0.1:80"}, want: `option "--" is ambiguous: it could be --connections-max, --exit-idle-time, --help, --version`},
+		{args: []string{"---", "127.0.0.1:80"}, want: `unknown option "---"`},
+		{args: []string{"127.0.0.1:80", "extra"}, want: `"extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			forEachImpl(t, func(t *testing.T, im impl) {
+				code, stdout, stderr := run(t, im.path, launch{args: tt.args})
+				switch {
+				case tt.out:
+					if code != 0 || stdout == "" {
+						t.Errorf("exit status %d, stdout %q, want 0 and help or version; stderr: %s", code, stdout, stderr)
+					}
+				case tt.ok:
+					noSockets := noSocketsLine + "\n"
+					if im.original {
+						noSockets = "Didn't get any sockets passed in.\n"
+					}
+					if code != 1 || stderr != noSockets {
+						t.Errorf("exit status %d, stderr %q: want the parse to pass and 1, %q", code, stderr, noSockets)
+					}
+				default:
+					if code != 1 || strings.Contains(stderr, "sockets passed in") || strings.Contains(stderr, "no listening sockets") {
+						t.Errorf("exit status %d, stderr %q: want the command line refused", code, stderr)
+					}
+					if !im.original {
+						checkErrorLines(t, stderr, []string{tt.want})
+					}
+				}
+			})
+		})
+	}
+}

@@ -109,7 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Backends:        opts.named,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),
 		IdleTimeout:     infinityMeansZero(opts.idleTimeout),
-		KeepAlive:       zeroMeansNegative(infinityMeansZero(opts.keepAlive)),
+		KeepAlive:       zeroMeansNegative(opts.keepAlive), // infinity is already 0: off
 		ProxyProtocol:   opts.proxyProtocol,
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),
 		Log:             log,
