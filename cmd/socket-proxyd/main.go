@@ -74,7 +74,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	for _, addr := range opts.listen {
-		l, err := activation.Listen(addr)
+		l, err := activation.ListenMode(addr, opts.socketMode)
 		if err != nil {
 			activation.Close(listeners)
 			return fail(err)

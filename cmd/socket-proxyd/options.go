@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 	"github.com/socket-proxyd/socket-proxyd/internal/getopt"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
@@ -33,10 +34,6 @@ type options struct {
 
 	help, version bool
 }
-
-// defaultSocketMode is systemd's SocketMode= default: any local user may
-// connect, as to the sockets a .socket unit creates.
-const defaultSocketMode os.FileMode = 0o666
 
 // maxKeepAlive is the largest TCP_KEEPIDLE the kernel takes (MAX_TCP_KEEPIDLE,
 // 32767 s); above it setsockopt fails with EINVAL and the kernel's default
@@ -95,7 +92,7 @@ func parseOptions(args []string) (options, error) {
 	opts := options{
 		maxConnections:  proxy.DefaultMaxConnections,
 		exitIdleTime:    timespan.Infinity,
-		socketMode:      defaultSocketMode,
+		socketMode:      activation.DefaultSocketMode,
 		connectTimeout:  proxy.DefaultConnectTimeout,
 		idleTimeout:     timespan.Infinity,
 		keepAlive:       proxy.DefaultKeepAlive,

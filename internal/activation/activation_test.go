@@ -221,8 +221,9 @@ func TestListenReplacesStaleSocketOnly(t *testing.T) {
 		t.Fatal("a second --listen took over a live socket")
 	}
 	// Leave the file behind, as a proxy that was killed would.
-	live.Listener.(*net.UnixListener).SetUnlinkOnClose(false)
-	live.Close()
+	ul := live.Listener.(*unixListener)
+	ul.UnixListener.Close()
+	unix.Close(ul.file.dir)
 	again, err := Listen(path)
 	if err != nil {
 		t.Fatalf("a stale socket file blocked --listen: %v", err)
