@@ -46,8 +46,8 @@ func TestParse(t *testing.T) {
 		{args: []string{"--connections-max="}, want: "c="},
 		{args: []string{"--connections=5"}, want: "c=5"},
 		{args: []string{"--conn", "5"}, want: "c=5"},
-		{args: []string{"--c=5"}, want: "c=5"},          // original wins over --connect-timeout
-		{args: []string{"--connect=5"}, want: "c=5"},    // as the original reads it
+		{args: []string{"--c=5"}, want: "c=5"},       // original wins over --connect-timeout
+		{args: []string{"--connect=5"}, want: "c=5"}, // as the original reads it
 		{args: []string{"--connect-=5"}, want: "connect=5"},
 		{args: []string{"--e=1s"}, want: "exit=1s"},
 		{args: []string{"--sh=1s"}, want: "shutdown=1s"},
