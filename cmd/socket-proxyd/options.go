@@ -102,8 +102,8 @@ func parseOptions(args []string) (options, error) {
 	table := []getopt.Option{
 		{Long: "connections-max", Short: 'c', Arg: true, Original: true, Set: positiveInt(&opts.maxConnections)},
 		{Long: "exit-idle-time", Arg: true, Original: true, Set: span(&opts.exitIdleTime)},
-		{Long: "help", Short: 'h', Original: true, Set: flag(&opts.help)},
-		{Long: "version", Original: true, Set: flag(&opts.version)},
+		{Long: "help", Short: 'h', Original: true, Stop: true, Set: flag(&opts.help)},
+		{Long: "version", Original: true, Stop: true, Set: flag(&opts.version)},
 		{Long: "listen", Arg: true, Set: appendTo(&opts.listen)},
 		{Long: "socket-mode", Arg: true, Set: fileMode(&opts.socketMode)},
 		{Long: "backend", Arg: true, Set: appendTo(&named)},
@@ -118,7 +118,8 @@ func parseOptions(args []string) (options, error) {
 		return opts, err
 	}
 	if opts.help || opts.version {
-		return opts, nil
+		// Printed at once, whatever else the command line says.
+		return options{help: opts.help, version: opts.version}, nil
 	}
 	if err := splitSpan(rest); err != nil {
 		return opts, err

@@ -34,7 +34,7 @@ type Address struct {
 func Parse(s string) (Address, error) {
 	switch {
 	case s == "":
-		return Address{}, fmt.Errorf("empty backend address: give HOST:PORT, [IPv6]:PORT or a unix socket path")
+		return Address{}, fmt.Errorf("empty backend address %q: give HOST:PORT, [IPv6]:PORT or a unix socket path", s)
 	case strings.HasPrefix(s, "/"):
 		if len(s) > maxUnixPath-1 {
 			return Address{}, fmt.Errorf("unix socket path %q is %d bytes long; the limit is %d: use a shorter path", s, len(s), maxUnixPath-1)

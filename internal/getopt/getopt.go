@@ -28,6 +28,10 @@ type Option struct {
 	// --connections-max, and so must a drop-in replacement that also has
 	// --connect-timeout.
 	Original bool
+	// Stop ends parsing once the option is set, as --help and --version
+	// do in the original, which print and exit there: whatever follows,
+	// even a bad option, is not read.
+	Stop bool
 	// Set stores the value; its error becomes "invalid value".
 	Set func(value string) error
 }
@@ -83,15 +87,16 @@ func Parse(table []Option, args []string) ([]Arg, error) {
 				i++
 				value = args[i]
 			}
-			if err := set(o, written, value); err != nil {
-				return nil, err
+			if err := set(o, written, value); err != nil || o.Stop {
+				return rest, err
 			}
 			after, afterValue = o, value
 			continue
 		case len(a) > 1 && a[0] == '-':
 			var err error
-			if after, afterValue, i, err = parseShort(table, args, i); err != nil {
-				return nil, err
+			var stop bool
+			if after, afterValue, i, stop, err = parseShort(table, args, i); err != nil || stop {
+				return rest, err
 			}
 			continue
 		}
@@ -103,33 +108,37 @@ func Parse(table []Option, args []string) ([]Arg, error) {
 
 // parseShort reads the cluster of short options in args[i] ("-hc5"), and
 // the next argument too when its last option needs a value ("-c 5"). It
-// returns the option whose value it read, if any, and the index of the
-// last argument it used.
-func parseShort(table []Option, args []string, i int) (*Option, string, int, error) {
+// returns the option whose value it read, if any, the index of the last
+// argument it used, and whether an option stopped parsing.
+func parseShort(table []Option, args []string, i int) (*Option, string, int, bool, error) {
 	a := args[i]
+	in := "" // where a short option sits, when not alone: "-x" in "-hx"
+	if len(a) > 2 {
+		in = fmt.Sprintf(" in %q", a)
+	}
 	for j := 1; j < len(a); j++ {
 		o := lookupShort(table, a[j])
 		if o == nil {
-			return nil, "", i, fmt.Errorf("unknown option %q", "-"+a[j:j+1])
+			return nil, "", i, false, fmt.Errorf("unknown option %q%s", "-"+a[j:j+1], in)
 		}
 		written := "-" + string(a[j])
 		if !o.Arg {
-			if err := set(o, written, ""); err != nil {
-				return nil, "", i, err
+			if err := set(o, written, ""); err != nil || o.Stop {
+				return nil, "", i, o.Stop, err
 			}
 			continue
 		}
 		value := a[j+1:]
 		if value == "" {
 			if i+1 == len(args) {
-				return nil, "", i, fmt.Errorf("option %q needs a value: write %s N", written, written)
+				return nil, "", i, false, fmt.Errorf("option %q%s needs a value: write %s N", written, in, written)
 			}
 			i++
 			value = args[i]
 		}
-		return o, value, i, set(o, written, value)
+		return o, value, i, o.Stop, set(o, written, value)
 	}
-	return nil, "", i, nil
+	return nil, "", i, false, nil
 }
 
 // set stores one value; written is the option as the user spelled it, kept

@@ -24,12 +24,13 @@ func table(p *parsed) []Option {
 	return []Option{
 		{Long: "connections-max", Short: 'c', Arg: true, Original: true, Set: rec("c")},
 		{Long: "exit-idle-time", Arg: true, Original: true, Set: rec("exit")},
-		{Long: "help", Short: 'h', Original: true, Set: rec("help")},
-		{Long: "version", Original: true, Set: rec("version")},
+		{Long: "help", Short: 'h', Original: true, Stop: true, Set: rec("help")},
+		{Long: "version", Original: true, Stop: true, Set: rec("version")},
 		{Long: "connect-timeout", Arg: true, Set: rec("connect")},
 		{Long: "shutdown-timeout", Arg: true, Set: rec("shutdown")},
 		{Long: "socket-mode", Arg: true, Set: rec("mode")},
 		{Long: "listen", Arg: true, Set: rec("listen")},
+		{Long: "quiet", Short: 'q', Set: rec("quiet")},
 	}
 }
 
@@ -52,13 +53,18 @@ func TestParse(t *testing.T) {
 		{args: []string{"--e=1s"}, want: "exit=1s"},
 		{args: []string{"--sh=1s"}, want: "shutdown=1s"},
 		{args: []string{"--l", "x"}, want: "listen=x"},
-		{args: []string{"--h", "--v"}, want: "help= version="},
-		{args: []string{"-hc5"}, want: "help= c=5"},
-		{args: []string{"-hc", "5"}, want: "help= c=5"},
+		{args: []string{"--h", "--v"}, want: "help="},
+		{args: []string{"--v", "--h"}, want: "version="},
+		{args: []string{"-qc5"}, want: "quiet= c=5"},
+		{args: []string{"-qc", "5"}, want: "quiet= c=5"},
+		{args: []string{"-hc5"}, want: "help="},
 		{args: []string{"a", "-c", "5", "b"}, want: "c=5 arg:a arg:b"},
 		{args: []string{"-", "--", "-c5", "--help"}, want: "arg:- arg:-c5 arg:--help"},
 		{args: []string{"", "x"}, want: "arg: arg:x"},
 		{args: []string{"--listen=a=b"}, want: "listen=a=b"},
+		{args: []string{"a", "-h", "--bogus", "b"}, want: "help= arg:a"}, // help stops, as the original prints it at once
+		{args: []string{"--version", "-c", "bad"}, want: "version="},
+		{args: []string{"-hz"}, want: "help="},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -83,12 +89,13 @@ func TestParseErrors(t *testing.T) {
 		want string
 	}{
 		{args: []string{"--s=1"}, want: `option "--s" is ambiguous: it could be --shutdown-timeout, --socket-mode; write more of it`},
-		{args: []string{"--=1"}, want: `option "--" is ambiguous: it could be --connections-max, --exit-idle-time, --help, --version, --connect-timeout, --shutdown-timeout, --socket-mode, --listen; write more of it`},
+		{args: []string{"--=1"}, want: `option "--" is ambiguous: it could be --connections-max, --exit-idle-time, --help, --version, --connect-timeout, --shutdown-timeout, --socket-mode, --listen, --quiet; write more of it`},
 		{args: []string{"--bogus"}, want: `unknown option "--bogus"`},
 		{args: []string{"--bogus=1"}, want: `unknown option "--bogus"`},
 		{args: []string{"---"}, want: `unknown option "---"`},
 		{args: []string{"-z"}, want: `unknown option "-z"`},
-		{args: []string{"-hz"}, want: `unknown option "-z"`},
+		{args: []string{"-qz"}, want: `unknown option "-z" in "-qz"`},
+		{args: []string{"-qc"}, want: `option "-c" in "-qc" needs a value: write -c N`},
 		{args: []string{"-c"}, want: `option "-c" needs a value: write -c N`},
 		{args: []string{"a", "--listen"}, want: `option "--listen" needs a value: write --listen=VALUE`},
 		{args: []string{"--help=yes"}, want: `option "--help" takes no value, but was given "yes": write --help alone`},
@@ -112,7 +119,7 @@ func TestParseErrors(t *testing.T) {
 // "--exit-idle-time 5 minutes" can be told apart from a backend.
 func TestAfter(t *testing.T) {
 	var p parsed
-	rest, err := Parse(table(&p), []string{"--exit-idle-time", "5", "minutes", "b", "-c5", "x", "-h", "y"})
+	rest, err := Parse(table(&p), []string{"--exit-idle-time", "5", "minutes", "b", "-c5", "x", "-q", "y"})
 	if err != nil {
 		t.Fatal(err)
 	}
