@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -421,5 +422,111 @@ func TestCommandLineLikeOriginal(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// TestStartupNamesListeners: one info line per listener names it, where it
+// listens and its backend, so the port of --listen 127.0.0.1:0 can be
+// found; LISTEN_FDS without LISTEN_PID is ignored, as sd_listen_fds does
+// (issue 12).
+func TestStartupNamesListeners(t *testing.T) {
+	t.Parallel()
+	_, backend := echoTCP(t, "127.0.0.1:0")
+	fd, inhAddr := inheritTCP(t, "web")
+	p := start(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", backend}, fds: []inherited{fd}})
+	if err := p.waitStderr("listening listener=127.0.0.1:0 ", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`listening listener=127\.0\.0\.1:0 address=(127\.0\.0\.1:[0-9]+) backend=` + regexp.QuoteMeta(backend) + `\n`).
+		FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		t.Fatalf("no line names the --listen port and the backend:\n%s", p.stderr.String())
+	}
+	mustEcho(t, dial(t, "tcp", m[1]), 1000)
+	if want := "listening listener=web fd=3 address=" + inhAddr + " backend=" + backend + "\n"; !strings.Contains(p.stderr.String(), want) {
+		t.Errorf("no line %q:\n%s", want, p.stderr.String())
+	}
+
+	// Only LISTEN_FDS and LISTEN_FDNAMES, as a shell that inherited them
+	// from a unit might: not for us, so --listen alone serves.
+	q := start(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", backend}, env: []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=web"}})
+	if err := q.waitStderr("listening listener=127.0.0.1:0 ", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(q.stderr.String(), "web") {
+		t.Errorf("LISTEN_FDS without LISTEN_PID was taken for sockets:\n%s", q.stderr.String())
+	}
+}
+
+// TestListenSocketFile: a --listen unix socket is 0666 by default, as
+// SocketMode=, or --socket-mode; and it is removed at exit (issue 12).
+func TestListenSocketFile(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		mode os.FileMode
+	}{{mode: 0o666}, {args: []string{"--socket-mode=0600"}, mode: 0o600}, {args: []string{"--socket-m", "640"}, mode: 0o640}} {
+		t.Run(tt.mode.String(), func(t *testing.T) {
+			t.Parallel()
+			_, backend := echoTCP(t, "127.0.0.1:0")
+			path := filepath.Join(shortDir(t), "l.sock")
+			p := start(t, binary, launch{args: append(append([]string{"--listen", path}, tt.args...), backend)})
+			if err := p.waitStderr("listening listener="+path, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Lstat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != tt.mode {
+				t.Errorf("socket file mode %v, want %v", fi.Mode().Perm(), tt.mode)
+			}
+			if want := "address=" + path + " "; !strings.Contains(p.stderr.String(), want) {
+				t.Errorf("start-up line lacks %q:\n%s", want, p.stderr.String())
+			}
+			c := dial(t, "unix", path)
+			mustEcho(t, c, 1000)
+			c.Close() // so that SIGTERM has nothing to drain
+			p.signal(syscall.SIGTERM)
+			if code := p.waitExit(20 * time.Second); code != 0 {
+				t.Errorf("exit status %d after SIGTERM", code)
+			}
+			if _, err := os.Lstat(path); err == nil {
+				t.Error("the socket file is left behind at exit")
+			}
+		})
+	}
+}
+
+// TestHints: the mistakes users make get an error that says what to write
+// (issue 12), one line and the usage hint, exit status 1.
+func TestHints(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{args: []string{"nginx.sock"}, want: `backend address "nginx.sock" looks like a unix socket file, not a host name: give its absolute path, such as "/run/nginx.sock"`},
+		{args: []string{"./nginx.sock"}, want: `backend address "./nginx.sock" is a relative path: give the unix socket's absolute path, such as "/run/nginx.sock"`},
+		{args: []string{"unix:/run/x.sock"}, want: `backend address "unix:/run/x.sock": write the socket path alone, "/run/x.sock", without "unix:"`},
+		{args: []string{"http://127.0.0.1:80"}, want: `backend address "http://127.0.0.1:80" is a URL: write HOST:PORT alone, "127.0.0.1:80"`},
+		{args: []string{"--exit-idle-time", "5", "minutes", "127.0.0.1:80"},
+			want: `argument "minutes" follows --exit-idle-time "5": quote a span with spaces, --exit-idle-time="5 minutes"`},
+		{args: []string{"--keepalive=10h", "127.0.0.1:80"}, want: `invalid value "10h" for --keepalive: above the kernel's limit of 9h 6min 7s (32767s); use a shorter span, or 0 or infinity to turn keepalive off`},
+		{args: []string{"--s=1", "127.0.0.1:80"}, want: `option "--s" is ambiguous: it could be --socket-mode, --shutdown-timeout; write more of it`},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			code, stdout, stderr := run(t, binary, launch{args: tt.args})
+			if code != 1 || stdout != "" {
+				t.Errorf("exit status %d, stdout %q; want 1 and nothing", code, stdout)
+			}
+			checkErrorLines(t, stderr, []string{tt.want})
+		})
+	}
+	// --listen is checked when it binds, after the command line: one line.
+	code, _, stderr := run(t, binary, launch{args: []string{"--listen", "::1:8080", "127.0.0.1:80"}})
+	if want := `socket-proxyd: --listen address "::1:8080": write an IPv6 address in brackets, "[::1]:8080"` + "\n"; code != 1 || stderr != want {
+		t.Errorf("exit status %d, stderr %q; want 1 and %q", code, stderr, want)
 	}
 }

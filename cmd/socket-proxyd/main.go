@@ -88,6 +88,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		activation.Close(listeners)
 		return fail(err)
 	}
+	announce(log, listeners, opts.backend, opts.named)
 
 	// STOPPING=1 goes out before the proxy starts closing anything, so the
 	// signal is watched here rather than through a context the proxy sees

@@ -78,6 +78,9 @@ func TestListenRemovesItsOwnSocketOnly(t *testing.T) {
 	if !answers(p) {
 		t.Fatal("the --listen socket does not answer")
 	}
+	if got := l.Addr().String(); got != p {
+		t.Errorf("Addr() = %q, want the path given, %q", got, p)
+	}
 	l.Close()
 	if exists(p) {
 		t.Error("the socket file is left behind at exit")

@@ -30,7 +30,12 @@ type boundFile struct {
 type unixListener struct {
 	*net.UnixListener
 	file boundFile
+	addr *net.UnixAddr // the path given, not the /proc path bound through
 }
+
+// Addr is the socket's path as the user gave it: the kernel's name for it
+// (getsockname, and so ss -xl) is the /proc/self/fd path it was bound by.
+func (l *unixListener) Addr() net.Addr { return l.addr }
 
 // Close closes the listener, then removes the socket file if it is still
 // the one bound: Go's own unlink-on-close removes whatever has that path.
@@ -139,7 +144,7 @@ func listenUnixPath(p string, mode os.FileMode) (Listener, error) {
 	}
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false) // ours checks the inode first
-	return Listener{Listener: &unixListener{UnixListener: ul, file: file}, Name: p, FD: -1}, nil
+	return Listener{Listener: &unixListener{UnixListener: ul, file: file, addr: &net.UnixAddr{Name: clean, Net: "unix"}}, Name: p, FD: -1}, nil
 }
 
 // maxSunPath is the size of sockaddr_un.sun_path, its terminating NUL
