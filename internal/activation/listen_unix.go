@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,8 +30,9 @@ type boundFile struct {
 // unixListener removes its own socket file when closed, and only that.
 type unixListener struct {
 	*net.UnixListener
-	file boundFile
-	addr *net.UnixAddr // the path given, not the /proc path bound through
+	file   boundFile
+	addr   *net.UnixAddr // the path given, not the /proc path bound through
+	remove sync.Once
 }
 
 // Addr is the socket's path as the user gave it: the kernel's name for it
@@ -41,12 +43,12 @@ func (l *unixListener) Addr() net.Addr { return l.addr }
 // the one bound: Go's own unlink-on-close removes whatever has that path.
 func (l *unixListener) Close() error {
 	err := l.UnixListener.Close()
-	l.file.remove()
+	l.remove.Do(l.file.remove)
 	return err
 }
 
 // remove unlinks the socket file if it is still the one bound, and lets
-// go of the directory; it is safe to call twice.
+// go of the directory.
 func (f *boundFile) remove() {
 	if f.dir < 0 {
 		return
