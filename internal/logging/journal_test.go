@@ -378,3 +378,35 @@ func TestNativeFallsBack(t *testing.T) {
 		t.Errorf("stderr %q, want %q", stderr.String(), want)
 	}
 }
+
+// TestNativeConcurrent: records logged at once from several goroutines
+// (the engine's loop, main's signal watcher) each arrive whole.
+func TestNativeConcurrent(t *testing.T) {
+	f := newFakeJournal(t)
+	log, stderr := f.logger()
+	const writers, each = 4, 25
+	done := make(chan struct{})
+	for w := range writers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range each {
+				log.Info("event", "client", fmt.Sprintf("c%d-%d", w, i), "detail", strings.Repeat("x", 100*w+1))
+			}
+		}()
+	}
+	seen := make(map[string]bool)
+	for range writers * each {
+		e := f.entry()
+		client := one(t, e, "CLIENT")
+		if seen[client] || one(t, e, "MESSAGE") != "event client="+client+" detail="+one(t, e, "DETAIL") {
+			t.Fatalf("entry mixed up or repeated: %q", e)
+		}
+		seen[client] = true
+	}
+	for range writers {
+		<-done
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("stderr got %q", stderr.String())
+	}
+}
