@@ -530,3 +530,16 @@ func TestHints(t *testing.T) {
 		t.Errorf("exit status %d, stderr %q; want 1 and %q", code, stderr, want)
 	}
 }
+
+// TestExitIdleZero: --exit-idle-time=0 exits as soon as nothing is open,
+// with status 0, and no message calls the span "1ns" (issue 12).
+func TestExitIdleZero(t *testing.T) {
+	t.Parallel()
+	code, _, stderr := run(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", "--exit-idle-time=0", "127.0.0.1:9"}})
+	if code != 0 || !strings.Contains(stderr, "exiting after being idle") {
+		t.Errorf("exit status %d, stderr:\n%s\nwant 0 after an idle exit", code, stderr)
+	}
+	if strings.Contains(stderr, "1ns") {
+		t.Errorf("a message calls --exit-idle-time=0 1ns:\n%s", stderr)
+	}
+}
