@@ -106,12 +106,12 @@ func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
 	l.streamSocket(fd, c.tcp[0])
 	if err := l.add(fd, connEvents, c.gen[0]); err != nil {
 		unix.Close(fd)
-		l.s.log.Warn("cannot watch client, closing it", "client", c.clientString(), "error", err.Error())
+		l.warn(warnOther, "cannot watch client, closing it", err.Error(), "client", c.clientString(), "error", err.Error())
 		return
 	}
 	l.track(fd, c)
 	l.opened()
-	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: c.start + int64(l.connectTimeout)})
+	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: after(c.start, l.connectTimeout)})
 	if l.listeners[listener].static != nil {
 		l.connect(c)
 	} else {
@@ -466,6 +466,9 @@ func (l *loop) release(c *conn, reset bool) {
 	if c.fdWait {
 		c.fdWait = false
 		l.fdWait--
+	}
+	if c.state == stateResolving {
+		l.leaveLookup(c)
 	}
 	c.state = 0
 	l.closed()

@@ -34,10 +34,6 @@ const (
 	DefaultShutdownTimeout = 30 * time.Second
 )
 
-// refusedWarningInterval rate-limits the "connection limit reached" warning
-// so that a flood of clients cannot fill the journal.
-const refusedWarningInterval = 10 * time.Second
-
 // Config is what the proxy serves. The zero value of each optional field
 // means its default.
 type Config struct {
@@ -149,7 +145,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	l.close()
 	if idle {
-		s.log.Info("exiting after being idle", "exit_idle_time", s.cfg.ExitIdleTime.String())
+		s.log.Info("exiting after being idle", "exit_idle_time", s.cfg.ExitIdleTime.Round(time.Millisecond).String()) // 0, not the 1ns it maps to
 	}
 	return nil
 }
