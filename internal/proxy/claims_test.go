@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -309,26 +310,14 @@ func TestPipePoolBound(t *testing.T) {
 	const conns, size = 40, 4 << 20
 	release := make(chan struct{})
 	received := make(chan int, conns)
-	// A small receive buffer on the backend's sockets (set on the
-	// listener, so accepted sockets start with it and the kernel does not
-	// grow it): the few MiB loopback TCP would otherwise buffer on the
-	// way could take a whole payload, and the pipes would drain.
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var err error
-		rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 32<<10) })
-		return err
-	}}
-	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveBackend(t, ln, func(c net.Conn) {
+	// A small receive buffer on the backend's sockets: without it loopback
+	// TCP could buffer a whole payload, and the pipes would drain.
+	addr := smallRcvbufBackend(t, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(60 * time.Second))
 		<-release
 		n, _ := io.Copy(io.Discard, struct{ io.Reader }{c})
 		received <- int(n)
 	})
-	addr := ln.Addr().String()
 	p := start(t, addr, Config{MaxConnections: maxConns})
 	payload := bytes.Repeat([]byte("p"), size)
 	var wg sync.WaitGroup
@@ -431,5 +420,60 @@ func TestUnresolvableNameClosesOnlyTheClient(t *testing.T) {
 	}
 	if after := stdout(); after != before {
 		t.Errorf("descriptor 1 was %s, is %s after the failed connection", before, after)
+	}
+}
+
+// smallRcvbufBackend listens with a small receive buffer (set on the
+// listener, so accepted sockets start with it and the kernel does not grow
+// it): the few MiB loopback TCP would otherwise buffer between the proxy
+// and a backend that does not read hide the proxy's own parking of bytes.
+func smallRcvbufBackend(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 32<<10) })
+		return err
+	}}
+	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveBackend(t, ln, handle)
+	return ln.Addr().String()
+}
+
+// TestParkedBytesCounted: small messages to a backend that stops reading
+// for a while end in a partial write, whose rest is parked in a pipe and
+// written out later; those bytes count in BytesIn like any other, so the
+// total is exact once the backend has read everything.
+func TestParkedBytesCounted(t *testing.T) {
+	noLeak(t)
+	const msgs, size = 400, 1000
+	release := make(chan struct{})
+	got := make(chan int64, 1)
+	// A unix backend: its socket buffer (the proxy's send buffer, a few
+	// hundred KiB) is not grown by the kernel, so it fills up.
+	addr := listenBackend(t, "unix", filepath.Join(shortDir(t), "b"), func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		<-release
+		n, _ := io.Copy(io.Discard, struct{ io.Reader }{c})
+		got <- n
+	})
+	p := start(t, addr, Config{})
+	c := dial(t, p.addr)
+	msg := bytes.Repeat([]byte("s"), size)
+	for i := range msgs {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		time.Sleep(time.Millisecond) // so the proxy reads them one by one, small
+	}
+	close(release)
+	c.CloseWrite()
+	if n := recv(t, got, "the backend to read to the end"); n != msgs*size {
+		t.Fatalf("backend read %d bytes, want %d", n, msgs*size)
+	}
+	if st := p.srv.Stats(); st.BytesIn != msgs*size {
+		t.Errorf("BytesIn %d, want %d (every byte delivered, parked ones too)", st.BytesIn, msgs*size)
 	}
 }
