@@ -477,3 +477,30 @@ func TestParkedBytesCounted(t *testing.T) {
 		t.Errorf("BytesIn %d, want %d (every byte delivered, parked ones too)", st.BytesIn, msgs*size)
 	}
 }
+
+// TestLargeRequestThenWait: a client sends a request much larger than a
+// pipe and then waits for the reply, without closing its side: no new
+// edge will come for the request's last bytes, so a direction that gave up
+// its readiness too early (on an EAGAIN that meant "pipe full", not
+// "socket empty") would stall until the deadline.
+func TestLargeRequestThenWait(t *testing.T) {
+	noLeak(t)
+	const size = 8 << 20
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.CopyN(io.Discard, c, size); err == nil {
+			c.Write([]byte("ok"))
+		}
+	})
+	p := start(t, addr, Config{})
+	for i := range 3 {
+		c := dial(t, p.addr)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		go c.Write(bytes.Repeat([]byte{'q'}, size))
+		reply := make([]byte, 2)
+		if _, err := io.ReadFull(c, reply); err != nil || string(reply) != "ok" {
+			t.Fatalf("request %d of %d bytes: reply %q, %v; %+v", i, size, reply, err, p.srv.Stats())
+		}
+		c.Close()
+	}
+}
