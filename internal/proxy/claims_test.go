@@ -506,3 +506,32 @@ func TestLargeRequestThenWait(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestPipeBudget: the pool leaves every descriptor the connection limit
+// needs (2 per connection) and 64 for the rest of the process, takes at
+// most 1024 pipes and never fewer than 16.
+func TestPipeBudget(t *testing.T) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	limit := int(min(rl.Cur, 1<<30-1))
+	if limit < 2*16+2*100+64 {
+		testutil.Unavailable(t, "RLIMIT_NOFILE %d is too low to see the budget between its bounds", limit)
+	}
+	for _, tt := range []struct {
+		maxConns, want int
+	}{
+		{maxConns: (limit - 64 - 2*100) / 2, want: 100}, // between the bounds: exact
+		{maxConns: (limit - 64 - 2*17) / 2, want: 17},
+		{maxConns: limit, want: 16},                  // floor
+		{maxConns: 1, want: min(1024, (limit-66)/2)}, // ceiling, on a large limit
+	} {
+		if got := pipeBudget(tt.maxConns); got != tt.want {
+			t.Errorf("pipeBudget(%d) = %d with RLIMIT_NOFILE %d, want %d", tt.maxConns, got, limit, tt.want)
+		}
+		if b := pipeBudget(tt.maxConns); b > 16 && 2*b+2*tt.maxConns+64 > limit {
+			t.Errorf("pipeBudget(%d) = %d: pipes would take descriptors the connections need", tt.maxConns, b)
+		}
+	}
+}
