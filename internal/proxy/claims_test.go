@@ -394,17 +394,12 @@ func TestSmallMessagesNoPipe(t *testing.T) {
 	}
 }
 
-// TestUnresolvableNameClosesOnlyTheClient: a host name with no address
-// closes the client with one warning, and touches no descriptor but the
-// client's: a connection that never had a backend socket must not close
+// TestFailedConnectionClosesOnlyItsOwn: a client whose backend is never
+// reached (a host name with no address; a refused backend the client
+// gives up on between two retry rounds) is closed with its own socket and
+// nothing else: a connection without a backend socket must not close
 // whatever descriptor a wrong "no socket" marker names (stdout, here).
-func TestUnresolvableNameClosesOnlyTheClient(t *testing.T) {
-	noLeak(t)
-	dns := fakeDNS(t) // no address for any name
-	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", dns)
-	}}
+func TestFailedConnectionClosesOnlyItsOwn(t *testing.T) {
 	stdout := func() string {
 		s, err := os.Readlink("/proc/self/fd/1")
 		if err != nil {
@@ -412,17 +407,39 @@ func TestUnresolvableNameClosesOnlyTheClient(t *testing.T) {
 		}
 		return s
 	}
-	before := stdout()
-	p := start(t, "none.spx.test:80", Config{Resolver: resolver})
-	c := dial(t, p.addr)
-	closedWithin(t, c, 10*time.Second)
-	waitFor(t, "the warning", func() bool { return strings.Contains(p.logs.String(), `cannot resolve \"none.spx.test\"`) })
-	if st := p.srv.Stats(); st.BackendErrors != 1 {
-		t.Errorf("BackendErrors %d, want 1", st.BackendErrors)
-	}
-	if after := stdout(); after != before {
-		t.Errorf("descriptor 1 was %s, is %s after the failed connection", before, after)
-	}
+	t.Run("unresolvable", func(t *testing.T) {
+		noLeak(t)
+		dns := fakeDNS(t) // no address for any name
+		resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "udp", dns)
+		}}
+		before := stdout()
+		p := start(t, "none.spx.test:80", Config{Resolver: resolver})
+		closedWithin(t, dial(t, p.addr), 10*time.Second)
+		waitFor(t, "the warning", func() bool { return strings.Contains(p.logs.String(), `cannot resolve \"none.spx.test\"`) })
+		if st := p.srv.Stats(); st.BackendErrors != 1 {
+			t.Errorf("BackendErrors %d, want 1", st.BackendErrors)
+		}
+		if after := stdout(); after != before {
+			t.Errorf("descriptor 1 was %s, is %s after the failed connection", before, after)
+		}
+	})
+	t.Run("client leaves while retrying", func(t *testing.T) {
+		noLeak(t)
+		refused := filepath.Join(shortDir(t), "none.sock")
+		before := stdout()
+		p := start(t, refused, Config{ConnectTimeout: time.Minute})
+		c := dial(t, p.addr)
+		waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Active == 1 })
+		time.Sleep(50 * time.Millisecond) // the scenario: a few refused rounds (10, 20 ms apart)
+		c.SetLinger(0)
+		c.Close()
+		waitFor(t, "the client to be gone", func() bool { return p.srv.Stats().Active == 0 })
+		if after := stdout(); after != before {
+			t.Errorf("descriptor 1 was %s, is %s after the client left", before, after)
+		}
+	})
 }
 
 // smallRcvbufBackend listens with a small receive buffer (set on the
