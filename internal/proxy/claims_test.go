@@ -552,3 +552,64 @@ func TestPipeBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestFullUnixBacklogIsRetried: a unix backend whose accept queue is full
+// makes connect say EAGAIN; like a refusal, that is a backend not keeping
+// up, retried until the connect timeout, so the client is served once the
+// backend accepts again (systemd #2105's reasoning).
+func TestFullUnixBacklogIsRetried(t *testing.T) {
+	noLeak(t)
+	path := filepath.Join(shortDir(t), "busy.sock")
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnFile := os.NewFile(uintptr(fd), "busy")
+	t.Cleanup(func() { lnFile.Close() })
+	err = unix.Bind(fd, &unix.SockaddrUnix{Name: path})
+	if err == nil {
+		err = unix.Listen(fd, 0)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fill the queue with connects nobody accepts yet.
+	var queued []int
+	defer func() {
+		for _, q := range queued {
+			unix.Close(q)
+		}
+	}()
+	for i := 0; ; i++ {
+		cfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		queued = append(queued, cfd)
+		err = unix.Connect(cfd, &unix.SockaddrUnix{Name: path})
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil || i == 16 {
+			t.Fatalf("filling the backlog: connect %d: %v", i, err)
+		}
+	}
+	p := start(t, path, Config{ConnectTimeout: 10 * time.Second})
+	c := dial(t, p.addr)
+	c.Write([]byte("hello"))
+	waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Accepted == 1 })
+	time.Sleep(100 * time.Millisecond) // the scenario: the backend is busy for a while
+	if st := p.srv.Stats(); st.BackendErrors != 0 {
+		t.Fatalf("the client of a busy backend was given up on at once:\n%s", p.logs)
+	}
+	ln, err := net.FileListener(lnFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveBackend(t, ln, echo) // accepts the queued ones too: they end when closed, below
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello" {
+		t.Fatalf("client of a backend that was busy: %q, %v\n%s", got, err, p.logs)
+	}
+	c.Close() // before the backend's cleanup, which waits for its handlers
+}
