@@ -81,6 +81,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		listeners = append(listeners, l)
 	}
+	if listeners, err = listenPackets(listeners, opts); err != nil {
+		return fail(err)
+	}
 	if len(listeners) == 0 {
 		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS"))
 	}

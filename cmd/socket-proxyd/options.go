@@ -23,6 +23,10 @@ type options struct {
 	maxConnections int
 	exitIdleTime   time.Duration // timespan.Infinity: never
 	listen         []string
+	// listenDatagram and listenPacket are --listen-datagram and
+	// --listen-sequential-packet, named after systemd's ListenDatagram=
+	// and ListenSequentialPacket=.
+	listenDatagram, listenPacket []string
 
 	connectTimeout  time.Duration // 0: one attempt
 	idleTimeout     time.Duration // timespan.Infinity: never
@@ -46,6 +50,13 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
      --listen=ADDRESS        Also listen on ADDRESS: HOST:PORT, [IPv6]:PORT,
                              :PORT, a unix socket path or @abstract-name;
                              may be repeated; works without systemd
+     --listen-datagram=ADDRESS
+                             Also listen for datagrams on ADDRESS: UDP on
+                             HOST:PORT, [IPv6]:PORT or :PORT, or a unix
+                             datagram socket path or @abstract-name
+     --listen-sequential-packet=SOCKET
+                             Also listen on the unix SOCK_SEQPACKET socket
+                             SOCKET (a path or @abstract-name)
      --backend=NAME=ADDRESS  Forward the socket named NAME (its
                              FileDescriptorName=, or the --listen ADDRESS) to
                              ADDRESS instead; may be repeated
@@ -84,6 +95,8 @@ func parseOptions(args []string) (options, error) {
 	fs.VarP((*positiveInt)(&opts.maxConnections), "connections-max", "c", "")
 	fs.Var(timespan.NewValue(&opts.exitIdleTime, timespan.Infinity), "exit-idle-time", "")
 	fs.StringArrayVar(&opts.listen, "listen", nil, "")
+	fs.StringArrayVar(&opts.listenDatagram, "listen-datagram", nil, "")
+	fs.StringArrayVar(&opts.listenPacket, "listen-sequential-packet", nil, "")
 	var named []string
 	fs.StringArrayVar(&named, "backend", nil, "")
 	fs.Var(timespan.NewValue(&opts.connectTimeout, proxy.DefaultConnectTimeout), "connect-timeout", "")

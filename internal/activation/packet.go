@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -68,9 +69,15 @@ func (p *packetListener) Close() error {
 	return err
 }
 
-// SetDeadline and the rest of net.PacketConn stay reachable, and the
-// descriptor too (syscall.Conn), which is what the proxy takes.
-var _ net.Listener = (*packetListener)(nil)
+// SyscallConn yields the descriptor, which is what the proxy takes.
+func (p *packetListener) SyscallConn() (syscall.RawConn, error) {
+	return p.PacketConn.(syscall.Conn).SyscallConn()
+}
+
+var (
+	_ net.Listener = (*packetListener)(nil)
+	_ syscall.Conn = (*packetListener)(nil)
+)
 
 // wrapFile makes the Listener of an inherited socket of kind k.
 func wrapFile(f *os.File, k Kind) (net.Listener, error) {

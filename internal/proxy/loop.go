@@ -90,6 +90,8 @@ type loop struct {
 
 	hot bool // the last wait found work: wait raw
 
+	flows flowState // datagram flows (flow.go)
+
 	// resolutions handed back by resolver goroutines
 	resolveMu   sync.Mutex
 	resolved    []resolution
@@ -107,6 +109,8 @@ type listenerFD struct {
 	// static holds the backend's addresses when it is numeric or a unix
 	// socket, resolved once at start-up; nil for a host name.
 	static []target
+	kind   activation.Kind
+	dgram  *dgramListener // a datagram listener's flows (flow.go)
 }
 
 // deadline is an entry of the connect queue; stale entries (the connection
@@ -169,7 +173,10 @@ func newLoop(s *Server) (*loop, error) {
 		if !ok {
 			b = s.cfg.Backend
 		}
-		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, backend: b, static: staticAddrs(b)})
+		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, backend: b, static: staticAddrs(b), kind: ln.Kind})
+		if ln.Kind == activation.Datagram {
+			l.setupDatagram(&l.listeners[len(l.listeners)-1])
+		}
 	}
 	if s.cfg.ExitIdleTime > 0 {
 		l.idleAt = l.now() + int64(s.cfg.ExitIdleTime)
@@ -246,8 +253,10 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 					if c.gen[side] == uint32(ev.Pad) {
 						l.event(c, side, fd, ev.Events)
 					}
+					continue
 				}
 			}
+			l.flowEvent(fd, uint32(ev.Pad), ev.Events)
 		}
 		if !l.draining && ctx.Err() != nil {
 			l.startDrain()
@@ -271,6 +280,7 @@ func (l *loop) startDrain() {
 		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}
 	activation.Close(l.s.cfg.Listeners)
+	l.closeFlows() // their replies could no longer leave
 	l.acceptPaused = false
 	l.idleAt = 0
 	d := l.s.cfg.ShutdownTimeout
@@ -341,7 +351,7 @@ func (l *loop) wait(msec int) int {
 // connect deadlines, the idle exit, the pipe trim and the accept retry.
 func (l *loop) timeout_ms() int {
 	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && len(l.pipes.free) == 0 &&
-		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) {
+		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) && l.flows.count == 0 {
 		return -1
 	}
 	now := l.now()
@@ -367,6 +377,7 @@ func (l *loop) timeout_ms() int {
 		consider(l.sweepAt)
 	}
 	consider(l.idleAt)
+	consider(l.flowTimeout(now))
 	if len(l.pipes.free) > 0 {
 		if l.trimAt == 0 {
 			l.trimAt = now + int64(trimInterval)
@@ -388,10 +399,11 @@ func (l *loop) timeout_ms() int {
 // timers runs what is due; it reports whether the idle time has passed.
 func (l *loop) timers() bool {
 	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && l.trimAt == 0 &&
-		!l.acceptPaused && l.sweepAt == 0 {
+		!l.acceptPaused && l.sweepAt == 0 && l.flows.sweepAt == 0 {
 		return false
 	}
 	now := l.now()
+	l.flowTimers(now)
 	// Retries before deadlines: a round due at the deadline still runs.
 	for len(l.retryQ) > 0 && l.retryQ[0].at <= now {
 		d := l.popRetry()
@@ -504,6 +516,14 @@ func (l *loop) special(fd int) {
 		l.takeResolved()
 		return
 	}
+	for i := range l.listeners {
+		if l.listeners[i].fd == fd && l.listeners[i].dgram != nil {
+			if !l.draining {
+				l.datagrams(i) // not paused by EMFILE: the flows that exist go on
+			}
+			return
+		}
+	}
 	if l.acceptPaused || l.draining {
 		return
 	}
@@ -518,6 +538,9 @@ func (l *loop) special(fd int) {
 // accept takes every pending client of listener i (the listener is
 // edge-triggered: one event, then accept until EAGAIN).
 func (l *loop) accept(i int) {
+	if l.listeners[i].dgram != nil {
+		return // datagrams are read by datagrams(), not accepted
+	}
 	lfd := l.listeners[i].fd
 	for {
 		nfd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
@@ -635,6 +658,7 @@ func (l *loop) close() {
 			l.abort(c, nil)
 		}
 	}
+	l.closeFlows()
 	l.resolveWG.Wait()
 	l.pipes.closeAll()
 	unix.Close(l.epfd)
