@@ -180,4 +180,3 @@ func removeStaleDatagram(path string) error {
 	}
 	return nil
 }
-

@@ -436,7 +436,6 @@ func TestFlowSize(t *testing.T) {
 	}
 }
 
-
 func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
 
 func unsafeSizeofFlow() uintptr { return unsafe.Sizeof(flow{}) }
