@@ -85,9 +85,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	if len(listeners) == 0 {
-		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS"))
+		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS (--listen-datagram, --listen-sequential-packet)"))
 	}
 	if err := checkBackends(listeners, opts.backend, opts.named); err != nil {
+		activation.Close(listeners)
+		return fail(err)
+	}
+	if err := checkKinds(listeners, opts); err != nil {
 		activation.Close(listeners)
 		return fail(err)
 	}
@@ -112,6 +116,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Backends:        opts.named,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),
 		IdleTimeout:     infinityMeansZero(opts.idleTimeout),
+		FlowIdleTimeout: flowIdleTimeout(opts),
 		KeepAlive:       zeroMeansNegative(infinityMeansZero(opts.keepAlive)),
 		ProxyProtocol:   opts.proxyProtocol,
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),

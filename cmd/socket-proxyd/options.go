@@ -27,6 +27,9 @@ type options struct {
 	// --listen-sequential-packet, named after systemd's ListenDatagram=
 	// and ListenSequentialPacket=.
 	listenDatagram, listenPacket []string
+	// idleTimeoutSet: --idle-timeout was given, so datagram flows take it
+	// instead of their own default.
+	idleTimeoutSet bool
 
 	connectTimeout  time.Duration // 0: one attempt
 	idleTimeout     time.Duration // timespan.Infinity: never
@@ -62,13 +65,15 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              ADDRESS instead; may be repeated
      --connect-timeout=SPAN  Keep retrying a refused or missing backend for
                              up to SPAN; 0 tries once (default: 10s)
-     --idle-timeout=SPAN     Close a connection without traffic either way
-                             for SPAN (default: infinity)
+     --idle-timeout=SPAN     Close a connection or datagram flow without
+                             traffic either way for SPAN (default: infinity
+                             for connections, 1min for flows)
      --keepalive=SPAN        TCP keepalive idle time on both TCP sides; 0
                              turns it off (default: 1min)
      --proxy-protocol=VERSION
                              Send a PROXY protocol header, v1 or v2, to the
-                             backend before any client byte (default: none)
+                             backend before any client byte; datagrams take
+                             v2 only, one header each (default: none)
      --shutdown-timeout=SPAN
                              On SIGTERM, stop accepting and let open
                              connections finish for up to SPAN; 0 closes
@@ -109,6 +114,7 @@ func parseOptions(args []string) (options, error) {
 	if err := fs.Parse(args); err != nil {
 		return opts, flagError(err)
 	}
+	opts.idleTimeoutSet = fs.Changed("idle-timeout")
 	if opts.help || opts.version {
 		return opts, nil
 	}

@@ -105,6 +105,9 @@ type flowState struct {
 	// warnedAt rate-limits the warning for datagrams dropped at the limit.
 	warnedAt time.Time
 	unwarned int
+	// packet is the buffer sequential-packet connections read a message
+	// into (seqpacket.go), allocated at the first one.
+	packet []byte
 }
 
 func (l *loop) dgramBuf(slot int) *dgramBuf {
