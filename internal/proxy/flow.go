@@ -102,9 +102,6 @@ type flowState struct {
 	ticks   uint32
 	tick    uint32
 	sweepAt int64
-	// warnedAt rate-limits the warning for datagrams dropped at the limit.
-	warnedAt time.Time
-	unwarned int
 	// packet is the buffer sequential-packet connections read a message
 	// into (seqpacket.go), allocated at the first one.
 	packet []byte
@@ -295,11 +292,7 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	if l.active >= l.s.cfg.MaxConnections {
 		l.s.refused.Add(1)
 		l.s.dgram.dropped.Add(1)
-		l.flows.unwarned++
-		if now := time.Now(); now.Sub(l.flows.warnedAt) >= refusedWarningInterval {
-			l.s.log.Warn("connection limit reached, dropping datagrams of new clients", "listener", ln.name, "max", l.s.cfg.MaxConnections, "dropped", l.flows.unwarned)
-			l.flows.warnedAt, l.flows.unwarned = now, 0
-		}
+		l.warn(warnRefused, "connection limit reached, dropping datagrams of new clients", "", "listener", ln.name, "max", l.s.cfg.MaxConnections)
 		return nil
 	}
 	if len(ln.static) == 0 {
@@ -329,11 +322,14 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 		if fd >= 0 {
 			unix.Close(fd)
 		}
-		l.s.backendErrors.Add(1)
 		l.s.dgram.dropped.Add(1)
-		if l.s.log.Enabled(context.Background(), slog.LevelDebug) {
-			l.s.log.Debug("cannot open a flow to the backend, dropping the datagram", "listener", ln.name, "backend", t.name, "error", err.Error())
+		kind := warnBackend
+		if err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM {
+			kind = warnDescriptors
+		} else {
+			l.s.backendErrors.Add(1)
 		}
+		l.warn(kind, "cannot open a flow to the backend, dropping the datagram", err.Error(), "listener", ln.name, "backend", t.name, "error", err.Error())
 		return nil
 	}
 	if l.flows.every > 0 {

@@ -211,7 +211,7 @@ func TestFlowLimit(t *testing.T) {
 	if s := r.srv.Stats(); s.Flows != 2 || s.DatagramsDropped != 5 {
 		t.Fatalf("stats %+v: want 2 flows and 5 dropped", s)
 	}
-	if n := strings.Count(r.logs.String(), "connection limit reached, dropping datagrams"); n != 1 {
+	if n := strings.Count(r.logs.String(), `level=WARN msg="connection limit reached, dropping datagrams`); n != 1 {
 		t.Errorf("%d warnings for 5 dropped datagrams, want 1:\n%s", n, r.logs)
 	}
 	waitFor(t, "the flows to expire", func() bool { return r.srv.Stats().Flows == 0 })
