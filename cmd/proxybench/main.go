@@ -30,7 +30,7 @@ import (
 
 const original = "systemd-socket-proxyd" // the ratios' reference
 
-var knownNames = []string{"direct", "socket-proxyd", original, "haproxy", "nginx", "socat"}
+var knownNames = []string{"direct", "socket-proxyd", "baseline", original, "haproxy", "nginx", "socat"}
 
 type config struct {
 	rounds    int
@@ -48,6 +48,7 @@ type config struct {
 	waitIdle  time.Duration
 	idleLoad  float64
 	proxyd    string
+	baseline  string
 	pin       bool
 	proxyCPU  int
 	loadCPU   int
@@ -75,6 +76,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&cfg.udp, "udp", false, "run the datagram workloads (socket-proxyd, nginx udp, socat) instead of the stream ones")
 	fs.BoolVar(&cfg.strace, "strace", false, "also run one bulk transfer per proxy under strace -f -c and print the syscall counts")
 	fs.StringVar(&cfg.proxyd, "proxyd", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
+	fs.StringVar(&cfg.baseline, "baseline", "", "another socket-proxyd binary (say, main before a change) to run as candidate \"baseline\", interleaved with the others: an A/B in one run")
 	fs.BoolVar(&cfg.pin, "pin", true, "pin the proxy and the load generator to separate CPUs")
 	fs.IntVar(&cfg.proxyCPU, "proxy-cpu", 0, "CPU for the proxy")
 	fs.IntVar(&cfg.loadCPU, "load-cpu", 1, "CPU for the load generator and backend (this process)")
@@ -224,7 +226,7 @@ func run() int {
 		b := &bench{cfg: cfg, l: &launcher{pin: cfg.pin, cpu: cfg.proxyCPU, connMax: cfg.connMax}, log: os.Stderr}
 		return b.udpRun(ctx, os.Stdout, ours, oursErr)
 	}
-	all, skipped := findCandidates(ours, oursErr)
+	all, skipped := findCandidates(ours, oursErr, cfg.baseline)
 	var cands []*candidate
 	for _, c := range all {
 		if cfg.only == nil || cfg.only[c.name] {
