@@ -75,9 +75,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              ADDRESS instead; may be repeated
      --connect-timeout=SPAN  Keep retrying a refused or missing backend for
                              up to SPAN; 0 tries once (default: 10s)
-     --idle-timeout=SPAN     Close a connection or datagram flow without
-                             traffic either way for SPAN (default: infinity
-                             for connections, 1min for flows)
+     --idle-timeout=SPAN     Close a connection without traffic either way
+                             for SPAN; given, datagram flows too, which
+                             otherwise expire after 1min (default: infinity)
      --keepalive=SPAN        TCP keepalive idle time on both TCP sides, at
                              most 9h 6min 7s; 0 or infinity turns it off
                              (default: 1min)
