@@ -42,7 +42,7 @@ const (
 	flowEvents = unix.EPOLLIN | unix.EPOLLET
 )
 
-// flow is one client of a datagram listener: 64 bytes, its key and, on a
+// flow is one client of a datagram listener: 96 bytes, its key and, on a
 // wildcard listener, the control message replies carry. No buffer, no
 // goroutine, no timer.
 type flow struct {
