@@ -93,6 +93,14 @@ type dgramBuf struct {
 	data  []byte
 }
 
+// replies is a batch of datagrams from flow sockets for one listener.
+type replies struct {
+	b        *dgramBuf
+	listener uint16
+	used     int // slots read into
+	out      int // messages in b.out for the listener
+}
+
 // flowState is the loop's datagram state.
 type flowState struct {
 	table   []*flow // by backend descriptor
@@ -102,6 +110,9 @@ type flowState struct {
 	ticks   uint32
 	tick    uint32
 	sweepAt int64
+	// replies hold the datagrams read from flow sockets until they leave
+	// through their listener (by slot size, as bufs).
+	replies [2]replies
 	// packet is the buffer sequential-packet connections read a message
 	// into (seqpacket.go), allocated at the first one.
 	packet []byte
@@ -373,7 +384,9 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 func (f *flow) name() []byte { return unsafe.Slice(unsafe.StringData(f.key), f.nameLen) }
 
 // flowEvent handles an event on a flow's backend socket: the backend's
-// datagrams go back to the client through the listener.
+// datagrams are read into the reply batch, and leave for the client through
+// the listener when the batch is full or the loop has handled every event
+// of its wait (flushReplies): replies of many flows, one sendmmsg.
 func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 	if fd >= len(l.flows.table) {
 		return
@@ -382,17 +395,25 @@ func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 	if f == nil || f.gen != gen {
 		return // stale
 	}
-	ln := &l.listeners[f.listener]
-	b := l.dgramBuf(ln.dgram.slot)
+	r := l.replyBatch(l.listeners[f.listener].dgram.slot)
+	if r.out > 0 && r.listener != f.listener {
+		l.flushReplies(r)
+	}
+	r.listener = f.listener
+	b := r.b
 	f.seen = l.flows.tick
 	for {
-		for k := range b.msgs {
+		if r.used == dgramBatch {
+			l.flushReplies(r)
+		}
+		lo := r.used
+		for k := lo; k < dgramBatch; k++ {
 			m := &b.msgs[k].Hdr
 			*m = unix.Msghdr{}
 			b.iov[k] = unix.Iovec{Base: &b.data[k*b.slot], Len: uint64(b.slot)}
 			m.Iov, m.Iovlen = &b.iov[k], 1
 		}
-		n, e := rawMmsg(unix.SYS_RECVMMSG, fd, b.msgs[:])
+		n, e := rawMmsg(unix.SYS_RECVMMSG, fd, b.msgs[lo:])
 		switch {
 		case e == unix.EINTR:
 			continue
@@ -404,27 +425,41 @@ func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 		case e != 0:
 			return
 		}
-		l.forwardOut(ln, f, b, n)
-		if n < dgramBatch {
-			return
+		l.queueReplies(r, f, lo, n)
+		if n < dgramBatch-lo {
+			return // a short batch emptied the socket
 		}
 	}
 }
 
-// forwardOut sends the n datagrams read from f's backend to its client.
-func (l *loop) forwardOut(ln *listenerFD, f *flow, b *dgramBuf, n int) {
+// replyBatch is the loop's batch of replies for listeners of slot size slot.
+func (l *loop) replyBatch(slot int) *replies {
+	i := 0
+	if slot == unixSlot {
+		i = 1
+	}
+	r := &l.flows.replies[i]
+	if r.b == nil {
+		r.b = &dgramBuf{slot: slot, data: make([]byte, dgramBatch*slot)}
+	}
+	return r
+}
+
+// queueReplies adds the n datagrams read into slots lo.. of r to the
+// messages for f's client.
+func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
 	if f.nameLen <= 2 {
 		l.s.dgram.dropped.Add(int64(n)) // the client has no address to reply to
 		return
 	}
-	run := 0
-	for k := range n {
+	b := r.b
+	for k := lo; k < lo+n; k++ {
 		m := &b.msgs[k]
 		if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
 			l.s.dgram.truncated.Add(1)
 			continue
 		}
-		o := &b.out[run]
+		o := &b.out[r.out]
 		o.Hdr = unix.Msghdr{Name: unsafe.StringData(f.key), Namelen: uint32(f.nameLen)}
 		b.iov[k].Len = uint64(m.Len)
 		o.Hdr.Iov, o.Hdr.Iovlen = &b.iov[k], 1
@@ -432,11 +467,21 @@ func (l *loop) forwardOut(ln *listenerFD, f *flow, b *dgramBuf, n int) {
 			o.Hdr.Control, o.Hdr.Controllen = &f.oob[0], uint64(len(f.oob))
 		}
 		o.Len = m.Len
-		run++
+		r.out++
 	}
-	msgs := b.out[:run]
+	r.used = lo + n
+}
+
+// flushReplies sends the replies waiting in r through their listener. One
+// the listener cannot take is dropped and counted, never queued: the
+// client's socket is gone (ECONNREFUSED on unix), or the listener's buffer
+// is full.
+func (l *loop) flushReplies(r *replies) {
+	msgs := r.b.out[:r.out]
+	fd := l.listeners[r.listener].fd
+	r.used, r.out = 0, 0
 	for len(msgs) > 0 {
-		sent, e := rawMmsg(unix.SYS_SENDMMSG, ln.fd, msgs)
+		sent, e := rawMmsg(unix.SYS_SENDMMSG, fd, msgs)
 		var bytes int64
 		for k := range sent {
 			bytes += int64(msgs[k].Len)
@@ -447,14 +492,22 @@ func (l *loop) forwardOut(ln *listenerFD, f *flow, b *dgramBuf, n int) {
 		}
 		msgs = msgs[sent:]
 		if len(msgs) > 0 && e != unix.EINTR {
-			// The client's socket is gone (ECONNREFUSED on unix), or
-			// the listener's buffer is full: drop, never queue.
 			l.s.dgram.dropped.Add(1)
 			msgs = msgs[1:]
 			if e == unix.EAGAIN {
 				l.s.dgram.dropped.Add(int64(len(msgs)))
 				return
 			}
+		}
+	}
+}
+
+// sendReplies flushes every reply batch; the loop calls it once it has
+// handled the events of a wait.
+func (l *loop) sendReplies() {
+	for i := range l.flows.replies {
+		if r := &l.flows.replies[i]; r.used > 0 {
+			l.flushReplies(r)
 		}
 	}
 }

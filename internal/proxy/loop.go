@@ -282,6 +282,9 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 			}
 			l.flowEvent(fd, uint32(ev.Pad), ev.Events)
 		}
+		if l.flows.count > 0 {
+			l.sendReplies() // the replies of every flow that had an event, together
+		}
 		if !l.draining && ctx.Err() != nil {
 			l.startDrain()
 		}
