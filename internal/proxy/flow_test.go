@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 )
 
 // Tests of datagram flows (flow.go, issue 9).
@@ -440,3 +442,43 @@ func TestFlowSize(t *testing.T) {
 func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
 
 func unsafeSizeofFlow() uintptr { return unsafe.Sizeof(flow{}) }
+
+// TestExitIdleWaitsForFlows: --exit-idle-time treats a flow as open until
+// it expires: the proxy exits only after that.
+func TestExitIdleWaitsForFlows(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	ln, err := activation.ListenDatagram("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := backend.Parse(be.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(Config{Listeners: []activation.Listener{ln}, Backend: addr, ExitIdleTime: 300 * time.Millisecond,
+		FlowIdleTimeout: time.Second, ShutdownTimeout: -1})
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(context.Background()) }()
+	c := udpClient(t, "127.0.0.1:0", "")
+	exchange(t, c, ln.Addr().String(), []byte("x"))
+	select {
+	case <-done:
+		t.Fatalf("exited after %v with a flow open", time.Since(start))
+	case <-time.After(800 * time.Millisecond):
+	}
+	if srv.Stats().Flows != 1 {
+		t.Fatalf("stats %+v", srv.Stats())
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d < time.Second {
+			t.Errorf("exited after %v, before the flow expired", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not exit once the flow expired")
+	}
+}

@@ -265,10 +265,14 @@ scenario_deb() { # the Debian package: install, use, remove
 # that answers each message with "re:" and the message (perl-base is in the
 # minimal root; dnsmasq and dig are not, and the proxy is what is tested).
 dns_backend() {
-	cat >/etc/systemd/system/spx-dns-backend.service <<'UNIT'
-[Service]
-ExecStart=/usr/bin/perl -MIO::Socket::INET -e '$u = IO::Socket::INET->new(LocalAddr => "127.0.0.1:5353", Proto => "udp") or die; $t = IO::Socket::INET->new(LocalAddr => "127.0.0.1:5353", Listen => 16, ReuseAddr => 1) or die; if (fork) { while (1) { $u->recv($m, 65535); $u->send("re:$m"); } } while ($c = $t->accept) { $c->sysread($m, 65535); $c->syswrite("re:$m"); close $c; }'
-UNIT
+	cat >"$t/dns-backend.pl" <<'PERL'
+use IO::Socket::INET;
+my $u = IO::Socket::INET->new(LocalAddr => "127.0.0.1:5353", Proto => "udp") or die "udp: $!";
+my $t = IO::Socket::INET->new(LocalAddr => "127.0.0.1:5353", Listen => 16, ReuseAddr => 1) or die "tcp: $!";
+if (fork) { my $m; while (1) { $u->recv($m, 65535); $u->send("re:$m"); } }
+while (my $c = $t->accept) { my $m; $c->sysread($m, 65535); $c->syswrite("re:$m"); close $c; }
+PERL
+	printf '%s\n' '[Service]' "ExecStart=/usr/bin/perl $t/dns-backend.pl" >/etc/systemd/system/spx-dns-backend.service
 }
 
 # ask_udp FROM_ADDR: a datagram to port 53 from a socket bound to FROM_ADDR
@@ -277,7 +281,7 @@ ask_udp() {
 	perl -MIO::Socket::INET -e '
 		$s = IO::Socket::INET->new(LocalAddr => "$ARGV[0]:0", PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $!";
 		$s->send("q") or die "send: $!";
-		$r = ""; eval { local $SIG{ALRM} = sub { die "no reply in 5s\n" }; alarm 5; $s->recv($r, 100); alarm 0; };
+		$r = ""; eval { local $SIG{ALRM} = sub { die "no reply in 2s\n" }; alarm 2; $s->recv($r, 100); alarm 0; };
 		die $@ if $@; $r eq "re:q" or die "reply \"$r\"\n";' "$1" "$2"
 }
 
@@ -294,9 +298,10 @@ scenario_dns() { # Examples 12 and 13: ListenStream=53 and ListenDatagram=53
 	install_units dns-proxy.socket dns-proxy.service
 	systemctl daemon-reload
 	check "a stand-in DNS server on 127.0.0.1:5353" systemctl start spx-dns-backend.service
+	check "it answers on TCP" wait_for 5 eval 'exec 3<>/dev/tcp/127.0.0.1/5353' 
 	check "systemctl enable --now dns-proxy.socket" systemctl enable --now dns-proxy.socket
 	check "systemd listens on TCP and UDP port 53" eval 'systemctl show -P Listen dns-proxy.socket | grep -q "53 (Stream)" && systemctl show -P Listen dns-proxy.socket | grep -q "53 (Datagram)"'
-	check "a UDP query starts the proxy and gets its answer" wait_for 10 ask_udp 127.0.0.1 127.0.0.1
+	check "a UDP query starts the proxy and gets its answer" ask_udp 127.0.0.1 127.0.0.1
 	check "dns-proxy.service is running" running dns-proxy.service
 	check "a TCP query is answered by the same proxy" ask_tcp
 	check "a client of 127.0.0.2 gets its answer from 127.0.0.2" ask_udp 127.0.0.1 127.0.0.2
