@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"syscall"
@@ -108,11 +109,34 @@ func ListenDatagram(addr string) (Listener, error) {
 		}
 		pl.unlink = addr
 	}
+	if network == "udp" {
+		network = udpFamily(addr)
+	}
 	pl.PacketConn, err = net.ListenPacket(network, addr)
 	if err != nil {
 		return Listener{}, fmt.Errorf("cannot listen on %q: %v", addr, unwrap(err))
 	}
 	return Listener{Listener: &pl, Name: addr, FD: -1, Kind: Datagram}, nil
+}
+
+// udpFamily keeps an IPv4 address IPv4, as ListenDatagram=0.0.0.0:53 does:
+// Go's "udp" would bind 0.0.0.0 as a dual-stack [::] socket. An IPv6 address
+// is "udp6", and :PORT stays "udp", every address of both families.
+func udpFamily(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return "udp"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		switch {
+		case ip.Is4():
+			return "udp4"
+		case ip.IsUnspecified():
+			return "udp" // [::]: both families, as BindIPv6Only=default
+		}
+		return "udp6"
+	}
+	return "udp"
 }
 
 // ListenSequentialPacket binds a unix SOCK_SEQPACKET listener for

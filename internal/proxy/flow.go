@@ -68,8 +68,9 @@ type flow struct {
 // dgramListener is the datagram state of a listener.
 type dgramListener struct {
 	flows map[string]*flow
-	// pktinfo is the cmsg level carrying the destination of each datagram
-	// (IPPROTO_IP, IPPROTO_IPV6), 0 when bound to one address.
+	// pktinfo is the control message carrying the destination of each
+	// datagram (IP_PKTINFO, IPV6_PKTINFO), 0 when bound to one address.
+	// (Not its level: IPPROTO_IP is 0.)
 	pktinfo int
 	local   netip.AddrPort // the bound address
 	unix    bool
@@ -154,12 +155,12 @@ func (l *loop) setupDatagram(ln *listenerFD) {
 	case *unix.SockaddrInet4:
 		d.local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
 		if d.local.Addr().IsUnspecified() && unix.SetsockoptInt(ln.fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1) == nil {
-			d.pktinfo = unix.IPPROTO_IP
+			d.pktinfo = unix.IP_PKTINFO
 		}
 	case *unix.SockaddrInet6:
 		d.local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
 		if d.local.Addr().IsUnspecified() && unix.SetsockoptInt(ln.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1) == nil {
-			d.pktinfo = unix.IPPROTO_IPV6
+			d.pktinfo = unix.IPV6_PKTINFO
 		}
 	}
 }
@@ -597,7 +598,14 @@ func pktinfoAddr(oob []byte) netip.Addr {
 		data := oob[unix.SizeofCmsghdr:h.Len]
 		switch {
 		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
+			// The header's destination, the address the client sent
+			// to; the kernel's choice of a local address (Spec_dst)
+			// only for a broadcast or multicast one, which a reply
+			// cannot come from.
 			p := (*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0]))
+			if a := netip.AddrFrom4(p.Addr); !a.IsMulticast() && p.Addr != [4]byte{255, 255, 255, 255} {
+				return a
+			}
 			return netip.AddrFrom4(p.Spec_dst)
 		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
 			p := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
@@ -610,8 +618,8 @@ func pktinfoAddr(oob []byte) netip.Addr {
 
 // pktinfoReply is the control message that makes a reply leave from local.
 // The interface is left to routing (0), as the address alone picks it.
-func pktinfoReply(level int, local netip.Addr) []byte {
-	if level == unix.IPPROTO_IP {
+func pktinfoReply(kind int, local netip.Addr) []byte {
+	if kind == unix.IP_PKTINFO {
 		b := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
 		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO

@@ -134,11 +134,16 @@ func TestUDPReplyFromAddressClientSentTo(t *testing.T) {
 	be := udpEcho(t, "udp", "127.0.0.1:0", "")
 	r := startDgram(t, "0.0.0.0:0", be.LocalAddr().String(), Config{})
 	_, port, _ := net.SplitHostPort(r.addr)
-	for _, to := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.1"} {
-		c := udpClient(t, "127.0.0.1:0", "")
-		_, from := exchange(t, c, net.JoinHostPort(to, port), []byte("hi "+to))
-		if from.Addr().String() != to {
-			t.Errorf("sent to %s, reply came from %s", to, from)
+	// Clients of every address: the kernel alone would answer a client of
+	// 127.0.0.5 asking 127.0.0.2 from 127.0.0.5 (a local route's source
+	// is the destination), never from 127.0.0.2.
+	for _, tt := range []struct{ from, to string }{
+		{"127.0.0.1", "127.0.0.2"}, {"127.0.0.5", "127.0.0.2"}, {"127.0.0.2", "127.0.0.3"}, {"127.0.0.1", "127.0.0.1"},
+	} {
+		c := udpClient(t, tt.from+":0", "")
+		_, from := exchange(t, c, net.JoinHostPort(tt.to, port), []byte("hi "+tt.to))
+		if from.Addr().String() != tt.to {
+			t.Errorf("%s sent to %s, reply came from %s", tt.from, tt.to, from)
 		}
 	}
 	t.Run("IPv6 wildcard", func(t *testing.T) {
