@@ -592,7 +592,7 @@ func (l *loop) flowTimers(now int64) {
 func pktinfoAddr(oob []byte) netip.Addr {
 	for len(oob) >= unix.SizeofCmsghdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(oob) {
+		if uint64(h.Len) < unix.SizeofCmsghdr || uint64(h.Len) > uint64(len(oob)) {
 			break
 		}
 		data := oob[unix.SizeofCmsghdr:h.Len]

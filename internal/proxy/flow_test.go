@@ -487,3 +487,18 @@ func TestExitIdleWaitsForFlows(t *testing.T) {
 		t.Fatal("did not exit once the flow expired")
 	}
 }
+
+// FuzzControlMessages: whatever a control message buffer or a sockaddr
+// holds, reading it gives an answer, never a panic or an endless loop.
+func FuzzControlMessages(f *testing.F) {
+	f.Add(pktinfoReply(unix.IP_PKTINFO, netip.MustParseAddr("127.0.0.2")))
+	f.Add(pktinfoReply(unix.IPV6_PKTINFO, netip.MustParseAddr("::1")))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 8, 0, 0, 0})
+	f.Add([]byte{2, 0, 0, 53, 127, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		buf := make([]byte, len(b)+8) // aligned, as the loop's batch is
+		n := copy(buf, b)
+		pktinfoAddr(buf[:n])
+		sockaddrAddrPort(buf[:n])
+	})
+}
