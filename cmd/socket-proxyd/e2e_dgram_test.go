@@ -241,7 +241,6 @@ func TestDatagramStartupErrors(t *testing.T) {
 		{"seqpacket to TCP", []string{"--listen-sequential-packet=" + filepath.Join(dir, "s"), "127.0.0.1:53"}, "must be a unix socket too"},
 		{"seqpacket on a port", []string{"--listen-sequential-packet=127.0.0.1:5", "/run/x"}, "sequential packets are unix only"},
 		{"datagram without a port", []string{"--listen-datagram=127.0.0.1", "127.0.0.1:53"}, "has no port"},
-		{"datagram to a host name", []string{"--listen-datagram=127.0.0.1:0", "localhost:53"}, "give an IP address"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -36,8 +36,7 @@ func listenPackets(listeners []activation.Listener, opts options) ([]activation.
 // checkKinds checks what each socket's type asks of its backend and
 // options: a sequential-packet socket forwards to a unix socket (there is
 // no such thing over IP); a datagram socket cannot carry a PROXY v1 header,
-// a line for streams, and forwards to an IP address or unix socket, as a
-// host name is not looked up per flow.
+// a line for streams.
 func checkKinds(listeners []activation.Listener, opts options) error {
 	for _, l := range listeners {
 		b, ok := opts.named[l.Name]
@@ -52,9 +51,6 @@ func checkKinds(listeners []activation.Listener, opts options) error {
 		case activation.Datagram:
 			if opts.proxyProtocol == proxyproto.V1 {
 				return fmt.Errorf("socket %s is a datagram socket, and --proxy-protocol=v1 is a line for streams: use --proxy-protocol=v2, one header per datagram", describe(l))
-			}
-			if !b.IsLiteral() {
-				return fmt.Errorf("socket %s is a datagram socket, whose backend host name %q is not looked up per flow yet: give an IP address or a unix socket path", describe(l), b.Host)
 			}
 		}
 	}

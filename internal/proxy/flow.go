@@ -52,6 +52,9 @@ type flow struct {
 	nameLen  uint16 // the client's sockaddr is key[:nameLen]
 	seen     uint32 // loop flow tick of the last datagram either way
 	refused  bool   // an ECONNREFUSED was logged for this flow
+	// resolving: the backend's host name is being looked up for this
+	// flow; its socket is not connected yet (flowResolved does it).
+	resolving bool
 	// key is the client's raw sockaddr followed by the local address it
 	// sent to, the flow's key in its listener's map.
 	key string
@@ -114,6 +117,9 @@ type flowState struct {
 	// replies hold the datagrams read from flow sockets until they leave
 	// through their listener (by slot size, as bufs).
 	replies [2]replies
+	// held is the first datagram of each flow waiting for its backend's
+	// host name, sent once it is resolved (later ones are dropped).
+	held map[int32][]byte
 	// packet is the buffer sequential-packet connections read a message
 	// into (seqpacket.go), allocated at the first one.
 	packet []byte
@@ -176,7 +182,8 @@ func (l *loop) datagrams(i int) {
 			m := &b.msgs[k].Hdr
 			m.Name = (*byte)(unsafe.Pointer(&b.names[k]))
 			m.Namelen = unix.SizeofSockaddrAny
-			b.iov[2*k+1] = unix.Iovec{Base: &b.data[k*b.slot], Len: uint64(b.slot)}
+			b.iov[2*k+1] = unix.Iovec{Base: &b.data[k*b.slot]}
+			b.iov[2*k+1].SetLen(b.slot)
 			m.Iov, m.Iovlen = &b.iov[2*k+1], 1
 			m.Control, m.Controllen = nil, 0
 			if d.pktinfo != 0 {
@@ -213,6 +220,10 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 		if f == nil {
 			continue
 		}
+		if f.resolving {
+			l.hold(f, b.data[k*b.slot:k*b.slot+int(m.Len)])
+			continue
+		}
 		f.seen = l.flows.tick
 		if f != cur && run > 0 {
 			l.sendFlow(cur, b, run)
@@ -221,9 +232,10 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 		cur = f
 		o := &b.out[run].Hdr
 		*o = unix.Msghdr{}
-		b.iov[2*k+1].Len = uint64(m.Len)
+		b.iov[2*k+1].SetLen(int(m.Len))
 		if f.hdr != nil {
-			b.iov[2*k] = unix.Iovec{Base: unsafe.SliceData(f.hdr), Len: uint64(len(f.hdr))}
+			b.iov[2*k] = unix.Iovec{Base: unsafe.SliceData(f.hdr)}
+			b.iov[2*k].SetLen(len(f.hdr))
 			o.Iov, o.Iovlen = &b.iov[2*k], 2
 		} else {
 			o.Iov, o.Iovlen = &b.iov[2*k+1], 1
@@ -307,27 +319,33 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 		l.warn(warnRefused, "connection limit reached, dropping datagrams of new clients", "", "listener", ln.name, "max", l.s.cfg.MaxConnections)
 		return nil
 	}
-	if len(ln.static) == 0 {
-		// A host-name backend for datagrams is not resolved per flow yet.
-		l.s.backendErrors.Add(1)
-		l.s.dgram.dropped.Add(1)
-		return nil
-	}
-	t := ln.static[0]
-	family := unix.AF_UNIX
-	switch t.sa.(type) {
-	case *unix.SockaddrInet4:
-		family = unix.AF_INET
-	case *unix.SockaddrInet6:
-		family = unix.AF_INET6
+	// A host name is looked up for each flow, as for each connection:
+	// the socket is an IPv6 one, which reaches IPv4 addresses too
+	// (mapped), so it can be opened before the lookup says which.
+	resolve := len(ln.static) == 0
+	t := target{name: ln.backend.String()}
+	family := unix.AF_INET6
+	if !resolve {
+		t = ln.static[0]
+		switch t.sa.(type) {
+		case *unix.SockaddrInet4:
+			family = unix.AF_INET
+		case *unix.SockaddrUnix:
+			family = unix.AF_UNIX
+		}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err == nil && family == unix.AF_UNIX {
+	switch {
+	case err != nil:
+	case resolve:
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	case family == unix.AF_UNIX:
 		// Autobind: the backend replies to an abstract name the kernel
 		// picks, which a unix datagram sender has none of otherwise.
-		err = unix.Bind(fd, &unix.SockaddrUnix{})
-	}
-	if err == nil {
+		if err = unix.Bind(fd, &unix.SockaddrUnix{}); err == nil {
+			err = unix.Connect(fd, t.sa)
+		}
+	default:
 		err = unix.Connect(fd, t.sa)
 	}
 	if err != nil {
@@ -375,6 +393,10 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	l.idleAt = 0
 	l.s.dgram.flows.Add(1)
 	l.s.dgram.opened.Add(1)
+	if resolve {
+		f.resolving = true
+		l.waitLookup(ln.backend, deadline{fd: f.fd, gen: f.gen, at: -1})
+	}
 	if nameLen <= 2 && d.unix && !d.unbound {
 		d.unbound = true
 		l.s.log.Debug("a unix client without an address cannot get replies: bind its socket to get them; its datagrams are forwarded", "listener", ln.name)
@@ -411,7 +433,8 @@ func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 		for k := lo; k < dgramBatch; k++ {
 			m := &b.msgs[k].Hdr
 			*m = unix.Msghdr{}
-			b.iov[k] = unix.Iovec{Base: &b.data[k*b.slot], Len: uint64(b.slot)}
+			b.iov[k] = unix.Iovec{Base: &b.data[k*b.slot]}
+			b.iov[k].SetLen(b.slot)
 			m.Iov, m.Iovlen = &b.iov[k], 1
 		}
 		n, e := rawMmsg(unix.SYS_RECVMMSG, fd, b.msgs[lo:])
@@ -462,10 +485,11 @@ func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
 		}
 		o := &b.out[r.out]
 		o.Hdr = unix.Msghdr{Name: unsafe.StringData(f.key), Namelen: uint32(f.nameLen)}
-		b.iov[k].Len = uint64(m.Len)
+		b.iov[k].SetLen(int(m.Len))
 		o.Hdr.Iov, o.Hdr.Iovlen = &b.iov[k], 1
 		if f.oob != nil {
-			o.Hdr.Control, o.Hdr.Controllen = &f.oob[0], uint64(len(f.oob))
+			o.Hdr.Control = &f.oob[0]
+			o.Hdr.SetControllen(len(f.oob))
 		}
 		o.Len = m.Len
 		r.out++
@@ -535,6 +559,12 @@ func flowClient(f *flow) string {
 
 // closeFlow ends a flow: its socket, its table and map entries.
 func (l *loop) closeFlow(f *flow, why string) {
+	if f.resolving {
+		if lk := l.lookups[l.listeners[f.listener].backend.String()]; lk != nil {
+			lk.live--
+		}
+		delete(l.flows.held, f.fd)
+	}
 	l.flows.table[f.fd] = nil
 	delete(l.listeners[f.listener].dgram.flows, f.key)
 	unix.Close(int(f.fd))
@@ -656,4 +686,88 @@ func sockaddrAddrPort(b []byte) netip.AddrPort {
 // dgramCounters are the datagram totals behind Stats.
 type dgramCounters struct {
 	flows, opened, in, out, dropped, truncated, refused atomic.Int64
+}
+
+// flowWaiter is the flow an entry of a lookup's list stands for (at < 0),
+// or nil when it is not a flow or has gone.
+func (l *loop) flowWaiter(d deadline) *flow {
+	if d.at >= 0 || int(d.fd) >= len(l.flows.table) {
+		return nil
+	}
+	if f := l.flows.table[d.fd]; f != nil && f.gen == d.gen && f.resolving {
+		return f
+	}
+	return nil
+}
+
+// hold keeps the first datagram of a flow whose backend is being looked
+// up, so that a client's first query is not lost to the lookup; the next
+// ones are dropped (the client retries, as over any lossy path).
+func (l *loop) hold(f *flow, payload []byte) {
+	if _, ok := l.flows.held[f.fd]; ok {
+		l.s.dgram.dropped.Add(1)
+		return
+	}
+	if l.flows.held == nil {
+		l.flows.held = make(map[int32][]byte)
+	}
+	l.flows.held[f.fd] = append([]byte(nil), payload...)
+}
+
+// flowResolved connects a flow to the first address its backend's host
+// name resolved to, and sends the datagram it held; a failed lookup
+// closes the flow (the next datagram of the client looks it up again).
+func (l *loop) flowResolved(f *flow, r resolution) {
+	f.resolving = false
+	held, ok := l.flows.held[f.fd]
+	delete(l.flows.held, f.fd)
+	ln := &l.listeners[f.listener]
+	err := r.err
+	if err == nil {
+		var sa unix.SockaddrInet6
+		switch t := r.targets[0].sa.(type) {
+		case *unix.SockaddrInet4:
+			sa.Port = t.Port
+			sa.Addr = [16]byte{10: 0xff, 11: 0xff, 12: t.Addr[0], 13: t.Addr[1], 14: t.Addr[2], 15: t.Addr[3]} // IPv4-mapped
+		case *unix.SockaddrInet6:
+			sa = *t
+		}
+		err = unix.Connect(int(f.fd), &sa)
+	}
+	if err != nil {
+		l.s.backendErrors.Add(1)
+		if ok {
+			l.s.dgram.dropped.Add(1)
+		}
+		l.warn(warnBackend, "cannot reach the backend of a flow, dropping its datagrams", err.Error(),
+			"client", flowClient(f), "backend", ln.backend.String(), "error", err.Error())
+		l.closeFlow(f, "backend unreachable")
+		return
+	}
+	if !ok {
+		return
+	}
+	iov := [2]unix.Iovec{}
+	msg := [1]unix.Mmsghdr{}
+	n := 0
+	if f.hdr != nil {
+		iov[0] = unix.Iovec{Base: unsafe.SliceData(f.hdr)}
+		iov[0].SetLen(len(f.hdr))
+		n++
+	}
+	if len(held) > 0 {
+		iov[n] = unix.Iovec{Base: &held[0]}
+		iov[n].SetLen(len(held))
+		n++
+	}
+	if n > 0 {
+		msg[0].Hdr.Iov = &iov[0]
+		msg[0].Hdr.SetIovlen(n)
+	}
+	if sent, _ := rawMmsg(unix.SYS_SENDMMSG, int(f.fd), msg[:]); sent == 1 {
+		l.s.bytesIn.Add(int64(len(held)))
+		l.s.dgram.in.Add(1)
+	} else {
+		l.s.dgram.dropped.Add(1)
+	}
 }

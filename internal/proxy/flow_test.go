@@ -502,3 +502,59 @@ func FuzzControlMessages(f *testing.F) {
 		sockaddrAddrPort(buf[:n])
 	})
 }
+
+// TestFlowHostNameBackend: a host-name backend is looked up for each new
+// flow; the first datagram waits for the answer instead of being lost.
+func TestFlowHostNameBackend(t *testing.T) {
+	noLeak(t)
+	// localhost may resolve to 127.0.0.1 or ::1 first: answer on both.
+	var port string
+	for attempt := 0; port == ""; attempt++ {
+		be := udpEcho(t, "udp4", "127.0.0.1:0", "re:")
+		_, p, _ := net.SplitHostPort(be.LocalAddr().String())
+		pc, err := net.ListenPacket("udp6", "[::1]:"+p)
+		switch {
+		case err == nil:
+			pc.Close()
+			udpEcho(t, "udp6", "[::1]:"+p, "re:")
+			port = p
+		case !hasIPv6():
+			port = p // localhost is 127.0.0.1 only
+		case attempt == 5:
+			t.Fatal("no port free on both 127.0.0.1 and ::1")
+		}
+	}
+	r := startDgram(t, "127.0.0.1:0", "localhost:"+port, Config{})
+	c := udpClient(t, "127.0.0.1:0", "")
+	// Sent once, no retry: the reply proves the first datagram was held.
+	if got, _ := exchange(t, c, r.addr, []byte("first")); string(got) != "re:first" {
+		t.Fatalf("reply %q", got)
+	}
+	if got, _ := exchange(t, c, r.addr, []byte("second")); string(got) != "re:second" {
+		t.Fatalf("reply %q", got)
+	}
+	if s := r.srv.Stats(); s.FlowsOpened != 1 || s.BackendErrors != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestFlowHostNameUnresolvable: a name that does not resolve closes the
+// flow with a warning; the proxy goes on.
+func TestFlowHostNameUnresolvable(t *testing.T) {
+	r := startDgram(t, "127.0.0.1:0", "no-such-host.invalid:53", Config{ConnectTimeout: 2 * time.Second})
+	c := udpClient(t, "127.0.0.1:0", "")
+	c.WriteToUDPAddrPort([]byte("x"), netip.MustParseAddrPort(r.addr))
+	waitFor(t, "the flow to close", func() bool { s := r.srv.Stats(); return s.FlowsOpened == 1 && s.Flows == 0 })
+	if s := r.srv.Stats(); s.BackendErrors != 1 || !strings.Contains(r.logs.String(), "cannot reach the backend of a flow") {
+		t.Fatalf("stats %+v, logs:\n%s", s, r.logs)
+	}
+}
+
+func hasIPv6() bool {
+	pc, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	pc.Close()
+	return true
+}
