@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
@@ -15,14 +16,14 @@ import (
 func listenPackets(listeners []activation.Listener, opts options) ([]activation.Listener, error) {
 	binds := []struct {
 		addrs  []string
-		listen func(string) (activation.Listener, error)
+		listen func(string, os.FileMode) (activation.Listener, error)
 	}{
 		{opts.listenDatagram, activation.ListenDatagram},
 		{opts.listenPacket, activation.ListenSequentialPacket},
 	}
 	for _, b := range binds {
 		for _, addr := range b.addrs {
-			l, err := b.listen(addr)
+			l, err := b.listen(addr, opts.socketMode)
 			if err != nil {
 				activation.Close(listeners)
 				return nil, err

@@ -61,7 +61,7 @@ func udpEcho(t *testing.T, network, addr string, reply string) net.PacketConn {
 // backendAddr.
 func startDgram(t *testing.T, addr, backendAddr string, cfg Config) *running {
 	t.Helper()
-	ln, err := activation.ListenDatagram(addr)
+	ln, err := activation.ListenDatagram(addr, activation.DefaultSocketMode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,7 +452,7 @@ func unsafeSizeofFlow() uintptr { return unsafe.Sizeof(flow{}) }
 // it expires: the proxy exits only after that.
 func TestExitIdleWaitsForFlows(t *testing.T) {
 	be := udpEcho(t, "udp", "127.0.0.1:0", "")
-	ln, err := activation.ListenDatagram("127.0.0.1:0")
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
 	if err != nil {
 		t.Fatal(err)
 	}
