@@ -177,4 +177,3 @@ func packetNetwork(addr, flag, inet, local string) (string, error) {
 	}
 	return inet, nil
 }
-
