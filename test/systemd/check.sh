@@ -249,6 +249,18 @@ scenario_deb() { # the Debian package: install, use, remove
 	check "socket-proxyd --version runs" /usr/bin/socket-proxyd --version
 	check "man page installed" test -f /usr/share/man/man8/socket-proxyd.8.gz
 	check "units installed and known to systemd" eval 'systemctl cat proxy-to-nginx.socket proxy-to-nginx.service >/dev/null'
+	check "nothing enabled or started by the install" eval '
+		for u in $(cd "$contrib" && ls -- *.socket *.service); do
+			[[ $(systemctl is-enabled "$u") == @(disabled|static) ]] || { echo "$u is $(systemctl is-enabled "$u")"; exit 1; }
+			[[ $(state "$u") == inactive ]] || { echo "$u is $(state "$u")"; exit 1; }
+		done'
+	check "systemctl preset keeps the units disabled (90-socket-proxyd.preset)" eval '
+		systemctl preset proxy-to-nginx.socket proxy-to-nginx-listen.service &&
+		[[ $(systemctl is-enabled proxy-to-nginx.socket)/$(systemctl is-enabled proxy-to-nginx-listen.service) == disabled/disabled ]]'
+	check "copyright file and completions installed" test -f /usr/share/doc/socket-proxyd/copyright \
+		-a -f /usr/share/bash-completion/completions/socket-proxyd \
+		-a -f /usr/share/zsh/vendor-completions/_socket-proxyd \
+		-a -f /usr/share/fish/vendor_completions.d/socket-proxyd.fish
 	install_nginx unix-socket.conf runtime-directory.conf
 	systemctl daemon-reload
 	check "nginx restarts on its unix socket" systemctl restart nginx.service
