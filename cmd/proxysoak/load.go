@@ -13,7 +13,10 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The soak protocol. The client opens with a header: the kind of exchange,
@@ -28,9 +31,13 @@ const (
 	kindDownload kind = 'D' // backend sends and half-closes first; then the client sends
 	kindEcho     kind = 'E' // client sends while the backend echoes it back verbatim
 	kindBoth     kind = 'B' // both send at once, each half-closes when done
+	// kindUrgent is kindBoth with the middle byte of each payload sent as
+	// urgent data (MSG_OOB): it must arrive in order, as a byte like any
+	// other (issue 12: it used to cut the stream short).
+	kindUrgent kind = 'O'
 )
 
-var kinds = []kind{kindUpload, kindDownload, kindEcho, kindBoth}
+var kinds = []kind{kindUpload, kindDownload, kindEcho, kindBoth, kindUrgent}
 
 const headerLen = 1 + 8 + 8
 
@@ -82,6 +89,46 @@ func sendWithHash(c net.Conn, p []byte) error {
 	}
 	_, err := c.Write(sum[:])
 	return err
+}
+
+// sendUrgentWithHash is sendWithHash with p's middle byte sent as urgent
+// data (MSG_OOB).
+func sendUrgentWithHash(c net.Conn, p []byte) error {
+	if len(p) == 0 {
+		return sendWithHash(c, p)
+	}
+	sum := sha256.Sum256(p)
+	mid := len(p) / 2
+	if _, err := c.Write(p[:mid]); err != nil {
+		return err
+	}
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		_, serr = unix.SendmsgN(int(fd), p[mid:mid+1], nil, nil, unix.MSG_OOB)
+		return serr != unix.EAGAIN
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("send MSG_OOB: %w", serr)
+	}
+	if _, err := c.Write(p[mid+1:]); err != nil {
+		return err
+	}
+	_, err = c.Write(sum[:])
+	return err
+}
+
+// senderFor is how a kind sends its payload.
+func senderFor(k kind) func(net.Conn, []byte) error {
+	if k == kindUrgent {
+		return sendUrgentWithHash
+	}
+	return sendWithHash
 }
 
 // recvAndCheck reads n bytes and a SHA-256, and checks they match; with
@@ -201,10 +248,10 @@ func (b *backend) exchange(c net.Conn) error {
 			return err
 		}
 		return closeWrite(c)
-	case kindBoth:
+	case kindBoth, kindUrgent:
 		werr := make(chan error, 1)
 		go func() {
-			err := sendWithHash(c, backendPayload(int(up), down))
+			err := senderFor(k)(c, backendPayload(int(up), down))
 			if err == nil {
 				err = closeWrite(c)
 			}
@@ -295,15 +342,15 @@ func exchange(addr string, rng *rand.Rand, k kind, up, down int, pause, timeout 
 			return err
 		}
 		return closeWrite(c)
-	case kindEcho, kindBoth:
+	case kindEcho, kindBoth, kindUrgent:
 		// Echo gets back what it sends; both gets the backend's own bytes.
 		wantLen, want := int64(up), &mine
-		if k == kindBoth {
+		if k != kindEcho {
 			wantLen, want = int64(down), &theirs
 		}
 		werr := make(chan error, 1)
 		go func() {
-			err := sendWithHash(c, p)
+			err := senderFor(k)(c, p)
 			if err == nil {
 				err = closeWrite(c)
 			}

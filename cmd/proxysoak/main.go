@@ -204,8 +204,9 @@ loop:
 	// it back (its scavenger returns freed memory over minutes).
 	after, settled := p.settle(before, cfg.settle, cfg.rssSlack)
 	fmt.Fprintf(out, "\nsummary after %v\n", elapsed.Round(time.Second))
-	fmt.Fprintf(out, "  exchanges verified   %d (upload %d, download %d, echo %d, both %d)\n", st.conns.Load(),
-		st.byKind[kindUpload].Load(), st.byKind[kindDownload].Load(), st.byKind[kindEcho].Load(), st.byKind[kindBoth].Load())
+	fmt.Fprintf(out, "  exchanges verified   %d (upload %d, download %d, echo %d, both %d, urgent %d)\n", st.conns.Load(),
+		st.byKind[kindUpload].Load(), st.byKind[kindDownload].Load(), st.byKind[kindEcho].Load(), st.byKind[kindBoth].Load(),
+		st.byKind[kindUrgent].Load())
 	fmt.Fprintf(out, "  per second           %.0f\n", float64(st.conns.Load())/elapsed.Seconds())
 	fmt.Fprintf(out, "  payload verified     %s up, %s down\n", mib(st.bytesUp.Load()), mib(st.bytesDown.Load()))
 	fmt.Fprintf(out, "  errors               %d client side, %d backend side\n", st.errs.Load(), st.backendErrs.Load())

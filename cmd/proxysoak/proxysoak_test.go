@@ -12,7 +12,8 @@ import (
 )
 
 // TestShortSoak runs the whole tool briefly: a few dozen workers for two
-// seconds, every kind of exchange, and the proxy back to its baseline.
+// seconds, every kind of exchange (urgent bytes included), and the proxy
+// back to its baseline.
 func TestShortSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the proxy")
@@ -30,6 +31,9 @@ func TestShortSoak(t *testing.T) {
 	t.Log(out.String())
 	if code != 0 {
 		t.Fatalf("exit status %d", code)
+	}
+	if strings.Contains(out.String(), " urgent 0)") {
+		t.Error("no exchange with urgent bytes ran")
 	}
 	for _, want := range []string{"exchanges verified", "proxy before", "proxy after", "PASS"} {
 		if !strings.Contains(out.String(), want) {

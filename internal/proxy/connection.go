@@ -53,11 +53,15 @@ const (
 // Readiness of one side, learned from edge-triggered events and cleared by
 // EAGAIN. peerClosed is sticky: once the peer has sent FIN (or an error
 // came), a short read no longer proves the socket empty, so reads go on
-// until EOF.
+// until EOF. urgent is sticky too: the peer sent urgent data (MSG_OOB,
+// reported as EPOLLPRI), and a read stops short at the urgent mark while
+// bytes wait behind it, which splice cannot pass at all; such a direction
+// reads until EAGAIN, and never splices.
 const (
 	canRead uint8 = 1 << iota
 	canWrite
 	peerClosed
+	urgent
 )
 
 // direction is one way through the connection.
@@ -68,34 +72,46 @@ type direction struct {
 }
 
 const (
-	srcEOF   uint8 = 1 << iota // the source ended its stream
-	dstShut                    // the destination was shut down for writing
-	bulk                       // the last read filled the buffer: splice
-	noSplice                   // the kernel cannot splice this pair
-	header                     // the pipe holds the PROXY header, not client bytes
+	srcEOF     uint8 = 1 << iota // the source ended its stream
+	dstShut                      // the destination was shut down for writing
+	bulk                         // the last read filled the buffer: splice
+	noSplice                     // the kernel cannot splice this pair
+	header                       // the pipe holds the PROXY header, not client bytes
+	fdsDropped                   // descriptors (SCM_RIGHTS) arrived and were closed; logged
 )
 
 // connEvents: every socket is registered once, for everything,
-// edge-triggered; interest is never toggled.
-const connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+// edge-triggered; interest is never toggled. EPOLLPRI says urgent data came.
+const connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLPRI | unix.EPOLLET
+
+// streamSocket sets what every stream socket of a connection needs, at
+// accept and at socket(). SO_OOBINLINE keeps an urgent byte (MSG_OOB) in
+// the stream, in order: without it a plain read skips the byte, and the
+// proxy would silently drop it. Urgency itself is not carried (the byte
+// goes on as a normal one), as nothing after a proxy could rely on it.
+func (l *loop) streamSocket(fd int, tcp bool) {
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
+	if tcp {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		l.keepAlive(fd)
+	}
+}
 
 // open starts a connection for an accepted client.
 func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
 	c := &conn{fd: [2]int32{int32(fd), -1}, listener: uint16(listener), start: l.now(), client: clientAddr(sa)}
 	c.gen[0] = l.nextGen()
-	if _, ok := sa.(*unix.SockaddrUnix); !ok {
-		c.tcp[0] = true
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		l.keepAlive(fd)
-	}
+	_, isUnix := sa.(*unix.SockaddrUnix)
+	c.tcp[0] = !isUnix
+	l.streamSocket(fd, c.tcp[0])
 	if err := l.add(fd, connEvents, c.gen[0]); err != nil {
 		unix.Close(fd)
-		l.s.log.Warn("cannot watch client, closing it", "client", c.clientString(), "error", err.Error())
+		l.warn(warnOther, "cannot watch client, closing it", err.Error(), "client", c.clientString(), "error", err.Error())
 		return
 	}
 	l.track(fd, c)
 	l.opened()
-	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: c.start + int64(l.connectTimeout)})
+	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: after(c.start, l.connectTimeout)})
 	if l.listeners[listener].static != nil {
 		l.connect(c)
 	} else {
@@ -108,6 +124,9 @@ func (l *loop) event(c *conn, side, fd int, ev uint32) {
 	r := c.ready[side]
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r |= canRead
+	}
+	if ev&unix.EPOLLPRI != 0 {
+		r |= canRead | urgent
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r |= canWrite
@@ -150,9 +169,9 @@ func (l *loop) event(c *conn, side, fd int, ev uint32) {
 // read fills the buffer the direction is bulk and splicePump moves it.
 func (l *loop) pump(c *conn, d int) bool {
 	dir := &c.dir[d]
-	src, dst := int(c.fd[d]), int(c.fd[1-d])
+	dst := int(c.fd[1-d])
 	for {
-		if dir.flags&(bulk|noSplice) == bulk && (dir.pipe == nil || dir.pipe.r >= 0) {
+		if dir.flags&(bulk|noSplice) == bulk && c.ready[d]&urgent == 0 && (dir.pipe == nil || dir.pipe.r >= 0) {
 			open, more := l.splicePump(c, d)
 			if !open {
 				return false
@@ -204,7 +223,7 @@ func (l *loop) pump(c *conn, d int) bool {
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
 		}
-		n, e := rawRead(src, l.buf)
+		n, cut, e := l.read(c, d)
 		switch {
 		case e == unix.EAGAIN:
 			c.ready[d] &^= canRead
@@ -215,13 +234,21 @@ func (l *loop) pump(c *conn, d int) bool {
 			l.abort(c, e)
 			return false
 		case n == 0:
+			// Only a read that returns 0 proves the end of the
+			// stream (a splice that returns 0 may have stopped at
+			// an urgent mark).
 			dir.flags |= srcEOF
 			continue
 		case n == len(l.buf):
-			dir.flags |= bulk
-		case c.ready[d]&peerClosed == 0:
+			if c.ready[d]&urgent == 0 {
+				dir.flags |= bulk
+			}
+		case c.ready[d]&(peerClosed|urgent) == 0 && !cut:
 			// A short read emptied the socket; new data will raise a
-			// new edge, so skip the read that would say EAGAIN.
+			// new edge, so skip the read that would say EAGAIN. That
+			// is proof only while the peer has not closed, has sent
+			// no urgent data (a read stops at its mark) and no
+			// descriptors (a unix read stops after them).
 			c.ready[d] &^= canRead
 		}
 		w, e := rawWrite(dst, l.buf[:n])
@@ -239,6 +266,26 @@ func (l *loop) pump(c *conn, d int) bool {
 			dir.pipe = l.park(l.buf[w:n])
 		}
 	}
+}
+
+// read reads what side d's socket holds into the shared buffer. A unix
+// socket is read with recvmsg, which also says whether the read stopped
+// after a message carrying descriptors (cut): they are not forwarded (as in
+// the original; systemd #22744), the kernel closes them, and the bytes
+// around them flow on. It is logged once per connection, at debug level.
+func (l *loop) read(c *conn, d int) (n int, cut bool, e unix.Errno) {
+	fd := int(c.fd[d])
+	if c.tcp[d] {
+		n, e = rawRead(fd, l.buf)
+		return n, false, e
+	}
+	n, cut, e = rawRecv(fd, l.buf)
+	if cut && c.dir[d].flags&fdsDropped == 0 {
+		c.dir[d].flags |= fdsDropped
+		l.s.log.Debug("descriptors passed over the connection were closed: passing them on is not supported",
+			"client", c.clientString(), "listener", l.listenerName(c), "from", [2]string{"client", "backend"}[d])
+	}
+	return n, cut, e
 }
 
 // splicePump is pump for a bulk direction: socket -> pooled pipe -> socket,
@@ -286,7 +333,7 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 				return false, false
 			}
 		}
-		if dir.flags&srcEOF == 0 && c.ready[d]&canRead != 0 && p.n < l.pipes.size {
+		if dir.flags&(srcEOF|bulk) == bulk && c.ready[d]&(canRead|urgent) == canRead && p.n < l.pipes.size {
 			n, e := rawSplice(src, p.w, l.pipes.size-p.n)
 			switch {
 			case n > 0:
@@ -296,9 +343,16 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 				last = n
 				progress = true
 			case e == 0:
-				dir.flags |= srcEOF
-				progress = true
+				// The end of the stream, or an urgent mark with the
+				// FIN behind it: splice cannot tell them apart, so
+				// the read path confirms (read returns 0 only at the
+				// end), once the pipe is drained.
+				dir.flags &^= bulk
 			case e == unix.EAGAIN:
+				// Into an empty pipe: the socket is empty, unless the
+				// splice stopped at an urgent mark; urgent data raises
+				// EPOLLPRI with its own edge (seen already, or still to
+				// come), which takes the direction off splice.
 				if p.n == 0 {
 					c.ready[d] &^= canRead
 				}
@@ -322,7 +376,9 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 	if last >= 0 && last < bufSize {
 		dir.flags &^= bulk // the burst is over: small reads again
 	}
-	return true, dir.flags&srcEOF != 0
+	// Off bulk (the burst is over, or a splice returned 0), the read path
+	// goes on: it confirms an end or reads past an urgent mark.
+	return true, dir.flags&(srcEOF|bulk) != bulk
 }
 
 // drain writes out what a pipe holds.
@@ -410,6 +466,9 @@ func (l *loop) release(c *conn, reset bool) {
 	if c.fdWait {
 		c.fdWait = false
 		l.fdWait--
+	}
+	if c.state == stateResolving {
+		l.leaveLookup(c)
 	}
 	c.state = 0
 	l.closed()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,7 +27,8 @@ type target struct {
 // first), and why each failed.
 type dialState struct {
 	targets []target
-	errs    []string // why each attempt of the last round failed
+	errs    []string // why each attempt of this round failed
+	prev    []string // why each attempt of the round before failed
 	// retryable: an attempt of the last round was refused, or found no
 	// unix socket or a full backlog, so the backend may be starting.
 	retryable bool
@@ -34,10 +36,21 @@ type dialState struct {
 
 // resolution is a resolver goroutine's answer, handed back to the loop.
 type resolution struct {
-	fd      int32
-	gen     uint32
+	name    string // the lookup's key: the backend address
 	targets []target
 	err     error
+}
+
+// lookup is one host name lookup in flight, and the connections waiting
+// for it. Connections to the same backend name share it, so the lookups
+// in flight are at most one per backend name, however many clients come
+// and go: a flood of clients that reset cannot pile up lookups (and their
+// memory) while the DNS server is silent (issue 13). A client that goes
+// leaves its entry behind; entries are compacted as new ones come, so the
+// list stays within twice the clients still waiting.
+type lookup struct {
+	waiting []deadline // fd and gen of each waiting connection; at unused
+	live    int        // connections in waiting still waiting
 }
 
 // staticAddrs resolves, once, a backend that needs no name service: a unix
@@ -125,7 +138,7 @@ func retryable(e unix.Errno) bool {
 // starting (systemd #2105); otherwise the client is closed. The client's
 // bytes wait in its socket meanwhile: nothing reads them.
 func (l *loop) roundFailed(c *conn) {
-	now, end := l.now(), c.start+int64(l.connectTimeout)
+	now, end := l.now(), after(c.start, l.connectTimeout)
 	if !l.retries || c.dial == nil || !c.dial.retryable || now >= end {
 		l.backendFailed(c)
 		return
@@ -153,7 +166,9 @@ func (l *loop) retry(c *conn) {
 	}
 	c.attempt = 0
 	if c.dial != nil {
-		c.dial.errs = c.dial.errs[:0]
+		// The last round's reasons are kept: if this round runs into
+		// the deadline, they say why, not "timed out" (issue 12).
+		c.dial.prev, c.dial.errs = c.dial.errs, c.dial.prev[:0]
 		c.dial.retryable = false
 	}
 	c.state = stateConnecting
@@ -168,7 +183,7 @@ func (l *loop) retry(c *conn) {
 // than one per client.
 func (l *loop) waitForDescriptor(c *conn, e unix.Errno) {
 	l.pauseAccepting("cannot open a socket to the backend, pausing accepting until a connection closes", l.listenerName(c), e)
-	now, end := l.now(), c.start+int64(l.connectTimeout)
+	now, end := l.now(), after(c.start, l.connectTimeout)
 	if now >= end {
 		l.attemptFailed(c, "socket", e)
 		l.backendFailed(c)
@@ -194,10 +209,7 @@ func (l *loop) startConnect(c *conn, sa unix.Sockaddr) unix.Errno {
 		return err.(unix.Errno)
 	}
 	c.tcp[1] = family != unix.AF_UNIX
-	if c.tcp[1] {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		l.keepAlive(fd)
-	}
+	l.streamSocket(fd, c.tcp[1])
 	c.gen[1] = l.nextGen()
 	c.ready[1] = 0
 	// Registered before connect: the edge that says the connect is done
@@ -269,10 +281,6 @@ const keepCount = 4
 func (l *loop) connected(c *conn) {
 	c.state = stateOpen
 	c.ready[1] |= canWrite
-	l.pauseWarned = false // a connection got both its sockets: the burst is over
-	if l.sweepEvery > 0 {
-		l.tick = uint32(l.now() / l.sweepEvery)
-	}
 	c.seen = l.tick
 	if v := l.s.cfg.ProxyProtocol; v != proxyproto.None {
 		h := proxyproto.Header(v, c.sourceAddr(), localAddr(int(c.fd[0])))
@@ -345,7 +353,13 @@ func (l *loop) connectTimedOut(c *conn) {
 		if c.dial == nil {
 			c.dial = &dialState{targets: l.listeners[c.listener].static}
 		}
-		c.dial.errs = append(c.dial.errs, t.name+": timed out")
+		if len(c.dial.errs) == 0 && len(c.dial.prev) > 0 {
+			// A retry round ran into the deadline: the round before
+			// has the real reasons (connection refused, say).
+			c.dial.errs = c.dial.prev
+		} else {
+			c.dial.errs = append(c.dial.errs, t.name+": timed out")
+		}
 	case stateWaiting:
 		if c.fdWait {
 			if c.dial == nil {
@@ -372,28 +386,63 @@ func (l *loop) backendFailed(c *conn) {
 	if c.round > 0 {
 		attrs = append(attrs, "retried_for", time.Duration(l.now()-c.start).Round(time.Millisecond).String())
 	}
-	l.s.log.Warn("cannot connect to backend, closing client", attrs...)
+	l.warn(warnBackend, "cannot connect to backend, closing client", why, attrs...)
 	l.release(c, false)
 }
 
 // resolve looks the backend's host name up off the loop (a lookup may take
 // seconds); the answer comes back through takeResolved. Host names are
-// resolved for each connection, as the original does.
+// resolved for each connection, as the original does, except that
+// connections that come while a lookup of the name is in flight share it
+// (as Go's resolver would merge them anyway).
 func (l *loop) resolve(c *conn) {
 	c.state = stateResolving
-	l.resolving++
-	l.resolveWG.Add(1)
-	go l.resolveBackend(c.fd[0], c.gen[0], l.backendOf(c), time.Duration(c.start+int64(l.connectTimeout)-l.now()))
+	name := l.backendOf(c).String()
+	lk := l.lookups[name]
+	if lk == nil {
+		if l.lookups == nil {
+			l.lookups = make(map[string]*lookup)
+		}
+		lk = &lookup{}
+		l.lookups[name] = lk
+		l.resolving++
+		l.resolveWG.Add(1)
+		ctx, cancel := context.WithDeadline(l.resolveCtx, l.epoch.Add(time.Duration(after(l.now(), l.connectTimeout))))
+		go l.resolveBackend(ctx, cancel, name, l.backendOf(c))
+	}
+	if len(lk.waiting) >= 2*lk.live+16 {
+		lk.waiting = slices.DeleteFunc(lk.waiting, func(d deadline) bool { return l.waiter(d) == nil })
+	}
+	lk.waiting = append(lk.waiting, deadline{fd: c.fd[0], gen: c.gen[0]})
+	lk.live++
 }
 
-// resolveBackend is the resolver goroutine of one connection; the loop owns
-// it and waits for it on the way out.
-func (l *loop) resolveBackend(fd int32, gen uint32, a backend.Address, timeout time.Duration) {
+// waiter is the connection an entry of a lookup's list stands for, or nil
+// when it has gone.
+func (l *loop) waiter(d deadline) *conn {
+	if int(d.fd) < len(l.conns) {
+		if c := l.conns[d.fd]; c != nil && c.gen[0] == d.gen && c.state == stateResolving {
+			return c
+		}
+	}
+	return nil
+}
+
+// leaveLookup is called when a connection waiting for a lookup closes.
+func (l *loop) leaveLookup(c *conn) {
+	if lk := l.lookups[l.backendOf(c).String()]; lk != nil {
+		lk.live--
+	}
+}
+
+// resolveBackend is the goroutine of one lookup; the loop owns it and
+// waits for it on the way out. ctx ends at the connect timeout, or when
+// the loop closes.
+func (l *loop) resolveBackend(ctx context.Context, cancel context.CancelFunc, name string, a backend.Address) {
 	defer l.resolveWG.Done()
-	ctx, cancel := context.WithTimeout(l.resolveCtx, timeout)
 	addrs, err := backend.Dialer{Resolver: l.s.cfg.Resolver}.Resolve(ctx, a)
 	cancel()
-	r := resolution{fd: fd, gen: gen, err: err}
+	r := resolution{name: name, err: err}
 	for _, a := range addrs {
 		ap, perr := netip.ParseAddrPort(a)
 		if perr != nil {
@@ -423,20 +472,21 @@ func (l *loop) takeResolved() {
 	l.resolveMu.Unlock()
 	for _, r := range rs {
 		l.resolving--
-		if int(r.fd) >= len(l.conns) {
-			continue
+		lk := l.lookups[r.name]
+		delete(l.lookups, r.name)
+		for _, d := range lk.waiting {
+			c := l.waiter(d)
+			if c == nil {
+				continue // the client went away meanwhile
+			}
+			c.dial = &dialState{targets: r.targets}
+			c.state = stateConnecting // the lookup is over
+			if r.err != nil {
+				c.dial.errs = append(c.dial.errs, r.err.Error())
+				l.backendFailed(c)
+				continue
+			}
+			l.connect(c)
 		}
-		c := l.conns[r.fd]
-		if c == nil || c.gen[0] != r.gen || c.state != stateResolving {
-			continue // the client went away meanwhile
-		}
-		c.dial = &dialState{targets: r.targets}
-		if r.err != nil {
-			c.dial.errs = append(c.dial.errs, r.err.Error())
-			l.backendFailed(c)
-			continue
-		}
-		c.state = stateConnecting
-		l.connect(c)
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/netip"
 	"sync"
 	"syscall"
@@ -82,18 +83,22 @@ type loop struct {
 	idleAt       int64 // monotonic ns when the proxy exits if still idle; 0: not armed
 	trimAt       int64
 	acceptPaused bool
-	pauseWarned  bool
 	acceptAt     int64
 
-	lastWarning time.Time
-	unwarned    int
+	// bursts rate-limit the warnings clients and backends cause;
+	// warnAt is when the next summary is due (0: none pending).
+	bursts [warnKinds]burst
+	warnAt int64
 
 	hot bool // the last wait found work: wait raw
 
 	// resolutions handed back by resolver goroutines
-	resolveMu   sync.Mutex
-	resolved    []resolution
-	resolving   int
+	resolveMu sync.Mutex
+	resolved  []resolution
+	resolving int
+	// lookups are the host name lookups in flight, one per backend
+	// name, each with the connections waiting for it.
+	lookups     map[string]*lookup
 	resolveWG   sync.WaitGroup
 	resolveCtx  context.Context
 	resolveStop context.CancelFunc
@@ -132,6 +137,7 @@ func newLoop(s *Server) (*loop, error) {
 		events: make([]unix.EpollEvent, maxEvents),
 		buf:    make([]byte, bufSize),
 		epoch:  time.Now(),
+		bursts: newBursts(),
 	}
 	l.resolveCtx, l.resolveStop = context.WithCancel(context.Background())
 	l.connectTimeout, l.retries = s.cfg.ConnectTimeout, true
@@ -144,7 +150,7 @@ func newLoop(s *Server) (*loop, error) {
 		if k == 0 {
 			k = DefaultKeepAlive
 		}
-		l.keepIdle = max(1, int((k+time.Second-1)/time.Second))
+		l.keepIdle = int(min((k-1)/time.Second+1, maxKeepIdle)) // seconds, rounded up
 		l.keepIntvl = max(1, l.keepIdle/4)
 	}
 	if t := s.cfg.IdleTimeout; t > 0 {
@@ -172,7 +178,7 @@ func newLoop(s *Server) (*loop, error) {
 		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, backend: b, static: staticAddrs(b)})
 	}
 	if s.cfg.ExitIdleTime > 0 {
-		l.idleAt = l.now() + int64(s.cfg.ExitIdleTime)
+		l.idleAt = after(l.now(), s.cfg.ExitIdleTime)
 	}
 	return l, nil
 }
@@ -214,6 +220,24 @@ func (l *loop) add(fd int, events uint32, gen uint32) error {
 }
 
 func (l *loop) now() int64 { return int64(time.Since(l.epoch)) }
+
+// after is now+d, saturating: a span of "infinity" (math.MaxInt64) means
+// never, not an overflow into the past (issue 13).
+func after(now int64, d time.Duration) int64 {
+	if d > 0 && now > math.MaxInt64-int64(d) {
+		return math.MaxInt64
+	}
+	return now + int64(d)
+}
+
+// maxKeepIdle is the largest TCP_KEEPIDLE the kernel takes (MAX_TCP_KEEPIDLE);
+// above it setsockopt fails and the kernel's 2 h default stays.
+const maxKeepIdle = 32767
+
+// maxWaitMsec caps one epoll wait: a deadline days away (--exit-idle-time
+// 30d) must not overflow the int timeout into a negative one, which means
+// "wait forever". The loop just waits again.
+const maxWaitMsec = 3600 * 1000
 
 // wake interrupts the wait; it is the one method other goroutines call.
 func (l *loop) wake() {
@@ -277,7 +301,7 @@ func (l *loop) startDrain() {
 	if d == 0 {
 		d = DefaultShutdownTimeout
 	}
-	l.drainAt = l.now() + int64(max(d, 0))
+	l.drainAt = after(l.now(), max(d, 0))
 	if l.active > 0 && d > 0 && !l.s.hurry.Load() {
 		l.s.log.Info("letting open connections finish", "connections", l.active, "shutdown_timeout", d.String())
 	}
@@ -341,7 +365,7 @@ func (l *loop) wait(msec int) int {
 // connect deadlines, the idle exit, the pipe trim and the accept retry.
 func (l *loop) timeout_ms() int {
 	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && len(l.pipes.free) == 0 &&
-		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) {
+		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) && l.warnAt == 0 {
 		return -1
 	}
 	now := l.now()
@@ -367,6 +391,7 @@ func (l *loop) timeout_ms() int {
 		consider(l.sweepAt)
 	}
 	consider(l.idleAt)
+	consider(l.warnAt)
 	if len(l.pipes.free) > 0 {
 		if l.trimAt == 0 {
 			l.trimAt = now + int64(trimInterval)
@@ -382,16 +407,19 @@ func (l *loop) timeout_ms() int {
 	if next <= now {
 		return 0
 	}
-	return int((next - now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+	return int(min((next-now)/int64(time.Millisecond)+1, maxWaitMsec))
 }
 
 // timers runs what is due; it reports whether the idle time has passed.
 func (l *loop) timers() bool {
 	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && l.trimAt == 0 &&
-		!l.acceptPaused && l.sweepAt == 0 {
+		!l.acceptPaused && l.sweepAt == 0 && l.warnAt == 0 {
 		return false
 	}
 	now := l.now()
+	if l.warnAt != 0 && now >= l.warnAt {
+		l.flushWarnings(now, false)
+	}
 	// Retries before deadlines: a round due at the deadline still runs.
 	for len(l.retryQ) > 0 && l.retryQ[0].at <= now {
 		d := l.popRetry()
@@ -435,7 +463,7 @@ func (l *loop) timers() bool {
 		l.resumeAccepting()
 	}
 	if l.sweepAt != 0 && now >= l.sweepAt {
-		l.tick = uint32(now / l.sweepEvery)
+		l.tick++
 		l.sweepAt = 0
 		l.sweep()
 	}
@@ -534,7 +562,7 @@ func (l *loop) accept(i int) {
 			l.pauseAccepting("cannot accept, pausing until a connection closes", l.listeners[i].name, err)
 			return
 		default:
-			l.s.log.Warn("cannot accept", "listener", l.listeners[i].name, "error", err.Error())
+			l.warn(warnOther, "cannot accept", err.Error(), "listener", l.listeners[i].name, "error", err.Error())
 			return
 		}
 		if l.active >= l.s.cfg.MaxConnections {
@@ -550,10 +578,7 @@ func (l *loop) accept(i int) {
 // warning per burst: the burst ends when a connection gets both its
 // sockets (see connected).
 func (l *loop) pauseAccepting(msg, listener string, err error) {
-	if !l.pauseWarned {
-		l.pauseWarned = true
-		l.s.log.Warn(msg, "listener", listener, "error", err.Error())
-	}
+	l.warn(warnDescriptors, msg, err.Error(), "listener", listener, "error", err.Error())
 	l.acceptPaused = true
 	l.acceptAt = l.now() + int64(acceptRetry)
 }
@@ -578,11 +603,7 @@ func (l *loop) resumeAccepting() {
 // the warning is rate-limited so a flood cannot fill the journal.
 func (l *loop) refuse() {
 	l.s.refused.Add(1)
-	l.unwarned++
-	if now := time.Now(); now.Sub(l.lastWarning) >= refusedWarningInterval {
-		l.s.log.Warn("connection limit reached, refusing clients", "max", l.s.cfg.MaxConnections, "refused", l.unwarned)
-		l.lastWarning, l.unwarned = now, 0
-	}
+	l.warn(warnRefused, "connection limit reached, refusing clients", "", "max", l.s.cfg.MaxConnections)
 }
 
 // track records the connection's descriptor in the table.
@@ -616,7 +637,7 @@ func (l *loop) closed() {
 	l.active--
 	l.s.active.Add(-1)
 	if l.active == 0 && l.s.cfg.ExitIdleTime > 0 {
-		l.idleAt = l.now() + int64(l.s.cfg.ExitIdleTime)
+		l.idleAt = after(l.now(), l.s.cfg.ExitIdleTime)
 	}
 	// A connection waiting for a descriptor for its backend socket gets
 	// the one just freed before a new client is accepted.
@@ -636,6 +657,7 @@ func (l *loop) close() {
 		}
 	}
 	l.resolveWG.Wait()
+	l.flushWarnings(l.now(), true)
 	l.pipes.closeAll()
 	unix.Close(l.epfd)
 	l.resolveMu.Lock()

@@ -32,10 +32,6 @@ const (
 	DefaultShutdownTimeout = 30 * time.Second
 )
 
-// refusedWarningInterval rate-limits the "connection limit reached" warning
-// so that a flood of clients cannot fill the journal.
-const refusedWarningInterval = 10 * time.Second
-
 // Config is what the proxy serves. The zero value of each optional field
 // means its default.
 type Config struct {

@@ -50,3 +50,20 @@ func rawEpollWait(epfd int, events []unix.EpollEvent, msec int) (int, unix.Errno
 	}
 	return int(r), 0
 }
+
+// rawRecv reads like rawRead, with recvmsg and no room for ancillary data,
+// so that it also reports whether the kernel cut the read short at a
+// message that carried some (MSG_CTRUNC): a unix stream read stops after a
+// message with descriptors (SCM_RIGHTS), whatever follows it, so such a
+// short read does not prove the socket empty. The descriptors themselves
+// are closed by the kernel, as nobody received them.
+func rawRecv(fd int, p []byte) (n int, ctrunc bool, e unix.Errno) {
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	msg := unix.Msghdr{Iov: &iov, Iovlen: 1}
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), 0)
+	if e != 0 {
+		return 0, false, e
+	}
+	return int(r), msg.Flags&unix.MSG_CTRUNC != 0, 0
+}
