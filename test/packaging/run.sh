@@ -7,16 +7,17 @@
 #     and the licence: Debian's copyright file, the rpm's %license and tag;
 #   - neither package's scripts enable or start anything, and "systemctl
 #     preset-all" leaves the units disabled (the preset file);
+#   - the maintainer scripts do what they should for each argument dpkg and
+#     rpm pass (a stub systemctl records it);
 #   - the rpm installs into a scratch root with "rpm --root", its binary runs
 #     there, and "rpm -e" removes every file again.
 # Prints PASS/FAIL lines, then "N passed, N failed"; exits 1 on any failure.
-# Needs dpkg-deb, rpm (Debian's rpm package) and systemctl; run as root for
-# rpm --root. Usage: test/packaging/run.sh   (from make package-test)
+# Needs dpkg-deb, rpm (Debian's rpm package), systemctl and unshare; root. Usage: test/packaging/run.sh   (from make package-test)
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
-for c in dpkg-deb rpm systemctl; do
+for c in dpkg-deb rpm systemctl unshare; do
 	command -v "$c" >/dev/null || { echo "package-test: $c not found: apt-get install dpkg rpm systemd" >&2; exit 1; }
 done
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/spx-pkg.XXXXXX")
@@ -76,6 +77,43 @@ for s in "$tmp"/deb-control/{postinst,prerm,postrm} "$tmp/rpm-scripts"; do
 	check "${s#"$tmp"/}: no systemctl enable, start or preset" \
 		eval '! grep -E "systemctl +(--[a-z-]+ +)*(enable|reenable|start|restart|try-restart|preset|preset-all)" "$s"'
 done
+
+# The scripts with the arguments each package manager passes, under a
+# systemd that a stub systemctl stands for (it logs its arguments): dpkg
+# says configure/remove/purge/upgrade, rpm 1 (install), 2 (upgrade), 0
+# (erase). Run in a mount namespace with /run/systemd/system made up.
+mkdir -p "$tmp/stub"
+printf '#!/bin/sh\necho "systemctl $*" >>"$SPX_LOG"\n' >"$tmp/stub/systemctl"
+chmod 0755 "$tmp/stub/systemctl"
+rpm -qp --qf '%{POSTIN}' "$rpm" >"$tmp/rpm-postinst" 2>/dev/null
+rpm -qp --qf '%{PREUN}' "$rpm" >"$tmp/rpm-prerm" 2>/dev/null
+rpm -qp --qf '%{POSTUN}' "$rpm" >"$tmp/rpm-postrm" 2>/dev/null
+calls() { # SCRIPT ARG: what the script asked systemctl to do, on one line
+	: >"$tmp/calls"
+	SPX_LOG=$tmp/calls PATH=$tmp/stub:$PATH unshare -m sh -c \
+		'mount -t tmpfs spx /run && mkdir -p /run/systemd/system && sh "$0" "$1"' "$1" "$2" || echo "exit $?"
+	paste -sd';' "$tmp/calls"
+}
+stop="systemctl stop proxy-to-nginx*.socket;systemctl stop proxy-to-nginx*.service"
+while read -r script arg want; do
+	[[ $want == - ]] && want=
+	[[ $want == stop ]] && want=$stop
+	check "$script $arg: ${want:-systemctl not called}" eval '
+		got=$(calls "$tmp/$script" "$arg"); [[ $got == "$want" ]] || { echo "got: $got"; exit 1; }'
+done <<SCRIPTS
+deb-control/postinst configure systemctl daemon-reload
+deb-control/prerm remove stop
+deb-control/prerm upgrade -
+deb-control/postrm remove systemctl daemon-reload
+deb-control/postrm purge systemctl daemon-reload
+deb-control/postrm upgrade -
+rpm-postinst 1 systemctl daemon-reload
+rpm-postinst 2 systemctl daemon-reload
+rpm-prerm 0 stop
+rpm-prerm 1 -
+rpm-postrm 0 systemctl daemon-reload
+rpm-postrm 1 -
+SCRIPTS
 
 # The rpm into a scratch root. Its scriptlets need /bin/sh and systemd
 # inside the root, which a scratch root has not: --noscripts (they are the
