@@ -3,6 +3,7 @@ package main_test
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -55,11 +56,30 @@ func TestRefusedFlood(t *testing.T) {
 // timestamp matches the date or time a log line would start with.
 var timestamp = regexp.MustCompile(`\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d`)
 
-// TestJournalLogging: under systemd (JOURNAL_STREAM set) log lines carry an
-// sd-daemon priority prefix and no timestamp; SYSTEMD_LOG_LEVEL is honoured;
-// at debug level each connection gets a line naming client and backend.
+// asJournal wraps a command line so that the binary's JOURNAL_STREAM names
+// its own stderr (the test's pipe), as systemd sets it for
+// StandardError=journal. The sh shim execs, so the pid stays the binary's.
+func asJournal(bin string, args ...string) (string, []string) {
+	return "/bin/sh", append([]string{"-c", `JOURNAL_STREAM=$(stat -L -c %d:%i /dev/stderr) && export JOURNAL_STREAM && exec "$0" "$@"`, bin}, args...)
+}
+
+// noNativeJournal skips a test of the lines written to the journal stream
+// on a host where journald's native socket is there: the proxy sends its
+// entries there instead (test/systemd checks those under a real systemd).
+func noNativeJournal(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/run/systemd/journal/socket"); err == nil {
+		t.Skip("journald runs here: entries go to its native socket, not to stderr")
+	}
+}
+
+// TestJournalLogging: when stderr is the journal (JOURNAL_STREAM names it)
+// and journald's native socket is not there, log lines carry an sd-daemon
+// priority prefix and no timestamp; SYSTEMD_LOG_LEVEL is honoured; at debug
+// level each connection gets a line naming client and backend.
 func TestJournalLogging(t *testing.T) {
 	t.Parallel()
+	noNativeJournal(t)
 	tests := []struct {
 		name     string
 		level    string // SYSTEMD_LOG_LEVEL, "" for the default
@@ -80,14 +100,16 @@ func TestJournalLogging(t *testing.T) {
 				missing := filepath.Join(shortDir(t), "missing.sock")
 				_, backend := echoTCP(t, "127.0.0.1:0")
 				fdBad, addrBad := inheritTCP(t, "bad")
-				env := []string{"JOURNAL_STREAM=8:12345"}
+				var env []string
 				if tt.level != "" {
 					env = append(env, "SYSTEMD_LOG_LEVEL="+tt.level)
 				}
 				// Two proxies: one with a missing backend, one that works.
-				pBad := start(t, im.path, launch{args: atOnce(im, missing), fds: []inherited{fdBad}, env: env})
+				sh, args := asJournal(im.path, atOnce(im, missing)...)
+				pBad := start(t, sh, launch{args: args, fds: []inherited{fdBad}, env: env})
 				fdGood, addrGood := inheritTCP(t, "good")
-				pGood := start(t, im.path, launch{args: []string{backend}, fds: []inherited{fdGood}, env: env})
+				sh, args = asJournal(im.path, backend)
+				pGood := start(t, sh, launch{args: args, fds: []inherited{fdGood}, env: env})
 
 				bad := dial(t, "tcp", addrBad)
 				if err := closedWithoutData(bad, 10*time.Second); err != nil {
@@ -146,4 +168,57 @@ func TestJournalLogging(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestJournalStreamChecked: JOURNAL_STREAM counts only when it names
+// stderr's device and inode, as systemd's own tools check it. A program
+// started from a shell that inherited the variable from a unit writes to a
+// terminal or a pipe, and gets timestamps and level names, not "<N>"
+// prefixes; so do its fatal errors.
+func TestJournalStreamChecked(t *testing.T) {
+	t.Parallel()
+	noNativeJournal(t)
+	forEachImpl(t, func(t *testing.T, im impl) {
+		oursOnly(t, im, "slog lines with sd-daemon prefixes")
+		missing := filepath.Join(shortDir(t), "missing.sock")
+		fd, addr := inheritTCP(t, "web")
+		// A real stream's value, of the test's own stderr: not the proxy's.
+		var st syscall.Stat_t
+		if err := syscall.Fstat(2, &st); err != nil {
+			t.Fatal(err)
+		}
+		for _, stream := range []string{"8:12345", fmt.Sprintf("%d:%d", st.Dev, st.Ino)} {
+			env := []string{"JOURNAL_STREAM=" + stream}
+			p := start(t, im.path, launch{args: atOnce(im, missing), fds: []inherited{fd}, env: env})
+			c := dial(t, "tcp", addr)
+			if err := closedWithoutData(c, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.waitStderr(missing, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			p.signal(syscall.SIGTERM)
+			p.waitExit(10 * time.Second)
+			for _, line := range strings.Split(strings.TrimSuffix(p.stderr.String(), "\n"), "\n") {
+				if strings.HasPrefix(line, "<") || !timestamp.MatchString(line) {
+					t.Errorf("JOURNAL_STREAM=%s names another file, but the line is the journal's: %q", stream, line)
+				}
+			}
+			if !regexp.MustCompile(` warning cannot connect .*` + regexp.QuoteMeta(missing)).MatchString(p.stderr.String()) {
+				t.Errorf("JOURNAL_STREAM=%s: no terminal warning line naming %s:\n%s", stream, missing, p.stderr.String())
+			}
+
+			// A fatal error: no listening socket.
+			code, _, stderr := run(t, im.path, launch{args: []string{missing}, env: env})
+			if code != 1 || !strings.HasPrefix(stderr, "socket-proxyd: no listening sockets") {
+				t.Errorf("JOURNAL_STREAM=%s, fatal error: exit %d, stderr %q; want 1 and no \"<3>\"", stream, code, stderr)
+			}
+		}
+		// The same fatal error with stderr the journal.
+		sh, args := asJournal(im.path, missing)
+		code, _, stderr := run(t, sh, launch{args: args})
+		if code != 1 || !strings.HasPrefix(stderr, "<3>socket-proxyd: no listening sockets") {
+			t.Errorf("stderr the journal, fatal error: exit %d, stderr %q; want 1 and \"<3>\"", code, stderr)
+		}
+	})
 }

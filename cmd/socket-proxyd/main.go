@@ -35,7 +35,7 @@ func main() {
 // run is the whole program; it returns the exit status: 0 on success, on
 // idle exit and after SIGTERM/SIGINT, 1 on any failure, as the original.
 func run(args []string, stdout, stderr io.Writer) int {
-	journal := os.Getenv("JOURNAL_STREAM") != ""
+	journal := logging.StreamIsJournal(os.Getenv("JOURNAL_STREAM"), stderr)
 	fail := func(err error) int {
 		prefix := ""
 		if journal {
@@ -60,6 +60,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	logOpts := logging.Options{Journal: journal, Level: slog.LevelInfo}
+	if journal {
+		// Upgrade to the native protocol, as systemd's own tools do when
+		// stderr is the journal, so entries carry fields; without the
+		// socket, the lines on stderr stay.
+		if native, err := logging.DialJournal(logging.JournalSocket); err == nil {
+			defer native.Close()
+			logOpts.Native = native
+		}
+	}
 	var levelErr error
 	if s := os.Getenv("SYSTEMD_LOG_LEVEL"); s != "" {
 		logOpts.Level, levelErr = logging.ParseLevel(s)

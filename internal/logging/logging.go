@@ -1,12 +1,14 @@
 // Package logging formats the proxy's log/slog records one line per event:
 // for the journal with sd-daemon priority prefixes and no timestamps, or for
-// a terminal with them.
+// a terminal with them; and, where journald's native socket is there, sends
+// them as journal entries with fields (CLIENT=, BACKEND=, …) instead.
 package logging
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -19,11 +21,15 @@ const LevelNotice = slog.Level(2)
 
 // Options are read from the environment once, by main.
 type Options struct {
-	// Journal is true when stderr goes to the journal (JOURNAL_STREAM set):
-	// lines then carry "<N>" priority prefixes and no timestamp.
+	// Journal is true when stderr goes to the journal (see
+	// StreamIsJournal): lines then carry "<N>" priority prefixes and no
+	// timestamp.
 	Journal bool
 	// Level is the least severe level written.
 	Level slog.Level
+	// Native, when not nil, takes each record as a journal entry with
+	// fields; a record it cannot send is written as a line, as without it.
+	Native *Journal
 }
 
 // ParseLevel reads SYSTEMD_LOG_LEVEL: a syslog name or number, as systemd's
@@ -66,19 +72,31 @@ func (h *handler) Handle(_ context.Context, r slog.Record) error {
 		b.WriteString(r.Time.Format(time.DateTime + ".000"))
 		b.WriteString(" " + levelName(r.Level) + " ")
 	}
+	start := b.Len()
 	b.WriteString(r.Message)
-	for _, a := range h.attrs {
+	for a := range h.all(r) {
 		writeAttr(&b, a)
 	}
-	r.Attrs(func(a slog.Attr) bool {
-		writeAttr(&b, a)
-		return true
-	})
+	if h.opts.Native != nil && h.opts.Native.send(priority(r.Level), b.String()[start:], h.all(r)) == nil {
+		return nil
+	}
 	b.WriteByte('\n')
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	_, err := io.WriteString(h.w, b.String())
 	return err
+}
+
+// all yields the logger's attrs, then the record's.
+func (h *handler) all(r slog.Record) iter.Seq[slog.Attr] {
+	return func(yield func(slog.Attr) bool) {
+		for _, a := range h.attrs {
+			if !yield(a) {
+				return
+			}
+		}
+		r.Attrs(yield)
+	}
 }
 
 func (h *handler) WithAttrs(attrs []slog.Attr) slog.Handler {

@@ -75,11 +75,6 @@ func TestLookupsEndWithTheirClient(t *testing.T) {
 	}
 }
 
-// countLevel counts the log lines of a level.
-func countLevel(logs, level string) int {
-	return strings.Count(logs, "level="+level+" ")
-}
-
 // TestBackendWarningsAreRateLimited: one client looping against a backend
 // that refuses, without retries, wrote 12,000 lines in 2 s on today's main.
 // Now one warning, then one summary line with the count, at stop.

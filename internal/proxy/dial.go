@@ -382,7 +382,7 @@ func (l *loop) backendFailed(c *conn) {
 		why = strings.Join(c.dial.errs, "; ")
 	}
 	l.s.backendErrors.Add(1)
-	attrs := []any{"client", c.clientString(), "backend", l.backendOf(c).String(), "error", why}
+	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.backendOf(c).String(), "error", why}
 	if c.round > 0 {
 		attrs = append(attrs, "retried_for", time.Duration(l.now()-c.start).Round(time.Millisecond).String())
 	}

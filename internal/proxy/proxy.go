@@ -139,7 +139,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	l.close()
 	if idle {
-		s.log.Info("exiting after being idle", "exit_idle_time", s.cfg.ExitIdleTime.String())
+		s.log.Info("exiting after being idle", "exit_idle_time", s.cfg.ExitIdleTime.Round(time.Millisecond).String()) // 0, not the 1ns it maps to
 	}
 	return nil
 }

@@ -234,13 +234,30 @@ scenario_notify() { # Type=notify, --listen, watchdog, journal
 	# the client and the backend, with the journal's own timestamp only.
 	check "transient proxy to a missing backend starts" systemd-run --quiet --unit=spx-journal -p Type=notify -p DynamicUser=yes \
 		/usr/bin/socket-proxyd --listen 127.0.0.1:8099 /run/nowhere.sock
-	check "connection to it is closed" eval '! curl -sS --max-time 10 http://127.0.0.1:8099/'
+	# The client's port is fixed, so the entry can be selected by CLIENT=.
+	check "connection to it is closed" eval '! curl -sS --max-time 10 --local-port 41234 http://127.0.0.1:8099/'
 	check "one warning line naming client and backend" eval '
 		wait_for 10 eval "journalctl -q -b -u spx-journal -p warning..warning -o cat | grep -q /run/nowhere.sock" || exit 1
 		lines=$(journalctl -q -b -u spx-journal -p warning..warning -o cat | grep /run/nowhere.sock)
 		echo "$lines"
-		[[ $(wc -l <<<"$lines") == 1 ]] && grep -q 127.0.0.1 <<<"$lines" && ! grep -Eq "^(time=|[0-9]{4}[-/])" <<<"$lines"'
+		[[ $(wc -l <<<"$lines") == 1 ]] && grep -q 127.0.0.1:41234 <<<"$lines" && ! grep -Eq "^(time=|[0-9]{4}[-/])" <<<"$lines"'
+	# stderr is the journal (JOURNAL_STREAM matches), so the proxy logs over
+	# the native protocol, with fields (issue 11).
+	check "journalctl -u spx-journal CLIENT=127.0.0.1:41234 selects the warning, with its fields" eval '
+		json=$(journalctl -q -b -u spx-journal CLIENT=127.0.0.1:41234 -o json)
+		echo "$json"
+		[[ $(wc -l <<<"$json") == 1 ]] || exit 1
+		for want in "\"CLIENT\":\"127.0.0.1:41234\"" "\"BACKEND\":\"/run/nowhere.sock\"" "\"PRIORITY\":\"4\"" \
+			"\"SYSLOG_IDENTIFIER\":\"socket-proxyd\"" "\"ERRNO\":\"2\"" "\"_TRANSPORT\":\"journal\"" \
+			"\"MESSAGE\":\"cannot connect to backend, closing client client=127.0.0.1:41234 backend=/run/nowhere.sock "; do
+			grep -qF "$want" <<<"$json" || { echo "missing $want"; exit 1; }
+		done'
 	systemctl stop spx-journal.service
+	# Not by -u: journald may no longer find the unit of a process that
+	# exited right after sending.
+	check "the info line at stop is an entry too: PRIORITY=6, REASON=" wait_for 10 eval '
+		journalctl -q -b SYSLOG_IDENTIFIER=socket-proxyd REASON=terminated -o json |
+			grep -F "\"MESSAGE\":\"stopping reason=terminated\"" | grep -qF "\"PRIORITY\":\"6\""'
 }
 
 scenario_deb() { # the Debian package: install, use, remove
