@@ -10,7 +10,7 @@
 #   make package-test    both packages: reproducible, hold what make install installs,
 #                        the rpm installs into a scratch root (test/packaging/run.sh)
 #   make man-check       the man page renders without warnings, and its options match --help
-#   make verify-units    systemd-analyze verify on contrib/systemd
+#   make verify-units    systemd-analyze verify and security (exposure <= 1.0) on contrib/systemd
 #   make systemd-test    the units and the .deb under a real systemd in a container (root)
 #   make deb-test        only the .deb part of systemd-test (root)
 #   make clean
