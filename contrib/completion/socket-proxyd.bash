@@ -19,14 +19,14 @@ _comp_socket_proxyd() {
 		return
 		;;
 	-c | --connections-max | --exit-idle-time | --backend | --connect-timeout | \
-		--idle-timeout | --keepalive | --shutdown-timeout)
-		return # a number, a time span or NAME=ADDRESS: nothing to offer
+		--idle-timeout | --keepalive | --shutdown-timeout | --socket-mode)
+		return # a number, a time span, an octal mode or NAME=ADDRESS: nothing to offer
 		;;
 	esac
 	$split && return
 
 	if [[ $cur == -* ]]; then
-		local opts='-c --connections-max= --exit-idle-time= --listen= --backend=
+		local opts='-c --connections-max= --exit-idle-time= --listen= --socket-mode= --backend=
 			--connect-timeout= --idle-timeout= --keepalive= --proxy-protocol=
 			--shutdown-timeout= -h --help --version'
 		mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
