@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # socket-proxyd: build, test, install, package.
 #
 #   make                 build ./socket-proxyd (version and commit from git)

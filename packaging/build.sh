@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # build.sh deb|rpm VERSION OUTDIR: build OUTDIR/socket-proxyd_VERSION_ARCH.deb
 # or OUTDIR/socket-proxyd-VERSION-1.ARCH.rpm from ./socket-proxyd (make build)
 # with nfpm and the one description packaging/nfpm.yaml. Stages "make install

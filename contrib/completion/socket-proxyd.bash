@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # bash completion for socket-proxyd(8). Installed as
 # $(PREFIX)/share/bash-completion/completions/socket-proxyd, where the
 # bash-completion package loads it on the first <TAB> after socket-proxyd.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # fish completion for socket-proxyd(8). Installed as
 # $(PREFIX)/share/fish/vendor_completions.d/socket-proxyd.fish. Keep the
 # option list equal to socket-proxyd --help: completion_test.go compares them.

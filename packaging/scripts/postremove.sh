@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # After removal (dpkg: remove or purge; rpm: 0): systemd forgets the unit
 # files that went.
 set -e

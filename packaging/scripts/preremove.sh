@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Before removal (dpkg: remove; rpm: 0, not 1 on upgrade): the binary goes
 # away with the package, so stop whatever of ours runs, sockets first so
 # nothing starts the services again. Enablement links an administrator made in

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # run.sh: the .deb and the .rpm (make deb, make rpm; issue 11), checked
 # without booting anything (the .deb under a real systemd: make deb-test):
 #   - two builds of each are byte-identical (SOURCE_DATE_EPOCH);

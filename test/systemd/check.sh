@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # check.sh runs inside the test container (a Debian bookworm booted by
 # systemd-nspawn, see run.sh) as spx-check.service. It sets up one scenario
 # with the unit files from contrib/systemd, exactly as an administrator would,

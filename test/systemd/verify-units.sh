@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # verify-units.sh: run "systemd-analyze verify" on every unit file and nginx
 # drop-in in contrib/systemd, the way "make install" installs them: ExecStart=
 # rewritten to a real socket-proxyd binary, and man:socket-proxyd(8) found in
