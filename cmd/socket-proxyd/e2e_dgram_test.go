@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main_test
 
 // Datagrams and sequential packets (issue 9), black-box: sockets passed

@@ -15,7 +15,7 @@ _comp_socket_proxyd() {
 		mapfile -t COMPREPLY < <(compgen -W 'none v1 v2' -- "$cur")
 		return
 		;;
-	--listen)
+	--listen | --listen-datagram | --listen-sequential-packet)
 		_filedir # a unix socket path, or HOST:PORT typed by hand
 		return
 		;;
@@ -27,7 +27,8 @@ _comp_socket_proxyd() {
 	$split && return
 
 	if [[ $cur == -* ]]; then
-		local opts='-c --connections-max= --exit-idle-time= --listen= --socket-mode= --backend=
+		local opts='-c --connections-max= --exit-idle-time= --listen= --listen-datagram=
+			--listen-sequential-packet= --socket-mode= --backend=
 			--connect-timeout= --idle-timeout= --keepalive= --proxy-protocol=
 			--shutdown-timeout= -h --help --version'
 		mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")

@@ -7,6 +7,8 @@ set -l span 'time span (e.g. 30s, 5min, infinity)'
 complete -c socket-proxyd -s c -l connections-max -x -d 'Maximum number of connections'
 complete -c socket-proxyd -l exit-idle-time -x -d "Exit when idle this long: $span"
 complete -c socket-proxyd -l listen -r -d 'Also listen on HOST:PORT, a socket path or @name'
+complete -c socket-proxyd -l listen-datagram -r -d 'Also listen for datagrams on HOST:PORT, a socket path or @name'
+complete -c socket-proxyd -l listen-sequential-packet -r -d 'Also listen on a unix SOCK_SEQPACKET socket path or @name'
 complete -c socket-proxyd -l socket-mode -x -d 'File mode of --listen unix sockets, in octal'
 complete -c socket-proxyd -l backend -x -d 'Forward the socket named NAME to ADDRESS (NAME=ADDRESS)'
 complete -c socket-proxyd -l connect-timeout -x -d "Retry a missing backend this long: $span"
