@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command socket-proxyd forwards the connections on sockets systemd passes in
 // (or that it binds with --listen) to one backend: a drop-in replacement for
 // systemd-socket-proxyd.
@@ -90,10 +92,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		listeners = append(listeners, l)
 	}
+	if listeners, err = listenPackets(listeners, opts); err != nil {
+		return fail(err)
+	}
 	if len(listeners) == 0 {
-		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS"))
+		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS (--listen-datagram, --listen-sequential-packet)"))
 	}
 	if err := checkBackends(listeners, opts.backend, opts.named); err != nil {
+		activation.Close(listeners)
+		return fail(err)
+	}
+	if err := checkKinds(listeners, opts); err != nil {
 		activation.Close(listeners)
 		return fail(err)
 	}
@@ -119,6 +128,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Backends:        opts.named,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),
 		IdleTimeout:     infinityMeansZero(opts.idleTimeout),
+		FlowIdleTimeout: flowIdleTimeout(opts),
 		KeepAlive:       zeroMeansNegative(opts.keepAlive), // infinity is already 0: off
 		ProxyProtocol:   opts.proxyProtocol,
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 // Tests that pin the engine's claims to numbers, written against mutants

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 import (
@@ -92,6 +94,8 @@ type loop struct {
 
 	hot bool // the last wait found work: wait raw
 
+	flows flowState // datagram flows (flow.go)
+
 	// resolutions handed back by resolver goroutines
 	resolveMu sync.Mutex
 	resolved  []resolution
@@ -112,6 +116,8 @@ type listenerFD struct {
 	// static holds the backend's addresses when it is numeric or a unix
 	// socket, resolved once at start-up; nil for a host name.
 	static []target
+	kind   activation.Kind
+	dgram  *dgramListener // a datagram listener's flows (flow.go)
 }
 
 // deadline is an entry of the connect queue; stale entries (the connection
@@ -175,7 +181,10 @@ func newLoop(s *Server) (*loop, error) {
 		if !ok {
 			b = s.cfg.Backend
 		}
-		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, backend: b, static: staticAddrs(b)})
+		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, backend: b, static: staticAddrs(b), kind: ln.Kind})
+		if ln.Kind == activation.Datagram {
+			l.setupDatagram(&l.listeners[len(l.listeners)-1])
+		}
 	}
 	if s.cfg.ExitIdleTime > 0 {
 		l.idleAt = after(l.now(), s.cfg.ExitIdleTime)
@@ -273,8 +282,13 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 					if c.gen[side] == uint32(ev.Pad) {
 						l.event(c, side, fd, ev.Events)
 					}
+					continue
 				}
 			}
+			l.flowEvent(fd, uint32(ev.Pad), ev.Events)
+		}
+		if l.flows.count > 0 {
+			l.sendReplies() // the replies of every flow that had an event, together
 		}
 		if !l.draining && ctx.Err() != nil {
 			l.startDrain()
@@ -298,6 +312,7 @@ func (l *loop) startDrain() {
 		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}
 	activation.Close(l.s.cfg.Listeners)
+	l.closeFlows() // their replies could no longer leave
 	l.acceptPaused = false
 	l.idleAt = 0
 	d := l.s.cfg.ShutdownTimeout
@@ -368,7 +383,7 @@ func (l *loop) wait(msec int) int {
 // connect deadlines, the idle exit, the pipe trim and the accept retry.
 func (l *loop) timeout_ms() int {
 	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && len(l.pipes.free) == 0 &&
-		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) && l.warnAt == 0 {
+		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) && l.warnAt == 0 && l.flows.count == 0 {
 		return -1
 	}
 	now := l.now()
@@ -395,6 +410,7 @@ func (l *loop) timeout_ms() int {
 	}
 	consider(l.idleAt)
 	consider(l.warnAt)
+	consider(l.flowTimeout(now))
 	if len(l.pipes.free) > 0 {
 		if l.trimAt == 0 {
 			l.trimAt = now + int64(trimInterval)
@@ -416,10 +432,11 @@ func (l *loop) timeout_ms() int {
 // timers runs what is due; it reports whether the idle time has passed.
 func (l *loop) timers() bool {
 	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && l.trimAt == 0 &&
-		!l.acceptPaused && l.sweepAt == 0 && l.warnAt == 0 {
+		!l.acceptPaused && l.sweepAt == 0 && l.warnAt == 0 && l.flows.sweepAt == 0 {
 		return false
 	}
 	now := l.now()
+	l.flowTimers(now)
 	if l.warnAt != 0 && now >= l.warnAt {
 		l.flushWarnings(now, false)
 	}
@@ -535,6 +552,14 @@ func (l *loop) special(fd int) {
 		l.takeResolved()
 		return
 	}
+	for i := range l.listeners {
+		if l.listeners[i].fd == fd && l.listeners[i].dgram != nil {
+			if !l.draining {
+				l.datagrams(i) // not paused by EMFILE: the flows that exist go on
+			}
+			return
+		}
+	}
 	if l.acceptPaused || l.draining {
 		return
 	}
@@ -549,6 +574,9 @@ func (l *loop) special(fd int) {
 // accept takes every pending client of listener i (the listener is
 // edge-triggered: one event, then accept until EAGAIN).
 func (l *loop) accept(i int) {
+	if l.listeners[i].dgram != nil {
+		return // datagrams are read by datagrams(), not accepted
+	}
 	lfd := l.listeners[i].fd
 	for {
 		nfd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
@@ -659,6 +687,7 @@ func (l *loop) close() {
 			l.abort(c, nil)
 		}
 	}
+	l.closeFlows()
 	l.resolveWG.Wait()
 	l.flushWarnings(l.now(), true)
 	l.pipes.closeAll()

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package testlaunch starts socket-proxyd the way systemd starts a
 // socket-activated service, for the end-to-end tests and the measuring tools
 // (cmd/proxybench, cmd/proxysoak): the listening sockets as fds 3, 4, ...,

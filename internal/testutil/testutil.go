@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package testutil holds the one rule every test that needs something from
 // the machine follows: without it the test skips on a developer's machine
 // and fails under CI (CI set), so a CI run that passes has run every test.

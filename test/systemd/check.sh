@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # check.sh runs inside the test container (a Debian bookworm booted by
 # systemd-nspawn, see run.sh) as spx-check.service. It sets up one scenario
 # with the unit files from contrib/systemd, exactly as an administrator would,
@@ -66,6 +67,21 @@ dynamic_user() {
 	((uid >= 61184 && uid <= 65519)) || { echo "uid $uid is not a dynamic user"; return 1; }
 }
 
+# hardened UNIT: the settings of issue 13 reached the running unit: its own
+# user namespace (PrivateUsers=), MemoryMax=, TasksMax=, IPAddressDeny=. The
+# other checks of each scenario show that the proxy still works with them.
+hardened() {
+	local pid host inside
+	pid=$(systemctl show -P MainPID "$1")
+	[[ $pid != 0 ]] || { echo "$1 has no main process"; return 1; }
+	host=$(readlink /proc/1/ns/user)
+	inside=$(readlink "/proc/$pid/ns/user")
+	[[ $host != "$inside" ]] || { echo "PrivateUsers=: runs in the host's user namespace $host"; return 1; }
+	[[ $(systemctl show -P MemoryMax "$1") == $((256 << 20)) ]] || { echo "MemoryMax=$(systemctl show -P MemoryMax "$1")"; return 1; }
+	[[ $(systemctl show -P TasksMax "$1") == 256 ]] || { echo "TasksMax=$(systemctl show -P TasksMax "$1")"; return 1; }
+	[[ $(systemctl show -P IPAddressDeny "$1") == *0.0.0.0/0* ]] || { echo "IPAddressDeny=$(systemctl show -P IPAddressDeny "$1")"; return 1; }
+}
+
 # nofile_raised UNIT: the soft RLIMIT_NOFILE was raised to the hard limit.
 nofile_raised() {
 	local pid soft hard
@@ -123,6 +139,7 @@ scenario_simple() { # Examples 1 to 4
 	check "first connection starts the proxy; curl gets nginx's page" get_page http://localhost:80/
 	check "proxy-to-nginx.service is active (running)" running proxy-to-nginx.service
 	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx.service
+	check "PrivateUsers=, MemoryMax=, TasksMax=, IPAddressDeny= in effect" hardened proxy-to-nginx.service
 	check "soft RLIMIT_NOFILE raised to the hard limit" nofile_raised proxy-to-nginx.service
 	check "20 more requests through the proxy" eval 'for i in {1..20}; do get_page http://127.0.0.1:80/ || exit 1; done'
 	check "systemctl stop proxy-to-nginx.service" systemctl stop proxy-to-nginx.service
@@ -146,6 +163,7 @@ scenario_namespace() { # Examples 5 to 8
 		[[ $a == "$b" && $a != "$c" ]] || { echo "nginx $a, proxy $b, host $c"; exit 1; }'
 	check "nginx's port 8080 is not reachable from outside the namespace" eval '! curl -sS --max-time 5 http://127.0.0.1:8080/'
 	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx-ns.service
+	check "PrivateUsers=, MemoryMax=, TasksMax=, IPAddressDeny= in effect" hardened proxy-to-nginx-ns.service
 	check "no error lines in its journal" no_errors proxy-to-nginx-ns.service
 }
 
@@ -163,6 +181,7 @@ scenario_idle() { # --exit-idle-time= with StopWhenUnneeded=
 	check "first connection starts both; curl gets nginx's page" get_page http://localhost:80/
 	check "both are active (running)" eval 'running proxy-to-nginx-idle.service && running nginx.service'
 	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx-idle.service
+	check "PrivateUsers=, MemoryMax=, TasksMax=, IPAddressDeny= in effect" hardened proxy-to-nginx-idle.service
 	check "idle proxy exits" wait_for 30 inactive proxy-to-nginx-idle.service
 	check "idle exit: exit status 0" exited_cleanly proxy-to-nginx-idle.service
 	check "nginx stops when unneeded" wait_for 30 inactive nginx.service
@@ -201,6 +220,7 @@ scenario_notify() { # Type=notify, --listen, watchdog, journal
 	check "status shows active (running)" eval 'systemctl status proxy-to-nginx-listen.service | grep "Active: active (running)"'
 	check "curl gets nginx's page through --listen 127.0.0.1:8081" get_page http://127.0.0.1:8081/
 	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx-listen.service
+	check "PrivateUsers=, MemoryMax=, TasksMax=, IPAddressDeny= in effect" hardened proxy-to-nginx-listen.service
 	check "watchdog pings keep it alive (WatchdogSec=1s, 4 s)" eval '
 		pid=$(systemctl show -P MainPID proxy-to-nginx-listen.service)
 		sleep 4
@@ -229,8 +249,9 @@ scenario_notify() { # Type=notify, --listen, watchdog, journal
 		echo "$json"
 		[[ $(wc -l <<<"$json") == 1 ]] || exit 1
 		for want in "\"CLIENT\":\"127.0.0.1:41234\"" "\"BACKEND\":\"/run/nowhere.sock\"" "\"PRIORITY\":\"4\"" \
+			"\"LISTENER\":\"127.0.0.1:8099\"" \
 			"\"SYSLOG_IDENTIFIER\":\"socket-proxyd\"" "\"ERRNO\":\"2\"" "\"_TRANSPORT\":\"journal\"" \
-			"\"MESSAGE\":\"cannot connect to backend, closing client client=127.0.0.1:41234 backend=/run/nowhere.sock "; do
+			"\"MESSAGE\":\"cannot connect to backend, closing client client=127.0.0.1:41234 listener=127.0.0.1:8099 backend=/run/nowhere.sock "; do
 			grep -qF "$want" <<<"$json" || { echo "missing $want"; exit 1; }
 		done'
 	systemctl stop spx-journal.service
@@ -247,6 +268,18 @@ scenario_deb() { # the Debian package: install, use, remove
 	check "socket-proxyd --version runs" /usr/bin/socket-proxyd --version
 	check "man page installed" test -f /usr/share/man/man8/socket-proxyd.8.gz
 	check "units installed and known to systemd" eval 'systemctl cat proxy-to-nginx.socket proxy-to-nginx.service >/dev/null'
+	check "nothing enabled or started by the install" eval '
+		for u in $(cd "$contrib" && ls -- *.socket *.service); do
+			[[ $(systemctl is-enabled "$u") == @(disabled|static) ]] || { echo "$u is $(systemctl is-enabled "$u")"; exit 1; }
+			[[ $(state "$u") == inactive ]] || { echo "$u is $(state "$u")"; exit 1; }
+		done'
+	check "systemctl preset keeps the units disabled (90-socket-proxyd.preset)" eval '
+		systemctl preset proxy-to-nginx.socket proxy-to-nginx-listen.service &&
+		[[ $(systemctl is-enabled proxy-to-nginx.socket)/$(systemctl is-enabled proxy-to-nginx-listen.service) == disabled/disabled ]]'
+	check "copyright file and completions installed" test -f /usr/share/doc/socket-proxyd/copyright \
+		-a -f /usr/share/bash-completion/completions/socket-proxyd \
+		-a -f /usr/share/zsh/vendor-completions/_socket-proxyd \
+		-a -f /usr/share/fish/vendor_completions.d/socket-proxyd.fish
 	install_nginx unix-socket.conf runtime-directory.conf
 	systemctl daemon-reload
 	check "nginx restarts on its unix socket" systemctl restart nginx.service
@@ -261,8 +294,56 @@ scenario_deb() { # the Debian package: install, use, remove
 	check "package no longer known to dpkg" eval '! dpkg -s socket-proxyd'
 }
 
+# dns_backend: a stand-in for a DNS server on 127.0.0.1:5353, UDP and TCP,
+# that answers each message with "re:" and the message (perl-base is in the
+# minimal root; dnsmasq and dig are not, and the proxy is what is tested).
+dns_backend() {
+	cat >"$t/dns-backend.pl" <<'PERL'
+use IO::Socket::INET;
+my $u = IO::Socket::INET->new(LocalAddr => "127.0.0.1:5353", Proto => "udp") or die "udp: $!";
+my $t = IO::Socket::INET->new(LocalAddr => "127.0.0.1:5353", Listen => 16, ReuseAddr => 1) or die "tcp: $!";
+if (fork) { my $m; while (1) { $u->recv($m, 65535); $u->send("re:$m"); } }
+while (my $c = $t->accept) { my $m; $c->sysread($m, 65535); $c->syswrite("re:$m"); close $c; }
+PERL
+	printf '%s\n' '[Service]' "ExecStart=/usr/bin/perl $t/dns-backend.pl" >/etc/systemd/system/spx-dns-backend.service
+}
+
+# ask_udp FROM_ADDR: a datagram to port 53 from a socket bound to FROM_ADDR
+# gets "re:" and itself back, from the address it was sent to.
+ask_udp() {
+	perl -MIO::Socket::INET -e '
+		$s = IO::Socket::INET->new(LocalAddr => "$ARGV[0]:0", PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $!";
+		$s->send("q") or die "send: $!";
+		$r = ""; eval { local $SIG{ALRM} = sub { die "no reply in 2s\n" }; alarm 2; $s->recv($r, 100); alarm 0; };
+		die $@ if $@; $r eq "re:q" or die "reply \"$r\"\n";' "$1" "$2"
+}
+
+ask_tcp() {
+	perl -MIO::Socket::INET -e '
+		$s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:53", Timeout => 5) or die "connect: $!";
+		$s->syswrite("q"); $s->sysread($r, 100); $r eq "re:q" or die "reply \"$r\"\n";'
+}
+
+status_has() { systemctl show -P StatusText "$1" | grep -qF "$2"; }
+
+scenario_dns() { # Examples 12 and 13: ListenStream=53 and ListenDatagram=53
+	dns_backend
+	install_units dns-proxy.socket dns-proxy.service
+	systemctl daemon-reload
+	check "a stand-in DNS server on 127.0.0.1:5353" systemctl start spx-dns-backend.service
+	check "it answers on TCP" wait_for 5 eval 'exec 3<>/dev/tcp/127.0.0.1/5353' 
+	check "systemctl enable --now dns-proxy.socket" systemctl enable --now dns-proxy.socket
+	check "systemd listens on TCP and UDP port 53" eval 'systemctl show -P Listen dns-proxy.socket | grep -q "53 (Stream)" && systemctl show -P Listen dns-proxy.socket | grep -q "53 (Datagram)"'
+	check "a UDP query starts the proxy and gets its answer" ask_udp 127.0.0.1 127.0.0.1
+	check "dns-proxy.service is running" running dns-proxy.service
+	check "a TCP query is answered by the same proxy" ask_tcp
+	check "a client of 127.0.0.2 gets its answer from 127.0.0.2" ask_udp 127.0.0.1 127.0.0.2
+	check "STATUS= counts the flows" wait_for 5 status_has dns-proxy.service " flows, "
+	check "no errors in the journal" no_errors dns-proxy.service
+}
+
 case $scenario in
-simple | namespace | idle | notify | deb) "scenario_$scenario" ;;
+simple | namespace | idle | notify | deb | dns) "scenario_$scenario" ;;
 *) fail setup "unknown scenario $scenario" ;;
 esac
 journalctl -b --no-pager -o short-monotonic >"$t/journal.txt" 2>&1

@@ -1,0 +1,446 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main_test
+
+// Datagrams and sequential packets (issue 9), black-box: sockets passed
+// the way a .socket unit with ListenDatagram= and ListenSequentialPacket=
+// passes them, the --listen-datagram and --listen-sequential-packet forms,
+// a real dig through the proxy to a real dnsmasq over UDP and TCP on one
+// port, and the start-up errors.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
+)
+
+// echoPackets serves a datagram socket (UDP or unixgram) that sends each
+// datagram back to its sender, prefixed.
+func echoPackets(t *testing.T, network, addr, prefix string) string {
+	t.Helper()
+	pc, err := net.ListenPacket(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 70000)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if err == nil && from != nil && from.String() != "" {
+				pc.WriteTo(append([]byte(prefix), buf[:n]...), from)
+			}
+		}
+	})
+	return pc.LocalAddr().String()
+}
+
+// echoMessages sends each message of a seqpacket connection back whole
+// (echo's io.Copy would cut it at its buffer size).
+func echoMessages(c net.Conn) {
+	buf := make([]byte, 300000)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			closeWrite(c)
+			return
+		}
+		if _, err := c.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// askDatagram sends msg from c to addr and waits for the reply.
+func askDatagram(t *testing.T, c net.PacketConn, to net.Addr, msg string) string {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(ioTimeout))
+	if _, err := c.WriteTo([]byte(msg), to); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 70000)
+	n, _, err := c.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("no reply to %q: %v", msg, err)
+	}
+	return string(buf[:n])
+}
+
+// TestEveryKindOfSocket: one proxy serves a UDP socket, a unix datagram
+// socket, a unix seqpacket socket and a TCP socket, passed as systemd
+// passes them, each to its backend by name, and STATUS= counts the flows.
+func TestEveryKindOfSocket(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	udpBackend := echoPackets(t, "udp", "127.0.0.1:0", "udp:")
+	unixBackend := echoPackets(t, "unixgram", filepath.Join(dir, "dg-be"), "unix:")
+	seqBackend := filepath.Join(dir, "seq-be")
+	seqLn, err := net.Listen("unixpacket", seqBackend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, seqLn, echoMessages)
+	_, tcpBackend := echoTCP(t, "127.0.0.1:0")
+
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	unixgram, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "dg"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unixgram.Close() })
+	seq, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: filepath.Join(dir, "seq"), Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { seq.Close() })
+	tcpFD, tcpAddr := inheritTCP(t, "web")
+
+	n := newNotifyReceiver(t)
+	p := start(t, binary, launch{
+		args: []string{tcpBackend, "--backend", "dns=" + udpBackend, "--backend", "log=" + unixBackend, "--backend", "pkt=" + seqBackend},
+		fds: []inherited{{file: fileOf(t, udp), name: "dns"}, {file: fileOf(t, unixgram), name: "log"},
+			{file: fileOf(t, seq), name: "pkt"}, tcpFD},
+		env: []string{n.env(), "SYSTEMD_LOG_LEVEL=debug"},
+	})
+	if err := n.wait("READY=1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := askDatagram(t, c, udp.LocalAddr(), "hello"); got != "udp:hello" {
+		t.Errorf("UDP reply %q", got)
+	}
+
+	uc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "cli"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	if got := askDatagram(t, uc, unixgram.LocalAddr(), "hello"); got != "unix:hello" {
+		t.Errorf("unix datagram reply %q", got)
+	}
+
+	sc := dial(t, "unixpacket", filepath.Join(dir, "seq"))
+	for _, msg := range []string{"one", strings.Repeat("x", 70000)} {
+		if _, err := sc.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 100000)
+	for _, want := range []int{3, 70000} {
+		k, err := sc.Read(buf)
+		if err != nil || k != want {
+			t.Fatalf("seqpacket message of %d bytes (%v), want %d", k, err, want)
+		}
+	}
+
+	mustEcho(t, dial(t, "tcp", tcpAddr), 1000)
+
+	err = poll(10*time.Second, func() bool {
+		for _, m := range n.messages() {
+			if strings.HasPrefix(m, "STATUS=") && strings.Contains(m, "2 flows, 4 datagrams") {
+				return true
+			}
+		}
+		return false
+	}, func() string { return fmt.Sprintf("no STATUS= with 2 flows: %q", n.messages()) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := p.stderr.String(); strings.Contains(s, "level=WARN") || strings.Contains(s, "<4>") {
+		t.Errorf("warnings:\n%s", s)
+	}
+}
+
+// TestListenDatagramOptions: --listen-datagram and --listen-sequential-packet
+// bind their sockets, which are served and, for paths, removed at exit.
+func TestListenDatagramOptions(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	udpBackend := echoPackets(t, "udp", "127.0.0.1:0", "re:")
+	seqBackend := filepath.Join(dir, "seq-be")
+	seqLn, err := net.Listen("unixpacket", seqBackend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, seqLn, echo)
+	dgPath, seqPath := filepath.Join(dir, "dg"), filepath.Join(dir, "seq")
+	hold, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udpAddr := hold.LocalAddr().String()
+	hold.Close()
+	p := start(t, binary, launch{args: []string{udpBackend,
+		"--listen-datagram=" + udpAddr, "--listen-datagram", dgPath,
+		"--listen-sequential-packet=" + seqPath, "--backend", seqPath + "=" + seqBackend}})
+	var c net.Conn
+	if err := poll(10*time.Second, func() bool {
+		var err error
+		c, err = net.Dial("unixpacket", seqPath)
+		return err == nil
+	}, func() string { return "the proxy never listened:\n" + p.stderr.String() }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mustEcho(t, c, 1000)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	to, _ := net.ResolveUDPAddr("udp", udpAddr)
+	if got := askDatagram(t, pc, to, "x"); got != "re:x" {
+		t.Errorf("reply %q", got)
+	}
+	c.Close()
+	p.signal(os.Interrupt) // the flow does not hold up the stop: it is closed
+	if code := p.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d", code)
+	}
+	for _, path := range []string{dgPath, seqPath} {
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind: %v", path, err)
+		}
+	}
+}
+
+// TestDatagramStartupErrors: what a datagram or seqpacket socket cannot
+// do is said at start-up, naming the socket and the fix.
+func TestDatagramStartupErrors(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"PROXY v1 on datagrams", []string{"--listen-datagram=127.0.0.1:0", "--proxy-protocol=v1", "127.0.0.1:53"}, "use --proxy-protocol=v2"},
+		{"seqpacket to TCP", []string{"--listen-sequential-packet=" + filepath.Join(dir, "s"), "127.0.0.1:53"}, "must be a unix socket too"},
+		{"seqpacket on a port", []string{"--listen-sequential-packet=127.0.0.1:5", "/run/x"}, "sequential packets are unix only"},
+		{"datagram without a port", []string{"--listen-datagram=127.0.0.1", "127.0.0.1:53"}, "has no port"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := run(t, binary, launch{args: tt.args})
+			if code != 1 || !strings.Contains(stderr, tt.want) || strings.Count(stderr, "\n") > 2 {
+				t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr, tt.want)
+			}
+		})
+	}
+}
+
+// TestDigThroughProxy: a real resolver and a real server. dnsmasq answers
+// on 127.0.0.1 at a high port; one proxy process holds a stream socket and
+// a datagram socket on one port, as a .socket unit with ListenStream=53
+// and ListenDatagram=53 passes them; dig asks through it over UDP and TCP.
+func TestDigThroughProxy(t *testing.T) {
+	t.Parallel()
+	dig := testutil.RequireTool(t, "dig", "bind9-dnsutils")
+	dnsmasq := testutil.RequireTool(t, "dnsmasq", "dnsmasq-base")
+	// dnsmasq binds its own port for both protocols: find one free for both.
+	var server string
+	var srv *exec.Cmd
+	for attempt := 0; ; attempt++ {
+		server = freeTCPAddr(t, "tcp", "127.0.0.1")
+		_, port, _ := net.SplitHostPort(server)
+		var stderr bytes.Buffer
+		srv = exec.Command(dnsmasq, "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+			"--listen-address=127.0.0.1", "--bind-interfaces", "--port="+port, "--pid-file=", "--user=root",
+			"--address=/example.test/192.0.2.1", "--address=/example.test/2001:db8::1")
+		srv.Stderr = &stderr
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { srv.Wait(); close(done) }()
+		t.Cleanup(func() { srv.Process.Kill(); <-done })
+		if err := poll(10*time.Second, func() bool {
+			select {
+			case <-done:
+				return true
+			default:
+			}
+			c, err := net.Dial("tcp", server)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		}, func() string { return "dnsmasq did not start: " + stderr.String() }); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+			if attempt < 3 {
+				continue // the port was taken meanwhile
+			}
+			t.Fatalf("dnsmasq exited: %s", stderr.String())
+		default:
+		}
+		break
+	}
+
+	// One port, both kinds, as systemd passes them.
+	var tcpLn *net.TCPListener
+	var udpConn *net.UDPConn
+	var err error
+	for attempt := 0; udpConn == nil; attempt++ {
+		tcpLn = listenTCP(t, "127.0.0.1:0")
+		udpConn, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: tcpLn.Addr().(*net.TCPAddr).Port})
+		if err != nil && attempt == 5 {
+			t.Fatalf("no port free for both TCP and UDP: %v", err)
+		}
+	}
+	t.Cleanup(func() { udpConn.Close() })
+	proxyPort := tcpLn.Addr().(*net.TCPAddr).Port
+	p := start(t, binary, launch{args: []string{server},
+		fds: []inherited{{file: fileOf(t, tcpLn), name: "dns-tcp"}, {file: fileOf(t, udpConn), name: "dns-udp"}}})
+
+	for _, mode := range []string{"+notcp", "+tcp"} {
+		for _, q := range []struct{ typ, want string }{{"A", "192.0.2.1"}, {"AAAA", "2001:db8::1"}} {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			out, err := exec.CommandContext(ctx, dig, "@127.0.0.1", "-p", fmt.Sprint(proxyPort), mode, "+short", "+time=5", "+tries=2",
+				"example.test", q.typ).CombinedOutput()
+			cancel()
+			if err != nil || strings.TrimSpace(string(out)) != q.want {
+				t.Errorf("dig %s %s: %q, %v; want %s\nproxy stderr:\n%s", mode, q.typ, out, err, q.want, p.stderr.String())
+			}
+		}
+	}
+}
+
+// TestFlowLimitAndExpiry: -c counts flows; a second client past it is
+// dropped with one warning however many datagrams it sends, and served once
+// the first flow has expired after --idle-timeout.
+func TestFlowLimitAndExpiry(t *testing.T) {
+	t.Parallel()
+	backend := echoPackets(t, "udp", "127.0.0.1:0", "re:")
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	p := start(t, binary, launch{args: []string{"-c", "1", "--idle-timeout=1s", backend},
+		fds: []inherited{{file: fileOf(t, udp), name: "dns"}}})
+	first, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if got := askDatagram(t, first, udp.LocalAddr(), "a"); got != "re:a" {
+		t.Fatalf("reply %q", got)
+	}
+	second, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	for range 5 {
+		second.WriteTo([]byte("b"), udp.LocalAddr())
+	}
+	if err := p.waitStderr("dropping datagrams of new clients", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Once the first flow expires (1s, plus the sweep's granularity), the
+	// second client gets in.
+	var got string
+	err = poll(10*time.Second, func() bool {
+		second.SetDeadline(time.Now().Add(300 * time.Millisecond))
+		second.WriteTo([]byte("b"), udp.LocalAddr())
+		buf := make([]byte, 10)
+		n, _, err := second.ReadFrom(buf)
+		got = string(buf[:max(n, 0)])
+		return err == nil
+	}, func() string { return "the second client never got in:\n" + p.stderr.String() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != "re:b" {
+		t.Fatalf("reply %q", got)
+	}
+	if n := strings.Count(p.stderr.String(), "dropping datagrams of new clients"); n != 1 {
+		t.Errorf("%d warnings for the dropped datagrams, want 1:\n%s", n, p.stderr)
+	}
+}
+
+// TestProxyProtocolPerDatagram: --proxy-protocol=v2 on a datagram socket
+// puts a header (UDP over IPv4, the client and the address it sent to) on
+// every datagram.
+func TestProxyProtocolPerDatagram(t *testing.T) {
+	t.Parallel()
+	be, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	udp, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	start(t, binary, launch{args: []string{"--proxy-protocol=v2", be.LocalAddr().String()},
+		fds: []inherited{{file: fileOf(t, udp), name: "dns"}}})
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: udp.LocalAddr().(*net.UDPAddr).Port}
+	be.SetReadDeadline(time.Now().Add(ioTimeout))
+	for _, msg := range []string{"one", "two"} {
+		c.WriteTo([]byte(msg), to)
+		buf := make([]byte, 100)
+		n, _, err := be.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := buf[:n]
+		cport := c.LocalAddr().(*net.UDPAddr).Port
+		want := append([]byte("\r\n\r\n\x00\r\nQUIT\n\x21\x12\x00\x0c"), 127, 0, 0, 1, 127, 0, 0, 2,
+			byte(cport>>8), byte(cport), byte(to.Port>>8), byte(to.Port))
+		if !bytes.Equal(h, append(want, msg...)) {
+			t.Fatalf("datagram % x, want % x", h, append(want, msg...))
+		}
+	}
+}
+
+// freeTCPAddr returns a 127.0.0.1 address that was free a moment ago: the
+// one pick-close-reuse left in the tests, for dnsmasq, which binds its own
+// port for both protocols and takes no inherited socket; its caller
+// retries when the port was taken in between.
+func freeTCPAddr(t *testing.T, network, host string) string {
+	t.Helper()
+	ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
