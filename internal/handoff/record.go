@@ -1,0 +1,361 @@
+// Package handoff is the record a running proxy hands to its next self so
+// that no connection is cut: which descriptors it carries, the listeners,
+// and for each connection its sockets, the bytes in flight and its clocks.
+// The engine fills and reads it; nothing else knows its format.
+//
+// The record is data from outside like any other: Decode checks its
+// length, version, checksum and every count and index, and every
+// descriptor it names against what the carrier actually received.
+package handoff
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// Version is the newest record version this build writes and reads. A
+// reader takes every version from 1 up to its own; a new entry kind (a
+// datagram flow, say) bumps it, so that an older build refuses the record
+// in the check before exec (--check-handoff) instead of misreading it.
+const Version = 1
+
+// Bounds: a record past them is refused, whatever it says.
+const (
+	MaxSize      = 64 << 20 // bytes in a whole record
+	MaxFDs       = 1 << 20  // descriptors carried
+	MaxListeners = 4096
+	MaxName      = 4096    // bytes in a listener name or backend
+	MaxMem       = 1 << 20 // bytes of one direction's memory spill
+	MaxPipe      = 1 << 30 // bytes said to wait in one kernel pipe
+)
+
+// Record is the state handed over. Descriptors in it are numbers in the
+// process that holds the Record: Encode turns them into slots of a
+// descriptor table, Decode back into the numbers the carrier received.
+type Record struct {
+	// Written is CLOCK_MONOTONIC (ns) when the record was made; ages and
+	// idle times are counted back from it, and the reader adds the time
+	// the handoff itself took.
+	Written   int64
+	Listeners []Listener
+	Conns     []Conn
+}
+
+// Listener is one listening socket.
+type Listener struct {
+	FD      int
+	Name    string // activation name: FileDescriptorName= or the --listen address
+	Backend string // where it forwarded to, for messages; the reader uses its own configuration
+	Bound   bool   // bound by --listen (a unix path is the proxy's to unlink), not inherited
+}
+
+// Conn states: an open connection carries both sockets; one still
+// resolving, connecting or waiting for a retry carries only its client and
+// is started connecting again by the reader (its deadline still counts
+// from Age).
+const (
+	Open uint8 = iota + 1
+	Connecting
+)
+
+// Conn is one client connection.
+type Conn struct {
+	Listener int // index into Record.Listeners
+	State    uint8
+	FD       [2]int // client, backend (-1 while Connecting)
+	Client   netip.AddrPort
+	Age      int64 // ns since accept, at Written
+	Idle     int64 // ns without traffic, at Written (a lower bound)
+	Dir      [2]Dir
+}
+
+// Dir is one direction: client->backend (0), backend->client (1).
+type Dir struct {
+	Bytes int64 // delivered so far
+	Flags uint8
+	// Pipe is a kernel pipe holding InPipe bytes not yet written; -1
+	// when there is none. Mem holds a memory spill instead.
+	Pipe   [2]int
+	InPipe int
+	Mem    []byte
+}
+
+// Direction flags.
+const (
+	EOF        uint8 = 1 << iota // the source ended
+	Shut                         // the destination was shut down for writing
+	NoSplice                     // the kernel refused splice for this pair
+	Header                       // Mem (or the pipe) holds the PROXY header, not client bytes
+	FDsDropped                   // descriptors sent over it were dropped (logged once)
+	allFlags   = EOF | Shut | NoSplice | Header | FDsDropped
+)
+
+// FD is one descriptor as the writer saw it: its number there, and the
+// file it is (device and inode), so that a reader can match what it got
+// by identity, whatever number or order the carrier gave it.
+type FD struct {
+	Num      int
+	Dev, Ino uint64
+}
+
+// Entry kinds. A datagram flow will be kind 4.
+const (
+	kindListener uint8 = iota + 1
+	kindConn
+	kindEnd
+)
+
+var magic = [8]byte{'S', 'P', 'X', 'H', 'O', 'F', 'F', 0}
+
+// header: magic, version u16, reserved u16, written i64, fd count u32.
+const headerSize = 8 + 2 + 2 + 8 + 4
+
+// fdSize is one descriptor table entry: number i32, dev u64, ino u64.
+const fdSize = 4 + 8 + 8
+
+var crc = crc32.MakeTable(crc32.Castagnoli)
+
+// Encode writes r, with the descriptor table (each descriptor fstat'ed for
+// its identity), and returns it with the descriptors in slot order: those
+// are what the carrier must pass on.
+func Encode(r *Record) ([]byte, []int, error) {
+	var fds []int
+	slot := func(fd int) int32 {
+		if fd < 0 {
+			return -1
+		}
+		fds = append(fds, fd)
+		return int32(len(fds) - 1)
+	}
+	var body []byte
+	le := binary.LittleEndian
+	for _, l := range r.Listeners {
+		e := le.AppendUint32(nil, uint32(slot(l.FD)))
+		e = appendString(e, l.Name)
+		e = appendString(e, l.Backend)
+		e = append(e, boolByte(l.Bound))
+		body = appendEntry(body, kindListener, e)
+	}
+	for i := range r.Conns {
+		c := &r.Conns[i]
+		e := le.AppendUint16(nil, uint16(c.Listener))
+		e = append(e, c.State)
+		e = le.AppendUint32(e, uint32(slot(c.FD[0])))
+		e = le.AppendUint32(e, uint32(slot(c.FD[1])))
+		e = appendAddr(e, c.Client)
+		e = le.AppendUint64(e, uint64(c.Age))
+		e = le.AppendUint64(e, uint64(c.Idle))
+		for d := range c.Dir {
+			dir := &c.Dir[d]
+			e = le.AppendUint64(e, uint64(dir.Bytes))
+			e = append(e, dir.Flags)
+			switch {
+			case dir.Pipe[0] >= 0:
+				e = append(e, 1)
+				e = le.AppendUint32(e, uint32(slot(dir.Pipe[0])))
+				e = le.AppendUint32(e, uint32(slot(dir.Pipe[1])))
+				e = le.AppendUint32(e, uint32(dir.InPipe))
+			case dir.Mem != nil:
+				e = append(e, 2)
+				e = le.AppendUint32(e, uint32(len(dir.Mem)))
+				e = append(e, dir.Mem...)
+			default:
+				e = append(e, 0)
+			}
+		}
+		body = appendEntry(body, kindConn, e)
+	}
+	body = appendEntry(body, kindEnd, nil)
+
+	b := make([]byte, 0, headerSize+fdSize*len(fds)+len(body)+4)
+	b = append(b, magic[:]...)
+	b = le.AppendUint16(b, Version)
+	b = le.AppendUint16(b, 0)
+	b = le.AppendUint64(b, uint64(r.Written))
+	b = le.AppendUint32(b, uint32(len(fds)))
+	for _, fd := range fds {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return nil, nil, fmt.Errorf("descriptor %d: %v", fd, err)
+		}
+		b = le.AppendUint32(b, uint32(fd))
+		b = le.AppendUint64(b, st.Dev)
+		b = le.AppendUint64(b, st.Ino)
+	}
+	b = append(b, body...)
+	b = le.AppendUint32(b, crc32.Checksum(b, crc))
+	if len(b) > MaxSize || len(fds) > MaxFDs || len(r.Listeners) > MaxListeners {
+		return nil, nil, fmt.Errorf("handoff record too large: %d bytes, %d descriptors", len(b), len(fds))
+	}
+	return b, fds, nil
+}
+
+func appendEntry(b []byte, kind uint8, e []byte) []byte {
+	b = append(b, kind)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(e)))
+	return append(b, e...)
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(s)))
+	return append(b, s...)
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// appendAddr: family 0 (none: a unix client), 4 or 6, then address and port.
+func appendAddr(b []byte, ap netip.AddrPort) []byte {
+	a := ap.Addr()
+	switch {
+	case !ap.IsValid():
+		return append(b, 0)
+	case a.Is4():
+		b = append(b, 4)
+		s := a.As4()
+		b = append(b, s[:]...)
+	default:
+		b = append(b, 6)
+		s := a.As16()
+		b = append(b, s[:]...)
+	}
+	return binary.LittleEndian.AppendUint16(b, ap.Port())
+}
+
+// Resolver maps a slot of the descriptor table to the descriptor the
+// carrier received for it, or -1 when none came (the store refused it,
+// say). It must check the identity (FD.Dev, FD.Ino) itself.
+type Resolver func(slot int, f FD) int
+
+// Peek reads the version of a record without checking the rest; the check
+// before exec uses it.
+func Peek(b []byte) (int, error) {
+	if len(b) < headerSize || [8]byte(b[:8]) != magic {
+		return 0, errors.New("not a socket-proxyd handoff record")
+	}
+	return int(binary.LittleEndian.Uint16(b[8:])), nil
+}
+
+// Decode reads a record. Every descriptor slot goes through resolve; the
+// Record holds the numbers it returned, -1 for those missing (the caller
+// resets what cannot be whole). It also returns the descriptors received
+// and named by no entry, for the caller to close. Any malformed byte fails
+// the whole record: the caller then resets every carried connection rather
+// than forward garbage.
+func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
+	bad := func(format string, a ...any) (*Record, []int, error) {
+		return nil, nil, fmt.Errorf("bad handoff record: "+format, a...)
+	}
+	v, err := Peek(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	if v < 1 || v > Version {
+		return nil, nil, fmt.Errorf("handoff record version %d: this build reads 1 to %d", v, Version)
+	}
+	if len(b) > MaxSize {
+		return bad("%d bytes, more than %d", len(b), MaxSize)
+	}
+	if len(b) < headerSize+4 {
+		return bad("truncated")
+	}
+	le := binary.LittleEndian
+	if sum := le.Uint32(b[len(b)-4:]); sum != crc32.Checksum(b[:len(b)-4], crc) {
+		return bad("checksum mismatch (truncated or damaged)")
+	}
+	rd := reader{b: b[headerSize : len(b)-4]}
+	r := &Record{Written: int64(le.Uint64(b[12:]))}
+	nfd := int(le.Uint32(b[20:]))
+	if nfd > MaxFDs || nfd*fdSize > len(rd.b) {
+		return bad("descriptor count %d does not fit", nfd)
+	}
+	table := make([]int, nfd)
+	taken := make(map[int]bool, nfd)
+	for i := range table {
+		f := FD{Num: int(int32(rd.u32())), Dev: rd.u64(), Ino: rd.u64()}
+		fd := resolve(i, f)
+		if fd >= 0 && taken[fd] {
+			return bad("descriptor %d received for two slots", fd)
+		}
+		if fd >= 0 {
+			taken[fd] = true
+		}
+		table[i] = fd
+	}
+	used := make([]bool, nfd)
+	// ref reads a slot reference: -1 for none, otherwise a slot in the
+	// table that no other entry named.
+	ref := func(e *reader, optional bool) (int, error) {
+		s := int32(e.u32())
+		if e.err != nil {
+			return 0, e.err
+		}
+		if s == -1 && optional {
+			return -1, nil
+		}
+		if s < 0 || int(s) >= nfd {
+			return 0, fmt.Errorf("descriptor slot %d out of range 0..%d", s, nfd-1)
+		}
+		if used[s] {
+			return 0, fmt.Errorf("descriptor slot %d named twice", s)
+		}
+		used[s] = true
+		return table[s], nil
+	}
+	for done := false; !done; {
+		kind := rd.u8()
+		n := int(rd.u32())
+		if rd.err != nil || n > len(rd.b) {
+			return bad("entry runs past the end")
+		}
+		e := reader{b: rd.b[:n]}
+		rd.b = rd.b[n:]
+		switch kind {
+		case kindListener:
+			if len(r.Listeners) >= MaxListeners {
+				return bad("more than %d listeners", MaxListeners)
+			}
+			var l Listener
+			if l.FD, err = ref(&e, false); err != nil {
+				return bad("listener: %v", err)
+			}
+			l.Name, l.Backend, l.Bound = e.str(), e.str(), e.u8() == 1
+			r.Listeners = append(r.Listeners, l)
+		case kindConn:
+			c, err := decodeConn(&e, ref, len(r.Listeners))
+			if err != nil {
+				return bad("connection %d: %v", len(r.Conns), err)
+			}
+			r.Conns = append(r.Conns, c)
+		case kindEnd:
+			done = true
+		default:
+			return bad("unknown entry kind %d", kind)
+		}
+		if e.err != nil {
+			return bad("entry of kind %d: %v", kind, e.err)
+		}
+		if len(e.b) != 0 {
+			return bad("entry of kind %d has %d bytes left over", kind, len(e.b))
+		}
+	}
+	if len(rd.b) != 0 {
+		return bad("%d bytes after the end", len(rd.b))
+	}
+	var unused []int
+	for i, fd := range table {
+		if !used[i] && fd >= 0 {
+			unused = append(unused, fd)
+		}
+	}
+	return r, unused, nil
+}
