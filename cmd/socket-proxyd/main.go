@@ -12,11 +12,14 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 	"github.com/socket-proxyd/socket-proxyd/internal/logging"
 	"github.com/socket-proxyd/socket-proxyd/internal/notify"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
@@ -35,6 +38,16 @@ func main() {
 // run is the whole program; it returns the exit status: 0 on success, on
 // idle exit and after SIGTERM/SIGINT, 1 on any failure, as the original.
 func run(args []string, stdout, stderr io.Writer) int {
+	// SIGHUP is caught before anything else: one that comes while a
+	// reloaded image starts up waits for it instead of killing it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if len(args) > 0 && strings.HasPrefix(args[0], checkFlag) {
+		return checkMode(strings.TrimPrefix(args[0], checkFlag), args[1:], stdout, stderr)
+	}
+	carried, resuming := os.LookupEnv(handoff.EnvVar)
+	os.Unsetenv(handoff.EnvVar)
 	journal := logging.StreamIsJournal(os.Getenv("JOURNAL_STREAM"), stderr)
 	fail := func(err error) int {
 		prefix := ""
@@ -78,11 +91,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Warn(levelErr.Error())
 	}
 
-	listeners, err := activation.Inherited()
+	var listeners []activation.Listener
+	var resumed *handoff.Record
+	if resuming {
+		resumed, listeners, err = resume(carried)
+	} else {
+		listeners, err = activation.Inherited()
+	}
 	if err != nil {
 		return fail(err)
 	}
 	for _, addr := range opts.listen {
+		if slices.ContainsFunc(listeners, func(l activation.Listener) bool { return l.Name == addr }) {
+			continue // carried over a reload
+		}
 		l, err := activation.Listen(addr)
 		if err != nil {
 			activation.Close(listeners)
@@ -110,7 +132,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	reload := &reloader{exe: executable(os.Args[0]), argv: os.Args, log: log}
 	srv := proxy.New(proxy.Config{
+		Reload:          reload.exec,
+		Resume:          resumed,
 		Listeners:       listeners,
 		Backend:         opts.backend,
 		MaxConnections:  opts.maxConnections,
@@ -147,6 +172,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 			log.Info("closing the open connections at once", "reason", sig.String())
 			srv.CloseConnections()
 		case <-alive.Done():
+		}
+	})
+	background.Go(func() {
+		for {
+			select {
+			case <-hup:
+				reload.reload(alive, srv.Reload)
+			case <-alive.Done():
+				return
+			}
 		}
 	})
 	background.Go(func() { notify.Watchdog(alive, notify.WatchdogInterval()) })

@@ -61,3 +61,27 @@ func unwrap(err error) error {
 	}
 	return err
 }
+
+// FromFD adopts a listening socket carried over a reload under its name;
+// bound says it was bound for --listen (a unix path is then the proxy's to
+// unlink on the way out, as after Listen). The descriptor is checked like an
+// inherited one, and closed: the listener holds a duplicate.
+func FromFD(fd int, name string, bound bool) (Listener, error) {
+	where := fmt.Sprintf("carried fd %d (%q)", fd, name)
+	if err := checkFD(fd, where); err != nil {
+		return Listener{}, err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return Listener{}, fmt.Errorf("%s: %v", where, err)
+	}
+	if u, ok := ln.(*net.UnixListener); ok && bound && strings.HasPrefix(name, "/") {
+		u.SetUnlinkOnClose(true)
+	}
+	if bound {
+		fd = -1
+	}
+	return Listener{Listener: ln, Name: name, FD: fd}, nil
+}

@@ -1,13 +1,15 @@
 // Package notify tells the service manager how the proxy is doing
-// (sd_notify: READY, STOPPING, STATUS, WATCHDOG). Outside systemd, with no
+// (sd_notify: READY, RELOADING, STOPPING, STATUS, WATCHDOG). Outside systemd, with no
 // NOTIFY_SOCKET, every call does nothing.
 package notify
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
 )
 
 // Ready says the listeners are set up. systemd-socket-proxyd in systemd 252
@@ -51,4 +53,13 @@ func Watchdog(ctx context.Context, interval time.Duration) {
 			send(daemon.SdNotifyWatchdog)
 		}
 	}
+}
+
+// Reloading says a reload has begun (Type=notify-reload, systemd >= 253):
+// MONOTONIC_USEC= lets systemd tell this reload from an earlier one, and
+// READY=1 from the reloaded image ends it.
+func Reloading() error {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return send(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
 }

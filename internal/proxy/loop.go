@@ -273,6 +273,10 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 				}
 			}
 		}
+		if l.s.reload.Load() {
+			l.s.reload.Store(false)
+			l.handoff() // returns only when the reload failed
+		}
 		if !l.draining && ctx.Err() != nil {
 			l.startDrain()
 		}

@@ -1,0 +1,286 @@
+package proxy
+
+import (
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
+)
+
+// Handing the loop to the next image (issue 10). The loop stops between two
+// batches of events, so that no connection is half-way through a step:
+// every byte read is either written or parked in its direction's pipe. The
+// record lists what each connection holds; the descriptors go over as they
+// are (exec keeps them, the fd store keeps them), so the kernel keeps every
+// byte in flight in socket buffers and pipes, and nothing is copied.
+//
+// A connection still resolving, connecting or waiting to retry is carried
+// with its client socket only: the backend socket of a connect in progress
+// stays close-on-exec and goes, and the next image starts connecting again,
+// within the deadline counted from the original accept. A connect that was
+// about to succeed costs one more round trip; none of the client's bytes
+// were read, so none can be lost or doubled.
+
+// Reload asks the loop to hand over at its next safe point: Config.Reload
+// is called on the loop's goroutine, with the loop stopped. It is safe to
+// call from any goroutine; a stopping proxy ignores it.
+func (s *Server) Reload() {
+	s.reload.Store(true)
+	if l := s.loop.Load(); l != nil {
+		l.wake()
+	}
+}
+
+// monotonic is CLOCK_MONOTONIC in ns: the one clock that means the same in
+// the next image (exec) and the next instance (fd store).
+func monotonic() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+// handoff writes the record and gives it to Config.Reload, which executes
+// the next image and does not return when that works. When it returns,
+// nothing has changed and the loop goes on.
+func (l *loop) handoff() {
+	if l.draining || l.s.cfg.Reload == nil {
+		return
+	}
+	b, fds, err := handoff.Encode(l.record())
+	if err == nil {
+		err = l.s.cfg.Reload(b, fds)
+	}
+	l.s.log.Error("reload failed, going on serving", "error", err.Error())
+}
+
+// record describes the loop.
+func (l *loop) record() *handoff.Record {
+	r := &handoff.Record{Written: monotonic()}
+	for _, ln := range l.listeners {
+		bound := false
+		for _, cl := range l.s.cfg.Listeners {
+			if cl.Name == ln.name {
+				bound = cl.FD < 0
+			}
+		}
+		r.Listeners = append(r.Listeners, handoff.Listener{FD: ln.fd, Name: ln.name, Backend: ln.backend.String(), Bound: bound})
+	}
+	now := l.now()
+	none := [2]int{-1, -1}
+	for fd, c := range l.conns {
+		if c == nil || int(c.fd[0]) != fd {
+			continue
+		}
+		rc := handoff.Conn{
+			Listener: int(c.listener), State: handoff.Connecting, FD: [2]int{fd, -1},
+			Age: max(now-c.start, 0), Dir: [2]handoff.Dir{{Pipe: none}, {Pipe: none}},
+		}
+		if c.tcp[0] {
+			rc.Client = c.client
+		}
+		if c.state == stateOpen {
+			rc.State, rc.FD[1] = handoff.Open, int(c.fd[1])
+			if l.sweepEvery > 0 {
+				rc.Idle = int64(l.tick-c.seen) * l.sweepEvery
+			}
+			for d := range c.dir {
+				rc.Dir[d] = recordDir(&c.dir[d])
+			}
+		}
+		r.Conns = append(r.Conns, rc)
+	}
+	return r
+}
+
+// Direction flags as the record has them (its own bits, so the engine's
+// may change).
+var dirFlags = [...][2]uint8{
+	{srcEOF, handoff.EOF}, {dstShut, handoff.Shut}, {noSplice, handoff.NoSplice},
+	{header, handoff.Header}, {fdsDropped, handoff.FDsDropped},
+}
+
+func recordDir(dir *direction) handoff.Dir {
+	rd := handoff.Dir{Bytes: dir.n, Pipe: [2]int{-1, -1}}
+	for _, f := range dirFlags {
+		if dir.flags&f[0] != 0 {
+			rd.Flags |= f[1]
+		}
+	}
+	if p := dir.pipe; p != nil && p.n > 0 {
+		if p.r >= 0 {
+			rd.Pipe, rd.InPipe = [2]int{p.r, p.w}, p.n
+		} else {
+			rd.Mem = p.mem[:p.n]
+		}
+	} else {
+		rd.Flags &^= handoff.Header // sent whole already
+	}
+	return rd
+}
+
+// resume adopts the connections of a record. Each descriptor is checked
+// for what it must be (a stream socket, a pipe holding exactly the bytes
+// the record says); a connection that fails a check is reset, never
+// forwarded. It reports how many were adopted.
+func (l *loop) resume(r *handoff.Record) (adopted, reset int) {
+	elapsed := max(monotonic()-r.Written, 0)
+	index := make(map[string]int, len(l.listeners))
+	for i, ln := range l.listeners {
+		index[ln.name] = i
+	}
+	for i := range r.Conns {
+		rc := &r.Conns[i]
+		li, ok := index[r.Listeners[rc.Listener].Name]
+		err := fmt.Errorf("listener %q is not served any more", r.Listeners[rc.Listener].Name)
+		if ok {
+			err = l.adopt(rc, li, elapsed)
+		}
+		if err != nil {
+			l.s.log.Warn("cannot resume connection, resetting it", "client", rc.Client.String(), "error", err.Error())
+			handoff.Reset(carried(rc))
+			reset++
+			continue
+		}
+		adopted++
+	}
+	return adopted, reset
+}
+
+// carried lists the descriptors of a connection that came over.
+func carried(rc *handoff.Conn) []int {
+	var fds []int
+	for _, fd := range []int{rc.FD[0], rc.FD[1], rc.Dir[0].Pipe[0], rc.Dir[0].Pipe[1], rc.Dir[1].Pipe[0], rc.Dir[1].Pipe[1]} {
+		if fd >= 0 {
+			fds = append(fds, fd)
+		}
+	}
+	return fds
+}
+
+// checkStream says whether fd is a stream socket, and whether TCP.
+func checkStream(fd int, what string) (tcp bool, err error) {
+	if fd < 0 {
+		return false, fmt.Errorf("the %s socket was not carried", what)
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil || typ != unix.SOCK_STREAM {
+		return false, fmt.Errorf("the %s descriptor %d is not a stream socket", what, fd)
+	}
+	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return false, fmt.Errorf("the %s descriptor %d: %v", what, fd, err)
+	}
+	return domain != unix.AF_UNIX, nil
+}
+
+// adoptPipe checks a carried kernel pipe: both ends pipes, holding exactly
+// the bytes the record says.
+func (l *loop) adoptPipe(rd *handoff.Dir) (*pipe, error) {
+	for _, fd := range rd.Pipe {
+		var st unix.Stat_t
+		if fd < 0 || unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+			return nil, fmt.Errorf("pipe descriptor %d is not a carried pipe", fd)
+		}
+	}
+	n, err := unix.IoctlGetInt(rd.Pipe[0], unix.TIOCINQ) // FIONREAD
+	if err != nil || n != rd.InPipe {
+		return nil, fmt.Errorf("pipe holds %d bytes, the record says %d", n, rd.InPipe)
+	}
+	if l.pipes.size == 0 {
+		size, err := unix.FcntlInt(uintptr(rd.Pipe[1]), unix.F_GETPIPE_SZ, 0)
+		if err != nil || size <= 0 {
+			size = 64 << 10
+		}
+		l.pipes.size = size
+	}
+	return &pipe{r: rd.Pipe[0], w: rd.Pipe[1], n: n}, nil
+}
+
+func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
+	c := &conn{fd: [2]int32{int32(rc.FD[0]), -1}, listener: uint16(listener), client: rc.Client,
+		start: l.now() - elapsed - rc.Age}
+	var err error
+	if c.tcp[0], err = checkStream(rc.FD[0], "client"); err != nil {
+		return err
+	}
+	var pipes [2]*pipe
+	if rc.State == handoff.Open {
+		if c.tcp[1], err = checkStream(rc.FD[1], "backend"); err != nil {
+			return err
+		}
+		for d := range rc.Dir {
+			rd := &rc.Dir[d]
+			switch {
+			case rd.Pipe[0] >= 0 || rd.Pipe[1] >= 0:
+				if pipes[d], err = l.adoptPipe(rd); err != nil {
+					return err
+				}
+			case rd.Mem != nil:
+				pipes[d] = &pipe{r: -1, w: -1, n: len(rd.Mem), mem: append([]byte(nil), rd.Mem...)}
+			}
+		}
+	}
+	// From here on nothing fails: the descriptors are this image's.
+	for _, fd := range carried(rc) {
+		unix.CloseOnExec(fd) // not passed on to a child (the check before the next reload)
+	}
+	for d, p := range pipes {
+		if p != nil && p.r >= 0 {
+			l.pipes.open++
+			l.s.pipes.Add(1)
+		}
+		c.dir[d].pipe = p
+	}
+	c.gen[0] = l.nextGen()
+	c.ready[0] = canRead | canWrite
+	if err := l.add(rc.FD[0], connEvents, c.gen[0]); err != nil {
+		return err
+	}
+	l.track(rc.FD[0], c)
+	l.active++
+	l.s.active.Add(1)
+	l.idleAt = 0
+	if rc.State != handoff.Open {
+		l.connectQ = append(l.connectQ, deadline{fd: c.fd[0], gen: c.gen[0], at: after(c.start, l.connectTimeout)})
+		if l.listeners[listener].static != nil {
+			l.connect(c)
+		} else {
+			l.resolve(c)
+		}
+		return nil
+	}
+	c.fd[1] = int32(rc.FD[1])
+	c.gen[1] = l.nextGen()
+	c.ready[1] = canRead | canWrite
+	if err := l.add(rc.FD[1], connEvents, c.gen[1]); err != nil {
+		l.abort(c, err)
+		return nil
+	}
+	l.track(rc.FD[1], c)
+	c.state = stateOpen
+	for d := range rc.Dir {
+		c.dir[d].n = rc.Dir[d].Bytes
+		for _, f := range dirFlags {
+			if rc.Dir[d].Flags&f[1] != 0 {
+				c.dir[d].flags |= f[0]
+			}
+		}
+	}
+	if l.sweepEvery > 0 {
+		ticks := min((rc.Idle+elapsed)/l.sweepEvery, int64(l.idleTicks)+1)
+		c.seen = l.tick - uint32(ticks)
+	}
+	if l.pump(c, 0) {
+		l.pump(c, 1)
+	}
+	return nil
+}
+
+// resumed logs the end of a handoff, with how long the loop stood still:
+// from the old image's record to this loop's first wait.
+func (l *loop) resumed(r *handoff.Record, adopted, reset int) {
+	l.s.log.Info("resumed connections", "connections", adopted, "reset", reset, "listeners", len(l.listeners),
+		"paused", time.Duration(monotonic()-r.Written).Round(10*time.Microsecond).String())
+}
