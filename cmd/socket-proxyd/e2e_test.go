@@ -173,6 +173,8 @@ type launch struct {
 	// softNOFILE, when not zero, starts the binary with this soft
 	// RLIMIT_NOFILE, like systemd's default LimitNOFILE=1024:524288.
 	softNOFILE int
+	// extra files follow fds, with nothing in the environment about them.
+	extra []*os.File
 }
 
 // proc is a running binary; Cleanup kills it (by pid) and waits for it.
@@ -250,6 +252,7 @@ func start(t *testing.T, bin string, l launch) *proc {
 	for _, f := range l.fds {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, f.file)
 	}
+	cmd.ExtraFiles = append(cmd.ExtraFiles, l.extra...)
 	p := &proc{t: t, cmd: cmd, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
 	cmd.Stdout = p.stdout
 	cmd.Stderr = p.stderr
