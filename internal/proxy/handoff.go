@@ -271,11 +271,34 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	if l.sweepEvery > 0 {
 		ticks := min((rc.Idle+elapsed)/l.sweepEvery, int64(l.idleTicks)+1)
 		c.seen = l.tick - uint32(ticks)
+		l.idleClocks = append(l.idleClocks, idleClock{c, c.gen[0], c.seen})
 	}
 	if l.pump(c, 0) {
 		l.pump(c, 1)
 	}
 	return nil
+}
+
+// idleClock is an adopted connection's idle clock, put back after the
+// first batch of events: registering a socket reports its readiness
+// (writable, at least) as an event, which is no traffic.
+type idleClock struct {
+	c    *conn
+	gen  uint32
+	seen uint32
+}
+
+// restoreIdleClocks runs after the first batch of events of a resumed
+// loop. Traffic that came in that very batch (the first milliseconds
+// after the reload) is not counted; the idle time carried is a lower bound
+// rounded down to a tick, which covers it.
+func (l *loop) restoreIdleClocks() {
+	for _, ic := range l.idleClocks {
+		if ic.c.gen[0] == ic.gen && ic.c.state == stateOpen {
+			ic.c.seen = ic.seen
+		}
+	}
+	l.idleClocks = nil
 }
 
 // resumed logs the end of a handoff, with how long the loop stood still:

@@ -92,6 +92,8 @@ type loop struct {
 
 	hot bool // the last wait found work: wait raw
 
+	idleClocks []idleClock // of connections just resumed; see restoreIdleClocks
+
 	// resolutions handed back by resolver goroutines
 	resolveMu sync.Mutex
 	resolved  []resolution
@@ -272,6 +274,9 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 					}
 				}
 			}
+		}
+		if l.idleClocks != nil {
+			l.restoreIdleClocks()
 		}
 		if l.s.reload.Load() {
 			l.s.reload.Store(false)
