@@ -4,7 +4,6 @@ go 1.26.8
 
 require (
 	github.com/coreos/go-systemd/v22 v22.7.0
-	github.com/spf13/pflag v1.1.0
 	golang.org/x/sys v0.50.0
 )
 

@@ -2,6 +2,8 @@ package docs_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,12 +11,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 const manPage = "socket-proxyd.8"
 
-// help builds the program and returns its --help text.
-func help(t *testing.T) string {
+// program builds the program and runs it with args, with no sockets passed
+// in; it returns stdout, stderr and the exit status.
+func program(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "socket-proxyd")
 	build := exec.Command("go", "build", "-o", bin, "github.com/socket-proxyd/socket-proxyd/cmd/socket-proxyd")
@@ -22,12 +26,27 @@ func help(t *testing.T) string {
 		t.Fatalf("go build ./cmd/socket-proxyd: %v\n%s", err, out)
 	}
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(bin, "--help")
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no LISTEN_*, no JOURNAL_STREAM
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("socket-proxyd --help: %v\n%s", err, stderr.String())
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("socket-proxyd %q: %v", args, err)
 	}
-	return stdout.String()
+	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+}
+
+// help returns the program's --help text.
+func help(t *testing.T) string {
+	t.Helper()
+	stdout, stderr, code := program(t, "--help")
+	if code != 0 {
+		t.Fatalf("socket-proxyd --help: exit status %d\n%s", code, stderr)
+	}
+	return stdout
 }
 
 // section returns the roff source of one .SH section of the man page.
@@ -205,5 +224,51 @@ func TestRendersWithoutWarnings(t *testing.T) {
 	out, err := exec.Command("groff", "-man", "-ww", "-z", manPage).CombinedOutput()
 	if err != nil || len(out) > 0 {
 		t.Errorf("groff -man -ww -z %s: %v\n%s", manPage, err, out)
+	}
+}
+
+// TestExitStatusExample: the example in EXIT STATUS is what the program
+// prints: the command after "$ " is run, and its standard error must be
+// the lines that follow, with exit status 1.
+func TestExitStatusExample(t *testing.T) {
+	text := plain(section(t, readPage(t), `"EXIT STATUS"`))
+	_, example, ok := strings.Cut(text, "\n$ ")
+	if !ok {
+		t.Fatal(`EXIT STATUS has no example command ("$ socket-proxyd ...")`)
+	}
+	command, want, _ := strings.Cut(example, "\n")
+	want, _, _ = strings.Cut(want, "\n.EE") // plain keeps no macros, but be safe
+	words := strings.Fields(command)
+	if len(words) < 2 || words[0] != "socket-proxyd" {
+		t.Fatalf("example command %q does not run socket-proxyd", command)
+	}
+	var lines []string
+	for _, l := range strings.Split(want, "\n") {
+		if strings.HasPrefix(l, "socket-proxyd: ") {
+			lines = append(lines, l)
+		}
+	}
+	_, stderr, code := program(t, words[1:]...)
+	if got := strings.Join(lines, "\n") + "\n"; stderr != got || code != 1 {
+		t.Errorf("socket-proxyd %s: exit status %d, standard error:\n%s\nthe man page says (exit status 1):\n%s", strings.Join(words[1:], " "), code, stderr, got)
+	}
+}
+
+// TestDifferencesListed: the defaults a drop-in user will notice, and the
+// command-line rules, are in DIFFERENCES FROM SYSTEMD-SOCKET-PROXYD.
+func TestDifferencesListed(t *testing.T) {
+	text := strings.Join(strings.Fields(plain(section(t, readPage(t), `"DIFFERENCES FROM SYSTEMD\-SOCKET\-PROXYD"`))), " ")
+	for _, want := range []string{
+		"retried for up to 10s ( --connect-timeout )",
+		"keepalive is on, with 1min",
+		"finish for up to 30s ( --shutdown-timeout )",
+		"abbreviations included",
+		"0666 by default, like SocketMode=",
+		"--exit-idle-time= counts from start-up",
+		"LISTEN_FDS=0",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the differences do not say %q:\n%s", want, text)
+		}
 	}
 }

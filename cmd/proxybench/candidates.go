@@ -306,13 +306,17 @@ func buildOurs(dir string) (string, error) {
 
 // findCandidates returns the candidates that are installed, in table order, and a
 // line for each one that is not.
-func findCandidates(ours string, oursErr error) (cands []*candidate, skipped []string) {
+func findCandidates(ours string, oursErr error, baseline string) (cands []*candidate, skipped []string) {
 	cands = append(cands, &candidate{name: "direct", version: "no proxy"})
 	if oursErr != nil {
 		skipped = append(skipped, "socket-proxyd: "+oursErr.Error())
 	} else {
 		cands = append(cands, &candidate{name: "socket-proxyd", activated: true,
 			version: versionOf("", ours, "--version"), start: startActivated(ours)})
+	}
+	if baseline != "" {
+		cands = append(cands, &candidate{name: "baseline", activated: true,
+			version: versionOf("", baseline, "--version"), start: startActivated(baseline)})
 	}
 	look := func(name string, paths ...string) string {
 		for _, p := range paths {

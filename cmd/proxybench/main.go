@@ -30,7 +30,7 @@ import (
 
 const original = "systemd-socket-proxyd" // the ratios' reference
 
-var knownNames = []string{"direct", "socket-proxyd", original, "haproxy", "nginx", "socat"}
+var knownNames = []string{"direct", "socket-proxyd", "baseline", original, "haproxy", "nginx", "socat"}
 
 type config struct {
 	rounds    int
@@ -48,6 +48,7 @@ type config struct {
 	waitIdle  time.Duration
 	idleLoad  float64
 	proxyd    string
+	baseline  string
 	pin       bool
 	proxyCPU  int
 	loadCPU   int
@@ -73,6 +74,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.Float64Var(&cfg.idleLoad, "idle-load", 0.1, "CPUs' worth of other processes' load that counts as idle for -wait-idle")
 	fs.BoolVar(&cfg.strace, "strace", false, "also run one bulk transfer per proxy under strace -f -c and print the syscall counts")
 	fs.StringVar(&cfg.proxyd, "proxyd", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
+	fs.StringVar(&cfg.baseline, "baseline", "", "another socket-proxyd binary (say, main before a change) to run as candidate \"baseline\", interleaved with the others: an A/B in one run")
 	fs.BoolVar(&cfg.pin, "pin", true, "pin the proxy and the load generator to separate CPUs")
 	fs.IntVar(&cfg.proxyCPU, "proxy-cpu", 0, "CPU for the proxy")
 	fs.IntVar(&cfg.loadCPU, "load-cpu", 1, "CPU for the load generator and backend (this process)")
@@ -218,7 +220,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "proxybench: building ./cmd/socket-proxyd")
 		ours, oursErr = buildOurs(tmp)
 	}
-	all, skipped := findCandidates(ours, oursErr)
+	all, skipped := findCandidates(ours, oursErr, cfg.baseline)
 	var cands []*candidate
 	for _, c := range all {
 		if cfg.only == nil || cfg.only[c.name] {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 
@@ -45,4 +46,22 @@ func describe(l activation.Listener) string {
 		return fmt.Sprintf("%q (--listen)", l.Name)
 	}
 	return fmt.Sprintf("%q (fd %d)", l.Name, l.FD)
+}
+
+// announce logs one line per listener at start-up: what it is (its name,
+// and the descriptor systemd passed), where it listens, so that the port
+// of --listen 127.0.0.1:0 can be found, and where its clients go.
+func announce(log *slog.Logger, listeners []activation.Listener, def backend.Address, named map[string]backend.Address) {
+	for _, l := range listeners {
+		b, ok := named[l.Name]
+		if !ok {
+			b = def
+		}
+		attrs := []any{"listener", l.Name}
+		if l.FD >= 0 {
+			attrs = append(attrs, "fd", l.FD)
+		}
+		attrs = append(attrs, "address", l.Addr().String(), "backend", b.String())
+		log.Info("listening", attrs...)
+	}
 }

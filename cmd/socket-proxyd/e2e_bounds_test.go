@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -115,4 +116,103 @@ func missing(t *testing.T, what, fix string) {
 		t.Fatalf("%s is missing under CI: %s", what, fix)
 	}
 	t.Skipf("%s is missing: %s", what, fix)
+}
+
+// TestSpanOptions: every span option with infinity, 0 and huge finite
+// values behaves as the man page says (issue 13): "infinity" used to mean
+// "at once" for --connect-timeout (every client failed) and
+// --shutdown-timeout (every connection cut at SIGTERM), and 30d made
+// --exit-idle-time wait forever.
+func TestSpanOptions(t *testing.T) {
+	huge := []string{"infinity", "30d", "100y"}
+	type check func(t *testing.T, p *proc, addr string)
+	serves := func(t *testing.T, p *proc, addr string) {
+		mustEcho(t, dial(t, "tcp", addr), 1000)
+	}
+	// stopKeeps: SIGTERM leaves the open connection working, and the
+	// proxy exits 0 once it is done.
+	stopKeeps := func(t *testing.T, p *proc, addr string) {
+		c := dial(t, "tcp", addr)
+		mustEcho(t, c, 10)
+		p.signal(syscall.SIGTERM)
+		if err := p.waitStderr("letting open connections finish", ioTimeout); err != nil {
+			t.Fatal(err)
+		}
+		mustEcho(t, c, 1000)
+		c.Close()
+		if code := p.waitExit(ioTimeout); code != 0 {
+			t.Fatalf("exit status %d", code)
+		}
+	}
+	stopCuts := func(t *testing.T, p *proc, addr string) {
+		c := dial(t, "tcp", addr)
+		mustEcho(t, c, 10)
+		p.signal(syscall.SIGTERM)
+		if err := closedWithoutData(c, ioTimeout); err != nil {
+			t.Fatal(err)
+		}
+		if code := p.waitExit(ioTimeout); code != 0 {
+			t.Fatalf("exit status %d", code)
+		}
+	}
+	// staysOpen: a connection idle for a while is not closed.
+	staysOpen := func(t *testing.T, p *proc, addr string) {
+		c := dial(t, "tcp", addr)
+		mustEcho(t, c, 10)
+		if err := p.stillRunningAfter(700 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		mustEcho(t, c, 10)
+	}
+	exitsWhenIdle := func(t *testing.T, p *proc, addr string) {
+		c := dial(t, "tcp", addr)
+		mustEcho(t, c, 10)
+		c.Close()
+		if code := p.waitExit(ioTimeout); code != 0 {
+			t.Fatalf("exit status %d", code)
+		}
+	}
+	keepsRunning := func(t *testing.T, p *proc, addr string) {
+		c := dial(t, "tcp", addr)
+		mustEcho(t, c, 10)
+		c.Close()
+		if err := p.stillRunningAfter(700 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		option string
+		values []string
+		want   check
+	}{
+		{"--connect-timeout", append(huge, "0"), serves},
+		{"--shutdown-timeout", huge, stopKeeps},
+		{"--shutdown-timeout", []string{"0"}, stopCuts},
+		{"--idle-timeout", append(huge, "0"), staysOpen},
+		{"--exit-idle-time", []string{"0"}, exitsWhenIdle},
+		{"--exit-idle-time", huge, keepsRunning},
+		{"--keepalive", []string{"infinity", "0", "1h"}, serves},
+	}
+	for _, tt := range tests {
+		for _, v := range tt.values {
+			t.Run(tt.option+"="+v, func(t *testing.T) {
+				t.Parallel()
+				_, back := echoTCP(t, "127.0.0.1:0")
+				front, addr := inheritTCP(t, "")
+				p := start(t, binary, launch{fds: []inherited{front}, args: []string{tt.option + "=" + v, back}})
+				tt.want(t, p, addr)
+			})
+		}
+	}
+	// Beyond what the kernel takes, keepalive is refused at start-up,
+	// naming the limit, not silently left at the kernel's 2 h default.
+	for _, v := range []string{"30d", "100y"} {
+		t.Run("--keepalive="+v, func(t *testing.T) {
+			t.Parallel()
+			code, _, stderr := run(t, binary, launch{args: []string{"--keepalive=" + v, "127.0.0.1:1"}})
+			if code != 1 || !strings.Contains(stderr, "32767s") {
+				t.Fatalf("exit status %d, stderr %q; want 1 and the limit named", code, stderr)
+			}
+		})
+	}
 }

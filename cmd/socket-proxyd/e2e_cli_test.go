@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -338,5 +339,207 @@ func TestBadInheritedFD(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// TestCommandLineLikeOriginal: the original's options are read as its
+// getopt_long reads them, case by case (issue 12): abbreviations, both
+// value forms, clusters, "--" and options after the address. ok records
+// what systemd-socket-proxyd 252 does; SPX_COMPARE_ORIGINAL=1 checks that
+// record against the installed original. Parsing passed when the binary
+// gets as far as looking for sockets (none are passed here).
+func TestCommandLineLikeOriginal(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		args []string
+		ok   bool
+		out  bool   // accepted and printed help or version on stdout, exit 0
+		want string // ours, refused: in the error line
+	}{
+		{args: []string{"--connections=10", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--conn", "10", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--c=10", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--connect=5", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--exit-idle=1s", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--e=1s", "127.0.0.1:80"}, ok: true},
+		{args: []string{"-c10", "127.0.0.1:80"}, ok: true},
+		{args: []string{"127.0.0.1:80", "-c", "5"}, ok: true},
+		{args: []string{"127.0.0.1:80", "-c5", "--exit-idle-time", "5s"}, ok: true},
+		{args: []string{"--exit-idle-time=5", "127.0.0.1:80", "--conn=3"}, ok: true},
+		{args: []string{"--connections-max=5", "--connections-max=6", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--", "127.0.0.1:80"}, ok: true},
+		{args: []string{"--h"}, ok: true, out: true},
+		{args: []string{"--he"}, ok: true, out: true},
+		{args: []string{"--v"}, ok: true, out: true},
+		{args: []string{"--ver"}, ok: true, out: true},
+		{args: []string{"-hc5"}, ok: true, out: true},
+		{args: []string{"-c", "5", "-h"}, ok: true, out: true},
+		{args: []string{"-h", "--bogus"}, ok: true, out: true},
+		{args: []string{"--version", "-c", "0"}, ok: true, out: true},
+		{args: []string{"--bogus", "-h"}, want: `unknown option "--bogus"`},
+		{args: []string{"--", "-c", "127.0.0.1:80"}, want: `"127.0.0.1:80"`},
+		{args: []string{"127.0.0.1:80", "--", "-c5"}, want: `"-c5"`},
+		{args: []string{"-c"}, want: `"-c" needs a value`},
+		{args: []string{"--connections-max"}, want: `"--connections-max" needs a value`},
+		{args: []string{"--connections-max=", "127.0.0.1:80"}, want: `invalid value "" for -c/--connections-max`},
+		{args: []string{"-c=5", "127.0.0.1:80"}, want: `invalid value "=5"`},
+		{args: []string{"-c5h", "127.0.0.1:80"}, want: `invalid value "5h"`},
+		{args: []string{"-ch"}, want: `invalid value "h"`},
+		{args: []string{"--exit-idle-time=", "127.0.0.1:80"}, want: `invalid value "" for --exit-idle-time`},
+		{args: []string{"--help=x"}, want: `"--help" takes no value`},
+		{args: []string{"--version=1"}, want: `"--version" takes no value`},
+		{args: []string{"--"}, want: "missing backend address"},
+		{args: []string{"--connections-maxx=5", "127.0.0.1:80"}, want: `unknown option "--connections-maxx"`},
+		{args: []string{"--=5", "127.0.0.1:80"}, want: `option "--" is ambiguous: it could be --connections-max, --exit-idle-time, --help, --version`},
+		{args: []string{"---", "127.0.0.1:80"}, want: `unknown option "---"`},
+		{args: []string{"127.0.0.1:80", "extra"}, want: `"extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			forEachImpl(t, func(t *testing.T, im impl) {
+				code, stdout, stderr := run(t, im.path, launch{args: tt.args})
+				switch {
+				case tt.out:
+					if code != 0 || stdout == "" {
+						t.Errorf("exit status %d, stdout %q, want 0 and help or version; stderr: %s", code, stdout, stderr)
+					}
+				case tt.ok:
+					noSockets := noSocketsLine + "\n"
+					if im.original {
+						noSockets = "Didn't get any sockets passed in.\n"
+					}
+					if code != 1 || stderr != noSockets {
+						t.Errorf("exit status %d, stderr %q: want the parse to pass and 1, %q", code, stderr, noSockets)
+					}
+				default:
+					if code != 1 || strings.Contains(stderr, "sockets passed in") || strings.Contains(stderr, "no listening sockets") {
+						t.Errorf("exit status %d, stderr %q: want the command line refused", code, stderr)
+					}
+					if !im.original {
+						checkErrorLines(t, stderr, []string{tt.want})
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestStartupNamesListeners: one info line per listener names it, where it
+// listens and its backend, so the port of --listen 127.0.0.1:0 can be
+// found; LISTEN_FDS without LISTEN_PID is ignored, as sd_listen_fds does
+// (issue 12).
+func TestStartupNamesListeners(t *testing.T) {
+	t.Parallel()
+	_, backend := echoTCP(t, "127.0.0.1:0")
+	fd, inhAddr := inheritTCP(t, "web")
+	p := start(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", backend}, fds: []inherited{fd}})
+	if err := p.waitStderr("listening listener=127.0.0.1:0 ", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`listening listener=127\.0\.0\.1:0 address=(127\.0\.0\.1:[0-9]+) backend=` + regexp.QuoteMeta(backend) + `\n`).
+		FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		t.Fatalf("no line names the --listen port and the backend:\n%s", p.stderr.String())
+	}
+	mustEcho(t, dial(t, "tcp", m[1]), 1000)
+	if want := "listening listener=web fd=3 address=" + inhAddr + " backend=" + backend + "\n"; !strings.Contains(p.stderr.String(), want) {
+		t.Errorf("no line %q:\n%s", want, p.stderr.String())
+	}
+
+	// Only LISTEN_FDS and LISTEN_FDNAMES, as a shell that inherited them
+	// from a unit might: not for us, so --listen alone serves.
+	q := start(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", backend}, env: []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=web"}})
+	if err := q.waitStderr("listening listener=127.0.0.1:0 ", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(q.stderr.String(), "web") {
+		t.Errorf("LISTEN_FDS without LISTEN_PID was taken for sockets:\n%s", q.stderr.String())
+	}
+}
+
+// TestListenSocketFile: a --listen unix socket is 0666 by default, as
+// SocketMode=, or --socket-mode; and it is removed at exit (issue 12).
+func TestListenSocketFile(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		mode os.FileMode
+	}{{mode: 0o666}, {args: []string{"--socket-mode=0600"}, mode: 0o600}, {args: []string{"--socket-m", "640"}, mode: 0o640}} {
+		t.Run(tt.mode.String(), func(t *testing.T) {
+			t.Parallel()
+			_, backend := echoTCP(t, "127.0.0.1:0")
+			path := filepath.Join(shortDir(t), "l.sock")
+			p := start(t, binary, launch{args: append(append([]string{"--listen", path}, tt.args...), backend)})
+			if err := p.waitStderr("listening listener="+path, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Lstat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != tt.mode {
+				t.Errorf("socket file mode %v, want %v", fi.Mode().Perm(), tt.mode)
+			}
+			if want := "address=" + path + " "; !strings.Contains(p.stderr.String(), want) {
+				t.Errorf("start-up line lacks %q:\n%s", want, p.stderr.String())
+			}
+			c := dial(t, "unix", path)
+			mustEcho(t, c, 1000)
+			c.Close() // so that SIGTERM has nothing to drain
+			p.signal(syscall.SIGTERM)
+			if code := p.waitExit(20 * time.Second); code != 0 {
+				t.Errorf("exit status %d after SIGTERM", code)
+			}
+			if _, err := os.Lstat(path); err == nil {
+				t.Error("the socket file is left behind at exit")
+			}
+		})
+	}
+}
+
+// TestHints: the mistakes users make get an error that says what to write
+// (issue 12), one line and the usage hint, exit status 1.
+func TestHints(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{args: []string{"nginx.sock"}, want: `backend address "nginx.sock" looks like a unix socket file, not a host name: give its absolute path, such as "/run/nginx.sock"`},
+		{args: []string{"./nginx.sock"}, want: `backend address "./nginx.sock" is a relative path: give the unix socket's absolute path, such as "/run/nginx.sock"`},
+		{args: []string{"unix:/run/x.sock"}, want: `backend address "unix:/run/x.sock": write the socket path alone, "/run/x.sock", without "unix:"`},
+		{args: []string{"http://127.0.0.1:80"}, want: `backend address "http://127.0.0.1:80" is a URL: write HOST:PORT alone, "127.0.0.1:80"`},
+		{args: []string{"--exit-idle-time", "5", "minutes", "127.0.0.1:80"},
+			want: `argument "minutes" follows --exit-idle-time "5": quote a span with spaces, --exit-idle-time="5 minutes"`},
+		{args: []string{"--keepalive=10h", "127.0.0.1:80"}, want: `invalid value "10h" for --keepalive: above the kernel's limit of 9h 6min 7s (32767s); use a shorter span, or 0 or infinity to turn keepalive off`},
+		{args: []string{"--s=1", "127.0.0.1:80"}, want: `option "--s" is ambiguous: it could be --socket-mode, --shutdown-timeout; write more of it`},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			code, stdout, stderr := run(t, binary, launch{args: tt.args})
+			if code != 1 || stdout != "" {
+				t.Errorf("exit status %d, stdout %q; want 1 and nothing", code, stdout)
+			}
+			checkErrorLines(t, stderr, []string{tt.want})
+		})
+	}
+	// --listen is checked when it binds, after the command line: one line.
+	code, _, stderr := run(t, binary, launch{args: []string{"--listen", "::1:8080", "127.0.0.1:80"}})
+	if want := `socket-proxyd: --listen address "::1:8080": write an IPv6 address in brackets, "[::1]:8080"` + "\n"; code != 1 || stderr != want {
+		t.Errorf("exit status %d, stderr %q; want 1 and %q", code, stderr, want)
+	}
+}
+
+// TestExitIdleZero: --exit-idle-time=0 exits as soon as nothing is open,
+// with status 0, and no message calls the span "1ns" (issue 12).
+func TestExitIdleZero(t *testing.T) {
+	t.Parallel()
+	code, _, stderr := run(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", "--exit-idle-time=0", "127.0.0.1:9"}})
+	if code != 0 || !strings.Contains(stderr, "exiting after being idle") {
+		t.Errorf("exit status %d, stderr:\n%s\nwant 0 after an idle exit", code, stderr)
+	}
+	if strings.Contains(stderr, "1ns") {
+		t.Errorf("a message calls --exit-idle-time=0 1ns:\n%s", stderr)
 	}
 }

@@ -105,7 +105,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if slices.ContainsFunc(listeners, func(l activation.Listener) bool { return l.Name == addr }) {
 			continue // carried over a reload
 		}
-		l, err := activation.Listen(addr)
+		l, err := activation.ListenMode(addr, opts.socketMode)
 		if err != nil {
 			activation.Close(listeners)
 			return fail(err)
@@ -119,6 +119,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		activation.Close(listeners)
 		return fail(err)
 	}
+	announce(log, listeners, opts.backend, opts.named)
 
 	// STOPPING=1 goes out before the proxy starts closing anything, so the
 	// signal is watched here rather than through a context the proxy sees
@@ -143,7 +144,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Backends:        opts.named,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),
 		IdleTimeout:     infinityMeansZero(opts.idleTimeout),
-		KeepAlive:       zeroMeansNegative(infinityMeansZero(opts.keepAlive)),
+		KeepAlive:       zeroMeansNegative(opts.keepAlive), // infinity is already 0: off
 		ProxyProtocol:   opts.proxyProtocol,
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),
 		Log:             log,

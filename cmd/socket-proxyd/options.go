@@ -3,14 +3,15 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/spf13/pflag"
-
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+	"github.com/socket-proxyd/socket-proxyd/internal/getopt"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
@@ -21,17 +22,23 @@ type options struct {
 	backend        backend.Address            // zero when only --backend is given
 	named          map[string]backend.Address // --backend NAME=ADDRESS
 	maxConnections int
-	exitIdleTime   time.Duration // timespan.Infinity: never
+	exitIdleTime   time.Duration // timespan.Infinity: never; 0: as soon as nothing is open
 	listen         []string
+	socketMode     os.FileMode // of --listen unix socket files
 
 	connectTimeout  time.Duration // 0: one attempt
 	idleTimeout     time.Duration // timespan.Infinity: never
-	keepAlive       time.Duration // 0: off
+	keepAlive       time.Duration // 0 or timespan.Infinity: off
 	shutdownTimeout time.Duration // 0: close at once
 	proxyProtocol   proxyproto.Version
 
 	help, version bool
 }
+
+// maxKeepAlive is the largest TCP_KEEPIDLE the kernel takes (MAX_TCP_KEEPIDLE,
+// 32767 s); above it setsockopt fails with EINVAL and the kernel's default
+// of 2 h stays in force, so a larger value is refused here instead.
+const maxKeepAlive = 32767 * time.Second
 
 const usage = `socket-proxyd [OPTIONS...] HOST:PORT
 socket-proxyd [OPTIONS...] SOCKET
@@ -40,12 +47,15 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
 
   -c --connections-max=N     Set the maximum number of connections to be
                              accepted (default: 256)
-     --exit-idle-time=SPAN   Exit when without a connection for this duration.
-                             See the systemd.time(7) man page for time span
-                             format (default: infinity)
+     --exit-idle-time=SPAN   Exit when without a connection for this duration;
+                             0 exits as soon as none is open. See the
+                             systemd.time(7) man page for time span format
+                             (default: infinity)
      --listen=ADDRESS        Also listen on ADDRESS: HOST:PORT, [IPv6]:PORT,
                              :PORT, a unix socket path or @abstract-name;
                              may be repeated; works without systemd
+     --socket-mode=MODE      File mode of --listen unix sockets, in octal
+                             (default: 0666)
      --backend=NAME=ADDRESS  Forward the socket named NAME (its
                              FileDescriptorName=, or the --listen ADDRESS) to
                              ADDRESS instead; may be repeated
@@ -53,8 +63,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              up to SPAN; 0 tries once (default: 10s)
      --idle-timeout=SPAN     Close a connection without traffic either way
                              for SPAN (default: infinity)
-     --keepalive=SPAN        TCP keepalive idle time on both TCP sides; 0
-                             turns it off (default: 1min)
+     --keepalive=SPAN        TCP keepalive idle time on both TCP sides, at
+                             most 9h 6min 7s; 0 or infinity turns it off
+                             (default: 1min)
      --proxy-protocol=VERSION
                              Send a PROXY protocol header, v1 or v2, to the
                              backend before any client byte (default: none)
@@ -66,44 +77,57 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
      --version               Show package version
 
 HOST may be an IPv4 address, a host name, or an IPv6 address in brackets; without
-:PORT the port is 80. SOCKET is a unix socket path, or @name for an abstract one.
-Listening sockets come from systemd (a .socket unit with Accept=no, or
-systemd-socket-activate -l ADDRESS) and from --listen.
+:PORT the port is 80. SOCKET is an absolute unix socket path, or @name for an
+abstract one. Listening sockets come from systemd (a .socket unit with
+Accept=no, or systemd-socket-activate -l ADDRESS) and from --listen.
+Long options may be abbreviated, as in systemd-socket-proxyd (--conn=5).
 
 See the socket-proxyd(8) man page for details.
 `
 
-// parseOptions reads the command line the way the original's getopt does:
-// -c5, -c 5, --connections-max=5 and --connections-max 5 are all one thing.
+// parseOptions reads the command line the way the original's getopt_long
+// does: -c5, -c 5, --connections-max=5, --connections-max 5 and --conn=5
+// are all one thing, and options may follow the backend address.
 func parseOptions(args []string) (options, error) {
-	opts := options{maxConnections: proxy.DefaultMaxConnections}
-	fs := pflag.NewFlagSet("socket-proxyd", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	fs.SetInterspersed(true)
-	fs.VarP((*positiveInt)(&opts.maxConnections), "connections-max", "c", "")
-	fs.Var(timespan.NewValue(&opts.exitIdleTime, timespan.Infinity), "exit-idle-time", "")
-	fs.StringArrayVar(&opts.listen, "listen", nil, "")
+	opts := options{
+		maxConnections:  proxy.DefaultMaxConnections,
+		exitIdleTime:    timespan.Infinity,
+		socketMode:      activation.DefaultSocketMode,
+		connectTimeout:  proxy.DefaultConnectTimeout,
+		idleTimeout:     timespan.Infinity,
+		keepAlive:       proxy.DefaultKeepAlive,
+		shutdownTimeout: proxy.DefaultShutdownTimeout,
+	}
 	var named []string
-	fs.StringArrayVar(&named, "backend", nil, "")
-	fs.Var(timespan.NewValue(&opts.connectTimeout, proxy.DefaultConnectTimeout), "connect-timeout", "")
-	fs.Var(timespan.NewValue(&opts.idleTimeout, timespan.Infinity), "idle-timeout", "")
-	fs.Var(timespan.NewValue(&opts.keepAlive, proxy.DefaultKeepAlive), "keepalive", "")
-	fs.Var(timespan.NewValue(&opts.shutdownTimeout, proxy.DefaultShutdownTimeout), "shutdown-timeout", "")
-	fs.Var((*protocolFlag)(&opts.proxyProtocol), "proxy-protocol", "")
-	fs.BoolVarP(&opts.help, "help", "h", false, "")
-	fs.BoolVar(&opts.version, "version", false, "")
-	if err := fs.Parse(args); err != nil {
-		return opts, flagError(err)
+	table := []getopt.Option{
+		{Long: "connections-max", Short: 'c', Arg: true, Original: true, Set: positiveInt(&opts.maxConnections)},
+		{Long: "exit-idle-time", Arg: true, Original: true, Set: span(&opts.exitIdleTime)},
+		{Long: "help", Short: 'h', Original: true, Stop: true, Set: flag(&opts.help)},
+		{Long: "version", Original: true, Stop: true, Set: flag(&opts.version)},
+		{Long: "listen", Arg: true, Set: appendTo(&opts.listen)},
+		{Long: "socket-mode", Arg: true, Set: fileMode(&opts.socketMode)},
+		{Long: "backend", Arg: true, Set: appendTo(&named)},
+		{Long: "connect-timeout", Arg: true, Set: span(&opts.connectTimeout)},
+		{Long: "idle-timeout", Arg: true, Set: span(&opts.idleTimeout)},
+		{Long: "keepalive", Arg: true, Set: keepAlive(&opts.keepAlive)},
+		{Long: "shutdown-timeout", Arg: true, Set: span(&opts.shutdownTimeout)},
+		{Long: "proxy-protocol", Arg: true, Set: protocol(&opts.proxyProtocol)},
+	}
+	rest, err := getopt.Parse(table, args)
+	if err != nil {
+		return opts, err
 	}
 	if opts.help || opts.version {
-		return opts, nil
+		// Printed at once, whatever else the command line says.
+		return options{help: opts.help, version: opts.version}, nil
 	}
-	var err error
+	if err := splitSpan(rest); err != nil {
+		return opts, err
+	}
 	if opts.named, err = parseNamedBackends(named); err != nil {
 		return opts, err
 	}
-	switch fs.NArg() {
+	switch len(rest) {
 	case 0:
 		if len(opts.named) == 0 {
 			return opts, errors.New("missing backend address: give HOST:PORT or a unix socket path")
@@ -111,10 +135,34 @@ func parseOptions(args []string) (options, error) {
 		return opts, nil // every socket must then be named by --backend
 	case 1:
 	default:
-		return opts, fmt.Errorf("too many arguments %q: give exactly one backend address", fs.Args()[1:])
+		return opts, fmt.Errorf("unexpected argument %q after the backend address %q: give exactly one backend", rest[1].Value, rest[0].Value)
 	}
-	opts.backend, err = backend.Parse(fs.Arg(0))
+	opts.backend, err = backend.Parse(rest[0].Value)
 	return opts, err
+}
+
+// splitSpan catches a span written with a space and no quotes,
+// "--exit-idle-time 5 minutes": the shell splits it, and "minutes" would
+// otherwise be taken for the backend (or its extra argument).
+func splitSpan(rest []getopt.Arg) error {
+	for _, a := range rest {
+		if a.After == nil || !isSpanOption(a.After.Long) {
+			continue
+		}
+		joined := a.AfterValue + " " + a.Value
+		if _, err := timespan.Parse(joined); err == nil {
+			return fmt.Errorf("argument %q follows %s %q: quote a span with spaces, --%s=%q", a.Value, a.After.Names(), a.AfterValue, a.After.Long, joined)
+		}
+	}
+	return nil
+}
+
+func isSpanOption(long string) bool {
+	switch long {
+	case "exit-idle-time", "connect-timeout", "idle-timeout", "keepalive", "shutdown-timeout":
+		return true
+	}
+	return false
 }
 
 // parseNamedBackends reads each --backend NAME=ADDRESS.
@@ -140,59 +188,112 @@ func parseNamedBackends(values []string) (map[string]backend.Address, error) {
 	return named, nil
 }
 
-// flagError rewrites pflag's messages into ours: the bad value quoted, both
-// spellings of the flag, and what to write instead.
-func flagError(err error) error {
-	msg := err.Error()
-	if rest, ok := strings.CutPrefix(msg, "invalid argument "); ok {
-		// invalid argument "x" for "-c, --connections-max" flag: reason
-		value, rest, _ := strings.Cut(rest, ` for "`)
-		flag, reason, _ := strings.Cut(rest, `" flag: `)
-		return fmt.Errorf("invalid value %s for %s: %s", value, strings.ReplaceAll(flag, ", ", "/"), reason)
+// commandLine prints the options as a command line that parseOptions reads
+// back to the same options: every option in its long form with "=", and
+// the backend after "--".
+func (o options) commandLine() []string {
+	if o.help {
+		return []string{"--help"}
 	}
-	if flag, ok := strings.CutPrefix(msg, "unknown flag: "); ok {
-		return fmt.Errorf("unknown option %q", flag)
+	if o.version {
+		return []string{"--version"}
 	}
-	if rest, ok := strings.CutPrefix(msg, "unknown shorthand flag: "); ok {
-		short, _, _ := strings.Cut(rest, " in ")
-		return fmt.Errorf("unknown option %q", "-"+strings.Trim(short, "'"))
+	args := []string{
+		"--connections-max=" + strconv.Itoa(o.maxConnections),
+		"--exit-idle-time=" + timespan.Format(o.exitIdleTime),
+		"--socket-mode=" + fmt.Sprintf("%#o", uint32(o.socketMode)),
+		"--connect-timeout=" + timespan.Format(o.connectTimeout),
+		"--idle-timeout=" + timespan.Format(o.idleTimeout),
+		"--keepalive=" + timespan.Format(o.keepAlive),
+		"--shutdown-timeout=" + timespan.Format(o.shutdownTimeout),
+		"--proxy-protocol=" + o.proxyProtocol.String(),
 	}
-	if flag, ok := strings.CutPrefix(msg, "flag needs an argument: "); ok {
-		if short, _, found := strings.Cut(flag, " in "); found {
-			flag = "-" + strings.Trim(short, "'")
+	for _, l := range o.listen {
+		args = append(args, "--listen="+l)
+	}
+	names := make([]string, 0, len(o.named))
+	for name := range o.named {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		args = append(args, "--backend="+name+"="+o.named[name].String())
+	}
+	if o.backend.Network != "" {
+		args = append(args, "--", o.backend.String())
+	}
+	return args
+}
+
+// The setters below turn a value into the field they are given.
+
+func flag(p *bool) func(string) error {
+	return func(string) error { *p = true; return nil }
+}
+
+func appendTo(p *[]string) func(string) error {
+	return func(s string) error { *p = append(*p, s); return nil }
+}
+
+func span(p *time.Duration) func(string) error {
+	return func(s string) error {
+		d, err := timespan.Parse(s)
+		if err == nil {
+			*p = d
 		}
-		return fmt.Errorf("option %s needs a value", flag)
+		return err
 	}
-	if arg, ok := strings.CutPrefix(msg, "bad flag syntax: "); ok {
-		return fmt.Errorf("bad option syntax %q: write -c N or --name=VALUE", arg)
-	}
-	// Anything else pflag may say: keep it to one line whatever the input.
-	return errors.New(strings.Trim(strconv.Quote(msg), `"`))
 }
 
-// protocolFlag is --proxy-protocol's value.
-type protocolFlag proxyproto.Version
-
-func (p *protocolFlag) Set(s string) error {
-	v, err := proxyproto.ParseVersion(s)
-	*p = protocolFlag(v)
-	return err
-}
-
-func (p *protocolFlag) String() string { return proxyproto.Version(*p).String() }
-func (p *protocolFlag) Type() string   { return "version" }
-
-// positiveInt is -c's value: a whole number of at least 1.
-type positiveInt int
-
-func (p *positiveInt) Set(s string) error {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		return errors.New("must be a whole number of at least 1")
+// keepAlive takes a span of at most maxKeepAlive once rounded up to whole
+// seconds, as the kernel counts; infinity, like 0, turns keepalive off: a
+// probe that never comes is no keepalive.
+func keepAlive(p *time.Duration) func(string) error {
+	return func(s string) error {
+		d, err := timespan.Parse(s)
+		switch {
+		case err != nil:
+			return err
+		case d == timespan.Infinity:
+			d = 0
+		case d > maxKeepAlive: // rounded up, it would be more than 32767 s
+			return fmt.Errorf("above the kernel's limit of %s (32767s); use a shorter span, or 0 or infinity to turn keepalive off", timespan.Format(maxKeepAlive))
+		}
+		*p = d
+		return nil
 	}
-	*p = positiveInt(n)
-	return nil
 }
 
-func (p *positiveInt) String() string { return strconv.Itoa(int(*p)) }
-func (p *positiveInt) Type() string   { return "int" }
+func positiveInt(p *int) func(string) error {
+	return func(s string) error {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return errors.New("must be a whole number of at least 1")
+		}
+		*p = n
+		return nil
+	}
+}
+
+// fileMode reads an octal mode as systemd's SocketMode= does (0666, 660,
+// 0o600); only the permission bits are allowed.
+func fileMode(p *os.FileMode) func(string) error {
+	return func(s string) error {
+		n, err := strconv.ParseUint(strings.TrimPrefix(s, "0o"), 8, 32)
+		if err != nil || n > 0o777 {
+			return errors.New("must be an octal file mode from 0 to 0777, such as 0666 or 0660")
+		}
+		*p = os.FileMode(n)
+		return nil
+	}
+}
+
+func protocol(p *proxyproto.Version) func(string) error {
+	return func(s string) error {
+		v, err := proxyproto.ParseVersion(s)
+		if err == nil {
+			*p = v
+		}
+		return err
+	}
+}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,8 +30,9 @@ func TestParseOptions(t *testing.T) {
 		{name: "option after address", args: []string{"/run/x", "-c", "7"}, max: 7, idle: timespan.Infinity, backend: "/run/x"},
 		{name: "idle span", args: []string{"--exit-idle-time=5min 20s", "@x"}, max: 256, idle: 320 * time.Second, backend: "@x"},
 		{name: "listen repeated", args: []string{"--listen", "127.0.0.1:1", "--listen=/run/l", "[::1]:2"}, max: 256, idle: timespan.Infinity, listen: []string{"127.0.0.1:1", "/run/l"}, backend: "[::1]:2"},
-		{name: "help without address", args: []string{"-h"}, max: 256, idle: timespan.Infinity, help: true},
-		{name: "version without address", args: []string{"--version"}, max: 256, idle: timespan.Infinity, version: true},
+		{name: "help without address", args: []string{"-h"}, help: true},
+		{name: "help stops parsing", args: []string{"-c5", "-h", "--bogus"}, help: true},
+		{name: "version without address", args: []string{"--version"}, version: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,18 +111,125 @@ func TestParseOptionsErrors(t *testing.T) {
 	}
 }
 
-// FuzzParseOptions feeds whole command lines (NUL separates arguments):
-// whatever comes in, parsing ends with options or an error, never a panic,
-// and an error is one line.
+// TestParseOptionsIssue12: abbreviations as the original reads them, the
+// range of --keepalive, --socket-mode, and a span the shell split.
+func TestParseOptionsIssue12(t *testing.T) {
+	tests := []struct {
+		args  []string
+		check func(o options) bool
+	}{
+		{args: []string{"--connections=10", "h:1"}, check: func(o options) bool { return o.maxConnections == 10 }},
+		{args: []string{"--conn", "10", "h:1"}, check: func(o options) bool { return o.maxConnections == 10 }},
+		{args: []string{"--exit-idle=1s", "h:1"}, check: func(o options) bool { return o.exitIdleTime == time.Second }},
+		{args: []string{"--exit-idle-time=0", "h:1"}, check: func(o options) bool { return o.exitIdleTime == 0 }},
+		{args: []string{"--keep=9h 6min 7s", "h:1"}, check: func(o options) bool { return o.keepAlive == 32767*time.Second }},
+		{args: []string{"--keepalive=infinity", "h:1"}, check: func(o options) bool { return o.keepAlive == 0 }},
+		{args: []string{"--keepalive=500ms", "h:1"}, check: func(o options) bool { return o.keepAlive == 500*time.Millisecond }},
+		{args: []string{"h:1"}, check: func(o options) bool { return o.socketMode == 0o666 }},
+		{args: []string{"--socket-mode=0660", "h:1"}, check: func(o options) bool { return o.socketMode == 0o660 }},
+		{args: []string{"--socket-mode", "600", "h:1"}, check: func(o options) bool { return o.socketMode == 0o600 }},
+		{args: []string{"--socket-mode=0o777", "h:1"}, check: func(o options) bool { return o.socketMode == 0o777 }},
+		{args: []string{"--socket-mode=0", "h:1"}, check: func(o options) bool { return o.socketMode == 0 }},
+		{args: []string{"--connect-=5s", "h:1"}, check: func(o options) bool { return o.connectTimeout == 5*time.Second }},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			o, err := parseOptions(tt.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(o) {
+				t.Errorf("parsed %+v", o)
+			}
+		})
+	}
+	errs := []struct {
+		args []string
+		want string
+	}{
+		{args: []string{"--keepalive=32768", "h:1"}, want: `invalid value "32768" for --keepalive: above the kernel's limit of 9h 6min 7s (32767s); use a shorter span, or 0 or infinity to turn keepalive off`},
+		{args: []string{"--keepalive=32767.5s", "h:1"}, want: `invalid value "32767.5s" for --keepalive: above the kernel's limit`},
+		{args: []string{"--keepalive=30d", "h:1"}, want: `invalid value "30d" for --keepalive`},
+		{args: []string{"--socket-mode=666x", "h:1"}, want: `invalid value "666x" for --socket-mode: must be an octal file mode from 0 to 0777, such as 0666 or 0660`},
+		{args: []string{"--socket-mode=1777", "h:1"}, want: `invalid value "1777" for --socket-mode`},
+		{args: []string{"--socket-mode=-1", "h:1"}, want: `invalid value "-1" for --socket-mode`},
+		{args: []string{"--s=1", "h:1"}, want: `option "--s" is ambiguous: it could be --socket-mode, --shutdown-timeout; write more of it`},
+		{args: []string{"--conn=5s", "h:1"}, want: `invalid value "5s" for -c/--connections-max (written "--conn")`},
+		{args: []string{"--exit-idle-time", "5", "minutes", "127.0.0.1:80"},
+			want: `argument "minutes" follows --exit-idle-time "5": quote a span with spaces, --exit-idle-time="5 minutes"`},
+		{args: []string{"--exit-idle-time", "5", "minutes"}, want: `--exit-idle-time="5 minutes"`},
+		{args: []string{"127.0.0.1:80", "--keepalive", "1min", "30s"}, want: `--keepalive="1min 30s"`},
+		{args: []string{"--idle-timeout=1h", "30min", "127.0.0.1:80"}, want: `--idle-timeout="1h 30min"`},
+		{args: []string{"127.0.0.1:80", "nginx.sock"}, want: `unexpected argument "nginx.sock" after the backend address "127.0.0.1:80": give exactly one backend`},
+	}
+	for _, tt := range errs {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			o, err := parseOptions(tt.args)
+			if err == nil {
+				t.Fatalf("accepted: %+v", o)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// quoted returns the strings an error message quotes with %q.
+func quoted(msg string) []string {
+	var out []string
+	for i := 0; i < len(msg); i++ {
+		if msg[i] != '"' {
+			continue
+		}
+		q, err := strconv.QuotedPrefix(msg[i:])
+		if err != nil {
+			continue
+		}
+		s, _ := strconv.Unquote(q)
+		out = append(out, s)
+		i += len(q) - 1
+	}
+	return out
+}
+
+// FuzzParseOptions feeds whole command lines (NUL separates arguments).
+// Whatever comes in, parsing ends with options or a one-line error, never
+// a panic. Options print as a canonical command line that parses back to
+// the same options; an error quotes what was wrong, a piece of one of the
+// arguments (only a missing backend has nothing to quote).
 func FuzzParseOptions(f *testing.F) {
-	for _, s := range []string{"127.0.0.1:80", "-c5\x00h:1", "--exit-idle-time=5min 20s\x00@x", "--listen\x00/run/l\x00[::1]:2", "-h", "--", "-c\x00", "--connections-max=\x00x"} {
+	for _, s := range []string{"127.0.0.1:80", "-c5\x00h:1", "--exit-idle-time=5min 20s\x00@x", "--listen\x00/run/l\x00[::1]:2", "-h", "--", "-c\x00", "--connections-max=\x00x",
+		"--conn=7\x00--backend=web=/run/w.sock\x00--keep=infinity\x00--socket-mode=640\x00--proxy-protocol=v2\x00h", "--exit-idle-time\x005\x00minutes"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line string) {
 		args := strings.Split(line, "\x00")
-		_, err := parseOptions(args)
-		if err != nil && strings.Contains(err.Error(), "\n") {
-			t.Fatalf("parseOptions(%q) error spans lines: %q", args, err)
+		o, err := parseOptions(args)
+		if err != nil {
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Fatalf("parseOptions(%q) error spans lines: %q", args, msg)
+			}
+			if strings.HasPrefix(msg, "missing backend address") {
+				return
+			}
+			for _, q := range quoted(msg) {
+				for _, a := range args {
+					if strings.Contains(a, q) {
+						return
+					}
+				}
+			}
+			t.Fatalf("parseOptions(%q): error %q quotes no part of the command line", args, msg)
+		}
+		canon := o.commandLine()
+		again, err := parseOptions(canon)
+		if err != nil {
+			t.Fatalf("parseOptions(%q) = %+v, printed as %q, which fails: %v", args, o, canon, err)
+		}
+		if !reflect.DeepEqual(o, again) {
+			t.Fatalf("parseOptions(%q) = %+v, printed as %q, read back as %+v", args, o, canon, again)
 		}
 	})
 }

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/coreos/go-systemd/v22/activation"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,13 +31,18 @@ const maxInherited = 4096
 
 // Inherited returns the sockets systemd passed in, and unsets the
 // environment so that nothing reads it twice. It returns none, without
-// error, when LISTEN_PID names another process (as sd_listen_fds does); it
-// fails, naming the descriptor and what to change, for anything that is not
-// a listening stream socket.
+// error, when LISTEN_PID is unset or names another process (as
+// sd_listen_fds does); it fails, naming the descriptor and what to change,
+// for anything that is not a listening stream socket.
 func Inherited() ([]Listener, error) {
 	names, named := os.LookupEnv("LISTEN_FDNAMES")
-	pid, fds := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
-	if err := checkEnvironment(pid, fds, names, named, os.Getpid()); err != nil {
+	pid, hasPID := os.LookupEnv("LISTEN_PID")
+	fds, hasFDs := os.LookupEnv("LISTEN_FDS")
+	for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
+		os.Unsetenv(v) // as sd_listen_fds(1): children must not see them
+	}
+	passed, err := checkEnvironment(env{pid, hasPID, fds, hasFDs, names, named}, os.Getpid())
+	if err != nil {
 		return nil, err
 	}
 	// Check every descriptor before anything wraps it in an *os.File. When
@@ -48,36 +52,24 @@ func Inherited() ([]Listener, error) {
 	// closed, or when the garbage collector finalizes it) and the runtime
 	// dies with "fatal error: runtime: netpoll failed". So a bad fd is an
 	// error before any descriptor is touched.
-	if p, err := strconv.Atoi(pid); err == nil && p == os.Getpid() {
-		n, _ := strconv.Atoi(fds) // checked above
-		split := strings.Split(names, ":")
-		for i := 0; i < n; i++ {
-			fd := listenFDsStart + i
-			name := "LISTEN_FD_" + strconv.Itoa(fd)
-			if i < len(split) && split[i] != "" {
-				name = split[i]
-			}
-			if err := checkFD(fd, fmt.Sprintf("inherited fd %d (%q)", fd, name)); err != nil {
-				return nil, err
-			}
+	for i, name := range passed {
+		fd := listenFDsStart + i
+		if err := checkFD(fd, fmt.Sprintf("inherited fd %d (%q)", fd, name)); err != nil {
+			return nil, err
 		}
 	}
-	files := activation.Files(true)
-	listeners := make([]Listener, 0, len(files))
-	var failed error
-	for _, f := range files {
+	listeners := make([]Listener, 0, len(passed))
+	for i, name := range passed {
+		fd := listenFDsStart + i
+		unix.CloseOnExec(fd)
+		f := os.NewFile(uintptr(fd), name)
 		l, err := fromFile(f)
 		f.Close() // the listener, if any, holds its own duplicate
-		if err != nil && failed == nil {
-			failed = err
+		if err != nil {
+			Close(listeners)
+			return nil, err
 		}
-		if err == nil {
-			listeners = append(listeners, l)
-		}
-	}
-	if failed != nil {
-		Close(listeners)
-		return nil, failed
+		listeners = append(listeners, l)
 	}
 	return listeners, nil
 }
@@ -85,41 +77,92 @@ func Inherited() ([]Listener, error) {
 // listenFDsStart is SD_LISTEN_FDS_START, the first descriptor systemd passes.
 const listenFDsStart = 3
 
-// checkEnvironment rejects values go-systemd would silently ignore, so a
-// broken unit gets an error instead of "no sockets". Variables meant for
-// another process (LISTEN_PID is a number, not ours) are ignored, garbage
-// or not, as sd_listen_fds(3) does. Like sd_listen_fds_with_names(3), it
-// rejects a LISTEN_FDNAMES that names a different number of sockets than
-// LISTEN_FDS counts: systemd always sets both together, so a mismatch means
-// a broken launcher, and the descriptors past those really passed would be
-// whatever the process holds there (the Go runtime opens files at start-up,
-// so they would be reported as "not a socket", a misleading message).
-func checkEnvironment(pid, fds, names string, named bool, self int) error {
-	if fds == "" {
-		return nil
+// env is the activation environment as read: each variable and whether it
+// is set at all.
+type env struct {
+	pid      string
+	hasPID   bool
+	fds      string
+	hasFDs   bool
+	names    string
+	hasNames bool
+}
+
+// checkEnvironment reads the environment by sd_listen_fds(3)'s rules and
+// returns the names of the sockets passed to process self, one per
+// descriptor from fd 3: LISTEN_FDNAMES' entry, or "LISTEN_FD_<fd>" where
+// there is none (go-systemd's default). The rules:
+//   - without LISTEN_PID, nothing was passed: LISTEN_FDS alone is ignored;
+//   - a LISTEN_PID that is not a process ID is an error;
+//   - a LISTEN_PID of another process means nothing was passed to us,
+//     whatever the other variables say;
+//   - without LISTEN_FDS, nothing was passed; a LISTEN_FDS that is not a
+//     count is an error;
+//   - like sd_listen_fds_with_names(3), a LISTEN_FDNAMES that names a
+//     different number of sockets than LISTEN_FDS counts is an error:
+//     systemd sets both together, so a mismatch means a broken launcher.
+//
+// Where this differs from sd_listen_fds, it is deliberate: LISTEN_FDS=0 is
+// no sockets rather than EINVAL (harmless, and --listen may add some), a
+// count above maxInherited is an error (no unit passes that many, and
+// checking thousands of descriptors that were never passed helps nobody),
+// and numbers are plain decimal (systemd never writes "+42" or "0x2a").
+func checkEnvironment(e env, self int) ([]string, error) {
+	if !e.hasPID {
+		return nil, nil
 	}
-	if pid != "" {
-		p, err := strconv.Atoi(pid)
-		if err != nil {
-			return fmt.Errorf("LISTEN_PID=%q is not a process ID: it must be set by systemd or systemd-socket-activate", pid)
-		}
-		if p != self {
-			return nil
-		}
+	p, ok := decimal(e.pid)
+	if !ok || p == 0 {
+		return nil, fmt.Errorf("LISTEN_PID=%q is not a process ID: it must be set by systemd or systemd-socket-activate", truncate(e.pid, 64))
 	}
-	n, err := strconv.Atoi(fds)
-	if err != nil || n < 0 {
-		return fmt.Errorf("LISTEN_FDS=%q is not a number of sockets: it must be set by systemd or systemd-socket-activate", fds)
+	if p != uint64(self) || !e.hasFDs {
+		return nil, nil
+	}
+	n, ok := decimal(e.fds)
+	if !ok {
+		return nil, fmt.Errorf("LISTEN_FDS=%q is not a number of sockets: it must be set by systemd or systemd-socket-activate", truncate(e.fds, 64))
 	}
 	if n > maxInherited {
-		return fmt.Errorf("LISTEN_FDS=%q is more sockets than the %d this proxy accepts", fds, maxInherited)
+		return nil, fmt.Errorf("LISTEN_FDS=%q is more sockets than the %d this proxy accepts", truncate(e.fds, 64), maxInherited)
 	}
-	if named && n > 0 {
-		if k := strings.Count(names, ":") + 1; k != n {
-			return fmt.Errorf("LISTEN_FDS=%q but LISTEN_FDNAMES=%q names %d: both must be set together by systemd or systemd-socket-activate", fds, truncate(names, 64), k)
+	if n == 0 {
+		return nil, nil
+	}
+	var given []string
+	if e.hasNames {
+		given = strings.SplitN(e.names, ":", maxInherited+1)
+		if len(given) != int(n) {
+			return nil, fmt.Errorf("LISTEN_FDS=%q but LISTEN_FDNAMES=%q names %d: both must be set together by systemd or systemd-socket-activate",
+				e.fds, truncate(e.names, 64), strings.Count(e.names, ":")+1)
 		}
 	}
-	return nil
+	names := make([]string, n)
+	for i := range names {
+		if i < len(given) && given[i] != "" {
+			names[i] = given[i]
+		} else {
+			names[i] = "LISTEN_FD_" + strconv.Itoa(listenFDsStart+i)
+		}
+	}
+	return names, nil
+}
+
+// decimal reads a whole number written in decimal digits only, up to
+// 2^31-1 (the largest pid_t and int systemd would write).
+func decimal(s string) (uint64, bool) {
+	if s == "" {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if n = n*10 + uint64(c-'0'); n > 1<<31-1 {
+			return 0, false
+		}
+	}
+	return n, true
 }
 
 // truncate shortens s for an error message.

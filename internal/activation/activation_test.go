@@ -1,6 +1,7 @@
 package activation
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -120,62 +121,129 @@ func TestClosingInheritedUnixListenerKeepsFile(t *testing.T) {
 	}
 }
 
+// unsetVar marks a variable as not set at all in the tables below.
+const unsetVar = "\x00unset"
+
+func envOf(pid, fds, names string) env {
+	return env{pid: pid, hasPID: pid != unsetVar, fds: fds, hasFDs: fds != unsetVar, names: names, hasNames: names != unsetVar}
+}
+
 func TestCheckEnvironment(t *testing.T) {
 	const self = 42
+	const u = unsetVar
 	tests := []struct {
 		name, pid, fds, names string
-		named                 bool
-		ok                    bool
+		want                  string // the names, joined by "|"; "error" for an error
 	}{
-		{name: "unset", ok: true},
-		{name: "normal", pid: "42", fds: "2", ok: true},
-		{name: "normal with names", pid: "42", fds: "2", names: "web:admin", named: true, ok: true},
-		{name: "empty names", pid: "42", fds: "2", names: ":", named: true, ok: true},
-		{name: "zero sockets", pid: "42", fds: "0", names: "", named: true, ok: true},
-		{name: "garbage count", pid: "42", fds: "two"},
-		{name: "negative count", pid: "42", fds: "-1"},
-		{name: "huge count", pid: "42", fds: "1000000"},
-		{name: "overflowing count", pid: "42", fds: "99999999999999999999999"},
-		{name: "garbage pid", pid: "me", fds: "1"},
-		{name: "overflowing pid", pid: "99999999999999999999999", fds: "1"},
-		{name: "more names than sockets", pid: "42", fds: "1", names: "web:admin", named: true},
-		{name: "fewer names than sockets", pid: "42", fds: "3", names: "web", named: true},
+		{name: "unset", pid: u, fds: u, names: u},
+		{name: "normal", pid: "42", fds: "2", names: u, want: "LISTEN_FD_3|LISTEN_FD_4"},
+		{name: "normal with names", pid: "42", fds: "2", names: "web:admin", want: "web|admin"},
+		{name: "empty names", pid: "42", fds: "2", names: ":", want: "LISTEN_FD_3|LISTEN_FD_4"},
+		{name: "zero sockets", pid: "42", fds: "0", names: ""},
+		{name: "LISTEN_FDS without LISTEN_PID", pid: u, fds: "1", names: "web"},
+		{name: "garbage LISTEN_FDS without LISTEN_PID", pid: u, fds: "two", names: u},
+		{name: "LISTEN_PID without LISTEN_FDS", pid: "42", fds: u, names: u},
+		{name: "empty LISTEN_PID", pid: "", fds: "1", names: u, want: "error"},
+		{name: "garbage count", pid: "42", fds: "two", names: u, want: "error"},
+		{name: "empty count", pid: "42", fds: "", names: u, want: "error"},
+		{name: "negative count", pid: "42", fds: "-1", names: u, want: "error"},
+		{name: "huge count", pid: "42", fds: "1000000", names: u, want: "error"},
+		{name: "overflowing count", pid: "42", fds: "99999999999999999999999", names: u, want: "error"},
+		{name: "garbage pid", pid: "me", fds: "1", names: u, want: "error"},
+		{name: "garbage pid without LISTEN_FDS", pid: "me", fds: u, names: u, want: "error"},
+		{name: "pid zero", pid: "0", fds: "1", names: u, want: "error"},
+		{name: "negative pid", pid: "-42", fds: "1", names: u, want: "error"},
+		{name: "overflowing pid", pid: "99999999999999999999999", fds: "1", names: u, want: "error"},
+		{name: "more names than sockets", pid: "42", fds: "1", names: "web:admin", want: "error"},
+		{name: "fewer names than sockets", pid: "42", fds: "3", names: "web", want: "error"},
 		// Meant for another process: ignored, garbage or not, as sd_listen_fds.
-		{name: "another process", pid: "1", fds: "2", ok: true},
-		{name: "another process, garbage count", pid: "1", fds: "two", ok: true},
-		{name: "another process, names mismatch", pid: "1", fds: "2", names: "web", named: true, ok: true},
+		{name: "another process", pid: "1", fds: "2", names: u},
+		{name: "another process, garbage count", pid: "1", fds: "two", names: u},
+		{name: "another process, names mismatch", pid: "1", fds: "2", names: "web"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := checkEnvironment(tt.pid, tt.fds, tt.names, tt.named, self)
-			if (err == nil) != tt.ok {
-				t.Fatalf("checkEnvironment(%q, %q, %q) = %v, want ok=%v", tt.pid, tt.fds, tt.names, err, tt.ok)
+			names, err := checkEnvironment(envOf(tt.pid, tt.fds, tt.names), self)
+			got := strings.Join(names, "|")
+			if err != nil {
+				got = "error"
+				if !strings.Contains(err.Error(), "LISTEN_") {
+					t.Errorf("error %q does not name the variable", err)
+				}
 			}
-			if err != nil && !strings.Contains(err.Error(), "LISTEN_") {
-				t.Fatalf("error %q does not name the variable", err)
+			if got != tt.want {
+				t.Fatalf("checkEnvironment(%q, %q, %q) = %q (%v), want %q", tt.pid, tt.fds, tt.names, got, err, tt.want)
 			}
 		})
 	}
 }
 
-// FuzzCheckEnvironment: any LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES give an
-// answer, never a panic, and an error always names the variable.
+// sdListenFDs is an independent reading of sd_listen_fds(3) and
+// sd_listen_fds_with_names(3) (systemd 252, src/libsystemd/sd-daemon),
+// with the deviations checkEnvironment documents, to check it against:
+// the names of the sockets passed to self, or ok false for an error.
+func sdListenFDs(e env, self int) (names []string, ok bool) {
+	if !e.hasPID {
+		return nil, true // "if (!e) { r = 0; goto finish; }"
+	}
+	pid, err := strconv.ParseUint(e.pid, 10, 31) // parse_pid: a pid_t above 0
+	if err != nil || pid == 0 || strings.TrimLeft(e.pid, "0123456789") != "" {
+		return nil, false
+	}
+	if pid != uint64(self) || !e.hasFDs {
+		return nil, true // not for us, or nothing passed
+	}
+	n, err := strconv.ParseUint(e.fds, 10, 31) // safe_atoi, decimal only here
+	if err != nil || strings.TrimLeft(e.fds, "0123456789") != "" || n > maxInherited {
+		return nil, false
+	}
+	if n == 0 {
+		return nil, true // EINVAL in systemd; no sockets here
+	}
+	var given []string
+	if e.hasNames {
+		given = strings.Split(e.names, ":") // strv_split(e, ":")
+		if uint64(len(given)) != n {
+			return nil, false // "if ((size_t) n_fds != n_names) return -EINVAL"
+		}
+	}
+	for i := range int(n) {
+		name := fmt.Sprintf("LISTEN_FD_%d", 3+i)
+		if i < len(given) && len(given[i]) > 0 {
+			name = given[i]
+		}
+		names = append(names, name)
+	}
+	return names, true
+}
+
+// FuzzCheckEnvironment compares checkEnvironment with sdListenFDs for any
+// LISTEN_PID (the fuzzer's, or this process's), any count and any names;
+// an error always names the variable.
 func FuzzCheckEnvironment(f *testing.F) {
-	f.Add("42", "1", "web", true)
-	f.Add("42", "2", "web:", true)
-	f.Add("1", "x", "", false)
-	f.Add("", "4097", "", false)
-	f.Add("42", "-0", strings.Repeat(":", 100), true)
-	f.Fuzz(func(t *testing.T, pid, fds, names string, named bool) {
-		err := checkEnvironment(pid, fds, names, named, 42)
+	f.Add("42", true, "1", true, "web", true, false)
+	f.Add("42", true, "2", true, "web:", true, false)
+	f.Add("1", true, "x", true, "", false, false)
+	f.Add("", false, "4097", true, "", false, true)
+	f.Add("42", true, "-0", true, strings.Repeat(":", 100), true, true)
+	f.Add("+42", true, "1", true, "", false, true)
+	f.Fuzz(func(t *testing.T, pid string, hasPID bool, fds string, hasFDs bool, names string, hasNames bool, selfPID bool) {
+		self := 42
+		if selfPID {
+			// The fuzzer's pid is one of its strings only by chance: make
+			// "ours" common by using the number the input writes, if any.
+			if p, err := strconv.Atoi(pid); err == nil && p > 0 {
+				self = p
+			}
+		}
+		e := env{pid, hasPID, fds, hasFDs, names, hasNames}
+		got, err := checkEnvironment(e, self)
+		want, ok := sdListenFDs(e, self)
+		if (err == nil) != ok || strings.Join(got, "\x00") != strings.Join(want, "\x00") || len(got) != len(want) {
+			t.Fatalf("checkEnvironment(%+v, %d) = %q, %v; sd_listen_fds reads %q, ok %v", e, self, got, err, want, ok)
+		}
 		if err != nil && !strings.Contains(err.Error(), "LISTEN_") {
 			t.Fatalf("error %q does not name the variable", err)
-		}
-		if err == nil && fds != "" && pid == "42" {
-			n, aerr := strconv.Atoi(fds)
-			if aerr != nil || n < 0 || n > maxInherited {
-				t.Fatalf("accepted LISTEN_FDS=%q", fds)
-			}
 		}
 	})
 }
@@ -221,8 +289,9 @@ func TestListenReplacesStaleSocketOnly(t *testing.T) {
 		t.Fatal("a second --listen took over a live socket")
 	}
 	// Leave the file behind, as a proxy that was killed would.
-	live.Listener.(*net.UnixListener).SetUnlinkOnClose(false)
-	live.Close()
+	ul := live.Listener.(*unixListener)
+	ul.UnixListener.Close()
+	unix.Close(ul.file.dir)
 	again, err := Listen(path)
 	if err != nil {
 		t.Fatalf("a stale socket file blocked --listen: %v", err)

@@ -5,47 +5,72 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path"
 	"strings"
 	"syscall"
 )
 
-// Listen binds a listener for --listen ADDR: HOST:PORT, [IPv6]:PORT, :PORT
-// (every address), a unix socket path, or @abstract.
+// DefaultSocketMode is the mode of a --listen unix socket file unless told
+// otherwise: systemd's SocketMode= default, so any local user may connect,
+// as to the sockets a .socket unit creates.
+const DefaultSocketMode os.FileMode = 0o666
+
+// Listen binds a listener for --listen ADDR with DefaultSocketMode.
 func Listen(addr string) (Listener, error) {
-	network := "tcp"
+	return ListenMode(addr, DefaultSocketMode)
+}
+
+// ListenMode binds a listener for --listen ADDR: HOST:PORT, [IPv6]:PORT,
+// :PORT (every address), an absolute unix socket path, whose file gets
+// mode, or @abstract.
+func ListenMode(addr string, mode os.FileMode) (Listener, error) {
 	switch {
 	case addr == "":
-		return Listener{}, errors.New("empty --listen address: give HOST:PORT, [IPv6]:PORT, a unix socket path or @name")
-	case strings.HasPrefix(addr, "/"), strings.HasPrefix(addr, "@"):
-		network = "unix"
-		if strings.HasPrefix(addr, "/") {
-			removeStaleSocket(addr)
+		return Listener{}, errors.New("empty --listen address: give HOST:PORT, [IPv6]:PORT, an absolute unix socket path or @name")
+	case strings.HasPrefix(addr, "/"):
+		return listenUnixPath(addr, mode)
+	case strings.HasPrefix(addr, "@"):
+		ln, err := net.Listen("unix", addr)
+		if err != nil {
+			return Listener{}, fmt.Errorf("cannot listen on %q: %v", addr, unwrap(err))
 		}
-	case !strings.Contains(addr, ":"):
-		return Listener{}, fmt.Errorf("--listen address %q has no port: write HOST:PORT, [IPv6]:PORT or :PORT", addr)
+		return Listener{Listener: ln, Name: addr, FD: -1}, nil
 	}
-	ln, err := net.Listen(network, addr)
+	if err := tcpMistake(addr); err != nil {
+		return Listener{}, err
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return Listener{}, fmt.Errorf("cannot listen on %q: %v", addr, unwrap(err))
 	}
 	return Listener{Listener: ln, Name: addr, FD: -1}, nil
 }
 
-// removeStaleSocket deletes a socket file left behind by a proxy that died,
-// but only when nobody answers on it: a live listener is never taken over.
-func removeStaleSocket(path string) {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return
+// tcpMistake says what to write instead of a --listen address that is not
+// HOST:PORT, for the slips users make.
+func tcpMistake(addr string) error {
+	host, port, found := cutLast(addr, ":")
+	switch {
+	case strings.Contains(addr, "/"):
+		return fmt.Errorf("--listen address %q is a relative path: give the unix socket's absolute path, such as %q", addr, "/run/"+path.Base(addr))
+	case !found:
+		if ext := path.Ext(addr); ext == ".sock" || ext == ".socket" {
+			return fmt.Errorf("--listen address %q looks like a unix socket file: give its absolute path, such as %q", addr, "/run/"+addr)
+		}
+		return fmt.Errorf("--listen address %q has no port: write HOST:PORT, [IPv6]:PORT or :PORT", addr)
+	case strings.Contains(host, ":") && !strings.HasPrefix(host, "["):
+		// Go says "too many colons"; the backend splits at the last colon
+		// as the original does, but a new option can ask for the clear form.
+		return fmt.Errorf("--listen address %q: write an IPv6 address in brackets, %q", addr, "["+host+"]:"+port)
 	}
-	c, err := net.Dial("unix", path)
-	if err == nil {
-		c.Close()
-		return
+	return nil
+}
+
+func cutLast(s, sep string) (before, after string, found bool) {
+	if i := strings.LastIndex(s, sep); i >= 0 {
+		return s[:i], s[i+len(sep):], true
 	}
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		os.Remove(path)
-	}
+	return s, "", false
 }
 
 // unwrap keeps the system's reason from a net.OpError; the caller already
@@ -58,6 +83,10 @@ func unwrap(err error) error {
 			return sysErr.Err
 		}
 		return opErr.Err
+	}
+	var sysErr *os.SyscallError
+	if errors.As(err, &sysErr) {
+		return sysErr.Err
 	}
 	return err
 }
@@ -78,10 +107,13 @@ func FromFD(fd int, name string, bound bool) (Listener, error) {
 		return Listener{}, fmt.Errorf("%s: %v", where, err)
 	}
 	if u, ok := ln.(*net.UnixListener); ok && bound && strings.HasPrefix(name, "/") {
-		u.SetUnlinkOnClose(true)
+		ln = adoptUnixPath(u, name)
 	}
 	if bound {
 		fd = -1
 	}
 	return Listener{Listener: ln, Name: name, FD: fd}, nil
 }
+
+// isRefused reports whether a dial found a socket file nobody listens on.
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }

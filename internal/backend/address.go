@@ -5,6 +5,8 @@ package backend
 import (
 	"fmt"
 	"net"
+	"net/url"
+	"path"
 	"strconv"
 	"strings"
 )
@@ -32,7 +34,7 @@ type Address struct {
 func Parse(s string) (Address, error) {
 	switch {
 	case s == "":
-		return Address{}, fmt.Errorf("empty backend address: give HOST:PORT, [IPv6]:PORT or a unix socket path")
+		return Address{}, fmt.Errorf("empty backend address %q: give HOST:PORT, [IPv6]:PORT or a unix socket path", s)
 	case strings.HasPrefix(s, "/"):
 		if len(s) > maxUnixPath-1 {
 			return Address{}, fmt.Errorf("unix socket path %q is %d bytes long; the limit is %d: use a shorter path", s, len(s), maxUnixPath-1)
@@ -47,6 +49,9 @@ func Parse(s string) (Address, error) {
 		}
 		return Address{Network: "unix", Path: s}, nil
 	}
+	if err := mistake(s); err != nil {
+		return Address{}, err
+	}
 	host, port, err := splitHostPort(s)
 	if err != nil {
 		return Address{}, err
@@ -56,6 +61,55 @@ func Parse(s string) (Address, error) {
 		return Address{}, err
 	}
 	return Address{Network: "tcp", Host: host, Port: port}, nil
+}
+
+// mistake recognises the backend addresses users write for other programs
+// or by slip, and says what to write instead: a relative socket path (the
+// original reads "nginx.sock" as a host name and fails every connection),
+// socat's and nginx's "unix:" prefix, a URL, socat's "tcp:".
+func mistake(s string) error {
+	if scheme, _, ok := strings.Cut(s, "://"); ok {
+		u, err := url.Parse(s)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("backend address %q is a URL: write HOST:PORT alone, without %q", s, scheme+"://")
+		}
+		host := u.Host
+		if u.Port() == "" {
+			if port, known := map[string]string{"http": "80", "https": "443"}[strings.ToLower(scheme)]; known {
+				host = net.JoinHostPort(u.Hostname(), port)
+			}
+		}
+		return fmt.Errorf("backend address %q is a URL: write HOST:PORT alone, %q (the proxy forwards bytes, whatever the protocol)", s, host)
+	}
+	prefix, rest, ok := strings.Cut(s, ":")
+	if ok {
+		switch strings.ToLower(prefix) {
+		case "unix", "unix-connect", "unix-client", "abstract", "abstract-connect":
+			if strings.HasPrefix(rest, "/") || strings.HasPrefix(rest, "@") {
+				return fmt.Errorf("backend address %q: write the socket path alone, %q, without %q", s, rest, prefix+":")
+			}
+			if strings.HasPrefix(strings.ToLower(prefix), "abstract") && rest != "" {
+				return fmt.Errorf("backend address %q: write an abstract socket as %q", s, "@"+rest)
+			}
+		case "tcp", "tcp4", "tcp6", "tcp-connect":
+			if _, err := Parse(rest); err == nil && strings.Contains(rest, ":") {
+				return fmt.Errorf("backend address %q: write HOST:PORT alone, %q, without %q", s, rest, prefix+":")
+			}
+		}
+	}
+	if before, _, found := strings.Cut(s, "/"); found && strings.Contains(before, ":") {
+		return fmt.Errorf("backend address %q has a path: write HOST:PORT alone, %q", s, before)
+	} else if found {
+		return fmt.Errorf("backend address %q is a relative path: give the unix socket's absolute path, such as %q", s, "/run/"+path.Base(s))
+	}
+	if !ok {
+		// No port, and a name ending like a socket file: "sock" and "socket"
+		// are no top-level domains.
+		if ext := strings.ToLower(path.Ext(s)); ext == ".sock" || ext == ".socket" {
+			return fmt.Errorf("backend address %q looks like a unix socket file, not a host name: give its absolute path, such as %q", s, "/run/"+s)
+		}
+	}
+	return nil
 }
 
 // splitHostPort accepts "[v6]:port" and "[v6]" (which the original rejects,

@@ -92,3 +92,43 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestParseHints: the addresses users write for other programs, or by slip,
+// get an error that says what to write instead (issue 12).
+func TestParseHints(t *testing.T) {
+	tests := []struct {
+		in, want string
+	}{
+		{in: "nginx.sock", want: `backend address "nginx.sock" looks like a unix socket file, not a host name: give its absolute path, such as "/run/nginx.sock"`},
+		{in: "php-fpm.SOCKET", want: `such as "/run/php-fpm.SOCKET"`},
+		{in: "./nginx.sock", want: `backend address "./nginx.sock" is a relative path: give the unix socket's absolute path, such as "/run/nginx.sock"`},
+		{in: "run/nginx/socket", want: `is a relative path`},
+		{in: "unix:/run/x.sock", want: `backend address "unix:/run/x.sock": write the socket path alone, "/run/x.sock", without "unix:"`},
+		{in: "UNIX-CONNECT:@web", want: `write the socket path alone, "@web"`},
+		{in: "abstract:web", want: `write an abstract socket as "@web"`},
+		{in: "http://127.0.0.1:80", want: `backend address "http://127.0.0.1:80" is a URL: write HOST:PORT alone, "127.0.0.1:80"`},
+		{in: "https://backend.example/x", want: `is a URL: write HOST:PORT alone, "backend.example:443"`},
+		{in: "http://[::1]", want: `"[::1]:80"`},
+		{in: "http://", want: `is a URL: write HOST:PORT alone, without "http://"`},
+		{in: "tcp:127.0.0.1:8080", want: `write HOST:PORT alone, "127.0.0.1:8080", without "tcp:"`},
+		{in: "localhost:8080/app", want: `backend address "localhost:8080/app" has a path: write HOST:PORT alone, "localhost:8080"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			a, err := Parse(tt.in)
+			if err == nil {
+				t.Fatalf("Parse(%q) = %+v, want an error", tt.in, a)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q, want %q", err, tt.want)
+			}
+		})
+	}
+	// Not mistakes: a host name with a port, and a name that is only
+	// called "tcp" or "unix".
+	for _, ok := range []string{"nginx.sock:8080", "tcp:80", "unix:80", "sockets.example"} {
+		if _, err := Parse(ok); err != nil {
+			t.Errorf("Parse(%q): %v", ok, err)
+		}
+	}
+}

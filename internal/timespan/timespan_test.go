@@ -322,36 +322,3 @@ func TestRoundTrip(t *testing.T) {
 		}
 	})
 }
-
-func TestValue(t *testing.T) {
-	var d time.Duration
-	v := NewValue(&d, Infinity)
-	if d != Infinity {
-		t.Fatalf("NewValue did not store the default: d = %v", d)
-	}
-	if got := v.String(); got != "infinity" {
-		t.Errorf("String() = %q, want %q", got, "infinity")
-	}
-	if got := v.Type(); got != "timespan" {
-		t.Errorf("Type() = %q, want %q", got, "timespan")
-	}
-	if err := v.Set("5min 20s"); err != nil {
-		t.Fatalf("Set: %v", err)
-	}
-	if want := 5*time.Minute + 20*time.Second; d != want {
-		t.Errorf("after Set, d = %v, want %v", d, want)
-	}
-	if got := v.String(); got != "5min 20s" {
-		t.Errorf("String() = %q, want %q", got, "5min 20s")
-	}
-	if err := v.Set("5 parsecs"); err == nil {
-		t.Errorf("Set(%q) succeeded", "5 parsecs")
-	}
-	if want := 5*time.Minute + 20*time.Second; d != want {
-		t.Errorf("a failed Set changed d to %v", d)
-	}
-	var zero Value
-	if got := zero.String(); got != "" {
-		t.Errorf("zero Value String() = %q, want empty", got)
-	}
-}

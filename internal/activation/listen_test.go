@@ -1,0 +1,275 @@
+package activation
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// requireRoot skips a test that needs root, and fails it under CI=1.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "1" {
+			t.Fatal("needs root, and CI=1 allows no skip")
+		}
+		t.Skip("needs root")
+	}
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+// answers reports whether something listens on the unix socket at p.
+func answers(p string) bool {
+	c, err := net.Dial("unix", p)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
+}
+
+// TestListenSocketMode: a --listen socket file gets exactly the mode asked,
+// 0666 by default as systemd's SocketMode=, whatever the umask (issue 12).
+func TestListenSocketMode(t *testing.T) {
+	dir := shortDir(t)
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	for _, tt := range []struct {
+		mode os.FileMode
+		def  bool
+	}{{mode: 0o666, def: true}, {mode: 0o660}, {mode: 0o600}, {mode: 0o777}} {
+		p := filepath.Join(dir, tt.mode.String()+".sock")
+		var l Listener
+		var err error
+		if tt.def {
+			l, err = Listen(p)
+		} else {
+			l, err = ListenMode(p, tt.mode)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Lstat(p)
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != tt.mode {
+			t.Errorf("socket file %s has mode %v, want %v", p, fi.Mode(), tt.mode)
+		}
+	}
+}
+
+// TestListenRemovesItsOwnSocketOnly: at exit the socket file goes if it is
+// still ours, and stays if another one took its path (issue 13).
+func TestListenRemovesItsOwnSocketOnly(t *testing.T) {
+	dir := shortDir(t)
+	p := filepath.Join(dir, "own.sock")
+	l, err := Listen(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !answers(p) {
+		t.Fatal("the --listen socket does not answer")
+	}
+	if got := l.Addr().String(); got != p {
+		t.Errorf("Addr() = %q, want the path given, %q", got, p)
+	}
+	l.Close()
+	if exists(p) {
+		t.Error("the socket file is left behind at exit")
+	}
+
+	l, err = Listen(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(p, p+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	other, err := net.Listen("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	l.Close()
+	if !answers(p) {
+		t.Error("closing the proxy's listener removed another socket at its path")
+	}
+}
+
+// TestListenDirectorySwapped: the directory of a --listen socket is swapped
+// for a symlink to another service's directory while the proxy runs; at
+// exit the proxy removes its own socket, in the directory it bound in, and
+// not the other service's live socket of the same name (issue 13).
+func TestListenDirectorySwapped(t *testing.T) {
+	base := shortDir(t)
+	mine, victim := filepath.Join(base, "mine"), filepath.Join(base, "victim")
+	for _, d := range []string{mine, victim} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := Listen(filepath.Join(mine, "s.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := net.Listen("unix", filepath.Join(victim, "s.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if err := os.Rename(mine, mine+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, mine); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if !answers(filepath.Join(victim, "s.sock")) {
+		t.Error("the proxy removed another service's live socket through a swapped directory")
+	}
+	if exists(filepath.Join(mine+".old", "s.sock")) {
+		t.Error("the proxy left its own socket file behind in the moved directory")
+	}
+}
+
+// TestListenStaleSocket: a socket file nobody answers on is replaced; a
+// live one, a symlink or a plain file in the way are left alone.
+func TestListenStaleSocket(t *testing.T) {
+	dir := shortDir(t)
+	stale := filepath.Join(dir, "stale.sock")
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: stale}); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(fd) // the file stays, nobody listens
+	l, err := Listen(stale)
+	if err != nil {
+		t.Fatalf("a stale socket blocked --listen: %v", err)
+	}
+	if !answers(stale) {
+		t.Error("the new socket does not answer")
+	}
+	l.Close()
+
+	// A symlink named like the socket, to a stale socket elsewhere: not
+	// followed, not removed.
+	target := filepath.Join(dir, "target.sock")
+	fd, _ = syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: target}); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(fd)
+	link := filepath.Join(dir, "link.sock")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Listen(link); err == nil {
+		l.Close()
+		t.Error("--listen replaced a symlink")
+	} else if !strings.Contains(err.Error(), `"`+link+`"`) {
+		t.Errorf("error %q does not name the path", err)
+	}
+	if !exists(target) || !exists(link) {
+		t.Error("--listen removed a symlink or its target")
+	}
+
+	plain := filepath.Join(dir, "plain")
+	if err := os.WriteFile(plain, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Listen(plain); err == nil {
+		l.Close()
+		t.Error("--listen replaced a plain file")
+	}
+	if b, err := os.ReadFile(plain); err != nil || string(b) != "data" {
+		t.Error("--listen touched a plain file in its way")
+	}
+}
+
+// TestListenRefusesUnsafeDirectory: as root, a socket in a directory that
+// others may change (or under one) is refused; a sticky one such as /tmp
+// and a symlink kept in a safe directory are fine (issue 13).
+func TestListenRefusesUnsafeDirectory(t *testing.T) {
+	requireRoot(t)
+	base := shortDir(t)
+	open := filepath.Join(base, "open")
+	sticky := filepath.Join(base, "sticky")
+	safe := filepath.Join(base, "safe")
+	for d, mode := range map[string]os.FileMode{open: 0o777, sticky: 0o777 | os.ModeSticky, safe: 0o755} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(open, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{filepath.Join(open, "x.sock"), filepath.Join(open, "sub", "x.sock")} {
+		l, err := Listen(p)
+		if err == nil {
+			l.Close()
+			t.Errorf("Listen(%q) as root accepted a directory others may change", p)
+			continue
+		}
+		for _, want := range []string{`"` + p + `"`, `"` + open + `"`, "writable by other users", "/run/socket-proxyd"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not mention %s", err, want)
+			}
+		}
+		if exists(p) {
+			t.Errorf("refused, but %s was created", p)
+		}
+	}
+	if err := os.Symlink(safe, filepath.Join(base, "alias")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{filepath.Join(sticky, "x.sock"), filepath.Join(base, "alias", "y.sock")} {
+		l, err := Listen(p)
+		if err != nil {
+			t.Errorf("Listen(%q): %v", p, err)
+			continue
+		}
+		if !answers(p) {
+			t.Errorf("%s does not answer", p)
+		}
+		l.Close()
+	}
+	if exists(filepath.Join(safe, "y.sock")) {
+		t.Error("the socket bound through a symlinked directory was left behind")
+	}
+}
+
+// TestListenHints: the slips users make in --listen get a hint (issue 12).
+func TestListenHints(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{in: "::1:8080", want: `--listen address "::1:8080": write an IPv6 address in brackets, "[::1]:8080"`},
+		{in: ":::80", want: `"[::]:80"`},
+		{in: "./web.sock", want: `is a relative path: give the unix socket's absolute path, such as "/run/web.sock"`},
+		{in: "web.sock", want: `looks like a unix socket file: give its absolute path, such as "/run/web.sock"`},
+		{in: "127.0.0.1", want: "has no port"},
+		{in: "/", want: "names a directory"},
+	} {
+		l, err := Listen(tt.in)
+		if err == nil {
+			l.Close()
+			t.Errorf("Listen(%q) succeeded", tt.in)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Listen(%q): %q, want %q", tt.in, err, tt.want)
+		}
+	}
+}

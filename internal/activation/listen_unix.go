@@ -1,0 +1,224 @@
+package activation
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// A --listen socket file is handled through a descriptor of its directory,
+// never by path alone (issue 13): by path, a directory swapped for a
+// symlink between two steps makes "remove the stale socket" or "remove our
+// socket at exit" remove another service's live socket. The directory
+// descriptor stays on the directory we bound in, wherever it is moved, and
+// the socket's device and inode, noted at bind, tell ours from a newcomer.
+
+// boundFile is the file of a --listen unix socket: its directory, held
+// open, its name there, and the device and inode it had when bound.
+type boundFile struct {
+	dir      int // O_PATH descriptor of the directory
+	name     string
+	dev, ino uint64
+}
+
+// unixListener removes its own socket file when closed, and only that.
+type unixListener struct {
+	*net.UnixListener
+	file   boundFile
+	addr   *net.UnixAddr // the path given, not the /proc path bound through
+	remove sync.Once
+}
+
+// Addr is the socket's path as the user gave it: the kernel's name for it
+// (getsockname, and so ss -xl) is the /proc/self/fd path it was bound by.
+func (l *unixListener) Addr() net.Addr { return l.addr }
+
+// Close closes the listener, then removes the socket file if it is still
+// the one bound: Go's own unlink-on-close removes whatever has that path.
+func (l *unixListener) Close() error {
+	err := l.UnixListener.Close()
+	l.remove.Do(l.file.remove)
+	return err
+}
+
+// remove unlinks the socket file if it is still the one bound, and lets
+// go of the directory.
+func (f *boundFile) remove() {
+	if f.dir < 0 {
+		return
+	}
+	var st unix.Stat_t
+	if unix.Fstatat(f.dir, f.name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+		st.Mode&unix.S_IFMT == unix.S_IFSOCK && st.Dev == f.dev && st.Ino == f.ino {
+		unix.Unlinkat(f.dir, f.name, 0)
+	}
+	unix.Close(f.dir)
+	f.dir = -1
+}
+
+// listenUnixPath binds a unix stream socket at the absolute path p with
+// file mode mode.
+func listenUnixPath(p string, mode os.FileMode) (Listener, error) {
+	clean := filepath.Clean(p)
+	dirName, name := filepath.Split(clean)
+	if name == "" {
+		return Listener{}, fmt.Errorf("--listen address %q names a directory: give a socket file's path, such as /run/socket-proxyd/web.sock", p)
+	}
+	dir, err := unix.Open(dirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return Listener{}, fmt.Errorf("cannot listen on %q: directory %q: %v", p, dirName, err)
+	}
+	fail := func(err error) (Listener, error) {
+		unix.Close(dir)
+		return Listener{}, err
+	}
+	if os.Geteuid() == 0 {
+		if err := checkDirectory(dir, dirName); err != nil {
+			return fail(fmt.Errorf("refusing to listen on %q as root: %v", p, err))
+		}
+	}
+	// Bind through /proc/self/fd/N/name, so the path resolves to the
+	// directory held open; without /proc, or if that path is too long for
+	// sun_path, by the path given, and the check after bind catches a swap.
+	at := "/proc/self/fd/" + strconv.Itoa(dir) + "/" + name
+	if len(at) >= maxSunPath {
+		at = clean
+	} else if _, err := os.Stat("/proc/self/fd/" + strconv.Itoa(dir)); err != nil {
+		at = clean
+	}
+	if len(at) >= maxSunPath {
+		return fail(fmt.Errorf("cannot listen on %q: the path is %d bytes long; the limit is %d: use a shorter path", p, len(clean), maxSunPath-1))
+	}
+	removeStaleSocket(dir, name, at)
+
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return fail(fmt.Errorf("cannot listen on %q: %v", p, err))
+	}
+	// The file takes the socket's mode less the umask at bind: start no
+	// wider than mode, and widen to exactly mode once bound, so the file
+	// is never more open than asked, even for a moment.
+	if err := unix.Fchmod(fd, uint32(mode.Perm())); err != nil {
+		unix.Close(fd)
+		return fail(fmt.Errorf("cannot listen on %q: %v", p, err))
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: at}); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EADDRINUSE) {
+			return fail(fmt.Errorf("cannot listen on %q: the file exists and is not a stale socket: remove it, or stop what listens on it", p))
+		}
+		return fail(fmt.Errorf("cannot listen on %q: %v", p, err))
+	}
+	file := boundFile{dir: dir, name: name}
+	var st unix.Stat_t
+	err = unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if err == nil && st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		err = errors.New("the directory changed while binding")
+	}
+	if err == nil {
+		file.dev, file.ino = st.Dev, st.Ino
+		err = unix.Fchmodat(dir, name, uint32(mode.Perm()), 0)
+	}
+	if err == nil {
+		err = unix.Listen(fd, unix.SOMAXCONN)
+	}
+	if err != nil {
+		unix.Close(fd)
+		if file.ino != 0 {
+			file.remove()
+		} else {
+			unix.Close(dir)
+		}
+		return Listener{}, fmt.Errorf("cannot listen on %q: %v", p, err)
+	}
+	f := os.NewFile(uintptr(fd), p)
+	ln, err := net.FileListener(f)
+	f.Close() // ln holds its own duplicate
+	if err != nil {
+		file.remove()
+		return Listener{}, fmt.Errorf("cannot listen on %q: %v", p, err)
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false) // ours checks the inode first
+	return Listener{Listener: &unixListener{UnixListener: ul, file: file, addr: &net.UnixAddr{Name: clean, Net: "unix"}}, Name: p, FD: -1}, nil
+}
+
+// maxSunPath is the size of sockaddr_un.sun_path, its terminating NUL
+// included.
+const maxSunPath = 108
+
+// removeStaleSocket deletes a socket file left behind by a proxy that died,
+// but only when nobody answers on it and it is still the same file: a live
+// listener, or a file put there meanwhile, is never removed.
+func removeStaleSocket(dir int, name, at string) {
+	var before unix.Stat_t
+	if unix.Fstatat(dir, name, &before, unix.AT_SYMLINK_NOFOLLOW) != nil || before.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return
+	}
+	c, err := net.Dial("unix", at)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if !isRefused(err) {
+		return
+	}
+	var after unix.Stat_t
+	if unix.Fstatat(dir, name, &after, unix.AT_SYMLINK_NOFOLLOW) == nil && after.Dev == before.Dev && after.Ino == before.Ino {
+		unix.Unlinkat(dir, name, 0)
+	}
+}
+
+// checkDirectory refuses a directory that a user other than root can
+// change, nor any directory above it: such a user could swap it for a
+// symlink and have a proxy running as root remove or replace another
+// service's socket. A sticky bit (as on /tmp) protects the names in a
+// directory that others may write.
+func checkDirectory(dir int, given string) error {
+	real, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(dir))
+	if err != nil {
+		real = filepath.Clean(given)
+	}
+	for d := real; ; d = filepath.Dir(d) {
+		var st unix.Stat_t
+		if err := unix.Lstat(d, &st); err != nil {
+			return fmt.Errorf("directory %q: %v", d, err)
+		}
+		sticky := st.Mode&unix.S_ISVTX != 0
+		switch {
+		case st.Uid != 0:
+			return fmt.Errorf("directory %q belongs to uid %d, who could swap it for a symlink to another service's socket: use a directory only root can change, such as /run/socket-proxyd (RuntimeDirectory=)", d, st.Uid)
+		case st.Mode&0o002 != 0 && !sticky, st.Mode&0o020 != 0 && st.Gid != 0 && !sticky:
+			return fmt.Errorf("directory %q is writable by other users and not sticky (mode %#o), so it could be swapped for a symlink to another service's socket: use a directory only root can change, such as /run/socket-proxyd (RuntimeDirectory=)", d, st.Mode&0o7777)
+		}
+		if d == "/" {
+			return nil
+		}
+	}
+}
+
+// adoptUnixPath makes a --listen unix socket carried over a reload remove
+// its file on the way out, as it would have in the image that bound it.
+// The file's identity is noted now (the one the socket was bound at, unless
+// it was replaced during the reload), and the directory held open from here.
+func adoptUnixPath(ul *net.UnixListener, p string) net.Listener {
+	ul.SetUnlinkOnClose(false)
+	clean := filepath.Clean(p)
+	dirName, name := filepath.Split(clean)
+	file := boundFile{dir: -1, name: name}
+	if dir, err := unix.Open(dirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		var st unix.Stat_t
+		if unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+			file.dir, file.dev, file.ino = dir, st.Dev, st.Ino
+		} else {
+			unix.Close(dir)
+		}
+	}
+	return &unixListener{UnixListener: ul, file: file, addr: &net.UnixAddr{Name: clean, Net: "unix"}}
+}
