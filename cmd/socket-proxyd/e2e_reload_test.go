@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -385,4 +386,39 @@ func TestUnreadableRecordResets(t *testing.T) {
 func startRaw(t *testing.T, files []*os.File, env ...string) *proc {
 	t.Helper()
 	return start(t, binary, launch{args: []string{"127.0.0.1:9"}, env: env, extra: files})
+}
+
+// TestReloadPause measures how long the loop stands still during a reload
+// with SPX_RELOAD_CONNS open connections (docs/ENGINE.md: 1000 and 9000):
+// from the record being written to the new loop's first wait, as the
+// reloaded image logs it. Run without -race for the figures:
+//
+//	SPX_RELOAD_CONNS=9000 go test -run TestReloadPause -v ./cmd/socket-proxyd/
+func TestReloadPause(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("SPX_RELOAD_CONNS"))
+	if n <= 0 {
+		t.Skip("set SPX_RELOAD_CONNS to measure")
+	}
+	_, backend := echoTCP(t, "127.0.0.1:0")
+	fd, addr := inheritTCP(t, "web")
+	p := start(t, binary, launch{args: []string{"-c", strconv.Itoa(n + 10), backend}, fds: []inherited{fd}})
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		conns[i] = dial(t, "tcp", addr)
+		mustEcho(t, conns[i], 1)
+	}
+	for i := 1; i <= 5; i++ {
+		reloadTo(t, p, i)
+	}
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		if strings.Contains(line, "resumed connections") || strings.Contains(line, "handoff took") {
+			t.Log(line)
+		}
+	}
+	if got := strings.Count(p.stderr.String(), fmt.Sprintf("connections=%d reset=0", n)); got != 5 {
+		t.Errorf("%d of 5 reloads carried all %d connections", got, n)
+	}
+	for i := 0; i < n; i += max(1, n/100) {
+		mustEcho(t, conns[i], 100)
+	}
 }
