@@ -162,6 +162,7 @@ func resume(value string) (*handoff.Record, []activation.Listener, error) {
 		return nil, nil, fmt.Errorf("cannot resume after a reload, the carried connections were reset: %v", err)
 	}
 	handoff.Reset(unused)
+	handoff.CloseOnExec()
 	var listeners []activation.Listener
 	for _, l := range rec.Listeners {
 		var ln activation.Listener

@@ -2,6 +2,7 @@ package handoff
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"syscall"
@@ -65,7 +66,8 @@ func Exec(path string, argv, env []string, rec []byte, fds []int) error {
 	}
 	carried := append(fds, mfd)
 	for _, fd := range carried {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
+		// Raw: one call per descriptor while the loop stands still.
+		unix.RawSyscall(unix.SYS_FCNTL, uintptr(fd), unix.F_SETFD, 0)
 	}
 	env = append(withoutVar(env, EnvVar), EnvVar+"="+strconv.Itoa(mfd))
 	err = syscall.Exec(path, argv, env)
@@ -106,8 +108,10 @@ func Inherited(value string) ([]byte, Resolver, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// Identity alone proves a descriptor was carried: nothing of this
+	// image's own can be the file (device and inode) the writer saw.
 	resolve := func(_ int, f FD) int {
-		if f.Num < 3 || f.Num == mfd || !inheritedFD(f.Num) || !sameFile(f.Num, f) {
+		if f.Num < 3 || f.Num == mfd || !sameFile(f.Num, f) {
 			return -1
 		}
 		return f.Num
@@ -122,7 +126,21 @@ func inheritedFD(fd int) bool {
 
 func sameFile(fd int, f FD) bool {
 	var st unix.Stat_t
-	return unix.Fstat(fd, &st) == nil && st.Dev == f.Dev && st.Ino == f.Ino
+	return fstat(fd, &st) == 0 && st.Dev == f.Dev && st.Ino == f.Ino
+}
+
+// CloseOnExec sets close-on-exec again on every descriptor above stderr,
+// the carried ones included, so that a child (the check before the next
+// reload) inherits none: one close_range(2) call, or one call each on
+// kernels before 5.11.
+func CloseOnExec() {
+	const closeRangeCloexec = 1 << 2 // CLOSE_RANGE_CLOEXEC
+	if _, _, e := unix.Syscall(unix.SYS_CLOSE_RANGE, 3, math.MaxUint32, closeRangeCloexec); e == 0 {
+		return
+	}
+	for _, fd := range Leftovers() {
+		unix.CloseOnExec(fd)
+	}
 }
 
 // Leftovers lists the descriptors above stderr open without close-on-exec:

@@ -8,8 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The reload carrier takes a descriptor only when it was passed (no
-// close-on-exec) and is the file the writer saw.
+// The reload carrier takes a descriptor only when it is the file the writer
+// saw: another file under the same number is not taken.
 func TestInheritedResolver(t *testing.T) {
 	r := sample(t)
 	b, carried, err := Encode(r)
@@ -24,7 +24,8 @@ func TestInheritedResolver(t *testing.T) {
 	for _, fd := range carried[1:] {
 		unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
 	}
-	// carried[0] (listener "web") keeps close-on-exec: as if not passed.
+	// Under carried[0] (listener "web"), another file: as if not passed.
+	unix.Dup2(fds(t, 1)[0], carried[0])
 	got, resolve, err := Inherited(strconv.Itoa(mfd))
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +41,7 @@ func TestInheritedResolver(t *testing.T) {
 		t.Fatal(err)
 	}
 	if rec.Listeners[0].FD != -1 || rec.Listeners[1].FD != r.Listeners[1].FD {
-		t.Errorf("listener descriptors %d, %d; want -1 (not passed), %d", rec.Listeners[0].FD, rec.Listeners[1].FD, r.Listeners[1].FD)
+		t.Errorf("listener descriptors %d, %d; want -1 (another file), %d", rec.Listeners[0].FD, rec.Listeners[1].FD, r.Listeners[1].FD)
 	}
 	var st unix.Stat_t
 	unix.Fstat(carried[1], &st)

@@ -90,6 +90,11 @@ func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners int) 
 	var err error
 	c.Listener = int(e.u16())
 	c.State = e.u8()
+	tcp := e.u8()
+	c.TCP = [2]bool{tcp&1 != 0, tcp&2 != 0}
+	if tcp&^3 != 0 {
+		return c, fmt.Errorf("socket kinds %#x", tcp)
+	}
 	if e.err == nil && c.Listener >= listeners {
 		return c, fmt.Errorf("listener %d of %d", c.Listener, listeners)
 	}
@@ -102,7 +107,7 @@ func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners int) 
 	if c.FD[1], err = ref(e, c.State == Connecting); err != nil {
 		return c, err
 	}
-	if c.State == Connecting && c.FD[1] != -1 {
+	if c.State == Connecting && (c.FD[1] != -1 || c.TCP[1]) {
 		return c, errors.New("a backend socket while connecting")
 	}
 	c.Client = e.addr()

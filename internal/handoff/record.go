@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"net/netip"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -67,7 +69,8 @@ const (
 type Conn struct {
 	Listener int // index into Record.Listeners
 	State    uint8
-	FD       [2]int // client, backend (-1 while Connecting)
+	FD       [2]int  // client, backend (-1 while Connecting)
+	TCP      [2]bool // each side is a TCP socket (else unix): its identity, checked by the Resolver, vouches for it
 	Client   netip.AddrPort
 	Age      int64 // ns since accept, at Written
 	Idle     int64 // ns without traffic, at Written (a lower bound)
@@ -124,53 +127,65 @@ var crc = crc32.MakeTable(crc32.Castagnoli)
 // its identity), and returns it with the descriptors in slot order: those
 // are what the carrier must pass on.
 func Encode(r *Record) ([]byte, []int, error) {
-	var fds []int
-	slot := func(fd int) int32 {
+	fds := make([]int, 0, 2*len(r.Conns)+len(r.Listeners))
+	slot := func(fd int) uint32 {
 		if fd < 0 {
-			return -1
+			return math.MaxUint32 // -1
 		}
 		fds = append(fds, fd)
-		return int32(len(fds) - 1)
+		return uint32(len(fds) - 1)
 	}
-	var body []byte
 	le := binary.LittleEndian
+	// One buffer, entries written in place and their lengths patched:
+	// a reload with 9000 connections makes no garbage here.
+	body := make([]byte, 0, 64*len(r.Conns)+64*len(r.Listeners)+16)
+	entry := func(kind uint8) int {
+		body = append(body, kind, 0, 0, 0, 0)
+		return len(body)
+	}
+	end := func(at int) { le.PutUint32(body[at-4:], uint32(len(body)-at)) }
 	for _, l := range r.Listeners {
-		e := le.AppendUint32(nil, uint32(slot(l.FD)))
-		e = appendString(e, l.Name)
-		e = appendString(e, l.Backend)
-		e = append(e, boolByte(l.Bound))
-		body = appendEntry(body, kindListener, e)
+		at := entry(kindListener)
+		body = le.AppendUint32(body, slot(l.FD))
+		body = appendString(body, l.Name)
+		body = appendString(body, l.Backend)
+		body = append(body, boolByte(l.Bound))
+		end(at)
 	}
 	for i := range r.Conns {
 		c := &r.Conns[i]
-		e := le.AppendUint16(nil, uint16(c.Listener))
-		e = append(e, c.State)
-		e = le.AppendUint32(e, uint32(slot(c.FD[0])))
-		e = le.AppendUint32(e, uint32(slot(c.FD[1])))
-		e = appendAddr(e, c.Client)
-		e = le.AppendUint64(e, uint64(c.Age))
-		e = le.AppendUint64(e, uint64(c.Idle))
+		at := entry(kindConn)
+		body = le.AppendUint16(body, uint16(c.Listener))
+		body = append(body, c.State, boolByte(c.TCP[0])|boolByte(c.TCP[1])<<1)
+		body = le.AppendUint32(body, slot(c.FD[0]))
+		body = le.AppendUint32(body, slot(c.FD[1]))
+		body = appendAddr(body, c.Client)
+		body = le.AppendUint64(body, uint64(c.Age))
+		body = le.AppendUint64(body, uint64(c.Idle))
 		for d := range c.Dir {
 			dir := &c.Dir[d]
-			e = le.AppendUint64(e, uint64(dir.Bytes))
-			e = append(e, dir.Flags)
+			body = le.AppendUint64(body, uint64(dir.Bytes))
+			body = append(body, dir.Flags)
 			switch {
 			case dir.Pipe[0] >= 0:
-				e = append(e, 1)
-				e = le.AppendUint32(e, uint32(slot(dir.Pipe[0])))
-				e = le.AppendUint32(e, uint32(slot(dir.Pipe[1])))
-				e = le.AppendUint32(e, uint32(dir.InPipe))
+				body = append(body, 1)
+				body = le.AppendUint32(body, slot(dir.Pipe[0]))
+				body = le.AppendUint32(body, slot(dir.Pipe[1]))
+				body = le.AppendUint32(body, uint32(dir.InPipe))
 			case dir.Mem != nil:
-				e = append(e, 2)
-				e = le.AppendUint32(e, uint32(len(dir.Mem)))
-				e = append(e, dir.Mem...)
+				body = append(body, 2)
+				body = le.AppendUint32(body, uint32(len(dir.Mem)))
+				body = append(body, dir.Mem...)
 			default:
-				e = append(e, 0)
+				body = append(body, 0)
 			}
 		}
-		body = appendEntry(body, kindConn, e)
+		end(at)
 	}
-	body = appendEntry(body, kindEnd, nil)
+	end(entry(kindEnd))
+	if len(fds) > MaxFDs || len(r.Listeners) > MaxListeners {
+		return nil, nil, fmt.Errorf("handoff record too large: %d descriptors, %d listeners", len(fds), len(r.Listeners))
+	}
 
 	b := make([]byte, 0, headerSize+fdSize*len(fds)+len(body)+4)
 	b = append(b, magic[:]...)
@@ -180,7 +195,7 @@ func Encode(r *Record) ([]byte, []int, error) {
 	b = le.AppendUint32(b, uint32(len(fds)))
 	for _, fd := range fds {
 		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
+		if err := fstat(fd, &st); err != 0 {
 			return nil, nil, fmt.Errorf("descriptor %d: %v", fd, err)
 		}
 		b = le.AppendUint32(b, uint32(fd))
@@ -189,16 +204,17 @@ func Encode(r *Record) ([]byte, []int, error) {
 	}
 	b = append(b, body...)
 	b = le.AppendUint32(b, crc32.Checksum(b, crc))
-	if len(b) > MaxSize || len(fds) > MaxFDs || len(r.Listeners) > MaxListeners {
-		return nil, nil, fmt.Errorf("handoff record too large: %d bytes, %d descriptors", len(b), len(fds))
+	if len(b) > MaxSize {
+		return nil, nil, fmt.Errorf("handoff record too large: %d bytes", len(b))
 	}
 	return b, fds, nil
 }
 
-func appendEntry(b []byte, kind uint8, e []byte) []byte {
-	b = append(b, kind)
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(e)))
-	return append(b, e...)
+// fstat without the scheduler's bookkeeping: it cannot block, and a
+// reload makes one per descriptor while the loop stands still.
+func fstat(fd int, st *unix.Stat_t) unix.Errno {
+	_, _, e := unix.RawSyscall(unix.SYS_FSTAT, uintptr(fd), uintptr(unsafe.Pointer(st)), 0)
+	return e
 }
 
 func appendString(b []byte, s string) []byte {
@@ -279,15 +295,12 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 		return bad("descriptor count %d does not fit", nfd)
 	}
 	table := make([]int, nfd)
-	taken := make(map[int]bool, nfd)
+	var taken descriptorSet
 	for i := range table {
 		f := FD{Num: int(int32(rd.u32())), Dev: rd.u64(), Ino: rd.u64()}
 		fd := resolve(i, f)
-		if fd >= 0 && taken[fd] {
+		if fd >= 0 && !taken.add(fd) {
 			return bad("descriptor %d received for two slots", fd)
-		}
-		if fd >= 0 {
-			taken[fd] = true
 		}
 		table[i] = fd
 	}
@@ -358,4 +371,34 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 		}
 	}
 	return r, unused, nil
+}
+
+// descriptorSet is a set of descriptor numbers: a bitmap for the usual small
+// ones, a map past it.
+type descriptorSet struct {
+	bits []uint64
+	big  map[int]bool
+}
+
+// add adds fd and reports whether it was new.
+func (s *descriptorSet) add(fd int) bool {
+	if fd < 1<<22 {
+		w := fd / 64
+		if w >= len(s.bits) {
+			s.bits = append(s.bits, make([]uint64, w+1-len(s.bits)+len(s.bits)/2)...)
+		}
+		if s.bits[w]&(1<<(fd%64)) != 0 {
+			return false
+		}
+		s.bits[w] |= 1 << (fd % 64)
+		return true
+	}
+	if s.big == nil {
+		s.big = make(map[int]bool)
+	}
+	if s.big[fd] {
+		return false
+	}
+	s.big[fd] = true
+	return true
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -57,7 +58,7 @@ func (l *loop) handoff() {
 
 // record describes the loop.
 func (l *loop) record() *handoff.Record {
-	r := &handoff.Record{Written: monotonic()}
+	r := &handoff.Record{Written: monotonic(), Conns: make([]handoff.Conn, 0, l.active)}
 	for _, ln := range l.listeners {
 		bound := false
 		for _, cl := range l.s.cfg.Listeners {
@@ -77,11 +78,12 @@ func (l *loop) record() *handoff.Record {
 			Listener: int(c.listener), State: handoff.Connecting, FD: [2]int{fd, -1},
 			Age: max(now-c.start, 0), Dir: [2]handoff.Dir{{Pipe: none}, {Pipe: none}},
 		}
+		rc.TCP[0] = c.tcp[0]
 		if c.tcp[0] {
 			rc.Client = c.client
 		}
 		if c.state == stateOpen {
-			rc.State, rc.FD[1] = handoff.Open, int(c.fd[1])
+			rc.State, rc.FD[1], rc.TCP[1] = handoff.Open, int(c.fd[1]), c.tcp[1]
 			if l.sweepEvery > 0 {
 				rc.Idle = int64(l.tick-c.seen) * l.sweepEvery
 			}
@@ -159,20 +161,15 @@ func carried(rc *handoff.Conn) []int {
 	return fds
 }
 
-// checkStream says whether fd is a stream socket, and whether TCP.
-func checkStream(fd int, what string) (tcp bool, err error) {
+// carriedSocket checks that a socket came over. The carrier's Resolver
+// matched it by identity (device and inode) to the socket the writer had,
+// which it knew for a stream socket of the kind the record says: no
+// getsockopt per descriptor while the loop stands still.
+func carriedSocket(fd int, what string) error {
 	if fd < 0 {
-		return false, fmt.Errorf("the %s socket was not carried", what)
+		return fmt.Errorf("the %s socket was not carried", what)
 	}
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil || typ != unix.SOCK_STREAM {
-		return false, fmt.Errorf("the %s descriptor %d is not a stream socket", what, fd)
-	}
-	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
-	if err != nil {
-		return false, fmt.Errorf("the %s descriptor %d: %v", what, fd, err)
-	}
-	return domain != unix.AF_UNIX, nil
+	return nil
 }
 
 // adoptPipe checks a carried kernel pipe: both ends pipes, holding exactly
@@ -201,13 +198,14 @@ func (l *loop) adoptPipe(rd *handoff.Dir) (*pipe, error) {
 func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	c := &conn{fd: [2]int32{int32(rc.FD[0]), -1}, listener: uint16(listener), client: rc.Client,
 		start: l.now() - elapsed - rc.Age}
-	var err error
-	if c.tcp[0], err = checkStream(rc.FD[0], "client"); err != nil {
+	c.tcp = rc.TCP
+	if err := carriedSocket(rc.FD[0], "client"); err != nil {
 		return err
 	}
 	var pipes [2]*pipe
+	var err error
 	if rc.State == handoff.Open {
-		if c.tcp[1], err = checkStream(rc.FD[1], "backend"); err != nil {
+		if err := carriedSocket(rc.FD[1], "backend"); err != nil {
 			return err
 		}
 		for d := range rc.Dir {
@@ -223,9 +221,6 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 		}
 	}
 	// From here on nothing fails: the descriptors are this image's.
-	for _, fd := range carried(rc) {
-		unix.CloseOnExec(fd) // not passed on to a child (the check before the next reload)
-	}
 	for d, p := range pipes {
 		if p != nil && p.r >= 0 {
 			l.pipes.open++
@@ -233,9 +228,10 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 		}
 		c.dir[d].pipe = p
 	}
+	// Readiness is learned from the events registering reports (for an
+	// edge-triggered socket, its state now), not by trying each side.
 	c.gen[0] = l.nextGen()
-	c.ready[0] = canRead | canWrite
-	if err := l.add(rc.FD[0], connEvents, c.gen[0]); err != nil {
+	if err := l.addRaw(rc.FD[0], connEvents, c.gen[0]); err != 0 {
 		return err
 	}
 	l.track(rc.FD[0], c)
@@ -253,8 +249,7 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	}
 	c.fd[1] = int32(rc.FD[1])
 	c.gen[1] = l.nextGen()
-	c.ready[1] = canRead | canWrite
-	if err := l.add(rc.FD[1], connEvents, c.gen[1]); err != nil {
+	if err := l.addRaw(rc.FD[1], connEvents, c.gen[1]); err != 0 {
 		l.abort(c, err)
 		return nil
 	}
@@ -273,10 +268,15 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 		c.seen = l.tick - uint32(ticks)
 		l.idleClocks = append(l.idleClocks, idleClock{c, c.gen[0], c.seen})
 	}
-	if l.pump(c, 0) {
-		l.pump(c, 1)
-	}
 	return nil
+}
+
+// addRaw is add without the scheduler's bookkeeping, for the thousands of
+// registrations of a resume.
+func (l *loop) addRaw(fd int, events uint32, gen uint32) unix.Errno {
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: int32(gen)}
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
+	return e
 }
 
 // idleClock is an adopted connection's idle clock, put back after the
