@@ -48,6 +48,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	carried, resuming := os.LookupEnv(handoff.EnvVar)
 	os.Unsetenv(handoff.EnvVar)
+	notifySocket := os.Getenv("NOTIFY_SOCKET")
 	journal := logging.StreamIsJournal(os.Getenv("JOURNAL_STREAM"), stderr)
 	fail := func(err error) int {
 		prefix := ""
@@ -91,12 +92,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Warn(levelErr.Error())
 	}
 
+	if opts.fdstore != fdstoreNo && notifySocket == "" {
+		return fail(fmt.Errorf("--fdstore=%s needs systemd's fd store, and NOTIFY_SOCKET is not set: run it from a service with FileDescriptorStoreMax=, or drop --fdstore", opts.fdstore))
+	}
 	var listeners []activation.Listener
 	var resumed *handoff.Record
 	if resuming {
 		resumed, listeners, err = resume(carried)
 	} else {
-		listeners, err = activation.Inherited()
+		var stored []activation.Stored
+		listeners, stored, err = activation.InheritedWithStored(handoff.IsStored, handoff.MaxFDs)
+		if err == nil && len(stored) > 0 {
+			var more []activation.Listener
+			if resumed, err = fromStore(notifySocket, stored); err == nil {
+				more, err = carriedListeners(resumed, false)
+			}
+			if err != nil {
+				log.Error(err.Error()) // the connections are lost, not the service
+				resumed, err = nil, nil
+			}
+			listeners = append(listeners, more...)
+		}
 	}
 	if err != nil {
 		return fail(err)
@@ -136,6 +152,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	reload := &reloader{exe: executable(os.Args[0]), argv: os.Args, log: log}
 	srv := proxy.New(proxy.Config{
 		Reload:          reload.exec,
+		Store:           storeFunc(opts.fdstore, notifySocket, os.Getenv("FDSTORE")),
 		Resume:          resumed,
 		Listeners:       listeners,
 		Backend:         opts.backend,
@@ -164,6 +181,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		select {
 		case sig := <-signals:
 			stopping(sig.String())
+			if opts.fdstore == fdstoreOnStop {
+				srv.Store() // before cancel: the loop stores first, then stops
+			}
 			cancel()
 		case <-alive.Done():
 			return

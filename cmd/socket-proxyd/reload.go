@@ -163,6 +163,20 @@ func resume(value string) (*handoff.Record, []activation.Listener, error) {
 	}
 	handoff.Reset(unused)
 	handoff.CloseOnExec()
+	listeners, err := carriedListeners(rec, true)
+	if err != nil {
+		for _, c := range rec.Conns {
+			handoff.Reset([]int{c.FD[0], c.FD[1], c.Dir[0].Pipe[0], c.Dir[0].Pipe[1], c.Dir[1].Pipe[0], c.Dir[1].Pipe[1]})
+		}
+		return nil, nil, fmt.Errorf("cannot resume after a reload, the carried connections were reset: %v", err)
+	}
+	return rec, listeners, nil
+}
+
+// carriedListeners adopts the listeners a record carried. One a socket
+// unit passed is not in the fd store (systemd passes it again, by name):
+// all says every listener must have come.
+func carriedListeners(rec *handoff.Record, all bool) ([]activation.Listener, error) {
 	var listeners []activation.Listener
 	for _, l := range rec.Listeners {
 		var ln activation.Listener
@@ -172,17 +186,16 @@ func resume(value string) (*handoff.Record, []activation.Listener, error) {
 			ln, err = activation.FromFD(l.FD, l.Name, l.Bound)
 		case l.Bound:
 			ln, err = activation.Listen(l.Name)
-		default:
+		case all:
 			err = fmt.Errorf("listener %q was not carried over", l.Name)
+		default:
+			continue
 		}
 		if err != nil {
 			activation.Close(listeners)
-			for _, c := range rec.Conns {
-				handoff.Reset([]int{c.FD[0], c.FD[1], c.Dir[0].Pipe[0], c.Dir[0].Pipe[1], c.Dir[1].Pipe[0], c.Dir[1].Pipe[1]})
-			}
-			return nil, nil, fmt.Errorf("cannot resume after a reload, the carried connections were reset: %v", err)
+			return nil, err
 		}
 		listeners = append(listeners, ln)
 	}
-	return rec, listeners, nil
+	return listeners, nil
 }

@@ -126,7 +126,7 @@ func inheritedFD(fd int) bool {
 
 func sameFile(fd int, f FD) bool {
 	var st unix.Stat_t
-	return fstat(fd, &st) == 0 && st.Dev == f.Dev && st.Ino == f.Ino
+	return fstat(fd, &st) == 0 && st.Dev == f.Dev && st.Ino == f.Ino && access(fd, &st) == f.Access
 }
 
 // CloseOnExec sets close-on-exec again on every descriptor above stderr,

@@ -50,7 +50,7 @@ type Record struct {
 
 // Listener is one listening socket.
 type Listener struct {
-	FD      int
+	FD      int    // -1: not carried (the fd store: systemd passes a socket unit's own again)
 	Name    string // activation name: FileDescriptorName= or the --listen address
 	Backend string // where it forwarded to, for messages; the reader uses its own configuration
 	Bound   bool   // bound by --listen (a unix path is the proxy's to unlink), not inherited
@@ -104,6 +104,9 @@ const (
 type FD struct {
 	Num      int
 	Dev, Ino uint64
+	// Access is a pipe end's O_ACCMODE (O_RDONLY, O_WRONLY): both ends of
+	// a pipe are one inode. Zero for anything else.
+	Access uint8
 }
 
 // Entry kinds. A datagram flow will be kind 4.
@@ -118,8 +121,9 @@ var magic = [8]byte{'S', 'P', 'X', 'H', 'O', 'F', 'F', 0}
 // header: magic, version u16, reserved u16, written i64, fd count u32.
 const headerSize = 8 + 2 + 2 + 8 + 4
 
-// fdSize is one descriptor table entry: number i32, dev u64, ino u64.
-const fdSize = 4 + 8 + 8
+// fdSize is one descriptor table entry: number i32, dev u64, ino u64,
+// access u8.
+const fdSize = 4 + 8 + 8 + 1
 
 var crc = crc32.MakeTable(crc32.Castagnoli)
 
@@ -201,6 +205,7 @@ func Encode(r *Record) ([]byte, []int, error) {
 		b = le.AppendUint32(b, uint32(fd))
 		b = le.AppendUint64(b, st.Dev)
 		b = le.AppendUint64(b, st.Ino)
+		b = append(b, access(fd, &st))
 	}
 	b = append(b, body...)
 	b = le.AppendUint32(b, crc32.Checksum(b, crc))
@@ -208,6 +213,18 @@ func Encode(r *Record) ([]byte, []int, error) {
 		return nil, nil, fmt.Errorf("handoff record too large: %d bytes", len(b))
 	}
 	return b, fds, nil
+}
+
+// access is what FD.Access records: a pipe end's access mode, else 0.
+func access(fd int, st *unix.Stat_t) uint8 {
+	if st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return 0
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return 0
+	}
+	return uint8(fl&unix.O_ACCMODE) + 1 // never 0 for a pipe
 }
 
 // fstat without the scheduler's bookkeeping: it cannot block, and a
@@ -297,7 +314,7 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 	table := make([]int, nfd)
 	var taken descriptorSet
 	for i := range table {
-		f := FD{Num: int(int32(rd.u32())), Dev: rd.u64(), Ino: rd.u64()}
+		f := FD{Num: int(int32(rd.u32())), Dev: rd.u64(), Ino: rd.u64(), Access: rd.u8()}
 		fd := resolve(i, f)
 		if fd >= 0 && !taken.add(fd) {
 			return bad("descriptor %d received for two slots", fd)
@@ -338,7 +355,7 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 				return bad("more than %d listeners", MaxListeners)
 			}
 			var l Listener
-			if l.FD, err = ref(&e, false); err != nil {
+			if l.FD, err = ref(&e, true); err != nil {
 				return bad("listener: %v", err)
 			}
 			l.Name, l.Backend, l.Bound = e.str(), e.str(), e.u8() == 1

@@ -34,6 +34,16 @@ func (s *Server) Reload() {
 	}
 }
 
+// Store asks the loop to hand every connection to systemd's fd store at
+// its next safe point (Config.Store), then stop: --fdstore=on-stop. When
+// the store fails, the loop drains as on a plain stop.
+func (s *Server) Store() {
+	s.store.Store(true)
+	if l := s.loop.Load(); l != nil {
+		l.wake()
+	}
+}
+
 // monotonic is CLOCK_MONOTONIC in ns: the one clock that means the same in
 // the next image (exec) and the next instance (fd store).
 func monotonic() int64 {
@@ -54,6 +64,41 @@ func (l *loop) handoff() {
 		err = l.s.cfg.Reload(b, fds)
 	}
 	l.s.log.Error("reload failed, going on serving", "error", err.Error())
+}
+
+// storeAll gives every connection to Config.Store and lets go of them:
+// closing this process's copies sends nothing (no FIN, no reset), as the
+// store's copies keep each socket open. The listeners a socket unit passed
+// are systemd's and come back on their own; --listen ones are stored, and
+// their files stay. Then the loop stops as on SIGTERM, with nothing left
+// to drain.
+func (l *loop) storeAll() {
+	if l.draining || l.s.cfg.Store == nil {
+		return
+	}
+	r := l.record()
+	for i := range r.Listeners {
+		if !r.Listeners[i].Bound {
+			r.Listeners[i].FD = -1
+		}
+	}
+	b, fds, err := handoff.Encode(r)
+	if err == nil {
+		err = l.s.cfg.Store(b, fds)
+	}
+	if err != nil {
+		l.s.log.Warn("cannot hand the connections to the fd store, letting them finish", "error", err.Error())
+		l.startDrain()
+		return
+	}
+	for fd, c := range l.conns {
+		if c != nil && int(c.fd[0]) == fd {
+			l.release(c, false)
+		}
+	}
+	l.s.log.Info("connections handed to the fd store", "connections", len(r.Conns), "descriptors", len(fds))
+	l.keepFiles = true
+	l.startDrain()
 }
 
 // record describes the loop.

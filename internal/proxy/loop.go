@@ -93,6 +93,7 @@ type loop struct {
 	hot bool // the last wait found work: wait raw
 
 	idleClocks []idleClock // of connections just resumed; see restoreIdleClocks
+	keepFiles  bool        // the listeners went to the fd store: their files stay
 
 	// resolutions handed back by resolver goroutines
 	resolveMu sync.Mutex
@@ -282,6 +283,10 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 			l.s.reload.Store(false)
 			l.handoff() // returns only when the reload failed
 		}
+		if l.s.store.Load() {
+			l.s.store.Store(false)
+			l.storeAll()
+		}
 		if !l.draining && ctx.Err() != nil {
 			l.startDrain()
 		}
@@ -303,7 +308,11 @@ func (l *loop) startDrain() {
 	for _, ln := range l.listeners {
 		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}
-	activation.Close(l.s.cfg.Listeners)
+	if l.keepFiles {
+		activation.CloseKeepingFiles(l.s.cfg.Listeners)
+	} else {
+		activation.Close(l.s.cfg.Listeners)
+	}
 	l.acceptPaused = false
 	l.idleAt = 0
 	d := l.s.cfg.ShutdownTimeout

@@ -83,6 +83,11 @@ type Config struct {
 	// meant to execute the next image and not return; if it returns, the
 	// loop goes on as if nothing happened.
 	Reload func(rec []byte, fds []int) error
+	// Store, when set, is called on the loop's goroutine after
+	// Server.Store, with the loop stopped: it hands rec and fds to
+	// systemd's fd store. When it returns nil the connections are let go
+	// (the store holds them); otherwise they drain.
+	Store func(rec []byte, fds []int) error
 	// Resume is a decoded handoff record whose connections Run adopts
 	// before it serves; its listeners must be among Listeners (by name).
 	Resume *handoff.Record
@@ -110,6 +115,7 @@ type Server struct {
 	loop   atomic.Pointer[loop] // set while Run runs
 	hurry  atomic.Bool          // CloseConnections was called
 	reload atomic.Bool          // Reload was called
+	store  atomic.Bool          // Store was called
 
 	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
 	pipes, splices, splicedBytes                                atomic.Int64

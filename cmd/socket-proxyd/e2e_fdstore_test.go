@@ -1,0 +1,192 @@
+package main_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fakeStore is systemd's end of NOTIFY_SOCKET with an fd store: it keeps
+// the descriptors sent with FDSTORE=1 under their FDNAME=, drops (closes)
+// them on FDSTOREREMOVE=1, and hands them to the next instance as systemd
+// does, in an order of its own.
+type fakeStore struct {
+	path string
+	conn *net.UnixConn
+	done chan struct{}
+
+	mu      sync.Mutex
+	stored  []inherited
+	removed []string
+	msgs    []string
+}
+
+func newFakeStore(t *testing.T) *fakeStore {
+	t.Helper()
+	path := filepath.Join(shortDir(t), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &fakeStore{path: path, conn: conn, done: make(chan struct{})}
+	go s.receive()
+	t.Cleanup(func() {
+		conn.Close()
+		<-s.done
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, f := range s.stored {
+			f.file.Close()
+		}
+	})
+	return s
+}
+
+func (s *fakeStore) receive() {
+	defer close(s.done)
+	buf, oob := make([]byte, 4096), make([]byte, syscall.CmsgSpace(253*4))
+	for {
+		n, oobn, _, _, err := s.conn.ReadMsgUnix(buf, oob)
+		if err != nil {
+			return
+		}
+		var fds []int
+		if cmsgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range cmsgs {
+				if rights, err := syscall.ParseUnixRights(&m); err == nil {
+					fds = append(fds, rights...)
+				}
+			}
+		}
+		fields := map[string]string{}
+		s.mu.Lock()
+		for _, line := range strings.Split(string(buf[:n]), "\n") {
+			k, v, _ := strings.Cut(line, "=")
+			fields[k] = v
+			s.msgs = append(s.msgs, line)
+		}
+		name := fields["FDNAME"]
+		switch {
+		case fields["FDSTORE"] == "1":
+			for _, fd := range fds {
+				s.stored = append(s.stored, inherited{file: os.NewFile(uintptr(fd), name), name: name})
+			}
+			fds = nil
+		case fields["FDSTOREREMOVE"] == "1":
+			kept := s.stored[:0]
+			for _, f := range s.stored {
+				if f.name == name {
+					f.file.Close()
+				} else {
+					kept = append(kept, f)
+				}
+			}
+			s.stored = kept
+			s.removed = append(s.removed, name)
+		}
+		s.mu.Unlock()
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	}
+}
+
+// take returns the stored descriptors, shuffled, for the next instance.
+func (s *fakeStore) take() []inherited {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := append([]inherited(nil), s.stored...)
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out
+}
+
+func (s *fakeStore) state() (stored int, removed []string, msgs []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.stored), append([]string(nil), s.removed...), append([]string(nil), s.msgs...)
+}
+
+// TestFDStoreRestart: with --fdstore=on-stop, SIGTERM hands 8 streams in
+// the middle of their transfer (and a --listen socket) to the fd store and
+// exits 0; the next instance, started with them as systemd does, takes
+// them back, empties the store and carries on: every stream ends whole.
+func TestFDStoreRestart(t *testing.T) {
+	t.Parallel()
+	bl := listenTCP(t, "127.0.0.1:0")
+	serve(t, bl, slowEcho)
+	front, addr := inheritTCP(t, "web")
+	bound := filepath.Join(shortDir(t), "bound.sock")
+	store := newFakeStore(t)
+	args := []string{"--fdstore=on-stop", "--listen", bound, bl.Addr().String()}
+	a := start(t, binary, launch{args: args, fds: []inherited{front}, env: []string{"NOTIFY_SOCKET=" + store.path}})
+	if err := a.waitStderr("listening", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	const streams = 8
+	errs := make(chan error, streams)
+	for i := range streams {
+		go func() { errs <- stream(addr, uint64(i), stop) }()
+	}
+	viaPath := dialRetry(t, "unix", bound, 5*time.Second)
+	mustEcho(t, viaPath, 100)
+	time.Sleep(300 * time.Millisecond) // the streams under way
+
+	a.signal(syscall.SIGTERM)
+	if code := a.waitExit(20 * time.Second); code != 0 {
+		t.Fatalf("the first instance exited with %d, want 0:\n%s", code, a.stderr.String())
+	}
+	if !strings.Contains(a.stderr.String(), "connections handed to the fd store connections=9") {
+		t.Fatalf("the first instance did not store its 9 connections:\n%s", a.stderr.String())
+	}
+	if _, err := os.Stat(bound); err != nil {
+		t.Errorf("the --listen socket's file went with the first instance: %v", err)
+	}
+	stored := store.take()
+	b := start(t, binary, launch{args: args, fds: append([]inherited{front}, stored...), env: []string{"NOTIFY_SOCKET=" + store.path}})
+	if err := b.waitStderr("resumed connections connections=9 reset=0", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range stored {
+		f.file.Close() // the test's copies; the store's go on FDSTOREREMOVE=1
+	}
+	if err := poll(10*time.Second, func() bool {
+		n, removed, _ := store.state()
+		return n == 0 && len(removed) == 2
+	}, func() string {
+		n, removed, msgs := store.state()
+		return fmt.Sprintf("the store still holds %d descriptors, removed %q; messages %q", n, removed, msgs)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mustEcho(t, viaPath, 100)
+	close(stop)
+	for range streams {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := stillServes(addr); err != nil {
+		t.Error(err)
+	}
+	c := dialRetry(t, "unix", bound, 5*time.Second)
+	mustEcho(t, c, 100)
+}
+
+// TestFDStoreNeedsSystemd: --fdstore without NOTIFY_SOCKET is refused at
+// start-up, saying why.
+func TestFDStoreNeedsSystemd(t *testing.T) {
+	t.Parallel()
+	fd, _ := inheritTCP(t, "web")
+	code, _, stderr := run(t, binary, launch{args: []string{"--fdstore=on-stop", "127.0.0.1:9"}, fds: []inherited{fd}})
+	if code != 1 || !strings.Contains(stderr, "NOTIFY_SOCKET is not set") {
+		t.Errorf("exit %d, stderr %q; want 1 and NOTIFY_SOCKET named", code, stderr)
+	}
+}

@@ -1,0 +1,35 @@
+package activation
+
+import "golang.org/x/sys/unix"
+
+// Stored is a descriptor systemd passed back from its fd store that is not
+// a listener: what a previous instance stored there (issue 10), by name.
+type Stored struct {
+	FD   int
+	Name string
+}
+
+// InheritedWithStored is Inherited for a proxy that uses systemd's fd
+// store: the descriptors whose FDNAME isStored accepts are returned as they
+// are, close-on-exec and otherwise unchecked (the caller checks each),
+// and LISTEN_FDS may count up to maxStored more of them.
+func InheritedWithStored(isStored func(name string) bool, maxStored int) ([]Listener, []Stored, error) {
+	return inherited(isStored, maxInherited+uint64(maxStored))
+}
+
+// CloseKeepingFiles closes every listener but leaves each --listen socket's
+// file in place: the socket lives on in systemd's fd store, and the next
+// instance serves it at the same path.
+func CloseKeepingFiles(listeners []Listener) {
+	for _, l := range listeners {
+		if u, ok := l.Listener.(*unixListener); ok {
+			u.remove.Do(func() {
+				if u.file.dir >= 0 {
+					unix.Close(u.file.dir)
+					u.file.dir = -1
+				}
+			})
+		}
+		l.Close()
+	}
+}
