@@ -98,11 +98,20 @@ func (s *fakeStore) receive() {
 	}
 }
 
-// take returns the stored descriptors, shuffled, for the next instance.
-func (s *fakeStore) take() []inherited {
+// take returns copies of the stored descriptors, shuffled, for the next
+// instance; the caller closes them.
+func (s *fakeStore) take(t *testing.T) []inherited {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := append([]inherited(nil), s.stored...)
+	var out []inherited
+	for _, f := range s.stored {
+		fd, err := syscall.Dup(int(f.file.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		syscall.CloseOnExec(fd)
+		out = append(out, inherited{file: os.NewFile(uintptr(fd), f.name), name: f.name})
+	}
 	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
 	return out
 }
@@ -149,7 +158,7 @@ func TestFDStoreRestart(t *testing.T) {
 	if _, err := os.Stat(bound); err != nil {
 		t.Errorf("the --listen socket's file went with the first instance: %v", err)
 	}
-	stored := store.take()
+	stored := store.take(t)
 	b := start(t, binary, launch{args: args, fds: append([]inherited{front}, stored...), env: []string{"NOTIFY_SOCKET=" + store.path}})
 	if err := b.waitStderr("resumed connections connections=9 reset=0", 20*time.Second); err != nil {
 		t.Fatal(err)

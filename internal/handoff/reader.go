@@ -112,6 +112,11 @@ func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners int) 
 	}
 	c.Client = e.addr()
 	c.Age, c.Idle = int64(e.u64()), int64(e.u64())
+	c.Gen = [2]uint32{e.u32(), e.u32()}
+	c.Ready = [2]uint8{e.u8(), e.u8()}
+	if (c.Ready[0]|c.Ready[1])&^allReady != 0 {
+		return c, fmt.Errorf("readiness %#x", c.Ready)
+	}
 	if c.Age < 0 || c.Idle < 0 {
 		return c, errors.New("negative age or idle time")
 	}

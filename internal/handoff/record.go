@@ -46,6 +46,12 @@ type Record struct {
 	Written   int64
 	Listeners []Listener
 	Conns     []Conn
+	// Epoll is the writer's epoll instance, carried by a reload in place
+	// (the descriptors keep their numbers, so its registrations stay
+	// valid, edges not yet read included); -1 when not carried. Gen is the
+	// last registration generation handed out, and Conn.Gen each side's.
+	Epoll int
+	Gen   uint32
 }
 
 // Listener is one listening socket.
@@ -75,7 +81,21 @@ type Conn struct {
 	Age      int64 // ns since accept, at Written
 	Idle     int64 // ns without traffic, at Written (a lower bound)
 	Dir      [2]Dir
+	// Gen is each side's registration generation in Record.Epoll, and
+	// Ready what each side was known ready for (Readable...): edges the
+	// writer consumed are not reported again by a carried epoll.
+	Gen   [2]uint32
+	Ready [2]uint8
 }
+
+// Readiness bits of Conn.Ready.
+const (
+	Readable uint8 = 1 << iota
+	Writable
+	PeerClosed
+	Urgent
+	allReady = Readable | Writable | PeerClosed | Urgent
+)
 
 // Dir is one direction: client->backend (0), backend->client (1).
 type Dir struct {
@@ -114,6 +134,7 @@ const (
 	kindListener uint8 = iota + 1
 	kindConn
 	kindEnd
+	kindLoop
 )
 
 var magic = [8]byte{'S', 'P', 'X', 'H', 'O', 'F', 'F', 0}
@@ -148,6 +169,10 @@ func Encode(r *Record) ([]byte, []int, error) {
 		return len(body)
 	}
 	end := func(at int) { le.PutUint32(body[at-4:], uint32(len(body)-at)) }
+	at := entry(kindLoop)
+	body = le.AppendUint32(body, slot(r.Epoll))
+	body = le.AppendUint32(body, r.Gen)
+	end(at)
 	for _, l := range r.Listeners {
 		at := entry(kindListener)
 		body = le.AppendUint32(body, slot(l.FD))
@@ -166,6 +191,9 @@ func Encode(r *Record) ([]byte, []int, error) {
 		body = appendAddr(body, c.Client)
 		body = le.AppendUint64(body, uint64(c.Age))
 		body = le.AppendUint64(body, uint64(c.Idle))
+		body = le.AppendUint32(body, c.Gen[0])
+		body = le.AppendUint32(body, c.Gen[1])
+		body = append(body, c.Ready[0], c.Ready[1])
 		for d := range c.Dir {
 			dir := &c.Dir[d]
 			body = le.AppendUint64(body, uint64(dir.Bytes))
@@ -306,7 +334,7 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 		return bad("checksum mismatch (truncated or damaged)")
 	}
 	rd := reader{b: b[headerSize : len(b)-4]}
-	r := &Record{Written: int64(le.Uint64(b[12:]))}
+	r := &Record{Written: int64(le.Uint64(b[12:])), Epoll: -1}
 	nfd := int(le.Uint32(b[20:]))
 	if nfd > MaxFDs || nfd*fdSize > len(rd.b) {
 		return bad("descriptor count %d does not fit", nfd)
@@ -366,6 +394,11 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 				return bad("connection %d: %v", len(r.Conns), err)
 			}
 			r.Conns = append(r.Conns, c)
+		case kindLoop:
+			if r.Epoll, err = ref(&e, true); err != nil {
+				return bad("loop: %v", err)
+			}
+			r.Gen = e.u32()
 		case kindEnd:
 			done = true
 		default:

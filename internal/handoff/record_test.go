@@ -44,7 +44,7 @@ func sample(t testing.TB) *Record {
 	d := fds(t, 8)
 	none := [2]int{-1, -1}
 	return &Record{
-		Written: 123456789,
+		Written: 123456789, Epoll: -1, Gen: 77,
 		Listeners: []Listener{
 			{FD: d[0], Name: "web", Backend: "127.0.0.1:80"},
 			{FD: d[1], Name: "/run/x.sock", Backend: "/run/backend", Bound: true},
@@ -52,6 +52,7 @@ func sample(t testing.TB) *Record {
 		Conns: []Conn{{
 			Listener: 1, State: Open, FD: [2]int{d[2], d[3]},
 			Client: netip.MustParseAddrPort("127.0.0.1:4242"), Age: 5e9, Idle: 1e9,
+			Gen: [2]uint32{5, 6}, Ready: [2]uint8{Readable | PeerClosed, Writable},
 			Dir: [2]Dir{
 				{Bytes: 10, Flags: Header, Pipe: none, Mem: []byte("PROXY TCP4 ...\r\n")},
 				{Bytes: 1 << 40, Flags: NoSplice, Pipe: [2]int{d[4], d[5]}, InPipe: 65536},
@@ -150,7 +151,7 @@ func TestRejectsInconsistentEntries(t *testing.T) {
 	open := func(mod func(*Conn)) *Record {
 		c := Conn{Listener: 0, State: Open, FD: [2]int{d[1], d[2]}, Dir: [2]Dir{{Pipe: none}, {Pipe: none}}}
 		mod(&c)
-		return &Record{Listeners: []Listener{{FD: d[0], Name: "x"}}, Conns: []Conn{c}}
+		return &Record{Epoll: -1, Listeners: []Listener{{FD: d[0], Name: "x"}}, Conns: []Conn{c}}
 	}
 	tests := []struct {
 		name string

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"time"
 	"unsafe"
 
@@ -59,11 +61,51 @@ func (l *loop) handoff() {
 	if l.draining || l.s.cfg.Reload == nil {
 		return
 	}
-	b, fds, err := handoff.Encode(l.record())
+	r := l.record()
+	r.Epoll, r.Gen = l.epfd, l.gen
+	b, fds, err := handoff.Encode(r)
 	if err == nil {
+		// The next image registers its listeners anew (as duplicates,
+		// under other numbers): the old registrations would only
+		// report every client twice.
+		for _, ln := range l.listeners {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+		}
 		err = l.s.cfg.Reload(b, fds)
+		for _, ln := range l.listeners {
+			l.add(ln.fd, unix.EPOLLIN|unix.EPOLLET, 0)
+		}
 	}
 	l.s.log.Error("reload failed, going on serving", "error", err.Error())
+}
+
+// carriedEpoll is the epoll instance a reload carried, when the record
+// names one that is an epoll instance; -1 otherwise.
+func carriedEpoll(r *handoff.Record) int {
+	if r == nil || r.Epoll < 0 {
+		return -1
+	}
+	if link, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(r.Epoll)); err != nil || link != "anon_inode:[eventpoll]" {
+		unix.Close(r.Epoll)
+		r.Epoll = -1
+		return -1
+	}
+	return r.Epoll
+}
+
+// Readiness bits as the record has them.
+var readyBits = [...][2]uint8{
+	{canRead, handoff.Readable}, {canWrite, handoff.Writable}, {peerClosed, handoff.PeerClosed}, {urgent, handoff.Urgent},
+}
+
+func mapBits(v uint8, table [][2]uint8, from, to int) uint8 {
+	var out uint8
+	for _, f := range table {
+		if v&f[from] != 0 {
+			out |= f[to]
+		}
+	}
+	return out
 }
 
 // storeAll gives every connection to Config.Store and lets go of them:
@@ -103,7 +145,7 @@ func (l *loop) storeAll() {
 
 // record describes the loop.
 func (l *loop) record() *handoff.Record {
-	r := &handoff.Record{Written: monotonic(), Conns: make([]handoff.Conn, 0, l.active)}
+	r := &handoff.Record{Written: monotonic(), Conns: make([]handoff.Conn, 0, l.active), Epoll: -1}
 	for _, ln := range l.listeners {
 		bound := false
 		for _, cl := range l.s.cfg.Listeners {
@@ -122,6 +164,7 @@ func (l *loop) record() *handoff.Record {
 		rc := handoff.Conn{
 			Listener: int(c.listener), State: handoff.Connecting, FD: [2]int{fd, -1},
 			Age: max(now-c.start, 0), Dir: [2]handoff.Dir{{Pipe: none}, {Pipe: none}},
+			Gen: [2]uint32{c.gen[0]}, Ready: [2]uint8{mapBits(c.ready[0], readyBits[:], 0, 1)},
 		}
 		rc.TCP[0] = c.tcp[0]
 		if c.tcp[0] {
@@ -129,6 +172,7 @@ func (l *loop) record() *handoff.Record {
 		}
 		if c.state == stateOpen {
 			rc.State, rc.FD[1], rc.TCP[1] = handoff.Open, int(c.fd[1]), c.tcp[1]
+			rc.Gen[1], rc.Ready[1] = c.gen[1], mapBits(c.ready[1], readyBits[:], 0, 1)
 			if l.sweepEvery > 0 {
 				rc.Idle = int64(l.tick-c.seen) * l.sweepEvery
 			}
@@ -173,6 +217,12 @@ func recordDir(dir *direction) handoff.Dir {
 // forwarded. It reports how many were adopted.
 func (l *loop) resume(r *handoff.Record) (adopted, reset int) {
 	elapsed := max(monotonic()-r.Written, 0)
+	if l.epfd == r.Epoll {
+		// Registrations, generations and unread edges came along; new
+		// generations start past the carried ones.
+		l.carried = true
+		l.gen = max(l.gen, r.Gen)
+	}
 	index := make(map[string]int, len(l.listeners))
 	for i, ln := range l.listeners {
 		index[ln.name] = i
@@ -273,10 +323,7 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 		}
 		c.dir[d].pipe = p
 	}
-	// Readiness is learned from the events registering reports (for an
-	// edge-triggered socket, its state now), not by trying each side.
-	c.gen[0] = l.nextGen()
-	if err := l.addRaw(rc.FD[0], connEvents, c.gen[0]); err != 0 {
+	if err := l.register(c, 0, rc); err != nil {
 		return err
 	}
 	l.track(rc.FD[0], c)
@@ -293,8 +340,7 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 		return nil
 	}
 	c.fd[1] = int32(rc.FD[1])
-	c.gen[1] = l.nextGen()
-	if err := l.addRaw(rc.FD[1], connEvents, c.gen[1]); err != 0 {
+	if err := l.register(c, 1, rc); err != nil {
 		l.abort(c, err)
 		return nil
 	}
@@ -311,7 +357,31 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	if l.sweepEvery > 0 {
 		ticks := min((rc.Idle+elapsed)/l.sweepEvery, int64(l.idleTicks)+1)
 		c.seen = l.tick - uint32(ticks)
-		l.idleClocks = append(l.idleClocks, idleClock{c, c.gen[0], c.seen})
+		if !l.carried {
+			l.idleClocks = append(l.idleClocks, idleClock{c, c.gen[0], c.seen})
+		}
+	}
+	return nil
+}
+
+// register puts one side of an adopted connection in the loop. With the
+// epoll instance carried, it is registered already: it keeps its generation
+// and the readiness the old image knew (a consumed edge does not come
+// again). Otherwise it is registered now, and registering reports its
+// readiness as an event (for an edge-triggered socket, its state now).
+func (l *loop) register(c *conn, side int, rc *handoff.Conn) error {
+	fd := int(c.fd[side])
+	if l.carried {
+		if rc.Gen[side] == 0 || rc.Gen[side] > l.gen {
+			return fmt.Errorf("registration generation %d out of range", rc.Gen[side])
+		}
+		c.gen[side] = rc.Gen[side]
+		c.ready[side] = mapBits(rc.Ready[side], readyBits[:], 1, 0)
+		return nil
+	}
+	c.gen[side] = l.nextGen()
+	if e := l.addRaw(fd, connEvents, c.gen[side]); e != 0 {
+		return e
 	}
 	return nil
 }

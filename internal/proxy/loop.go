@@ -93,6 +93,7 @@ type loop struct {
 	hot bool // the last wait found work: wait raw
 
 	idleClocks []idleClock // of connections just resumed; see restoreIdleClocks
+	carried    bool        // the epoll instance came over a reload, registrations and all
 	keepFiles  bool        // the listeners went to the fd store: their files stay
 
 	// resolutions handed back by resolver goroutines
@@ -126,7 +127,10 @@ type deadline struct {
 }
 
 func newLoop(s *Server) (*loop, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	epfd, err := carriedEpoll(s.cfg.Resume), error(nil)
+	if epfd < 0 {
+		epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the event loop: %v", err)
 	}
