@@ -108,10 +108,19 @@ func Inherited(value string) ([]byte, Resolver, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	// Identity alone proves a descriptor was carried: nothing of this
-	// image's own can be the file (device and inode) the writer saw.
+	// A descriptor recorded with its identity must be that very file;
+	// one recorded by number (Record.ByNumber) must be open here without
+	// close-on-exec: passed on purpose, as everything the Go runtime opens
+	// is close-on-exec.
 	resolve := func(_ int, f FD) int {
-		if f.Num < 3 || f.Num == mfd || !sameFile(f.Num, f) {
+		switch {
+		case f.Num < 3 || f.Num == mfd:
+			return -1
+		case f.Dev == 0 && f.Ino == 0:
+			if !inheritedFD(f.Num) {
+				return -1
+			}
+		case !sameFile(f.Num, f):
 			return -1
 		}
 		return f.Num
@@ -120,8 +129,8 @@ func Inherited(value string) ([]byte, Resolver, error) {
 }
 
 func inheritedFD(fd int) bool {
-	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-	return err == nil && flags&unix.FD_CLOEXEC == 0
+	flags, _, e := unix.RawSyscall(unix.SYS_FCNTL, uintptr(fd), unix.F_GETFD, 0)
+	return e == 0 && flags&unix.FD_CLOEXEC == 0
 }
 
 func sameFile(fd int, f FD) bool {

@@ -69,3 +69,33 @@ func TestMemfdSealed(t *testing.T) {
 		t.Errorf("ReadFD = %q, %v", b, err)
 	}
 }
+
+// A record by number (a reload in place) takes a descriptor only when it was
+// passed without close-on-exec: everything the runtime opens has it set.
+func TestInheritedByNumber(t *testing.T) {
+	r := sample(t)
+	r.ByNumber = true
+	b, carried, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfd, err := Memfd(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.FcntlInt(uintptr(mfd), unix.F_SETFD, 0)
+	for _, fd := range carried[1:] {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
+	}
+	got, resolve, err := Inherited(strconv.Itoa(mfd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _, err := Decode(got, resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Listeners[0].FD != -1 || rec.Listeners[1].FD != r.Listeners[1].FD {
+		t.Errorf("listener descriptors %d, %d; want -1 (close-on-exec: not passed), %d", rec.Listeners[0].FD, rec.Listeners[1].FD, r.Listeners[1].FD)
+	}
+}

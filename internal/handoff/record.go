@@ -52,6 +52,12 @@ type Record struct {
 	// last registration generation handed out, and Conn.Gen each side's.
 	Epoll int
 	Gen   uint32
+	// ByNumber says the carrier keeps descriptor numbers (exec): the table
+	// then holds numbers only, and the reader checks each is open and was
+	// passed on purpose (not close-on-exec), which costs a fraction of an
+	// fstat per descriptor while the loop stands still. Otherwise (the fd
+	// store) each is recorded with its identity.
+	ByNumber bool
 }
 
 // Listener is one listening socket.
@@ -227,8 +233,10 @@ func Encode(r *Record) ([]byte, []int, error) {
 	b = le.AppendUint32(b, uint32(len(fds)))
 	for _, fd := range fds {
 		var st unix.Stat_t
-		if err := fstat(fd, &st); err != 0 {
-			return nil, nil, fmt.Errorf("descriptor %d: %v", fd, err)
+		if !r.ByNumber {
+			if err := fstat(fd, &st); err != 0 {
+				return nil, nil, fmt.Errorf("descriptor %d: %v", fd, err)
+			}
 		}
 		b = le.AppendUint32(b, uint32(fd))
 		b = le.AppendUint64(b, st.Dev)
@@ -339,6 +347,7 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 	if nfd > MaxFDs || nfd*fdSize > len(rd.b) {
 		return bad("descriptor count %d does not fit", nfd)
 	}
+	r.Conns = make([]Conn, 0, nfd/2)
 	table := make([]int, nfd)
 	var taken descriptorSet
 	for i := range table {

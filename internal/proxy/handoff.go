@@ -62,7 +62,7 @@ func (l *loop) handoff() {
 		return
 	}
 	r := l.record()
-	r.Epoll, r.Gen = l.epfd, l.gen
+	r.Epoll, r.Gen, r.ByNumber = l.epfd, l.gen, true
 	b, fds, err := handoff.Encode(r)
 	if err == nil {
 		// The next image registers its listeners anew (as duplicates,
