@@ -1,6 +1,11 @@
 package activation
 
-import "golang.org/x/sys/unix"
+import (
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
 
 // Stored is a descriptor systemd passed back from its fd store that is not
 // a listener: what a previous instance stored there (issue 10), by name.
@@ -12,9 +17,18 @@ type Stored struct {
 // InheritedWithStored is Inherited for a proxy that uses systemd's fd
 // store: the descriptors whose FDNAME isStored accepts are returned as they
 // are, close-on-exec and otherwise unchecked (the caller checks each),
-// and LISTEN_FDS may count up to maxStored more of them.
+// and LISTEN_FDS may count as many more as LISTEN_FDNAMES names such
+// descriptors, up to maxStored.
 func InheritedWithStored(isStored func(name string) bool, maxStored int) ([]Listener, []Stored, error) {
-	return inherited(isStored, maxInherited+uint64(maxStored))
+	extra := 0
+	if names, ok := os.LookupEnv("LISTEN_FDNAMES"); ok {
+		for name := range strings.SplitSeq(names, ":") {
+			if isStored(name) {
+				extra++
+			}
+		}
+	}
+	return inherited(isStored, maxInherited+uint64(min(extra, maxStored)))
 }
 
 // CloseKeepingFiles closes every listener but leaves each --listen socket's
