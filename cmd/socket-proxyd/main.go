@@ -199,6 +199,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		for {
 			select {
 			case <-hup:
+				if ctx.Err() != nil {
+					log.Info("not reloading: stopping") // systemd would wait for a READY=1 that never comes
+					continue
+				}
 				reload.reload(alive, srv.Reload)
 			case <-alive.Done():
 				return

@@ -127,6 +127,10 @@ next:
 // When it fails the loop goes on, and READY=1 tells systemd the reload is
 // over.
 func (r *reloader) exec(rec []byte, fds []int) error {
+	if rec == nil {
+		notify.Ready() // the engine could not write the record
+		return nil
+	}
 	err := handoff.Exec(r.exe, r.argv, os.Environ(), rec, fds)
 	notify.Ready()
 	return err

@@ -76,6 +76,9 @@ func (l *loop) handoff() {
 			l.add(ln.fd, unix.EPOLLIN|unix.EPOLLET, 0)
 		}
 	}
+	if err != nil && b == nil {
+		l.s.cfg.Reload(nil, nil) // tells the caller it is over
+	}
 	l.s.log.Error("reload failed, going on serving", "error", err.Error())
 }
 

@@ -81,7 +81,8 @@ type Config struct {
 	// Server.Reload, with the loop stopped between two batches of events:
 	// rec is the handoff record and fds the descriptors it names. It is
 	// meant to execute the next image and not return; if it returns, the
-	// loop goes on as if nothing happened.
+	// loop goes on as if nothing happened. A nil rec says the record could
+	// not be written: the reload is over, and failed.
 	Reload func(rec []byte, fds []int) error
 	// Store, when set, is called on the loop's goroutine after
 	// Server.Store, with the loop stopped: it hands rec and fds to
