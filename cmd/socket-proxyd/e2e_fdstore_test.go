@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -197,5 +198,95 @@ func TestFDStoreNeedsSystemd(t *testing.T) {
 	code, _, stderr := run(t, binary, launch{args: []string{"--fdstore=on-stop", "127.0.0.1:9"}, fds: []inherited{fd}})
 	if code != 1 || !strings.Contains(stderr, "NOTIFY_SOCKET is not set") {
 		t.Errorf("exit %d, stderr %q; want 1 and NOTIFY_SOCKET named", code, stderr)
+	}
+}
+
+// TestFDStoreTooSmall: when systemd says its store is too small for the
+// connections ($FDSTORE, systemd >= 254), nothing is stored and they drain
+// as on a plain stop: each ends whole, and the proxy exits 0.
+func TestFDStoreTooSmall(t *testing.T) {
+	t.Parallel()
+	bl := listenTCP(t, "127.0.0.1:0")
+	serve(t, bl, slowEcho)
+	front, addr := inheritTCP(t, "web")
+	store := newFakeStore(t)
+	a := start(t, binary, launch{args: []string{"--fdstore=on-stop", bl.Addr().String()}, fds: []inherited{front},
+		env: []string{"NOTIFY_SOCKET=" + store.path, "FDSTORE=3"}})
+	stop := make(chan struct{})
+	errs := make(chan error, 2)
+	for i := range 2 {
+		go func() { errs <- stream(addr, uint64(i), stop) }()
+	}
+	if err := poll(10*time.Second, func() bool { return strings.Contains(lastStatus(store), "2 connections") },
+		func() string { return "the two streams never showed in STATUS=" }); err != nil {
+		t.Fatal(err)
+	}
+	a.signal(syscall.SIGTERM)
+	if err := a.waitStderr("letting them finish", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if code := a.waitExit(20 * time.Second); code != 0 {
+		t.Errorf("exit status %d, want 0", code)
+	}
+	if n, _, _ := store.state(); n != 0 {
+		t.Errorf("the store holds %d descriptors, want none", n)
+	}
+}
+
+// lastStatus is the last STATUS= the store heard.
+func lastStatus(s *fakeStore) string {
+	_, _, msgs := s.state()
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if strings.HasPrefix(msgs[i], "STATUS=") {
+			return msgs[i]
+		}
+	}
+	return ""
+}
+
+// TestFDStoreBadRecord: a store whose record cannot be read (damaged, or
+// written by something else) has its connections reset, never forwarded,
+// and emptied; the proxy serves new clients all the same.
+func TestFDStoreBadRecord(t *testing.T) {
+	t.Parallel()
+	_, backend := echoTCP(t, "127.0.0.1:0")
+	front, addr := inheritTCP(t, "web")
+	rec, err := os.CreateTemp(shortDir(t), "record")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rec.Close()
+	rec.WriteString("SPXHOFF\x00\x01\x00not a record")
+	ln := listenTCP(t, "127.0.0.1:0")
+	peer := dial(t, "tcp", ln.Addr().String())
+	conn, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := conn.File()
+	conn.Close()
+	store := newFakeStore(t)
+	p := start(t, binary, launch{args: []string{"--fdstore=on-stop", backend},
+		fds: []inherited{front, {file: cf, name: "socket-proxyd-conn"}, {file: rec, name: "socket-proxyd-record"}},
+		env: []string{"NOTIFY_SOCKET=" + store.path}})
+	cf.Close()
+	if err := p.waitStderr("cannot resume from the fd store", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if k, err := peer.Read(make([]byte, 10)); k != 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the stored connection's peer read %d bytes, %v; want a reset", k, err)
+	}
+	if err := stillServes(addr); err != nil {
+		t.Error(err)
+	}
+	if _, removed, _ := store.state(); len(removed) != 2 {
+		t.Errorf("FDSTOREREMOVE=1 for %q, want both names", removed)
 	}
 }
