@@ -54,6 +54,7 @@ type config struct {
 	loadCPU   int
 	onlyFlag  string
 	bytesFlag string
+	udp       bool
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -72,6 +73,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&cfg.settle, "settle", 300*time.Millisecond, "wait before each memory reading")
 	fs.DurationVar(&cfg.waitIdle, "wait-idle", 2*time.Minute, "before each candidate run, wait up to this long for other processes to leave the CPUs idle")
 	fs.Float64Var(&cfg.idleLoad, "idle-load", 0.1, "CPUs' worth of other processes' load that counts as idle for -wait-idle")
+	fs.BoolVar(&cfg.udp, "udp", false, "run the datagram workloads (socket-proxyd, nginx udp, socat) instead of the stream ones")
 	fs.BoolVar(&cfg.strace, "strace", false, "also run one bulk transfer per proxy under strace -f -c and print the syscall counts")
 	fs.StringVar(&cfg.proxyd, "proxyd", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
 	fs.StringVar(&cfg.baseline, "baseline", "", "another socket-proxyd binary (say, main before a change) to run as candidate \"baseline\", interleaved with the others: an A/B in one run")
@@ -219,6 +221,10 @@ func run() int {
 	if ours == "" {
 		fmt.Fprintln(os.Stderr, "proxybench: building ./cmd/socket-proxyd")
 		ours, oursErr = buildOurs(tmp)
+	}
+	if cfg.udp {
+		b := &bench{cfg: cfg, l: &launcher{pin: cfg.pin, cpu: cfg.proxyCPU, connMax: cfg.connMax}, log: os.Stderr}
+		return b.udpRun(ctx, os.Stdout, ours, oursErr)
 	}
 	all, skipped := findCandidates(ours, oursErr, cfg.baseline)
 	var cands []*candidate

@@ -14,7 +14,7 @@ import (
 const hintLine = "socket-proxyd: run 'socket-proxyd --help' for usage"
 
 const noSocketsLine = "socket-proxyd: no listening sockets: start it from a .socket unit, " +
-	"under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS"
+	"under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS (--listen-datagram, --listen-sequential-packet)"
 
 func TestHelp(t *testing.T) {
 	t.Parallel()
@@ -239,31 +239,6 @@ func TestBadInheritedFD(t *testing.T) {
 		want []string
 	}{
 		{
-			name: "udp datagram socket",
-			fds: func(t *testing.T) []inherited {
-				pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { pc.Close() })
-				return []inherited{{file: fileOf(t, pc.(*net.UDPConn)), name: "web"}}
-			},
-			want: []string{`inherited fd 3 ("web"): not a stream socket`, "ListenStream="},
-		},
-		{
-			name: "unix datagram socket",
-			fds: func(t *testing.T) []inherited {
-				path := filepath.Join(shortDir(t), "dg")
-				pc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { pc.Close() })
-				return []inherited{{file: fileOf(t, pc), name: "dg"}}
-			},
-			want: []string{`inherited fd 3 ("dg"): not a stream socket`},
-		},
-		{
 			name: "tcp socket not listening",
 			fds: func(t *testing.T) []inherited {
 				fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
@@ -305,14 +280,15 @@ func TestBadInheritedFD(t *testing.T) {
 			name: "second fd bad",
 			fds: func(t *testing.T) []inherited {
 				good, _ := inheritTCP(t, "good")
-				pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+				fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 				if err != nil {
 					t.Fatal(err)
 				}
-				t.Cleanup(func() { pc.Close() })
-				return []inherited{good, {file: fileOf(t, pc.(*net.UDPConn)), name: "dgram"}}
+				f := os.NewFile(uintptr(fd), "unlistened")
+				t.Cleanup(func() { f.Close() })
+				return []inherited{good, {file: f, name: "idle"}}
 			},
-			want: []string{`inherited fd 4 ("dgram"): not a stream socket`},
+			want: []string{`inherited fd 4 ("idle"): socket is not listening`},
 		},
 	}
 	for _, tt := range tests {

@@ -128,10 +128,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		listeners = append(listeners, l)
 	}
+	if listeners, err = listenPackets(listeners, opts); err != nil {
+		return fail(err)
+	}
 	if len(listeners) == 0 {
-		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS"))
+		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS (--listen-datagram, --listen-sequential-packet)"))
 	}
 	if err := checkBackends(listeners, opts.backend, opts.named); err != nil {
+		activation.Close(listeners)
+		return fail(err)
+	}
+	if err := checkKinds(listeners, opts); err != nil {
 		activation.Close(listeners)
 		return fail(err)
 	}
@@ -161,6 +168,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Backends:        opts.named,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),
 		IdleTimeout:     infinityMeansZero(opts.idleTimeout),
+		FlowIdleTimeout: flowIdleTimeout(opts),
 		KeepAlive:       zeroMeansNegative(opts.keepAlive), // infinity is already 0: off
 		ProxyProtocol:   opts.proxyProtocol,
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),

@@ -25,6 +25,13 @@ type options struct {
 	exitIdleTime   time.Duration // timespan.Infinity: never; 0: as soon as nothing is open
 	listen         []string
 	socketMode     os.FileMode // of --listen unix socket files
+	// listenDatagram and listenPacket are --listen-datagram and
+	// --listen-sequential-packet, named after systemd's ListenDatagram=
+	// and ListenSequentialPacket=.
+	listenDatagram, listenPacket []string
+	// idleTimeoutSet: --idle-timeout was given, so datagram flows take it
+	// instead of their own default.
+	idleTimeoutSet bool
 
 	connectTimeout  time.Duration // 0: one attempt
 	idleTimeout     time.Duration // timespan.Infinity: never
@@ -55,6 +62,13 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
      --listen=ADDRESS        Also listen on ADDRESS: HOST:PORT, [IPv6]:PORT,
                              :PORT, a unix socket path or @abstract-name;
                              may be repeated; works without systemd
+     --listen-datagram=ADDRESS
+                             Also listen for datagrams on ADDRESS: UDP on
+                             HOST:PORT, [IPv6]:PORT or :PORT, or a unix
+                             datagram socket path or @abstract-name
+     --listen-sequential-packet=SOCKET
+                             Also listen on the unix SOCK_SEQPACKET socket
+                             SOCKET (a path or @abstract-name)
      --socket-mode=MODE      File mode of --listen unix sockets, in octal
                              (default: 0666)
      --backend=NAME=ADDRESS  Forward the socket named NAME (its
@@ -63,13 +77,15 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
      --connect-timeout=SPAN  Keep retrying a refused or missing backend for
                              up to SPAN; 0 tries once (default: 10s)
      --idle-timeout=SPAN     Close a connection without traffic either way
-                             for SPAN (default: infinity)
+                             for SPAN; given, datagram flows too, which
+                             otherwise expire after 1min (default: infinity)
      --keepalive=SPAN        TCP keepalive idle time on both TCP sides, at
                              most 9h 6min 7s; 0 or infinity turns it off
                              (default: 1min)
      --proxy-protocol=VERSION
                              Send a PROXY protocol header, v1 or v2, to the
-                             backend before any client byte (default: none)
+                             backend before any client byte; datagrams take
+                             v2 only, one header each (default: none)
      --shutdown-timeout=SPAN
                              On SIGTERM, stop accepting and let open
                              connections finish for up to SPAN; 0 closes
@@ -110,10 +126,15 @@ func parseOptions(args []string) (options, error) {
 		{Long: "help", Short: 'h', Original: true, Stop: true, Set: flag(&opts.help)},
 		{Long: "version", Original: true, Stop: true, Set: flag(&opts.version)},
 		{Long: "listen", Arg: true, Set: appendTo(&opts.listen)},
+		{Long: "listen-datagram", Arg: true, Set: appendTo(&opts.listenDatagram)},
+		{Long: "listen-sequential-packet", Arg: true, Set: appendTo(&opts.listenPacket)},
 		{Long: "socket-mode", Arg: true, Set: fileMode(&opts.socketMode)},
 		{Long: "backend", Arg: true, Set: appendTo(&named)},
 		{Long: "connect-timeout", Arg: true, Set: span(&opts.connectTimeout)},
-		{Long: "idle-timeout", Arg: true, Set: span(&opts.idleTimeout)},
+		{Long: "idle-timeout", Arg: true, Set: func(v string) error {
+			opts.idleTimeoutSet = true
+			return span(&opts.idleTimeout)(v)
+		}},
 		{Long: "keepalive", Arg: true, Set: keepAlive(&opts.keepAlive)},
 		{Long: "shutdown-timeout", Arg: true, Set: span(&opts.shutdownTimeout)},
 		{Long: "proxy-protocol", Arg: true, Set: protocol(&opts.proxyProtocol)},
@@ -209,14 +230,24 @@ func (o options) commandLine() []string {
 		"--exit-idle-time=" + timespan.Format(o.exitIdleTime),
 		"--socket-mode=" + fmt.Sprintf("%#o", uint32(o.socketMode)),
 		"--connect-timeout=" + timespan.Format(o.connectTimeout),
-		"--idle-timeout=" + timespan.Format(o.idleTimeout),
 		"--keepalive=" + timespan.Format(o.keepAlive),
 		"--shutdown-timeout=" + timespan.Format(o.shutdownTimeout),
 		"--proxy-protocol=" + o.proxyProtocol.String(),
 		"--fdstore=" + string(o.fdstore),
 	}
+	if o.idleTimeoutSet {
+		// Only when given: it also sets the flows' timeout (not given,
+		// they expire after a minute).
+		args = append(args, "--idle-timeout="+timespan.Format(o.idleTimeout))
+	}
 	for _, l := range o.listen {
 		args = append(args, "--listen="+l)
+	}
+	for _, l := range o.listenDatagram {
+		args = append(args, "--listen-datagram="+l)
+	}
+	for _, l := range o.listenPacket {
+		args = append(args, "--listen-sequential-packet="+l)
 	}
 	names := make([]string, 0, len(o.named))
 	for name := range o.named {

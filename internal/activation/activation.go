@@ -14,10 +14,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Listener is one listening stream socket and the name it goes by in
-// messages and in --backend NAME=ADDRESS.
+// Listener is one listening socket and the name it goes by in messages and
+// in --backend NAME=ADDRESS. A datagram socket is a Listener too: its
+// Accept fails, and the proxy reads its datagrams by descriptor.
 type Listener struct {
 	net.Listener
+	// Kind is the socket's type: how its clients are forwarded.
+	Kind Kind
 	// Name is the socket's FileDescriptorName= (LISTEN_FDNAMES), or
 	// systemd's default "LISTEN_FD_<n>"; for --listen, the address given.
 	Name string
@@ -72,7 +75,7 @@ func inherited(isStored func(string) bool, limit uint64) ([]Listener, []Stored, 
 		if !isListener(i) {
 			continue
 		}
-		if err := checkFD(fd, fmt.Sprintf("inherited fd %d (%q)", fd, name)); err != nil {
+		if _, err := checkFD(fd, fmt.Sprintf("inherited fd %d (%q)", fd, name)); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -203,44 +206,51 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// fromFile checks that f is a listening stream socket, as Accept=no passes.
+// fromFile checks that f is a socket a .socket unit passes with Accept=no
+// (a listening stream or seqpacket socket, or a datagram socket) and wraps
+// it by its kind.
 func fromFile(f *os.File) (Listener, error) {
 	fd := int(f.Fd())
 	where := fmt.Sprintf("inherited fd %d (%q)", fd, f.Name())
-	if err := checkFD(fd, where); err != nil {
+	kind, err := checkFD(fd, where)
+	if err != nil {
 		return Listener{}, err
 	}
-	// FileListener wraps a duplicate and, for unix sockets, never unlinks
+	// The wrappers hold a duplicate and, for unix sockets, never unlink
 	// the path on close: systemd owns that file.
-	ln, err := net.FileListener(f)
+	ln, err := wrapFile(f, kind)
 	if err != nil {
 		return Listener{}, fmt.Errorf("%s: %v", where, err)
 	}
-	return Listener{Listener: ln, Name: f.Name(), FD: fd}, nil
+	return Listener{Listener: ln, Kind: kind, Name: f.Name(), FD: fd}, nil
 }
 
-// checkFD checks that descriptor fd is a listening stream socket, without
-// taking ownership of it; where names it in the error.
-func checkFD(fd int, where string) error {
+// checkFD checks that descriptor fd is a socket the proxy can serve,
+// without taking ownership of it, and says its kind; where names it in the
+// error.
+func checkFD(fd int, where string) (Kind, error) {
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	kind, known := kindOf(typ)
 	switch {
 	case errors.Is(err, unix.ENOTSOCK):
-		return fmt.Errorf("%s: not a socket: pass sockets with ListenStream= in the .socket unit", where)
+		return 0, fmt.Errorf("%s: not a socket: pass sockets with ListenStream=, ListenDatagram= or ListenSequentialPacket= in the .socket unit", where)
 	case errors.Is(err, unix.EBADF):
-		return fmt.Errorf("%s: not an open descriptor: LISTEN_FDS counts more sockets than were passed", where)
+		return 0, fmt.Errorf("%s: not an open descriptor: LISTEN_FDS counts more sockets than were passed", where)
 	case err != nil:
-		return fmt.Errorf("%s: %v", where, err)
-	case typ != unix.SOCK_STREAM:
-		return fmt.Errorf("%s: not a stream socket: use ListenStream= in the .socket unit, not ListenDatagram= or ListenSequentialPacket=", where)
+		return 0, fmt.Errorf("%s: %v", where, err)
+	case !known:
+		return 0, fmt.Errorf("%s: socket type %d cannot be forwarded: use ListenStream=, ListenDatagram= or ListenSequentialPacket= in the .socket unit", where, typ)
+	case kind == Datagram:
+		return kind, nil // nothing to accept: no listening state
 	}
 	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
 	if err != nil {
-		return fmt.Errorf("%s: %v", where, err)
+		return 0, fmt.Errorf("%s: %v", where, err)
 	}
 	if listening == 0 {
-		return fmt.Errorf("%s: socket is not listening: use Accept=no in the .socket unit (with Accept=yes systemd passes a connection, not a listener)", where)
+		return 0, fmt.Errorf("%s: socket is not listening: use Accept=no in the .socket unit (with Accept=yes systemd passes a connection, not a listener)", where)
 	}
-	return nil
+	return kind, nil
 }
 
 // Close closes every listener. Inherited unix sockets keep their files.

@@ -56,7 +56,6 @@ func TestFromFileRejects(t *testing.T) {
 		file    *os.File
 		mention string
 	}{
-		{name: "datagram", file: socketFile(t, unix.AF_INET, unix.SOCK_DGRAM, false, "dns"), mention: "ListenDatagram="},
 		{name: "not listening", file: socketFile(t, unix.AF_INET, unix.SOCK_STREAM, false, "web"), mention: "Accept=no"},
 		{name: "regular file", file: regular, mention: "not a socket"},
 	}

@@ -97,22 +97,28 @@ func unwrap(err error) error {
 // inherited one, and closed: the listener holds a duplicate.
 func FromFD(fd int, name string, bound bool) (Listener, error) {
 	where := fmt.Sprintf("carried fd %d (%q)", fd, name)
-	if err := checkFD(fd, where); err != nil {
+	kind, err := checkFD(fd, where)
+	if err != nil {
 		return Listener{}, err
 	}
 	f := os.NewFile(uintptr(fd), name)
-	ln, err := net.FileListener(f)
+	ln, err := wrapFile(f, kind)
 	f.Close()
 	if err != nil {
 		return Listener{}, fmt.Errorf("%s: %v", where, err)
 	}
-	if u, ok := ln.(*net.UnixListener); ok && bound && strings.HasPrefix(name, "/") {
-		ln = adoptUnixPath(u, name)
+	if bound && strings.HasPrefix(name, "/") {
+		switch l := ln.(type) {
+		case *net.UnixListener:
+			ln = adoptUnixPath(l, name)
+		case *packetListener:
+			l.unlink = name
+		}
 	}
 	if bound {
 		fd = -1
 	}
-	return Listener{Listener: ln, Name: name, FD: fd}, nil
+	return Listener{Listener: ln, Kind: kind, Name: name, FD: fd}, nil
 }
 
 // isRefused reports whether a dial found a socket file nobody listens on.

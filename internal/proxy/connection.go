@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 )
 
@@ -36,6 +37,7 @@ type conn struct {
 	attempt  uint16 // index of the backend address being tried
 	round    uint8  // connect rounds retried, for the backoff
 	fdWait   bool   // waiting for a descriptor for the backend socket
+	packets  bool   // a sequential-packet connection: message by message (seqpacket.go)
 	seen     uint32 // loop tick of the last event (idle timeout)
 	dir      [2]direction
 	start    int64 // loop clock at accept
@@ -101,6 +103,7 @@ func (l *loop) streamSocket(fd int, tcp bool) {
 func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
 	c := &conn{fd: [2]int32{int32(fd), -1}, listener: uint16(listener), start: l.now(), client: clientAddr(sa)}
 	c.gen[0] = l.nextGen()
+	c.packets = l.listeners[listener].kind == activation.SequentialPacket
 	_, isUnix := sa.(*unix.SockaddrUnix)
 	c.tcp[0] = !isUnix
 	l.streamSocket(fd, c.tcp[0])
@@ -168,6 +171,9 @@ func (l *loop) event(c *conn, side, fd int, ev uint32) {
 // write; what the destination cannot take is parked in a pooled pipe. Once a
 // read fills the buffer the direction is bulk and splicePump moves it.
 func (l *loop) pump(c *conn, d int) bool {
+	if c.packets {
+		return l.pumpPackets(c, d)
+	}
 	dir := &c.dir[d]
 	dst := int(c.fd[1-d])
 	for {

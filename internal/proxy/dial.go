@@ -204,7 +204,11 @@ func (l *loop) startConnect(c *conn, sa unix.Sockaddr) unix.Errno {
 	case *unix.SockaddrInet6:
 		family = unix.AF_INET6
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	typ := unix.SOCK_STREAM
+	if c.packets {
+		typ = unix.SOCK_SEQPACKET
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err.(unix.Errno)
 	}

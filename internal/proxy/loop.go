@@ -92,6 +92,8 @@ type loop struct {
 
 	hot bool // the last wait found work: wait raw
 
+	flows flowState // datagram flows (flow.go)
+
 	idleClocks []idleClock // of connections just resumed; see restoreIdleClocks
 	carried    bool        // the epoll instance came over a reload, registrations and all
 	keepFiles  bool        // the listeners went to the fd store: their files stay
@@ -116,6 +118,8 @@ type listenerFD struct {
 	// static holds the backend's addresses when it is numeric or a unix
 	// socket, resolved once at start-up; nil for a host name.
 	static []target
+	kind   activation.Kind
+	dgram  *dgramListener // a datagram listener's flows (flow.go)
 }
 
 // deadline is an entry of the connect queue; stale entries (the connection
@@ -182,7 +186,10 @@ func newLoop(s *Server) (*loop, error) {
 		if !ok {
 			b = s.cfg.Backend
 		}
-		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, backend: b, static: staticAddrs(b)})
+		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, backend: b, static: staticAddrs(b), kind: ln.Kind})
+		if ln.Kind == activation.Datagram {
+			l.setupDatagram(&l.listeners[len(l.listeners)-1])
+		}
 	}
 	if s.cfg.ExitIdleTime > 0 {
 		l.idleAt = after(l.now(), s.cfg.ExitIdleTime)
@@ -277,8 +284,13 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 					if c.gen[side] == uint32(ev.Pad) {
 						l.event(c, side, fd, ev.Events)
 					}
+					continue
 				}
 			}
+			l.flowEvent(fd, uint32(ev.Pad), ev.Events)
+		}
+		if l.flows.count > 0 {
+			l.sendReplies() // the replies of every flow that had an event, together
 		}
 		if l.idleClocks != nil {
 			l.restoreIdleClocks()
@@ -317,6 +329,7 @@ func (l *loop) startDrain() {
 	} else {
 		activation.Close(l.s.cfg.Listeners)
 	}
+	l.closeFlows() // their replies could no longer leave
 	l.acceptPaused = false
 	l.idleAt = 0
 	d := l.s.cfg.ShutdownTimeout
@@ -387,7 +400,7 @@ func (l *loop) wait(msec int) int {
 // connect deadlines, the idle exit, the pipe trim and the accept retry.
 func (l *loop) timeout_ms() int {
 	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && len(l.pipes.free) == 0 &&
-		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) && l.warnAt == 0 {
+		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) && l.warnAt == 0 && l.flows.count == 0 {
 		return -1
 	}
 	now := l.now()
@@ -414,6 +427,7 @@ func (l *loop) timeout_ms() int {
 	}
 	consider(l.idleAt)
 	consider(l.warnAt)
+	consider(l.flowTimeout(now))
 	if len(l.pipes.free) > 0 {
 		if l.trimAt == 0 {
 			l.trimAt = now + int64(trimInterval)
@@ -435,10 +449,11 @@ func (l *loop) timeout_ms() int {
 // timers runs what is due; it reports whether the idle time has passed.
 func (l *loop) timers() bool {
 	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && l.trimAt == 0 &&
-		!l.acceptPaused && l.sweepAt == 0 && l.warnAt == 0 {
+		!l.acceptPaused && l.sweepAt == 0 && l.warnAt == 0 && l.flows.sweepAt == 0 {
 		return false
 	}
 	now := l.now()
+	l.flowTimers(now)
 	if l.warnAt != 0 && now >= l.warnAt {
 		l.flushWarnings(now, false)
 	}
@@ -554,6 +569,14 @@ func (l *loop) special(fd int) {
 		l.takeResolved()
 		return
 	}
+	for i := range l.listeners {
+		if l.listeners[i].fd == fd && l.listeners[i].dgram != nil {
+			if !l.draining {
+				l.datagrams(i) // not paused by EMFILE: the flows that exist go on
+			}
+			return
+		}
+	}
 	if l.acceptPaused || l.draining {
 		return
 	}
@@ -568,6 +591,9 @@ func (l *loop) special(fd int) {
 // accept takes every pending client of listener i (the listener is
 // edge-triggered: one event, then accept until EAGAIN).
 func (l *loop) accept(i int) {
+	if l.listeners[i].dgram != nil {
+		return // datagrams are read by datagrams(), not accepted
+	}
 	lfd := l.listeners[i].fd
 	for {
 		nfd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
@@ -678,6 +704,7 @@ func (l *loop) close() {
 			l.abort(c, nil)
 		}
 	}
+	l.closeFlows()
 	l.resolveWG.Wait()
 	l.flushWarnings(l.now(), true)
 	l.pipes.closeAll()

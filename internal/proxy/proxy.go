@@ -64,6 +64,9 @@ type Config struct {
 	// IdleTimeout closes a connection with no traffic either way for this
 	// long (systemd #23320); zero means never.
 	IdleTimeout time.Duration
+	// FlowIdleTimeout expires a datagram flow with no datagram either way
+	// for this long; zero means DefaultFlowIdleTimeout, negative never.
+	FlowIdleTimeout time.Duration
 	// KeepAlive is the TCP keepalive idle time set on both TCP sides; zero
 	// means DefaultKeepAlive, negative turns keepalive off.
 	KeepAlive time.Duration
@@ -106,6 +109,16 @@ type Stats struct {
 	Pipes        int64 // kernel pipes open now, lent out or pooled
 	Splices      int64 // splice calls that moved bytes from a socket into a pipe
 	SplicedBytes int64 // bytes those calls moved without copying to userspace
+
+	// Datagram listeners (flow.go): Active, Accepted and Refused count
+	// connections only; BytesIn and BytesOut count datagrams' bytes too.
+	Flows              int64 // datagram flows open now (they count against -c)
+	FlowsOpened        int64 // flows opened since start
+	DatagramsIn        int64 // datagrams forwarded client to backend
+	DatagramsOut       int64 // datagrams forwarded backend to client
+	DatagramsDropped   int64 // datagrams not forwarded: limit, backend down, buffer full
+	DatagramsTruncated int64 // datagrams larger than the proxy reads, dropped whole
+	BackendRefused     int64 // ICMP port unreachable (ECONNREFUSED) on a flow
 }
 
 // Server is one running proxy.
@@ -120,6 +133,7 @@ type Server struct {
 
 	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
 	pipes, splices, splicedBytes                                atomic.Int64
+	dgram                                                       dgramCounters
 }
 
 // New prepares a proxy; Run starts it.
@@ -190,5 +204,13 @@ func (s *Server) Stats() Stats {
 		Pipes:         s.pipes.Load(),
 		Splices:       s.splices.Load(),
 		SplicedBytes:  s.splicedBytes.Load(),
+
+		Flows:              s.dgram.flows.Load(),
+		FlowsOpened:        s.dgram.opened.Load(),
+		DatagramsIn:        s.dgram.in.Load(),
+		DatagramsOut:       s.dgram.out.Load(),
+		DatagramsDropped:   s.dgram.dropped.Load(),
+		DatagramsTruncated: s.dgram.truncated.Load(),
+		BackendRefused:     s.dgram.refused.Load(),
 	}
 }

@@ -67,3 +67,14 @@ func rawRecv(fd int, p []byte) (n int, ctrunc bool, e unix.Errno) {
 	}
 	return int(r), msg.Flags&unix.MSG_CTRUNC != 0, 0
 }
+
+// rawMmsg is recvmmsg or sendmmsg (trap) without a timeout, on a
+// non-blocking socket: how many messages went, and the error that stopped
+// it before the first one.
+func rawMmsg(trap uintptr, fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
+	r, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), 0
+}

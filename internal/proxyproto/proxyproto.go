@@ -104,3 +104,15 @@ func ipText(ip net.IP) string {
 	}
 	return netip.AddrFrom16([16]byte(ip)).String()
 }
+
+// DatagramHeader is the v2 header one UDP datagram starts with (family
+// UDP over IPv4 or IPv6, as the specification allows a header per
+// datagram); a v2 LOCAL header when either address is not an IP one.
+func DatagramHeader(src, dst netip.AddrPort) []byte {
+	if !src.IsValid() || !dst.IsValid() {
+		return Header(V2, nil, nil)
+	}
+	h := Header(V2, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst))
+	h[13]++ // TCP -> UDP: 0x11 -> 0x12, 0x21 -> 0x22
+	return h
+}

@@ -17,13 +17,22 @@ import (
 const Interval = time.Second
 
 // Line formats the counters, e.g.
-// "12 connections, 1042 since start, 3.1 GiB forwarded, 2 backend errors".
+// "12 connections, 1042 since start, 3.1 GiB forwarded, 2 backend errors",
+// with ", 3 flows, 5120 datagrams" once a datagram socket has had a client.
 func Line(s proxy.Stats) string {
 	parts := []string{
 		plural(s.Active, "connection"),
 		fmt.Sprintf("%d since start", s.Accepted),
 		Bytes(s.BytesIn+s.BytesOut) + " forwarded",
 		plural(s.BackendErrors, "backend error"),
+	}
+	if s.FlowsOpened > 0 {
+		// Only once a datagram socket has had a client: a stream-only
+		// proxy's line stays as it was.
+		parts = append(parts, plural(s.Flows, "flow"), fmt.Sprintf("%d datagrams", s.DatagramsIn+s.DatagramsOut))
+		if s.DatagramsDropped+s.DatagramsTruncated > 0 {
+			parts = append(parts, fmt.Sprintf("%d dropped", s.DatagramsDropped+s.DatagramsTruncated))
+		}
 	}
 	if s.Refused > 0 {
 		parts = append(parts, fmt.Sprintf("%d refused at the limit", s.Refused))

@@ -20,6 +20,10 @@ func TestLine(t *testing.T) {
 			want: "12 connections, 1042 since start, 3.5 GiB forwarded, 2 backend errors"},
 		{name: "singular and refused", stats: proxy.Stats{Active: 1, Accepted: 1, BytesIn: 1536, BackendErrors: 1, Refused: 7},
 			want: "1 connection, 1 since start, 1.5 KiB forwarded, 1 backend error, 7 refused at the limit"},
+		{name: "flows", stats: proxy.Stats{Flows: 3, FlowsOpened: 9, DatagramsIn: 100, DatagramsOut: 90, BytesIn: 2048},
+			want: "0 connections, 0 since start, 2.0 KiB forwarded, 0 backend errors, 3 flows, 190 datagrams"},
+		{name: "flows dropping", stats: proxy.Stats{Flows: 1, FlowsOpened: 1, DatagramsIn: 5, DatagramsDropped: 4, DatagramsTruncated: 1, Refused: 4},
+			want: "0 connections, 0 since start, 0 B forwarded, 0 backend errors, 1 flow, 5 datagrams, 5 dropped, 4 refused at the limit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -309,8 +309,56 @@ scenario_deb() { # the Debian package: install, use, remove
 	check "package no longer known to dpkg" eval '! dpkg -s socket-proxyd'
 }
 
+# dns_backend: a stand-in for a DNS server on 127.0.0.1:5353, UDP and TCP,
+# that answers each message with "re:" and the message (perl-base is in the
+# minimal root; dnsmasq and dig are not, and the proxy is what is tested).
+dns_backend() {
+	cat >"$t/dns-backend.pl" <<'PERL'
+use IO::Socket::INET;
+my $u = IO::Socket::INET->new(LocalAddr => "127.0.0.1:5353", Proto => "udp") or die "udp: $!";
+my $t = IO::Socket::INET->new(LocalAddr => "127.0.0.1:5353", Listen => 16, ReuseAddr => 1) or die "tcp: $!";
+if (fork) { my $m; while (1) { $u->recv($m, 65535); $u->send("re:$m"); } }
+while (my $c = $t->accept) { my $m; $c->sysread($m, 65535); $c->syswrite("re:$m"); close $c; }
+PERL
+	printf '%s\n' '[Service]' "ExecStart=/usr/bin/perl $t/dns-backend.pl" >/etc/systemd/system/spx-dns-backend.service
+}
+
+# ask_udp FROM_ADDR: a datagram to port 53 from a socket bound to FROM_ADDR
+# gets "re:" and itself back, from the address it was sent to.
+ask_udp() {
+	perl -MIO::Socket::INET -e '
+		$s = IO::Socket::INET->new(LocalAddr => "$ARGV[0]:0", PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $!";
+		$s->send("q") or die "send: $!";
+		$r = ""; eval { local $SIG{ALRM} = sub { die "no reply in 2s\n" }; alarm 2; $s->recv($r, 100); alarm 0; };
+		die $@ if $@; $r eq "re:q" or die "reply \"$r\"\n";' "$1" "$2"
+}
+
+ask_tcp() {
+	perl -MIO::Socket::INET -e '
+		$s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:53", Timeout => 5) or die "connect: $!";
+		$s->syswrite("q"); $s->sysread($r, 100); $r eq "re:q" or die "reply \"$r\"\n";'
+}
+
+status_has() { systemctl show -P StatusText "$1" | grep -qF "$2"; }
+
+scenario_dns() { # Examples 12 and 13: ListenStream=53 and ListenDatagram=53
+	dns_backend
+	install_units dns-proxy.socket dns-proxy.service
+	systemctl daemon-reload
+	check "a stand-in DNS server on 127.0.0.1:5353" systemctl start spx-dns-backend.service
+	check "it answers on TCP" wait_for 5 eval 'exec 3<>/dev/tcp/127.0.0.1/5353' 
+	check "systemctl enable --now dns-proxy.socket" systemctl enable --now dns-proxy.socket
+	check "systemd listens on TCP and UDP port 53" eval 'systemctl show -P Listen dns-proxy.socket | grep -q "53 (Stream)" && systemctl show -P Listen dns-proxy.socket | grep -q "53 (Datagram)"'
+	check "a UDP query starts the proxy and gets its answer" ask_udp 127.0.0.1 127.0.0.1
+	check "dns-proxy.service is running" running dns-proxy.service
+	check "a TCP query is answered by the same proxy" ask_tcp
+	check "a client of 127.0.0.2 gets its answer from 127.0.0.2" ask_udp 127.0.0.1 127.0.0.2
+	check "STATUS= counts the flows" wait_for 5 status_has dns-proxy.service " flows, "
+	check "no errors in the journal" no_errors dns-proxy.service
+}
+
 case $scenario in
-simple | namespace | idle | notify | handoff | deb) "scenario_$scenario" ;;
+simple | namespace | idle | notify | handoff | deb | dns) "scenario_$scenario" ;;
 *) fail setup "unknown scenario $scenario" ;;
 esac
 journalctl -b --no-pager -o short-monotonic >"$t/journal.txt" 2>&1

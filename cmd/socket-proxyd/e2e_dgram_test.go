@@ -1,0 +1,341 @@
+package main_test
+
+// Datagrams and sequential packets (issue 9), black-box: sockets passed
+// the way a .socket unit with ListenDatagram= and ListenSequentialPacket=
+// passes them, the --listen-datagram and --listen-sequential-packet forms,
+// a real dig through the proxy to a real dnsmasq over UDP and TCP on one
+// port, and the start-up errors.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// echoPackets serves a datagram socket (UDP or unixgram) that sends each
+// datagram back to its sender, prefixed.
+func echoPackets(t *testing.T, network, addr, prefix string) string {
+	t.Helper()
+	pc, err := net.ListenPacket(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 70000)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if err == nil && from != nil && from.String() != "" {
+				pc.WriteTo(append([]byte(prefix), buf[:n]...), from)
+			}
+		}
+	})
+	return pc.LocalAddr().String()
+}
+
+// echoMessages sends each message of a seqpacket connection back whole
+// (echo's io.Copy would cut it at its buffer size).
+func echoMessages(c net.Conn) {
+	buf := make([]byte, 300000)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			closeWrite(c)
+			return
+		}
+		if _, err := c.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// askDatagram sends msg from c to addr and waits for the reply.
+func askDatagram(t *testing.T, c net.PacketConn, to net.Addr, msg string) string {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(ioTimeout))
+	if _, err := c.WriteTo([]byte(msg), to); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 70000)
+	n, _, err := c.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("no reply to %q: %v", msg, err)
+	}
+	return string(buf[:n])
+}
+
+// TestEveryKindOfSocket: one proxy serves a UDP socket, a unix datagram
+// socket, a unix seqpacket socket and a TCP socket, passed as systemd
+// passes them, each to its backend by name, and STATUS= counts the flows.
+func TestEveryKindOfSocket(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	udpBackend := echoPackets(t, "udp", "127.0.0.1:0", "udp:")
+	unixBackend := echoPackets(t, "unixgram", filepath.Join(dir, "dg-be"), "unix:")
+	seqBackend := filepath.Join(dir, "seq-be")
+	seqLn, err := net.Listen("unixpacket", seqBackend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, seqLn, echoMessages)
+	_, tcpBackend := echoTCP(t, "127.0.0.1:0")
+
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	unixgram, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "dg"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unixgram.Close() })
+	seq, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: filepath.Join(dir, "seq"), Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { seq.Close() })
+	tcpFD, tcpAddr := inheritTCP(t, "web")
+
+	n := newNotifyReceiver(t)
+	p := start(t, binary, launch{
+		args: []string{tcpBackend, "--backend", "dns=" + udpBackend, "--backend", "log=" + unixBackend, "--backend", "pkt=" + seqBackend},
+		fds: []inherited{{file: fileOf(t, udp), name: "dns"}, {file: fileOf(t, unixgram), name: "log"},
+			{file: fileOf(t, seq), name: "pkt"}, tcpFD},
+		env: []string{n.env(), "SYSTEMD_LOG_LEVEL=debug"},
+	})
+	if err := n.wait("READY=1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := askDatagram(t, c, udp.LocalAddr(), "hello"); got != "udp:hello" {
+		t.Errorf("UDP reply %q", got)
+	}
+
+	uc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "cli"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	if got := askDatagram(t, uc, unixgram.LocalAddr(), "hello"); got != "unix:hello" {
+		t.Errorf("unix datagram reply %q", got)
+	}
+
+	sc := dial(t, "unixpacket", filepath.Join(dir, "seq"))
+	for _, msg := range []string{"one", strings.Repeat("x", 70000)} {
+		if _, err := sc.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 100000)
+	for _, want := range []int{3, 70000} {
+		k, err := sc.Read(buf)
+		if err != nil || k != want {
+			t.Fatalf("seqpacket message of %d bytes (%v), want %d", k, err, want)
+		}
+	}
+
+	mustEcho(t, dial(t, "tcp", tcpAddr), 1000)
+
+	err = poll(10*time.Second, func() bool {
+		for _, m := range n.messages() {
+			if strings.HasPrefix(m, "STATUS=") && strings.Contains(m, "2 flows, 4 datagrams") {
+				return true
+			}
+		}
+		return false
+	}, func() string { return fmt.Sprintf("no STATUS= with 2 flows: %q", n.messages()) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := p.stderr.String(); strings.Contains(s, "level=WARN") || strings.Contains(s, "<4>") {
+		t.Errorf("warnings:\n%s", s)
+	}
+}
+
+// TestListenDatagramOptions: --listen-datagram and --listen-sequential-packet
+// bind their sockets, which are served and, for paths, removed at exit.
+func TestListenDatagramOptions(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	udpBackend := echoPackets(t, "udp", "127.0.0.1:0", "re:")
+	seqBackend := filepath.Join(dir, "seq-be")
+	seqLn, err := net.Listen("unixpacket", seqBackend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, seqLn, echo)
+	dgPath, seqPath := filepath.Join(dir, "dg"), filepath.Join(dir, "seq")
+	hold, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udpAddr := hold.LocalAddr().String()
+	hold.Close()
+	p := start(t, binary, launch{args: []string{udpBackend,
+		"--listen-datagram=" + udpAddr, "--listen-datagram", dgPath,
+		"--listen-sequential-packet=" + seqPath, "--backend", seqPath + "=" + seqBackend}})
+	var c net.Conn
+	if err := poll(10*time.Second, func() bool {
+		var err error
+		c, err = net.Dial("unixpacket", seqPath)
+		return err == nil
+	}, func() string { return "the proxy never listened:\n" + p.stderr.String() }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mustEcho(t, c, 1000)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	to, _ := net.ResolveUDPAddr("udp", udpAddr)
+	if got := askDatagram(t, pc, to, "x"); got != "re:x" {
+		t.Errorf("reply %q", got)
+	}
+	c.Close()
+	p.signal(os.Interrupt) // the flow does not hold up the stop: it is closed
+	if code := p.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d", code)
+	}
+	for _, path := range []string{dgPath, seqPath} {
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind: %v", path, err)
+		}
+	}
+}
+
+// TestDatagramStartupErrors: what a datagram or seqpacket socket cannot
+// do is said at start-up, naming the socket and the fix.
+func TestDatagramStartupErrors(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"PROXY v1 on datagrams", []string{"--listen-datagram=127.0.0.1:0", "--proxy-protocol=v1", "127.0.0.1:53"}, "use --proxy-protocol=v2"},
+		{"seqpacket to TCP", []string{"--listen-sequential-packet=" + filepath.Join(dir, "s"), "127.0.0.1:53"}, "must be a unix socket too"},
+		{"seqpacket on a port", []string{"--listen-sequential-packet=127.0.0.1:5", "/run/x"}, "sequential packets are unix only"},
+		{"datagram without a port", []string{"--listen-datagram=127.0.0.1", "127.0.0.1:53"}, "has no port"},
+		{"datagram to a host name", []string{"--listen-datagram=127.0.0.1:0", "localhost:53"}, "give an IP address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := run(t, binary, launch{args: tt.args})
+			if code != 1 || !strings.Contains(stderr, tt.want) || strings.Count(stderr, "\n") > 2 {
+				t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr, tt.want)
+			}
+		})
+	}
+}
+
+// TestDigThroughProxy: a real resolver and a real server. dnsmasq answers
+// on 127.0.0.1 at a high port; one proxy process holds a stream socket and
+// a datagram socket on one port, as a .socket unit with ListenStream=53
+// and ListenDatagram=53 passes them; dig asks through it over UDP and TCP.
+func TestDigThroughProxy(t *testing.T) {
+	t.Parallel()
+	dig, err := exec.LookPath("dig")
+	if err != nil {
+		missing(t, "dig", "apt-get install bind9-dnsutils")
+	}
+	dnsmasq, err := exec.LookPath("dnsmasq")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/dnsmasq"); serr != nil {
+			missing(t, "dnsmasq", "apt-get install dnsmasq-base")
+		}
+		dnsmasq = "/usr/sbin/dnsmasq"
+	}
+	// dnsmasq binds its own port for both protocols: find one free for both.
+	var server string
+	var srv *exec.Cmd
+	for attempt := 0; ; attempt++ {
+		server = freeTCPAddr(t, "tcp", "127.0.0.1")
+		_, port, _ := net.SplitHostPort(server)
+		var stderr bytes.Buffer
+		srv = exec.Command(dnsmasq, "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+			"--listen-address=127.0.0.1", "--bind-interfaces", "--port="+port, "--pid-file=", "--user=root",
+			"--address=/example.test/192.0.2.1", "--address=/example.test/2001:db8::1")
+		srv.Stderr = &stderr
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { srv.Wait(); close(done) }()
+		t.Cleanup(func() { srv.Process.Kill(); <-done })
+		if err := poll(10*time.Second, func() bool {
+			select {
+			case <-done:
+				return true
+			default:
+			}
+			c, err := net.Dial("tcp", server)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		}, func() string { return "dnsmasq did not start: " + stderr.String() }); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+			if attempt < 3 {
+				continue // the port was taken meanwhile
+			}
+			t.Fatalf("dnsmasq exited: %s", stderr.String())
+		default:
+		}
+		break
+	}
+
+	// One port, both kinds, as systemd passes them.
+	var tcpLn *net.TCPListener
+	var udpConn *net.UDPConn
+	for attempt := 0; udpConn == nil; attempt++ {
+		tcpLn = listenTCP(t, "127.0.0.1:0")
+		udpConn, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: tcpLn.Addr().(*net.TCPAddr).Port})
+		if err != nil && attempt == 5 {
+			t.Fatalf("no port free for both TCP and UDP: %v", err)
+		}
+	}
+	t.Cleanup(func() { udpConn.Close() })
+	proxyPort := tcpLn.Addr().(*net.TCPAddr).Port
+	p := start(t, binary, launch{args: []string{server},
+		fds: []inherited{{file: fileOf(t, tcpLn), name: "dns-tcp"}, {file: fileOf(t, udpConn), name: "dns-udp"}}})
+
+	for _, mode := range []string{"+notcp", "+tcp"} {
+		for _, q := range []struct{ typ, want string }{{"A", "192.0.2.1"}, {"AAAA", "2001:db8::1"}} {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			out, err := exec.CommandContext(ctx, dig, "@127.0.0.1", "-p", fmt.Sprint(proxyPort), mode, "+short", "+time=5", "+tries=2",
+				"example.test", q.typ).CombinedOutput()
+			cancel()
+			if err != nil || strings.TrimSpace(string(out)) != q.want {
+				t.Errorf("dig %s %s: %q, %v; want %s\nproxy stderr:\n%s", mode, q.typ, out, err, q.want, p.stderr.String())
+			}
+		}
+	}
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
+	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
+)
+
+// listenPackets binds --listen-datagram and --listen-sequential-packet
+// sockets after the others; on failure it closes every listener, those
+// given included, and returns the error.
+func listenPackets(listeners []activation.Listener, opts options) ([]activation.Listener, error) {
+	binds := []struct {
+		addrs  []string
+		listen func(string) (activation.Listener, error)
+	}{
+		{opts.listenDatagram, activation.ListenDatagram},
+		{opts.listenPacket, activation.ListenSequentialPacket},
+	}
+	for _, b := range binds {
+		for _, addr := range b.addrs {
+			l, err := b.listen(addr)
+			if err != nil {
+				activation.Close(listeners)
+				return nil, err
+			}
+			listeners = append(listeners, l)
+		}
+	}
+	return listeners, nil
+}
+
+// checkKinds checks what each socket's type asks of its backend and
+// options: a sequential-packet socket forwards to a unix socket (there is
+// no such thing over IP); a datagram socket cannot carry a PROXY v1 header,
+// a line for streams, and forwards to an IP address or unix socket, as a
+// host name is not looked up per flow.
+func checkKinds(listeners []activation.Listener, opts options) error {
+	for _, l := range listeners {
+		b, ok := opts.named[l.Name]
+		if !ok {
+			b = opts.backend
+		}
+		switch l.Kind {
+		case activation.SequentialPacket:
+			if b.Network != "unix" {
+				return fmt.Errorf("socket %s is a sequential-packet socket, so its backend %q must be a unix socket too: give a unix socket path or @name", describe(l), b.String())
+			}
+		case activation.Datagram:
+			if opts.proxyProtocol == proxyproto.V1 {
+				return fmt.Errorf("socket %s is a datagram socket, and --proxy-protocol=v1 is a line for streams: use --proxy-protocol=v2, one header per datagram", describe(l))
+			}
+			if !b.IsLiteral() {
+				return fmt.Errorf("socket %s is a datagram socket, whose backend host name %q is not looked up per flow yet: give an IP address or a unix socket path", describe(l), b.Host)
+			}
+		}
+	}
+	return nil
+}
+
+// flowIdleTimeout is proxy.Config.FlowIdleTimeout: flows take
+// --idle-timeout when it is given (infinity or 0: never), and otherwise
+// the proxy's default, as datagrams have no end of their own.
+func flowIdleTimeout(opts options) time.Duration {
+	switch {
+	case !opts.idleTimeoutSet:
+		return 0
+	case opts.idleTimeout == timespan.Infinity, opts.idleTimeout == 0:
+		return -1
+	}
+	return opts.idleTimeout
+}

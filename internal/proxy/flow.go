@@ -1,0 +1,651 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
+)
+
+// Datagrams (issue 9, systemd #5196): a datagram listener has no
+// connections, so the proxy makes one flow per client address, each with
+// its own connected socket to the backend, and the backend's replies on
+// that socket map back to their client. Replies leave through the
+// listening socket, from the address the client sent to. A flow lives in
+// the same loop as the connections: its backend socket is in the epoll set
+// with a generation, it counts against -c, and a sweep expires it after
+// the flow idle timeout.
+
+const (
+	// dgramBatch is how many datagrams one recvmmsg or sendmmsg moves.
+	dgramBatch = 32
+	// udpSlot holds the largest UDP datagram (65507 bytes over IPv4);
+	// unixSlot a unix datagram up to the default socket buffer, which
+	// bounds what a unix sender can send.
+	udpSlot  = 64 << 10
+	unixSlot = 256 << 10
+	// oobSize is room for one IP_PKTINFO or IPV6_PKTINFO control message.
+	oobSize = 64
+	// DefaultFlowIdleTimeout expires a datagram flow with no datagram
+	// either way when Config.FlowIdleTimeout is not set: datagrams have no
+	// end, so a flow needs one (streams keep "never").
+	DefaultFlowIdleTimeout = time.Minute
+	// flowEvents: a flow's backend socket is read, never waited on for
+	// writing (a datagram that does not fit is dropped, as UDP does).
+	flowEvents = unix.EPOLLIN | unix.EPOLLET
+)
+
+// flow is one client of a datagram listener: 96 bytes, its key and, on a
+// wildcard listener, the control message replies carry. No buffer, no
+// goroutine, no timer.
+type flow struct {
+	fd       int32  // connected socket to the backend
+	gen      uint32 // its registration
+	listener uint16
+	nameLen  uint16 // the client's sockaddr is key[:nameLen]
+	seen     uint32 // loop flow tick of the last datagram either way
+	refused  bool   // an ECONNREFUSED was logged for this flow
+	// key is the client's raw sockaddr followed by the local address it
+	// sent to, the flow's key in its listener's map.
+	key string
+	// oob is the IP_PKTINFO/IPV6_PKTINFO message replies carry so that
+	// they leave from the address the client sent to; nil when the
+	// listener is bound to one address.
+	oob []byte
+	// hdr is the PROXY v2 header each datagram to the backend starts
+	// with; nil without --proxy-protocol.
+	hdr   []byte
+	start int64
+}
+
+// dgramListener is the datagram state of a listener.
+type dgramListener struct {
+	flows map[string]*flow
+	// pktinfo is the cmsg level carrying the destination of each datagram
+	// (IPPROTO_IP, IPPROTO_IPV6), 0 when bound to one address.
+	pktinfo int
+	local   netip.AddrPort // the bound address
+	unix    bool
+	slot    int
+	// unbound says a unix client without an address was told (at debug
+	// level) that it cannot get replies.
+	unbound bool
+}
+
+// dgramBatch is the loop's batch for recvmmsg/sendmmsg: message headers,
+// two iovecs each (PROXY header, payload), names, control messages and the
+// slots, allocated once per slot size and reused.
+type dgramBuf struct {
+	msgs  [dgramBatch]unix.Mmsghdr
+	out   [dgramBatch]unix.Mmsghdr
+	iov   [2 * dgramBatch]unix.Iovec
+	names [dgramBatch]unix.RawSockaddrAny
+	oob   [dgramBatch * oobSize]byte
+	key   [unix.SizeofSockaddrAny + 16]byte
+	slot  int
+	data  []byte
+}
+
+// replies is a batch of datagrams from flow sockets for one listener.
+type replies struct {
+	b        *dgramBuf
+	listener uint16
+	used     int // slots read into
+	out      int // messages in b.out for the listener
+}
+
+// flowState is the loop's datagram state.
+type flowState struct {
+	table   []*flow // by backend descriptor
+	bufs    [2]*dgramBuf
+	count   int // flows open
+	every   int64
+	ticks   uint32
+	tick    uint32
+	sweepAt int64
+	// replies hold the datagrams read from flow sockets until they leave
+	// through their listener (by slot size, as bufs).
+	replies [2]replies
+	// packet is the buffer sequential-packet connections read a message
+	// into (seqpacket.go), allocated at the first one.
+	packet []byte
+}
+
+func (l *loop) dgramBuf(slot int) *dgramBuf {
+	i := 0
+	if slot == unixSlot {
+		i = 1
+	}
+	if b := l.flows.bufs[i]; b != nil {
+		return b
+	}
+	b := &dgramBuf{slot: slot, data: make([]byte, dgramBatch*slot)}
+	l.flows.bufs[i] = b
+	return b
+}
+
+// setupDatagram prepares listener i for datagrams: on a wildcard UDP
+// address it asks for the destination of each datagram, so that replies
+// leave from it (a client of 127.0.0.2 gets its answer from 127.0.0.2).
+func (l *loop) setupDatagram(ln *listenerFD) {
+	d := &dgramListener{flows: make(map[string]*flow), slot: udpSlot}
+	ln.dgram = d
+	if t := l.s.cfg.FlowIdleTimeout; l.flows.every == 0 && t >= 0 {
+		if t == 0 {
+			t = DefaultFlowIdleTimeout
+		}
+		l.flows.every = int64(min(max(t/4, time.Millisecond), sweepMax))
+		l.flows.ticks = uint32((int64(t) + l.flows.every - 1) / l.flows.every)
+	}
+	sa, err := unix.Getsockname(ln.fd)
+	if err != nil {
+		return
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrUnix:
+		d.unix, d.slot = true, unixSlot
+	case *unix.SockaddrInet4:
+		d.local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+		if d.local.Addr().IsUnspecified() && unix.SetsockoptInt(ln.fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1) == nil {
+			d.pktinfo = unix.IPPROTO_IP
+		}
+	case *unix.SockaddrInet6:
+		d.local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+		if d.local.Addr().IsUnspecified() && unix.SetsockoptInt(ln.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1) == nil {
+			d.pktinfo = unix.IPPROTO_IPV6
+		}
+	}
+}
+
+// datagrams reads what listener i has, in batches, until it is empty, and
+// forwards each datagram to its client's flow.
+func (l *loop) datagrams(i int) {
+	ln := &l.listeners[i]
+	d := ln.dgram
+	b := l.dgramBuf(d.slot)
+	for {
+		for k := range b.msgs {
+			m := &b.msgs[k].Hdr
+			m.Name = (*byte)(unsafe.Pointer(&b.names[k]))
+			m.Namelen = unix.SizeofSockaddrAny
+			b.iov[2*k+1] = unix.Iovec{Base: &b.data[k*b.slot], Len: uint64(b.slot)}
+			m.Iov, m.Iovlen = &b.iov[2*k+1], 1
+			m.Control, m.Controllen = nil, 0
+			if d.pktinfo != 0 {
+				m.Control, m.Controllen = &b.oob[k*oobSize], oobSize
+			}
+			m.Flags = 0
+		}
+		n, e := rawMmsg(unix.SYS_RECVMMSG, ln.fd, b.msgs[:])
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			return // EAGAIN: empty; anything else: nothing to read now either
+		}
+		l.forwardIn(ln, i, b, n)
+		if n < dgramBatch {
+			return // a short batch emptied the socket; a new datagram is a new edge
+		}
+	}
+}
+
+// forwardIn sends the n datagrams of b, read from listener i, to their
+// flows, consecutive datagrams of one flow in one sendmmsg.
+func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
+	var cur *flow
+	run := 0
+	for k := range n {
+		m := &b.msgs[k]
+		if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+			l.s.dgram.truncated.Add(1) // never forward a part of a datagram
+			continue
+		}
+		f := l.flowOf(ln, i, b, k)
+		if f == nil {
+			continue
+		}
+		f.seen = l.flows.tick
+		if f != cur && run > 0 {
+			l.sendFlow(cur, b, run)
+			run = 0
+		}
+		cur = f
+		o := &b.out[run].Hdr
+		*o = unix.Msghdr{}
+		b.iov[2*k+1].Len = uint64(m.Len)
+		if f.hdr != nil {
+			b.iov[2*k] = unix.Iovec{Base: unsafe.SliceData(f.hdr), Len: uint64(len(f.hdr))}
+			o.Iov, o.Iovlen = &b.iov[2*k], 2
+		} else {
+			o.Iov, o.Iovlen = &b.iov[2*k+1], 1
+		}
+		b.out[run].Len = m.Len // payload bytes, for the count
+		run++
+	}
+	if run > 0 {
+		l.sendFlow(cur, b, run)
+	}
+}
+
+// sendFlow sends the first run messages of b.out on f's backend socket. A
+// datagram the socket refuses is dropped and counted: nothing is queued.
+func (l *loop) sendFlow(f *flow, b *dgramBuf, run int) {
+	msgs := b.out[:run]
+	for len(msgs) > 0 {
+		sent, e := rawMmsg(unix.SYS_SENDMMSG, int(f.fd), msgs)
+		var bytes int64
+		for k := range sent {
+			bytes += int64(msgs[k].Len)
+		}
+		if sent > 0 {
+			l.s.bytesIn.Add(bytes)
+			l.s.dgram.in.Add(int64(sent))
+		}
+		msgs = msgs[sent:]
+		switch {
+		case len(msgs) == 0:
+		case e == unix.EINTR:
+		case e == unix.ECONNREFUSED:
+			// An ICMP port unreachable from an earlier datagram: the
+			// kernel reports it on this send, which then did not go.
+			l.flowRefused(f)
+			l.s.dgram.dropped.Add(1)
+			msgs = msgs[1:]
+		default:
+			// EAGAIN (socket buffer full) and the like: drop the rest.
+			l.s.dgram.dropped.Add(int64(len(msgs)))
+			return
+		}
+	}
+}
+
+// flowOf finds or makes the flow of datagram k of b.
+func (l *loop) flowOf(ln *listenerFD, i int, b *dgramBuf, k int) *flow {
+	d := ln.dgram
+	m := &b.msgs[k].Hdr
+	nameLen := int(m.Namelen)
+	if nameLen > unix.SizeofSockaddrAny {
+		nameLen = unix.SizeofSockaddrAny
+	}
+	key := b.key[:0]
+	key = append(key, unsafe.Slice((*byte)(unsafe.Pointer(&b.names[k])), nameLen)...)
+	var local netip.Addr
+	if d.pktinfo != 0 {
+		local = pktinfoAddr(b.oob[k*oobSize : k*oobSize+int(m.Controllen)])
+		if local.IsValid() {
+			a := local.As16()
+			key = append(key, a[:]...)
+		}
+	}
+	if f := d.flows[string(key)]; f != nil { // no allocation: the compiler sees the conversion
+		return f
+	}
+	return l.newFlow(ln, i, string(key), nameLen, local)
+}
+
+// newFlow opens a flow: a socket connected to the listener's backend,
+// registered in the loop. At the limit (-c counts flows with connections)
+// or when the backend cannot be reached, the datagram is dropped; the next
+// one from the client tries again.
+func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local netip.Addr) *flow {
+	d := ln.dgram
+	if l.draining {
+		return nil
+	}
+	if l.active >= l.s.cfg.MaxConnections {
+		l.s.refused.Add(1)
+		l.s.dgram.dropped.Add(1)
+		l.warn(warnRefused, "connection limit reached, dropping datagrams of new clients", "", "listener", ln.name, "max", l.s.cfg.MaxConnections)
+		return nil
+	}
+	if len(ln.static) == 0 {
+		// A host-name backend for datagrams is not resolved per flow yet.
+		l.s.backendErrors.Add(1)
+		l.s.dgram.dropped.Add(1)
+		return nil
+	}
+	t := ln.static[0]
+	family := unix.AF_UNIX
+	switch t.sa.(type) {
+	case *unix.SockaddrInet4:
+		family = unix.AF_INET
+	case *unix.SockaddrInet6:
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err == nil && family == unix.AF_UNIX {
+		// Autobind: the backend replies to an abstract name the kernel
+		// picks, which a unix datagram sender has none of otherwise.
+		err = unix.Bind(fd, &unix.SockaddrUnix{})
+	}
+	if err == nil {
+		err = unix.Connect(fd, t.sa)
+	}
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		l.s.dgram.dropped.Add(1)
+		kind := warnBackend
+		if err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM {
+			kind = warnDescriptors
+		} else {
+			l.s.backendErrors.Add(1)
+		}
+		l.warn(kind, "cannot open a flow to the backend, dropping the datagram", err.Error(), "listener", ln.name, "backend", t.name, "error", err.Error())
+		return nil
+	}
+	if l.flows.every > 0 {
+		l.flows.tick = uint32(l.now() / l.flows.every) // the sweep may have been off
+	}
+	f := &flow{fd: int32(fd), gen: l.nextGen(), listener: uint16(i), nameLen: uint16(nameLen), key: key, seen: l.flows.tick, start: l.now()}
+	if err := l.add(fd, flowEvents, f.gen); err != nil {
+		unix.Close(fd)
+		l.s.dgram.dropped.Add(1)
+		return nil
+	}
+	if d.pktinfo != 0 && local.IsValid() {
+		f.oob = pktinfoReply(d.pktinfo, local)
+	}
+	if v := l.s.cfg.ProxyProtocol; v == proxyproto.V2 {
+		dst := d.local
+		if local.IsValid() {
+			dst = netip.AddrPortFrom(local.Unmap(), d.local.Port())
+		}
+		f.hdr = proxyproto.DatagramHeader(sockaddrAddrPort(f.name()), dst)
+	}
+	if fd >= len(l.flows.table) {
+		table := make([]*flow, max(2*len(l.flows.table), fd+1, 64))
+		copy(table, l.flows.table)
+		l.flows.table = table
+	}
+	l.flows.table[fd] = f
+	d.flows[key] = f
+	l.flows.count++
+	l.active++
+	l.idleAt = 0
+	l.s.dgram.flows.Add(1)
+	l.s.dgram.opened.Add(1)
+	if nameLen <= 2 && d.unix && !d.unbound {
+		d.unbound = true
+		l.s.log.Debug("a unix client without an address cannot get replies: bind its socket to get them; its datagrams are forwarded", "listener", ln.name)
+	}
+	return f
+}
+
+func (f *flow) name() []byte { return unsafe.Slice(unsafe.StringData(f.key), f.nameLen) }
+
+// flowEvent handles an event on a flow's backend socket: the backend's
+// datagrams are read into the reply batch, and leave for the client through
+// the listener when the batch is full or the loop has handled every event
+// of its wait (flushReplies): replies of many flows, one sendmmsg.
+func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
+	if fd >= len(l.flows.table) {
+		return
+	}
+	f := l.flows.table[fd]
+	if f == nil || f.gen != gen {
+		return // stale
+	}
+	r := l.replyBatch(l.listeners[f.listener].dgram.slot)
+	if r.out > 0 && r.listener != f.listener {
+		l.flushReplies(r)
+	}
+	r.listener = f.listener
+	b := r.b
+	f.seen = l.flows.tick
+	for {
+		if r.used == dgramBatch {
+			l.flushReplies(r)
+		}
+		lo := r.used
+		for k := lo; k < dgramBatch; k++ {
+			m := &b.msgs[k].Hdr
+			*m = unix.Msghdr{}
+			b.iov[k] = unix.Iovec{Base: &b.data[k*b.slot], Len: uint64(b.slot)}
+			m.Iov, m.Iovlen = &b.iov[k], 1
+		}
+		n, e := rawMmsg(unix.SYS_RECVMMSG, fd, b.msgs[lo:])
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e == unix.ECONNREFUSED:
+			// The backend's port is closed (ICMP unreachable). Reading
+			// consumed the error: no busy loop; the flow stays.
+			l.flowRefused(f)
+			continue
+		case e != 0:
+			return
+		}
+		l.queueReplies(r, f, lo, n)
+		if n < dgramBatch-lo {
+			return // a short batch emptied the socket
+		}
+	}
+}
+
+// replyBatch is the loop's batch of replies for listeners of slot size slot.
+func (l *loop) replyBatch(slot int) *replies {
+	i := 0
+	if slot == unixSlot {
+		i = 1
+	}
+	r := &l.flows.replies[i]
+	if r.b == nil {
+		r.b = &dgramBuf{slot: slot, data: make([]byte, dgramBatch*slot)}
+	}
+	return r
+}
+
+// queueReplies adds the n datagrams read into slots lo.. of r to the
+// messages for f's client.
+func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
+	if f.nameLen <= 2 {
+		l.s.dgram.dropped.Add(int64(n)) // the client has no address to reply to
+		return
+	}
+	b := r.b
+	for k := lo; k < lo+n; k++ {
+		m := &b.msgs[k]
+		if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+			l.s.dgram.truncated.Add(1)
+			continue
+		}
+		o := &b.out[r.out]
+		o.Hdr = unix.Msghdr{Name: unsafe.StringData(f.key), Namelen: uint32(f.nameLen)}
+		b.iov[k].Len = uint64(m.Len)
+		o.Hdr.Iov, o.Hdr.Iovlen = &b.iov[k], 1
+		if f.oob != nil {
+			o.Hdr.Control, o.Hdr.Controllen = &f.oob[0], uint64(len(f.oob))
+		}
+		o.Len = m.Len
+		r.out++
+	}
+	r.used = lo + n
+}
+
+// flushReplies sends the replies waiting in r through their listener. One
+// the listener cannot take is dropped and counted, never queued: the
+// client's socket is gone (ECONNREFUSED on unix), or the listener's buffer
+// is full.
+func (l *loop) flushReplies(r *replies) {
+	msgs := r.b.out[:r.out]
+	fd := l.listeners[r.listener].fd
+	r.used, r.out = 0, 0
+	for len(msgs) > 0 {
+		sent, e := rawMmsg(unix.SYS_SENDMMSG, fd, msgs)
+		var bytes int64
+		for k := range sent {
+			bytes += int64(msgs[k].Len)
+		}
+		if sent > 0 {
+			l.s.bytesOut.Add(bytes)
+			l.s.dgram.out.Add(int64(sent))
+		}
+		msgs = msgs[sent:]
+		if len(msgs) > 0 && e != unix.EINTR {
+			l.s.dgram.dropped.Add(1)
+			msgs = msgs[1:]
+			if e == unix.EAGAIN {
+				l.s.dgram.dropped.Add(int64(len(msgs)))
+				return
+			}
+		}
+	}
+}
+
+// sendReplies flushes every reply batch; the loop calls it once it has
+// handled the events of a wait.
+func (l *loop) sendReplies() {
+	for i := range l.flows.replies {
+		if r := &l.flows.replies[i]; r.used > 0 {
+			l.flushReplies(r)
+		}
+	}
+}
+
+// flowRefused counts an ICMP port unreachable (or a unix backend gone) and
+// says so at debug level, once per flow.
+func (l *loop) flowRefused(f *flow) {
+	l.s.dgram.refused.Add(1)
+	if !f.refused {
+		f.refused = true
+		if l.s.log.Enabled(context.Background(), slog.LevelDebug) {
+			l.s.log.Debug("backend refused a datagram", "client", flowClient(f), "listener", l.listeners[f.listener].name,
+				"backend", l.listeners[f.listener].backend.String())
+		}
+	}
+}
+
+func flowClient(f *flow) string {
+	if ap := sockaddrAddrPort(f.name()); ap.IsValid() {
+		return ap.String()
+	}
+	return "unix"
+}
+
+// closeFlow ends a flow: its socket, its table and map entries.
+func (l *loop) closeFlow(f *flow, why string) {
+	l.flows.table[f.fd] = nil
+	delete(l.listeners[f.listener].dgram.flows, f.key)
+	unix.Close(int(f.fd))
+	l.flows.count--
+	l.s.dgram.flows.Add(-1)
+	l.active--
+	if l.active == 0 && l.s.cfg.ExitIdleTime > 0 {
+		l.idleAt = l.now() + int64(l.s.cfg.ExitIdleTime)
+	}
+	if l.s.log.Enabled(context.Background(), slog.LevelDebug) && !l.stopping {
+		l.s.log.Debug("flow closed", "client", flowClient(f), "listener", l.listeners[f.listener].name, "reason", why,
+			"duration", time.Duration(l.now()-f.start).Round(time.Millisecond).String())
+	}
+}
+
+// closeFlows ends every flow: at a stop, as replies could no longer leave
+// through the closed listeners.
+func (l *loop) closeFlows() {
+	for _, f := range l.flows.table {
+		if f != nil {
+			l.closeFlow(f, "stopping")
+		}
+	}
+}
+
+// flowTimeout is when the flow sweep is due next, 0 when none is.
+func (l *loop) flowTimeout(now int64) int64 {
+	if l.flows.count == 0 || l.flows.every == 0 {
+		l.flows.sweepAt = 0
+		return 0
+	}
+	if l.flows.sweepAt == 0 {
+		l.flows.sweepAt = now + l.flows.every
+	}
+	return l.flows.sweepAt
+}
+
+// flowTimers runs the flow sweep when due: a flow with no datagram either
+// way for the flow idle timeout expires (one pass over the table per tick,
+// as the connection sweep does).
+func (l *loop) flowTimers(now int64) {
+	if l.flows.sweepAt == 0 || now < l.flows.sweepAt {
+		return
+	}
+	l.flows.sweepAt = 0
+	l.flows.tick = uint32(now / l.flows.every)
+	for _, f := range l.flows.table {
+		if f != nil && l.flows.tick-f.seen > l.flows.ticks {
+			l.closeFlow(f, "idle")
+		}
+	}
+}
+
+// pktinfoAddr is the destination address in a received control message.
+func pktinfoAddr(oob []byte) netip.Addr {
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(oob) {
+			break
+		}
+		data := oob[unix.SizeofCmsghdr:h.Len]
+		switch {
+		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
+			p := (*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0]))
+			return netip.AddrFrom4(p.Spec_dst)
+		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
+			p := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
+			return netip.AddrFrom16(p.Addr)
+		}
+		oob = oob[min(unix.CmsgSpace(int(h.Len)-unix.SizeofCmsghdr), len(oob)):]
+	}
+	return netip.Addr{}
+}
+
+// pktinfoReply is the control message that makes a reply leave from local.
+// The interface is left to routing (0), as the address alone picks it.
+func pktinfoReply(level int, local netip.Addr) []byte {
+	if level == unix.IPPROTO_IP {
+		b := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+		h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+		p := (*unix.Inet4Pktinfo)(unsafe.Pointer(&b[unix.SizeofCmsghdr]))
+		p.Spec_dst = local.Unmap().As4()
+		return b
+	}
+	b := make([]byte, unix.CmsgSpace(unix.SizeofInet6Pktinfo))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
+	h.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
+	p := (*unix.Inet6Pktinfo)(unsafe.Pointer(&b[unix.SizeofCmsghdr]))
+	p.Addr = local.As16()
+	return b
+}
+
+// sockaddrAddrPort reads a raw IPv4 or IPv6 sockaddr; the zero AddrPort
+// for anything else (a unix client).
+func sockaddrAddrPort(b []byte) netip.AddrPort {
+	if len(b) < 2 {
+		return netip.AddrPort{}
+	}
+	family := *(*uint16)(unsafe.Pointer(&b[0]))
+	switch {
+	case family == unix.AF_INET && len(b) >= unix.SizeofSockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:4]))
+	case family == unix.AF_INET6 && len(b) >= unix.SizeofSockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])).Unmap(), binary.BigEndian.Uint16(b[2:4]))
+	}
+	return netip.AddrPort{}
+}
+
+// dgramCounters are the datagram totals behind Stats.
+type dgramCounters struct {
+	flows, opened, in, out, dropped, truncated, refused atomic.Int64
+}

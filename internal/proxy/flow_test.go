@@ -1,0 +1,484 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	pp "github.com/pires/go-proxyproto"
+	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+)
+
+// Tests of datagram flows (flow.go, issue 9).
+
+// udpEcho runs a UDP (or unixgram) backend that sends every datagram back
+// to its sender, prefixed by reply, until the test ends.
+func udpEcho(t *testing.T, network, addr string, reply string) net.PacketConn {
+	t.Helper()
+	pc, err := net.ListenPacket(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 1<<20)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue
+			}
+			if from == nil || from.String() == "" || from.String() == "@" {
+				continue // an unbound unix client: nowhere to reply
+			}
+			pc.WriteTo(append([]byte(reply), buf[:n]...), from)
+		}
+	})
+	return pc
+}
+
+// startDgram runs a proxy with a datagram listener on addr in front of
+// backendAddr.
+func startDgram(t *testing.T, addr, backendAddr string, cfg Config) *running {
+	t.Helper()
+	ln, err := activation.ListenDatagram(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startOn(t, ln, backendAddr, cfg)
+}
+
+func udpClient(t *testing.T, local, remote string) *net.UDPConn {
+	t.Helper()
+	la, err := net.ResolveUDPAddr("udp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.ListenUDP("udp", la)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// exchange sends msg to to and returns the reply and where it came from.
+func exchange(t *testing.T, c *net.UDPConn, to string, msg []byte) ([]byte, netip.AddrPort) {
+	t.Helper()
+	dst, err := netip.ParseAddrPort(to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteToUDPAddrPort(msg, dst); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 70000)
+	n, from, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("no reply to %d bytes: %v", len(msg), err)
+	}
+	return buf[:n], from
+}
+
+func TestUDPFlowsPerClient(t *testing.T) {
+	noLeak(t)
+	be := udpEcho(t, "udp", "127.0.0.1:0", "re:")
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{})
+	a, b := udpClient(t, "127.0.0.1:0", ""), udpClient(t, "127.0.0.1:0", "")
+	for i, size := range []int{0, 1, 64, 1400, 65507 - 3} { // whole datagrams, the largest UDP one included
+		msg := bytes.Repeat([]byte{byte('a' + i)}, size)
+		for _, c := range []*net.UDPConn{a, b} {
+			got, from := exchange(t, c, r.addr, msg)
+			if !bytes.Equal(got, append([]byte("re:"), msg...)) {
+				t.Fatalf("size %d: reply of %d bytes, want %d", size, len(got), size+3)
+			}
+			if from.String() != r.addr {
+				t.Fatalf("reply from %s, want %s", from, r.addr)
+			}
+		}
+	}
+	s := r.srv.Stats()
+	if s.Flows != 2 || s.FlowsOpened != 2 || s.DatagramsIn != 10 || s.DatagramsOut != 10 {
+		t.Fatalf("stats %+v: want 2 flows, 10 datagrams each way", s)
+	}
+	if s.Active != 0 || s.Accepted != 0 {
+		t.Fatalf("flows counted as connections: %+v", s)
+	}
+}
+
+// TestUDPReplyFromAddressClientSentTo: on a wildcard listener, a client
+// that sent to 127.0.0.2 gets its reply from 127.0.0.2, not from the
+// address routing would pick (127.0.0.1).
+func TestUDPReplyFromAddressClientSentTo(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, "0.0.0.0:0", be.LocalAddr().String(), Config{})
+	_, port, _ := net.SplitHostPort(r.addr)
+	for _, to := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.1"} {
+		c := udpClient(t, "127.0.0.1:0", "")
+		_, from := exchange(t, c, net.JoinHostPort(to, port), []byte("hi "+to))
+		if from.Addr().String() != to {
+			t.Errorf("sent to %s, reply came from %s", to, from)
+		}
+	}
+	t.Run("IPv6 wildcard", func(t *testing.T) {
+		pc, err := net.ListenPacket("udp6", "[::1]:0")
+		if err != nil {
+			t.Skipf("no IPv6 loopback: %v", err)
+		}
+		pc.Close()
+		r := startDgram(t, "[::]:0", be.LocalAddr().String(), Config{})
+		_, port, _ := net.SplitHostPort(r.addr)
+		for _, to := range []string{"::1", "127.0.0.2"} { // native and v4-mapped
+			c := udpClient(t, "[::]:0", "")
+			_, from := exchange(t, c, net.JoinHostPort(to, port), []byte("hi"))
+			if from.Addr().Unmap().String() != to {
+				t.Errorf("sent to %s, reply came from %s", to, from)
+			}
+		}
+	})
+}
+
+func TestFlowExpires(t *testing.T) {
+	noLeak(t)
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{FlowIdleTimeout: 200 * time.Millisecond})
+	c := udpClient(t, "127.0.0.1:0", "")
+	exchange(t, c, r.addr, []byte("x"))
+	if n := r.srv.Stats().Flows; n != 1 {
+		t.Fatalf("%d flows, want 1", n)
+	}
+	start := time.Now()
+	waitFor(t, "the flow to expire", func() bool { return r.srv.Stats().Flows == 0 })
+	if d := time.Since(start); d < 100*time.Millisecond {
+		t.Errorf("expired after %v, before the idle timeout", d)
+	}
+	exchange(t, c, r.addr, []byte("again")) // a new flow
+	if s := r.srv.Stats(); s.FlowsOpened != 2 {
+		t.Fatalf("stats %+v: want a second flow", s)
+	}
+	if !strings.Contains(r.logs.String(), "reason=idle") {
+		t.Errorf("no debug line for the expiry:\n%s", r.logs)
+	}
+}
+
+// TestFlowKeptWhileActive: datagrams either way keep a flow alive past its
+// idle timeout.
+func TestFlowKeptWhileActive(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{FlowIdleTimeout: time.Second})
+	c := udpClient(t, "127.0.0.1:0", "")
+	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); {
+		exchange(t, c, r.addr, []byte("x"))
+		time.Sleep(50 * time.Millisecond)
+	}
+	if s := r.srv.Stats(); s.FlowsOpened != 1 || s.Flows != 1 {
+		t.Fatalf("stats %+v: the flow expired while in use\n%s", s, r.logs)
+	}
+}
+
+// TestFlowLimit: -c counts flows; past it, datagrams of new clients are
+// dropped with one warning, and a client gets in once a flow expires.
+func TestFlowLimit(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{MaxConnections: 2, FlowIdleTimeout: 500 * time.Millisecond})
+	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("1"))
+	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("2"))
+	late := udpClient(t, "127.0.0.1:0", "")
+	dst := netip.MustParseAddrPort(r.addr)
+	for range 5 {
+		late.WriteToUDPAddrPort([]byte("3"), dst)
+	}
+	waitFor(t, "5 datagrams refused", func() bool { return r.srv.Stats().Refused == 5 })
+	if s := r.srv.Stats(); s.Flows != 2 || s.DatagramsDropped != 5 {
+		t.Fatalf("stats %+v: want 2 flows and 5 dropped", s)
+	}
+	if n := strings.Count(r.logs.String(), `level=WARN msg="connection limit reached, dropping datagrams`); n != 1 {
+		t.Errorf("%d warnings for 5 dropped datagrams, want 1:\n%s", n, r.logs)
+	}
+	waitFor(t, "the flows to expire", func() bool { return r.srv.Stats().Flows == 0 })
+	exchange(t, late, r.addr, []byte("3"))
+}
+
+// TestFlowBackendRefused: an ICMP port unreachable is counted and logged
+// once at debug level, costs no busy loop, and the flow is served as soon
+// as the backend is up.
+func TestFlowBackendRefused(t *testing.T) {
+	hold, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := hold.LocalAddr().String()
+	hold.Close() // nothing listens there now: the kernel answers ICMP unreachable
+	r := startDgram(t, "127.0.0.1:0", addr, Config{})
+	c := udpClient(t, "127.0.0.1:0", "")
+	dst := netip.MustParseAddrPort(r.addr)
+	for range 5 {
+		c.WriteToUDPAddrPort([]byte("x"), dst)
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitFor(t, "refusals counted", func() bool { return r.srv.Stats().BackendRefused >= 2 })
+	if n := strings.Count(r.logs.String(), "backend refused a datagram"); n != 1 {
+		t.Errorf("%d debug lines for the refusals, want 1 per flow:\n%s", n, r.logs)
+	}
+	var ru0, ru1 unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru0)
+	time.Sleep(200 * time.Millisecond)
+	unix.Getrusage(unix.RUSAGE_SELF, &ru1)
+	if cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()); cpu > 100*time.Millisecond {
+		t.Errorf("%v of CPU in 200ms while idle: a busy loop", cpu)
+	}
+	udpEcho(t, "udp", addr, "up:")
+	if got, _ := exchange(t, c, r.addr, []byte("x")); string(got) != "up:x" {
+		t.Fatalf("reply %q", got)
+	}
+	if s := r.srv.Stats(); s.FlowsOpened != 1 {
+		t.Errorf("stats %+v: the flow should have stayed", s)
+	}
+}
+
+// TestUnixDatagramFlows: the backend-side socket autobinds so that the
+// backend can reply; a client bound to an address gets replies, an
+// unbound one is forwarded and told once, at debug level.
+func TestUnixDatagramFlows(t *testing.T) {
+	noLeak(t)
+	dir := shortDir(t)
+	be := udpEcho(t, "unixgram", filepath.Join(dir, "be"), "re:")
+	r := startDgram(t, filepath.Join(dir, "px"), be.LocalAddr().String(), Config{})
+	cli, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "c"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	cli.SetDeadline(time.Now().Add(10 * time.Second))
+	to := &net.UnixAddr{Name: r.addr, Net: "unixgram"}
+	big := bytes.Repeat([]byte("z"), 100000) // more than UDP carries
+	for _, msg := range [][]byte{[]byte("hello"), big} {
+		if _, err := cli.WriteTo(msg, to); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 200000)
+		n, _, err := cli.ReadFrom(buf)
+		if err != nil || !bytes.Equal(buf[:n], append([]byte("re:"), msg...)) {
+			t.Fatalf("reply of %d bytes, %v", n, err)
+		}
+	}
+	// An unbound client: forwarded, no reply possible.
+	u, err := net.DialUnix("unixgram", nil, to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	before := r.srv.Stats().DatagramsIn
+	u.Write([]byte("one"))
+	u.Write([]byte("two"))
+	waitFor(t, "the unbound client's datagrams forwarded", func() bool { return r.srv.Stats().DatagramsIn == before+2 })
+	if n := strings.Count(r.logs.String(), "without an address cannot get replies"); n != 1 {
+		t.Errorf("%d debug lines about the unbound client, want 1:\n%s", n, r.logs)
+	}
+}
+
+// TestTruncatedDatagramDropped: a datagram larger than the proxy reads is
+// dropped whole and counted, never forwarded in part.
+func TestTruncatedDatagramDropped(t *testing.T) {
+	dir := shortDir(t)
+	got := make(chan int, 4)
+	be, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "be"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	go func() {
+		buf := make([]byte, 1<<20)
+		for {
+			n, _, err := be.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			got <- n
+		}
+	}()
+	r := startDgram(t, filepath.Join(dir, "px"), be.LocalAddr().String(), Config{})
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20); err != nil {
+		t.Skipf("cannot raise the send buffer (needs CAP_NET_ADMIN): %v", err)
+	}
+	if err := unix.Sendto(fd, make([]byte, unixSlot+1), 0, &unix.SockaddrUnix{Name: r.addr}); err != nil {
+		t.Skipf("cannot send a datagram over %d bytes: %v", unixSlot, err)
+	}
+	unix.Sendto(fd, []byte("small"), 0, &unix.SockaddrUnix{Name: r.addr})
+	select {
+	case n := <-got:
+		if n != 5 {
+			t.Fatalf("backend got %d bytes first, want the small datagram (5)", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing forwarded")
+	}
+	waitFor(t, "the count", func() bool { return r.srv.Stats().DatagramsIn == 1 })
+	if s := r.srv.Stats(); s.DatagramsTruncated != 1 {
+		t.Fatalf("stats %+v: want 1 truncated", s)
+	}
+}
+
+// TestProxyProtocolDatagrams: with PROXY v2 every datagram to the backend
+// starts with a header naming the client and the address it sent to.
+func TestProxyProtocolDatagrams(t *testing.T) {
+	be, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	r := startDgram(t, "0.0.0.0:0", be.LocalAddr().String(), Config{ProxyProtocol: 2})
+	_, port, _ := net.SplitHostPort(r.addr)
+	c := udpClient(t, "127.0.0.1:0", "")
+	dst := netip.MustParseAddrPort("127.0.0.2:" + port)
+	be.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for i := range 3 {
+		payload := fmt.Sprintf("datagram %d", i)
+		c.WriteToUDPAddrPort([]byte(payload), dst)
+		buf := make([]byte, 2000)
+		n, _, err := be.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := pp.Read(bufioReader(buf[:n]))
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if h.TransportProtocol != pp.UDPv4 || h.SourceAddr.String() != c.LocalAddr().String() || h.DestinationAddr.String() != dst.String() {
+			t.Fatalf("header %v %s -> %s, want UDPv4 %s -> %s", h.TransportProtocol, h.SourceAddr, h.DestinationAddr, c.LocalAddr(), dst)
+		}
+		if rest := buf[n-len(payload) : n]; string(rest) != payload || n != len(payload)+28 {
+			t.Fatalf("datagram %d: %d bytes, payload %q", i, n, rest)
+		}
+	}
+}
+
+// TestDatagramsAllocateNothing: forwarding on an existing flow allocates
+// nothing per datagram.
+func TestDatagramsAllocateNothing(t *testing.T) {
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		be.Close()
+		wg.Wait()
+	})
+	wg.Go(func() { // an echo that allocates nothing per datagram
+		buf := make([]byte, 2000)
+		for {
+			n, from, err := be.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			be.WriteToUDPAddrPort(buf[:n], from)
+		}
+	})
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{})
+	c, err := net.Dial("udp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 100)
+	msg := make([]byte, 64)
+	round := func() {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	round()
+	const n = 2000
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	for range n {
+		round()
+	}
+	runtime.ReadMemStats(&m1)
+	// The echo backend allocates nothing per datagram either; the test's
+	// own Read/Write none. Allow the runtime some slack.
+	if per := float64(m1.Mallocs-m0.Mallocs) / n; per > 0.5 {
+		t.Errorf("%.2f allocations per round trip", per)
+	}
+}
+
+func TestFlowSize(t *testing.T) {
+	if n := unsafeSizeofFlow(); n > 96 {
+		t.Errorf("flow is %d bytes; an idle flow should stay small", n)
+	}
+}
+
+func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
+
+func unsafeSizeofFlow() uintptr { return unsafe.Sizeof(flow{}) }
+
+// TestExitIdleWaitsForFlows: --exit-idle-time treats a flow as open until
+// it expires: the proxy exits only after that.
+func TestExitIdleWaitsForFlows(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	ln, err := activation.ListenDatagram("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := backend.Parse(be.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(Config{Listeners: []activation.Listener{ln}, Backend: addr, ExitIdleTime: 300 * time.Millisecond,
+		FlowIdleTimeout: time.Second, ShutdownTimeout: -1})
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(context.Background()) }()
+	c := udpClient(t, "127.0.0.1:0", "")
+	exchange(t, c, ln.Addr().String(), []byte("x"))
+	select {
+	case <-done:
+		t.Fatalf("exited after %v with a flow open", time.Since(start))
+	case <-time.After(800 * time.Millisecond):
+	}
+	if srv.Stats().Flows != 1 {
+		t.Fatalf("stats %+v", srv.Stats())
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d < time.Second {
+			t.Errorf("exited after %v, before the flow expired", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not exit once the flow expired")
+	}
+}

@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sequential packets (issue 9): a SOCK_SEQPACKET listener's clients are
+// connections like a stream's (accept, connect with retries, half-close,
+// -c, drain, idle timeout, the PROXY header as a first message of its
+// own), but each message is forwarded as one message, never merged or
+// split: recvmsg into a buffer that holds the largest one, one write per
+// message, no splice and no kernel pipe (a pipe would merge what it
+// holds). A message the destination cannot take yet is parked whole in
+// memory, and nothing more is read from its source meanwhile.
+
+// packetSlot is the largest message forwarded: more than a unix socket's
+// default send buffer, which bounds what a sender can send in one message.
+const packetSlot = unixSlot
+
+// errMessageTooBig ends a connection whose message does not fit
+// packetSlot: it cannot be forwarded whole, and a part would be a lie.
+var errMessageTooBig = unix.EMSGSIZE
+
+// pumpPackets is pump for a sequential-packet connection.
+func (l *loop) pumpPackets(c *conn, d int) bool {
+	dir := &c.dir[d]
+	src, dst := int(c.fd[d]), int(c.fd[1-d])
+	if l.flows.packet == nil {
+		l.flows.packet = make([]byte, packetSlot)
+	}
+	buf := l.flows.packet
+	for {
+		if p := dir.pipe; p != nil {
+			if c.ready[1-d]&canWrite == 0 {
+				return true
+			}
+			n, e := rawWriteMsg(dst, p.mem)
+			if e == unix.EAGAIN {
+				c.ready[1-d] &^= canWrite
+				return true
+			}
+			if e != 0 {
+				l.abort(c, e)
+				return false
+			}
+			if dir.flags&header == 0 {
+				l.count(c, d, n)
+			}
+			dir.flags &^= header
+			dir.pipe = nil
+			continue
+		}
+		if dir.flags&srcEOF != 0 {
+			if dir.flags&dstShut == 0 {
+				dir.flags |= dstShut
+				unix.Shutdown(dst, unix.SHUT_WR)
+				if c.dir[1-d].flags&dstShut != 0 {
+					l.finish(c)
+					return false
+				}
+			}
+			return true
+		}
+		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
+			return true
+		}
+		n, trunc, e := rawRecvMsg(src, buf)
+		switch {
+		case e == unix.EAGAIN:
+			c.ready[d] &^= canRead
+			return true
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			l.abort(c, e)
+			return false
+		case trunc:
+			l.abort(c, errMessageTooBig)
+			return false
+		case n == 0 && peerShut(src):
+			dir.flags |= srcEOF
+			continue
+		}
+		w, e := rawWriteMsg(dst, buf[:n])
+		switch {
+		case e == unix.EAGAIN:
+			c.ready[1-d] &^= canWrite
+			dir.pipe = &pipe{r: -1, w: -1, n: n, mem: append([]byte(nil), buf[:n]...)}
+		case e != 0:
+			l.abort(c, e)
+			return false
+		default:
+			l.count(c, d, w)
+		}
+	}
+}
+
+// peerShut tells an end of stream from a message of zero bytes, which
+// read alike: only the first comes with the peer's shutdown. (A zero-byte
+// message sent just before the peer's shutdown is taken for the end.)
+func peerShut(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+	n, err := unix.Poll(fds, 0)
+	return err != nil || (n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0)
+}
+
+// rawRecvMsg reads one message; trunc says it was larger than b.
+func rawRecvMsg(fd int, b []byte) (n int, trunc bool, e unix.Errno) {
+	iov := unix.Iovec{Base: &b[0], Len: uint64(len(b))}
+	msg := unix.Msghdr{Iov: &iov, Iovlen: 1}
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
+	if e != 0 {
+		return 0, false, e
+	}
+	return int(r), msg.Flags&unix.MSG_TRUNC != 0, 0
+}
+
+// rawWriteMsg sends b as one message (a zero-length one too, which write
+// with an empty buffer cannot express through rawWrite).
+func rawWriteMsg(fd int, b []byte) (int, unix.Errno) {
+	var iov unix.Iovec
+	msg := unix.Msghdr{}
+	if len(b) > 0 {
+		iov = unix.Iovec{Base: &b[0], Len: uint64(len(b))}
+		msg.Iov, msg.Iovlen = &iov, 1
+	}
+	r, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), 0
+}

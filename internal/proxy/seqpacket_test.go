@@ -1,0 +1,152 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+)
+
+// Tests of sequential-packet connections (seqpacket.go, issue 9).
+
+// packetEcho sends each message back as one message, and half-closes
+// when the client does.
+func packetEcho(c net.Conn) {
+	buf := make([]byte, packetSlot)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			c.(*net.UnixConn).CloseWrite()
+			return
+		}
+		if _, err := c.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+func startPackets(t *testing.T, handle func(net.Conn), cfg Config) (*running, string) {
+	t.Helper()
+	dir := shortDir(t)
+	be := listenBackend(t, "unixpacket", filepath.Join(dir, "be"), handle)
+	ln, err := activation.ListenSequentialPacket(filepath.Join(dir, "px"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startOn(t, ln, be, cfg), filepath.Join(dir, "px")
+}
+
+func dialPackets(t *testing.T, path string) *net.UnixConn {
+	t.Helper()
+	c, err := net.Dial("unixpacket", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c.(*net.UnixConn)
+}
+
+// TestPacketsStayWhole: each message arrives as the one message it was,
+// whatever its size, never merged with the next or split (a stream path
+// would merge the burst below into a few reads).
+func TestPacketsStayWhole(t *testing.T) {
+	noLeak(t)
+	r, path := startPackets(t, packetEcho, Config{})
+	c := dialPackets(t, path)
+	sizes := []int{1, 7, 100, bufSize, bufSize + 1, 100000, 200000}
+	for i, size := range sizes { // a burst, written before any is read
+		if _, err := c.Write(bytes.Repeat([]byte{byte('a' + i)}, size)); err != nil {
+			t.Fatalf("write %d bytes: %v", size, err)
+		}
+	}
+	buf := make([]byte, packetSlot+1)
+	for i, size := range sizes {
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != size || buf[0] != byte('a'+i) || buf[n-1] != byte('a'+i) {
+			t.Fatalf("message %d: %d bytes, want %d", i, n, size)
+		}
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(buf); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("after half-close: %d bytes, %v; want EOF", n, err)
+	}
+	waitFor(t, "the connection to close", func() bool { return r.srv.Stats().Active == 0 })
+	if s := r.srv.Stats(); s.Splices != 0 || s.Pipes != 0 {
+		t.Errorf("stats %+v: sequential packets must not go through a pipe", s)
+	}
+}
+
+// TestPacketsHalfClose: the client's end reaches the backend, whose reply
+// still comes back.
+func TestPacketsHalfClose(t *testing.T) {
+	_, path := startPackets(t, func(c net.Conn) {
+		var msgs [][]byte
+		buf := make([]byte, 1000)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				break
+			}
+			msgs = append(msgs, append([]byte(nil), buf[:n]...))
+		}
+		for _, m := range msgs { // only after the client's EOF
+			c.Write(m)
+		}
+	}, Config{})
+	c := dialPackets(t, path)
+	c.Write([]byte("one"))
+	c.Write([]byte("two"))
+	c.CloseWrite()
+	buf := make([]byte, 100)
+	for _, want := range []string{"one", "two"} {
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("got %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+	if _, err := c.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("want EOF, got %v", err)
+	}
+}
+
+func TestPacketsConnectionLimit(t *testing.T) {
+	r, path := startPackets(t, packetEcho, Config{MaxConnections: 1})
+	a := dialPackets(t, path)
+	a.Write([]byte("x"))
+	buf := make([]byte, 10)
+	if _, err := a.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	b := dialPackets(t, path)
+	if n, err := b.Read(buf); err == nil {
+		t.Fatalf("second client got %q past -c 1", buf[:n])
+	}
+	if r.srv.Stats().Refused != 1 {
+		t.Errorf("stats %+v", r.srv.Stats())
+	}
+}
+
+func TestPacketsIdleTimeout(t *testing.T) {
+	r, path := startPackets(t, packetEcho, Config{IdleTimeout: 200 * time.Millisecond})
+	c := dialPackets(t, path)
+	c.Write([]byte("x"))
+	buf := make([]byte, 10)
+	if _, err := c.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(buf); err == nil {
+		t.Fatal("read after idle timeout succeeded")
+	}
+	waitFor(t, "the connection to close", func() bool { return r.srv.Stats().Active == 0 })
+}
