@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
@@ -15,13 +16,17 @@ import (
 func listenPackets(listeners []activation.Listener, opts options) ([]activation.Listener, error) {
 	binds := []struct {
 		addrs  []string
+		kind   activation.Kind
 		listen func(string) (activation.Listener, error)
 	}{
-		{opts.listenDatagram, activation.ListenDatagram},
-		{opts.listenPacket, activation.ListenSequentialPacket},
+		{opts.listenDatagram, activation.Datagram, activation.ListenDatagram},
+		{opts.listenPacket, activation.SequentialPacket, activation.ListenSequentialPacket},
 	}
 	for _, b := range binds {
 		for _, addr := range b.addrs {
+			if slices.ContainsFunc(listeners, func(l activation.Listener) bool { return l.Name == addr && l.Kind == b.kind }) {
+				continue // carried over a reload
+			}
 			l, err := b.listen(addr)
 			if err != nil {
 				activation.Close(listeners)

@@ -118,7 +118,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	for _, addr := range opts.listen {
-		if slices.ContainsFunc(listeners, func(l activation.Listener) bool { return l.Name == addr }) {
+		if slices.ContainsFunc(listeners, func(l activation.Listener) bool { return l.Name == addr && l.Kind == activation.Stream }) {
 			continue // carried over a reload
 		}
 		l, err := activation.ListenMode(addr, opts.socketMode)

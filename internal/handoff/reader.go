@@ -170,3 +170,32 @@ func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners int) 
 	}
 	return c, nil
 }
+
+// decodeFlow reads one flow entry; its listener must be a datagram one,
+// read before it.
+func decodeFlow(e *reader, ref func(*reader, bool) (int, error), listeners []Listener) (Flow, error) {
+	var f Flow
+	var err error
+	f.Listener = int(e.u16())
+	if e.err == nil && (f.Listener >= len(listeners) || listeners[f.Listener].Kind != ListenDatagram) {
+		return f, fmt.Errorf("listener %d is not a datagram listener", f.Listener)
+	}
+	if f.FD, err = ref(e, false); err != nil {
+		return f, err
+	}
+	f.Gen = e.u32()
+	f.NameLen = int(e.u16())
+	n := int(e.u16())
+	if n > MaxKey || f.NameLen > n {
+		return f, fmt.Errorf("key of %d bytes, name of %d", n, f.NameLen)
+	}
+	f.Key = e.take(n)
+	f.Age, f.Idle = int64(e.u64()), int64(e.u64())
+	if e.err != nil {
+		return f, e.err
+	}
+	if f.Age < 0 || f.Idle < 0 {
+		return f, errors.New("negative age or idle time")
+	}
+	return f, nil
+}

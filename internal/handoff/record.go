@@ -24,7 +24,7 @@ import (
 // reader takes every version from 1 up to its own; a new entry kind (a
 // datagram flow, say) bumps it, so that an older build refuses the record
 // in the check before exec (--check-handoff) instead of misreading it.
-const Version = 1
+const Version = 2
 
 // Bounds: a record past them is refused, whatever it says.
 const (
@@ -46,6 +46,7 @@ type Record struct {
 	Written   int64
 	Listeners []Listener
 	Conns     []Conn
+	Flows     []Flow
 	// Epoll is the writer's epoll instance, carried by a reload in place
 	// (the descriptors keep their numbers, so its registrations stay
 	// valid, edges not yet read included); -1 when not carried. Gen is the
@@ -66,7 +67,32 @@ type Listener struct {
 	Name    string // activation name: FileDescriptorName= or the --listen address
 	Backend string // where it forwarded to, for messages; the reader uses its own configuration
 	Bound   bool   // bound by --listen (a unix path is the proxy's to unlink), not inherited
+	Kind    uint8  // ListenStream, ListenDatagram or ListenSequentialPacket (version 2)
 }
+
+// Listener kinds: a datagram listener has flows, the others connections.
+const (
+	ListenStream uint8 = iota
+	ListenDatagram
+	ListenSequentialPacket
+)
+
+// Flow is one client of a datagram listener (version 2): its connected
+// socket to the backend, and the key the listener finds it by.
+type Flow struct {
+	Listener int // index into Record.Listeners, a datagram one
+	FD       int // the connected backend socket
+	Gen      uint32
+	// Key is the client's raw sockaddr (its first NameLen bytes), then,
+	// on a wildcard listener, the 16-byte local address it sent to.
+	Key     []byte
+	NameLen int
+	Age     int64 // ns since the first datagram, at Written
+	Idle    int64 // ns since the last datagram either way, at Written
+}
+
+// MaxKey bounds Flow.Key: a sockaddr_storage and an IPv6 address.
+const MaxKey = 128 + 16
 
 // Conn states: an open connection carries both sockets; one still
 // resolving, connecting or waiting for a retry carries only its client and
@@ -141,6 +167,7 @@ const (
 	kindConn
 	kindEnd
 	kindLoop
+	kindFlow // version 2
 )
 
 var magic = [8]byte{'S', 'P', 'X', 'H', 'O', 'F', 'F', 0}
@@ -184,7 +211,20 @@ func Encode(r *Record) ([]byte, []int, error) {
 		body = le.AppendUint32(body, slot(l.FD))
 		body = appendString(body, l.Name)
 		body = appendString(body, l.Backend)
-		body = append(body, boolByte(l.Bound))
+		body = append(body, boolByte(l.Bound), l.Kind)
+		end(at)
+	}
+	for i := range r.Flows {
+		f := &r.Flows[i]
+		at := entry(kindFlow)
+		body = le.AppendUint16(body, uint16(f.Listener))
+		body = le.AppendUint32(body, slot(f.FD))
+		body = le.AppendUint32(body, f.Gen)
+		body = le.AppendUint16(body, uint16(f.NameLen))
+		body = le.AppendUint16(body, uint16(len(f.Key)))
+		body = append(body, f.Key...)
+		body = le.AppendUint64(body, uint64(f.Age))
+		body = le.AppendUint64(body, uint64(f.Idle))
 		end(at)
 	}
 	for i := range r.Conns {
@@ -396,7 +436,21 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 				return bad("listener: %v", err)
 			}
 			l.Name, l.Backend, l.Bound = e.str(), e.str(), e.u8() == 1
+			if v >= 2 {
+				if l.Kind = e.u8(); l.Kind > ListenSequentialPacket {
+					return bad("listener kind %d", l.Kind)
+				}
+			}
 			r.Listeners = append(r.Listeners, l)
+		case kindFlow:
+			if v < 2 {
+				return bad("a flow in a version %d record", v)
+			}
+			f, err := decodeFlow(&e, ref, r.Listeners)
+			if err != nil {
+				return bad("flow %d: %v", len(r.Flows), err)
+			}
+			r.Flows = append(r.Flows, f)
 		case kindConn:
 			c, err := decodeConn(&e, ref, len(r.Listeners))
 			if err != nil {

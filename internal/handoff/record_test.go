@@ -48,7 +48,9 @@ func sample(t testing.TB) *Record {
 		Listeners: []Listener{
 			{FD: d[0], Name: "web", Backend: "127.0.0.1:80"},
 			{FD: d[1], Name: "/run/x.sock", Backend: "/run/backend", Bound: true},
+			{FD: fds(t, 1)[0], Name: "dns", Backend: "127.0.0.1:53", Kind: ListenDatagram},
 		},
+		Flows: []Flow{{Listener: 2, FD: fds(t, 1)[0], Gen: 9, Key: []byte{2, 0, 0, 53, 127, 0, 0, 1}, NameLen: 8, Age: 3e9, Idle: 1e9}},
 		Conns: []Conn{{
 			Listener: 1, State: Open, FD: [2]int{d[2], d[3]},
 			Client: netip.MustParseAddrPort("127.0.0.1:4242"), Age: 5e9, Idle: 1e9,
@@ -74,8 +76,8 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(carried) != 9 {
-		t.Errorf("carried %d descriptors, want 9", len(carried))
+	if len(carried) != 11 {
+		t.Errorf("carried %d descriptors, want 11", len(carried))
 	}
 	got, unused, err := Decode(b, sameNumbers)
 	if err != nil {
@@ -128,7 +130,7 @@ func TestRejects(t *testing.T) {
 	}{
 		{"empty", nil, "not a socket-proxyd handoff record"},
 		{"other magic", append([]byte("SPXHOFFX"), good[8:]...), "not a socket-proxyd"},
-		{"newer version", resum(append(append(bytes.Clone(good[:8]), 2, 0), good[10:]...)), "version 2"},
+		{"newer version", resum(append(append(bytes.Clone(good[:8]), 3, 0), good[10:]...)), "version 3"},
 		{"truncated", good[:len(good)-10], "checksum"},
 		{"flipped byte", func() []byte { b := bytes.Clone(good); b[len(b)/2] ^= 1; return b }(), "checksum"},
 		{"huge fd count", func() []byte { b := bytes.Clone(good); binary.LittleEndian.PutUint32(b[20:], 1<<30); return resum(b) }(), "descriptor count"},
@@ -229,8 +231,28 @@ func FuzzDecode(f *testing.F) {
 				}
 			}
 		}
+		for _, f := range r.Flows {
+			if r.Listeners[f.Listener].Kind != ListenDatagram || len(f.Key) > MaxKey || f.NameLen > len(f.Key) {
+				t.Fatalf("flow %+v", f)
+			}
+			claim(f.FD)
+		}
 		for _, fd := range unused {
 			claim(fd)
 		}
 	})
+}
+
+// A flow must belong to a datagram listener.
+func TestRejectsFlowOnStreamListener(t *testing.T) {
+	d := fds(t, 2)
+	r := &Record{Epoll: -1, Listeners: []Listener{{FD: d[0], Name: "web"}},
+		Flows: []Flow{{Listener: 0, FD: d[1], Key: []byte{1, 2}, NameLen: 2}}}
+	b, _, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Decode(b, sameNumbers); err == nil || !strings.Contains(err.Error(), "not a datagram listener") {
+		t.Errorf("Decode: %v, want a flow on a stream listener refused", err)
+	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 )
 
@@ -156,9 +157,11 @@ func (l *loop) record() *handoff.Record {
 				bound = cl.FD < 0
 			}
 		}
-		r.Listeners = append(r.Listeners, handoff.Listener{FD: ln.fd, Name: ln.name, Backend: ln.backend.String(), Bound: bound})
+		r.Listeners = append(r.Listeners, handoff.Listener{FD: ln.fd, Name: ln.name, Backend: ln.backend.String(), Bound: bound,
+			Kind: listenerKinds[ln.kind]})
 	}
 	now := l.now()
+	l.recordFlows(r, now)
 	none := [2]int{-1, -1}
 	for fd, c := range l.conns {
 		if c == nil || int(c.fd[0]) != fd {
@@ -226,13 +229,24 @@ func (l *loop) resume(r *handoff.Record) (adopted, reset int) {
 		l.carried = true
 		l.gen = max(l.gen, r.Gen)
 	}
-	index := make(map[string]int, len(l.listeners))
-	for i, ln := range l.listeners {
-		index[ln.name] = i
+	// By name and kind: --listen and --listen-datagram may name one
+	// address.
+	type key struct {
+		name string
+		kind uint8
 	}
+	index := make(map[key]int, len(l.listeners))
+	for i, ln := range l.listeners {
+		index[key{ln.name, listenerKinds[ln.kind]}] = i
+	}
+	listenerOf := func(i int) (int, bool) {
+		li, ok := index[key{r.Listeners[i].Name, r.Listeners[i].Kind}]
+		return li, ok
+	}
+	l.flowsResumed, reset = l.resumeFlows(r, listenerOf, elapsed)
 	for i := range r.Conns {
 		rc := &r.Conns[i]
-		li, ok := index[r.Listeners[rc.Listener].Name]
+		li, ok := listenerOf(rc.Listener)
 		err := fmt.Errorf("listener %q is not served any more", r.Listeners[rc.Listener].Name)
 		if ok {
 			err = l.adopt(rc, li, elapsed)
@@ -295,7 +309,10 @@ func (l *loop) adoptPipe(rd *handoff.Dir) (*pipe, error) {
 
 func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	c := &conn{fd: [2]int32{int32(rc.FD[0]), -1}, listener: uint16(listener), client: rc.Client,
-		start: l.now() - elapsed - rc.Age}
+		start: l.now() - elapsed - rc.Age, packets: l.listeners[listener].kind == activation.SequentialPacket}
+	if l.listeners[listener].kind == activation.Datagram {
+		return fmt.Errorf("listener %q takes datagrams, not connections", l.listeners[listener].name)
+	}
 	c.tcp = rc.TCP
 	if err := carriedSocket(rc.FD[0], "client"); err != nil {
 		return err
@@ -422,6 +439,6 @@ func (l *loop) restoreIdleClocks() {
 // resumed logs the end of a handoff, with how long the loop stood still:
 // from the old image's record to this loop's first wait.
 func (l *loop) resumed(r *handoff.Record, adopted, reset int) {
-	l.s.log.Info("resumed connections", "connections", adopted, "reset", reset, "listeners", len(l.listeners),
+	l.s.log.Info("resumed connections", "connections", adopted, "reset", reset, "flows", l.flowsResumed, "listeners", len(l.listeners),
 		"paused", time.Duration(monotonic()-r.Written).Round(10*time.Microsecond).String())
 }

@@ -97,6 +97,8 @@ type loop struct {
 	idleClocks []idleClock // of connections just resumed; see restoreIdleClocks
 	carried    bool        // the epoll instance came over a reload, registrations and all
 	keepFiles  bool        // the listeners went to the fd store: their files stay
+	// flowsResumed counts the datagram flows a handoff carried, for its log line.
+	flowsResumed int
 
 	// resolutions handed back by resolver goroutines
 	resolveMu sync.Mutex
