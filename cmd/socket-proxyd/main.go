@@ -38,11 +38,17 @@ func main() {
 // run is the whole program; it returns the exit status: 0 on success, on
 // idle exit and after SIGTERM/SIGINT, 1 on any failure, as the original.
 func run(args []string, stdout, stderr io.Writer) int {
-	// SIGHUP is caught before anything else: one that comes while a
-	// reloaded image starts up waits for it instead of killing it.
+	// The signals are caught before anything else: one that comes while
+	// a reloaded image starts up waits for it instead of killing it (and
+	// every connection with it) by its default action. The first signal
+	// stops accepting and lets the open connections finish (up to
+	// --shutdown-timeout); a second one closes them at once.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
 	if len(args) > 0 && strings.HasPrefix(args[0], checkFlag) {
 		return checkMode(strings.TrimPrefix(args[0], checkFlag), args[1:], stdout, stderr)
 	}
@@ -156,7 +162,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	reload := &reloader{exe: executable(os.Args[0]), argv: os.Args, log: log}
+	reload := &reloader{exe: executable(os.Args[0]), argv: os.Args, log: log, stopping: func() bool { return ctx.Err() != nil }}
 	srv := proxy.New(proxy.Config{
 		Reload:          reload.exec,
 		Store:           storeFunc(opts.fdstore, notifySocket, os.Getenv("FDSTORE")),
@@ -174,11 +180,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),
 		Log:             log,
 	})
-	// The first signal stops accepting and lets the open connections
-	// finish (up to --shutdown-timeout); a second one closes them at once.
-	signals := make(chan os.Signal, 2)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(signals)
 	// alive ends when Run returns: the watchdog, the status line and the
 	// signal watcher live exactly as long as Run, graceful stop included.
 	alive, done := context.WithCancel(context.Background())

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -58,6 +59,9 @@ type reloader struct {
 	exe  string
 	argv []string
 	log  *slog.Logger
+	// stopping says a SIGTERM came meanwhile: the stop goes first, as the
+	// next image would never hear of it.
+	stopping func() bool
 }
 
 // executable is the path argv0 was started from: as given when it has a
@@ -130,6 +134,9 @@ func (r *reloader) exec(rec []byte, fds []int) error {
 	if rec == nil {
 		notify.Ready() // the engine could not write the record
 		return nil
+	}
+	if r.stopping() {
+		return errors.New("stopping")
 	}
 	err := handoff.Exec(r.exe, r.argv, os.Environ(), rec, fds)
 	notify.Ready()
