@@ -133,7 +133,8 @@ type deadline struct {
 }
 
 func newLoop(s *Server) (*loop, error) {
-	epfd, err := carriedEpoll(s.cfg.Resume), error(nil)
+	epfd := carriedEpoll(s.cfg.Resume) // a reload's, registrations and all
+	var err error
 	if epfd < 0 {
 		epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	}
