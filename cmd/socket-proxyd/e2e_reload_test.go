@@ -171,10 +171,12 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 }
 
-// slowEcho echoes at most 64 KiB every 2 ms.
+// slowEcho echoes at most 64 KiB every 2 ms. Its deadline is one of
+// inactivity: a long run (SPX_RELOADS) outlasts serve's ioTimeout.
 func slowEcho(c net.Conn) {
 	buf := make([]byte, 64<<10)
 	for {
+		_ = c.SetDeadline(time.Now().Add(ioTimeout))
 		n, err := c.Read(buf)
 		if n > 0 {
 			if _, err := c.Write(buf[:n]); err != nil {
