@@ -90,6 +90,10 @@ func stream(addr string, seed uint64, stop <-chan struct{}) error {
 // and systemd hears RELOADING=1 with MONOTONIC_USEC= and READY=1 again.
 func TestReloadUnderLoad(t *testing.T) {
 	t.Parallel()
+	reloads := 3
+	if n, err := strconv.Atoi(os.Getenv("SPX_RELOADS")); err == nil && n > 0 {
+		reloads = n // a longer run by hand
+	}
 	// A backend slower than the clients, so that the proxy holds bytes in
 	// its pipes at every moment: a reload that dropped them would show.
 	bl := listenTCP(t, "127.0.0.1:0")
@@ -128,7 +132,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		}
 	}()
 	time.Sleep(200 * time.Millisecond) // the streams under way
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= reloads; i++ {
 		reloadTo(t, p, i)
 		time.Sleep(100 * time.Millisecond) // traffic between reloads
 	}
@@ -142,7 +146,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("%d new clients served during the reloads", newClients)
-	if got := strings.Count(p.stderr.String(), " reset=0 "); got != 3 || strings.Contains(p.stderr.String(), "connections=0 ") {
+	if got := strings.Count(p.stderr.String(), " reset=0 "); got != reloads || strings.Contains(p.stderr.String(), "connections=0 ") {
 		t.Errorf("the 3 reloads did not carry every connection:\n%s", p.stderr.String())
 	}
 	if p.exited() || p.cmd.Process.Pid != pid {
@@ -159,7 +163,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			ready++
 		}
 	}
-	if reloading != 3 || monotonic != 3 || ready != 4 {
+	if reloading != reloads || monotonic != reloads || ready != reloads+1 {
 		t.Errorf("notifications: RELOADING=1 %d, MONOTONIC_USEC= %d, READY=1 %d; want 3, 3, 4", reloading, monotonic, ready)
 	}
 	if err := stillServes(addr); err != nil {
@@ -167,10 +171,12 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 }
 
-// slowEcho echoes at most 64 KiB every 2 ms.
+// slowEcho echoes at most 64 KiB every 2 ms. Its deadline is one of
+// inactivity: a long run (SPX_RELOADS) outlasts serve's ioTimeout.
 func slowEcho(c net.Conn) {
 	buf := make([]byte, 64<<10)
 	for {
+		_ = c.SetDeadline(time.Now().Add(ioTimeout))
 		n, err := c.Read(buf)
 		if n > 0 {
 			if _, err := c.Write(buf[:n]); err != nil {
