@@ -22,6 +22,9 @@ type fakeStore struct {
 	path string
 	conn *net.UnixConn
 	done chan struct{}
+	// full drops every descriptor sent to it, as systemd 252 does past
+	// FileDescriptorStoreMax= (with a line in its journal, no answer).
+	full bool
 
 	mu      sync.Mutex
 	stored  []inherited
@@ -29,14 +32,16 @@ type fakeStore struct {
 	msgs    []string
 }
 
-func newFakeStore(t *testing.T) *fakeStore {
+func newFakeStore(t *testing.T) *fakeStore { return newStore(t, false) }
+
+func newStore(t *testing.T, full bool) *fakeStore {
 	t.Helper()
 	path := filepath.Join(shortDir(t), "notify")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &fakeStore{path: path, conn: conn, done: make(chan struct{})}
+	s := &fakeStore{path: path, conn: conn, done: make(chan struct{}), full: full}
 	go s.receive()
 	t.Cleanup(func() {
 		conn.Close()
@@ -75,7 +80,7 @@ func (s *fakeStore) receive() {
 		}
 		name := fields["FDNAME"]
 		switch {
-		case fields["FDSTORE"] == "1":
+		case fields["FDSTORE"] == "1" && !s.full:
 			for _, fd := range fds {
 				s.stored = append(s.stored, inherited{file: os.NewFile(uintptr(fd), name), name: name})
 			}
@@ -288,5 +293,28 @@ func TestFDStoreBadRecord(t *testing.T) {
 	}
 	if _, removed, _ := store.state(); len(removed) != 2 {
 		t.Errorf("FDSTOREREMOVE=1 for %q, want both names", removed)
+	}
+}
+
+// TestFDStoreDroppedResets: a store that silently keeps nothing (systemd 252
+// past FileDescriptorStoreMax=) leaves each client a reset, never a clean
+// end in the middle of its download.
+func TestFDStoreDroppedResets(t *testing.T) {
+	t.Parallel()
+	bl := listenTCP(t, "127.0.0.1:0")
+	serve(t, bl, slowEcho)
+	front, addr := inheritTCP(t, "web")
+	store := newStore(t, true)
+	a := start(t, binary, launch{args: []string{"--fdstore=on-stop", bl.Addr().String()}, fds: []inherited{front},
+		env: []string{"NOTIFY_SOCKET=" + store.path}})
+	c := dial(t, "tcp", addr)
+	mustEcho(t, c, 1000)
+	a.signal(syscall.SIGTERM)
+	if code := a.waitExit(20 * time.Second); code != 0 {
+		t.Fatalf("exit status %d, want 0", code)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if k, err := c.Read(make([]byte, 10)); k != 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the client read %d bytes, %v; want a reset", k, err)
 	}
 }

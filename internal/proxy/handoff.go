@@ -139,6 +139,17 @@ func (l *loop) storeAll() {
 	}
 	for fd, c := range l.conns {
 		if c != nil && int(c.fd[0]) == fd {
+			// If the store did not keep a socket after all (systemd
+			// 252 says nothing when FileDescriptorStoreMax= is too
+			// small), this close is its last: a reset then, never a
+			// clean end in the middle of a transfer. While the store
+			// holds it, the close does nothing; the next instance
+			// turns lingering back off.
+			for side, s := range c.fd {
+				if s >= 0 && c.tcp[side] {
+					unix.SetsockoptLinger(int(s), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+				}
+			}
 			l.release(c, false)
 		}
 	}
@@ -402,6 +413,11 @@ func (l *loop) register(c *conn, side int, rc *handoff.Conn) error {
 	c.gen[side] = l.nextGen()
 	if e := l.addRaw(fd, connEvents, c.gen[side]); e != 0 {
 		return e
+	}
+	if c.tcp[side] {
+		// From the fd store: the stopping instance set a reset on
+		// close (see storeAll); a clean end is a FIN again.
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
 	}
 	return nil
 }
