@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -83,6 +84,31 @@ func (s *storer) store(rec []byte, fds []int) error {
 		return err
 	}
 	return nil
+}
+
+// takeOver returns the listeners to serve and, after a reload in place
+// (carried names the record's memfd) or a restart through the fd store,
+// the record of the connections to resume. A store whose record cannot be
+// read costs its connections (reset, and logged), not the service.
+func takeOver(carried string, resuming bool, notifySocket string, log *slog.Logger) ([]activation.Listener, *handoff.Record, error) {
+	if resuming {
+		rec, listeners, err := resume(carried)
+		return listeners, rec, err
+	}
+	listeners, stored, err := activation.InheritedWithStored(handoff.IsStored, handoff.MaxFDs)
+	if err != nil || len(stored) == 0 {
+		return listeners, nil, err
+	}
+	rec, err := fromStore(notifySocket, stored)
+	var more []activation.Listener
+	if err == nil {
+		more, err = carriedListeners(rec, false)
+	}
+	if err != nil {
+		log.Error(err.Error())
+		return listeners, nil, nil
+	}
+	return append(listeners, more...), rec, nil
 }
 
 // fromStore takes back what a previous instance stored: the record and

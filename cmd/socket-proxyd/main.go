@@ -101,25 +101,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if opts.fdstore != fdstoreNo && notifySocket == "" {
 		return fail(fmt.Errorf("--fdstore=%s needs systemd's fd store, and NOTIFY_SOCKET is not set: run it from a service with FileDescriptorStoreMax=, or drop --fdstore", opts.fdstore))
 	}
-	var listeners []activation.Listener
-	var resumed *handoff.Record
-	if resuming {
-		resumed, listeners, err = resume(carried)
-	} else {
-		var stored []activation.Stored
-		listeners, stored, err = activation.InheritedWithStored(handoff.IsStored, handoff.MaxFDs)
-		if err == nil && len(stored) > 0 {
-			var more []activation.Listener
-			if resumed, err = fromStore(notifySocket, stored); err == nil {
-				more, err = carriedListeners(resumed, false)
-			}
-			if err != nil {
-				log.Error(err.Error()) // the connections are lost, not the service
-				resumed, err = nil, nil
-			}
-			listeners = append(listeners, more...)
-		}
-	}
+	listeners, resumed, err := takeOver(carried, resuming, notifySocket, log)
 	if err != nil {
 		return fail(err)
 	}
@@ -204,20 +186,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case <-alive.Done():
 		}
 	})
-	background.Go(func() {
-		for {
-			select {
-			case <-hup:
-				if ctx.Err() != nil {
-					log.Info("not reloading: stopping") // systemd would wait for a READY=1 that never comes
-					continue
-				}
-				reload.reload(alive, srv.Reload)
-			case <-alive.Done():
-				return
-			}
-		}
-	})
+	background.Go(func() { reload.watch(alive, hup, srv.Reload) })
 	background.Go(func() { notify.Watchdog(alive, notify.WatchdogInterval()) })
 	background.Go(func() { status.Report(alive, status.Interval, srv.Stats, notify.Status) })
 	notify.Ready()

@@ -143,6 +143,23 @@ func (r *reloader) exec(rec []byte, fds []int) error {
 	return err
 }
 
+// watch reloads at each SIGHUP until alive ends. One that comes while
+// stopping is ignored: systemd would wait for a READY=1 that never comes.
+func (r *reloader) watch(alive context.Context, hup <-chan os.Signal, stop func()) {
+	for {
+		select {
+		case <-hup:
+			if r.stopping() {
+				r.log.Info("not reloading: stopping")
+				continue
+			}
+			r.reload(alive, stop)
+		case <-alive.Done():
+			return
+		}
+	}
+}
+
 // reload is SIGHUP: check the binary, then have the loop stop at its next
 // safe point and execute it. A binary that fails the check changes
 // nothing: one error, and the proxy goes on serving.
