@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +28,9 @@ func TestStoreHandsOverEveryByte(t *testing.T) {
 		io.Copy(h, c)
 		c.Write(h.Sum(nil))
 	})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the backend's own cleanup waits for its handler
 	var rec []byte
 	var stored []int
 	t.Cleanup(func() {
@@ -85,12 +89,12 @@ func TestStoreHandsOverEveryByte(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if len(unused)+len(left()) != 0 || len(r.Conns) != 1 || r.Conns[0].Dir[0].InPipe == 0 {
+		t.Fatalf("record: %d connections, unused %v; want one with bytes in its pipe: %+v", len(r.Conns), unused, r.Conns)
+	}
 	stored = nil // the second proxy owns them now
 	for _, l := range r.Listeners {
 		unix.Close(l.FD) // the --listen socket came along: main would serve it, this test has its own
-	}
-	if len(unused)+len(left()) != 0 || len(r.Conns) != 1 || r.Conns[0].Dir[0].InPipe == 0 {
-		t.Fatalf("record: %d connections, unused %v; want one with bytes in its pipe: %+v", len(r.Conns), unused, r.Conns)
 	}
 	lnB, err := activation.Listen("127.0.0.1:0")
 	if err != nil {
@@ -99,9 +103,14 @@ func TestStoreHandsOverEveryByte(t *testing.T) {
 	lnB.Name = "web"
 	startOn(t, lnB, addr, Config{Resume: r})
 
-	close(release)
-	if err := <-wrote; err != nil {
-		t.Fatalf("client write: %v", err)
+	unblock()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatalf("client write: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the client's write never finished")
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(c)
