@@ -136,7 +136,7 @@ func (r *reloader) exec(rec []byte, fds []int) error {
 		return nil
 	}
 	if r.stopping() {
-		return errors.New("stopping")
+		return errors.New("a SIGTERM came first: stopping instead")
 	}
 	err := handoff.Exec(r.exe, r.argv, os.Environ(), rec, fds)
 	notify.Ready()
