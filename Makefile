@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # socket-proxyd: build, test, install, package.
 #
 #   make                 build ./socket-proxyd (version and commit from git)
@@ -5,9 +6,12 @@
 #   make bench           the benchmark harness: go run ./cmd/proxybench
 #   make install         install into $(DESTDIR)$(PREFIX) (PREFIX=/usr/local)
 #   make uninstall       remove what make install installed (same PREFIX/DESTDIR)
-#   make deb             build/socket-proxyd_VERSION_ARCH.deb with dpkg-deb
+#   make deb             build/socket-proxyd_VERSION_ARCH.deb  } with nfpm, from one
+#   make rpm             build/socket-proxyd-VERSION-1.ARCH.rpm } packaging/nfpm.yaml
+#   make package-test    both packages: reproducible, hold what make install installs,
+#                        the rpm installs into a scratch root (test/packaging/run.sh)
 #   make man-check       the man page renders without warnings, and its options match --help
-#   make verify-units    systemd-analyze verify on contrib/systemd
+#   make verify-units    systemd-analyze verify and security (exposure <= 1.0) on contrib/systemd
 #   make systemd-test    the units and the .deb under a real systemd in a container (root)
 #   make deb-test        only the .deb part of systemd-test (root)
 #   make clean
@@ -16,10 +20,17 @@
 #   $(BINDIR)/socket-proxyd                        BINDIR=$(PREFIX)/bin
 #   $(MANDIR)/man8/socket-proxyd.8                 MANDIR=$(PREFIX)/share/man
 #   $(UNITDIR)/proxy-to-nginx*.{socket,service}    UNITDIR=$(PREFIX)/lib/systemd/system
+#   $(PRESETDIR)/90-socket-proxyd.preset           PRESETDIR=$(PREFIX)/lib/systemd/system-preset
 #   $(DOCDIR)/examples/nginx/*.conf                DOCDIR=$(PREFIX)/share/doc/socket-proxyd
+#   $(BASHCOMPDIR)/socket-proxyd                   BASHCOMPDIR=$(PREFIX)/share/bash-completion/completions
+#   $(ZSHCOMPDIR)/_socket-proxyd                   ZSHCOMPDIR=$(PREFIX)/share/zsh/site-functions
+#   $(FISHCOMPDIR)/socket-proxyd.fish              FISHCOMPDIR=$(PREFIX)/share/fish/vendor_completions.d
 # systemd reads units from /usr/local/lib/systemd/system as well as
-# /usr/lib/systemd/system. The units are installed disabled; their ExecStart=
-# is rewritten to $(BINDIR)/socket-proxyd.
+# /usr/lib/systemd/system, and presets from both lib/systemd/system-preset.
+# The units are installed disabled, and the preset says they stay so; their
+# ExecStart= is rewritten to $(BINDIR)/socket-proxyd. The completion
+# directories are where bash-completion, zsh and fish look (fish under
+# /usr/local only when XDG_DATA_DIRS names /usr/local/share, as most sessions do).
 
 GO ?= go
 PREFIX ?= /usr/local
@@ -27,6 +38,10 @@ BINDIR ?= $(PREFIX)/bin
 MANDIR ?= $(PREFIX)/share/man
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR ?= $(PREFIX)/share/doc/socket-proxyd
+PRESETDIR ?= $(PREFIX)/lib/systemd/system-preset
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 DESTDIR ?=
 
 # VERSION: the tag (v1.2.3 -> 1.2.3, with -N-gHASH after it and -dirty when
@@ -52,7 +67,13 @@ SOURCES := $(shell find cmd/socket-proxyd internal -name '*.go' ! -name '*_test.
 UNITS := $(notdir $(wildcard contrib/systemd/*.socket contrib/systemd/*.service))
 NGINX_EXAMPLES := $(notdir $(wildcard contrib/systemd/nginx/*.conf))
 
-.PHONY: all build test bench vet fmt-check man-check verify-units install uninstall deb deb-test systemd-test clean
+# The packages' time stamps: the commit's time, so that builds repeat.
+ifeq ($(origin SOURCE_DATE_EPOCH),undefined)
+SOURCE_DATE_EPOCH := $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+endif
+export SOURCE_DATE_EPOCH
+
+.PHONY: all build test bench vet fmt-check man-check verify-units install uninstall deb rpm package-test deb-test systemd-test clean
 
 all: build
 
@@ -88,25 +109,38 @@ verify-units: socket-proxyd
 	test/systemd/verify-units.sh ./socket-proxyd
 
 install: socket-proxyd
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)/examples/nginx
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PRESETDIR) \
+		$(DESTDIR)$(DOCDIR)/examples/nginx $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
 	install -m 0755 socket-proxyd $(DESTDIR)$(BINDIR)/socket-proxyd
 	install -m 0644 docs/socket-proxyd.8 $(DESTDIR)$(MANDIR)/man8/socket-proxyd.8
 	for u in $(UNITS); do \
 		sed 's|/usr/bin/socket-proxyd|$(BINDIR)/socket-proxyd|g' contrib/systemd/$$u >$(DESTDIR)$(UNITDIR)/$$u && \
 		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
 	done
+	install -m 0644 contrib/systemd/90-socket-proxyd.preset $(DESTDIR)$(PRESETDIR)/90-socket-proxyd.preset
 	for f in $(NGINX_EXAMPLES); do install -m 0644 contrib/systemd/nginx/$$f $(DESTDIR)$(DOCDIR)/examples/nginx/$$f || exit 1; done
+	install -m 0644 contrib/completion/socket-proxyd.bash $(DESTDIR)$(BASHCOMPDIR)/socket-proxyd
+	install -m 0644 contrib/completion/_socket-proxyd $(DESTDIR)$(ZSHCOMPDIR)/_socket-proxyd
+	install -m 0644 contrib/completion/socket-proxyd.fish $(DESTDIR)$(FISHCOMPDIR)/socket-proxyd.fish
 	@echo "installed; units are not enabled (see socket-proxyd(8), EXAMPLES); run systemctl daemon-reload"
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/socket-proxyd $(DESTDIR)$(MANDIR)/man8/socket-proxyd.8
-	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) $(DESTDIR)$(PRESETDIR)/90-socket-proxyd.preset
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/socket-proxyd $(DESTDIR)$(ZSHCOMPDIR)/_socket-proxyd $(DESTDIR)$(FISHCOMPDIR)/socket-proxyd.fish
 	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/examples/nginx/,$(NGINX_EXAMPLES))
 	-rmdir $(DESTDIR)$(DOCDIR)/examples/nginx $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) 2>/dev/null
 
-# The .deb: make install with PREFIX=/usr into a staging tree, then dpkg-deb.
+# The .deb and the .rpm: make install with PREFIX=/usr into a staging tree,
+# then nfpm with packaging/nfpm.yaml (see packaging/build.sh).
 deb: socket-proxyd
-	packaging/deb/build.sh "$(VERSION)" build
+	packaging/build.sh deb "$(VERSION)" build
+
+rpm: socket-proxyd
+	packaging/build.sh rpm "$(VERSION)" build
+
+package-test: socket-proxyd
+	test/packaging/run.sh
 
 deb-test: deb
 	SOCKET_PROXYD_BIN=$(CURDIR)/socket-proxyd SOCKET_PROXYD_DEB=$$(cat build/deb-path) test/systemd/run.sh deb

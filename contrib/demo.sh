@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # demo.sh: socket-proxyd on a real example, needing nothing but Go and bash.
 # A small HTTP backend listens on a unix socket only; socket-proxyd listens on
 # 127.0.0.1:$PORT (default 8080) with --listen and forwards to it; one request

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package docs_test
 
 import (
@@ -166,7 +168,7 @@ func TestOptionsMatchHelp(t *testing.T) {
 func TestSections(t *testing.T) {
 	page := readPage(t)
 	want := []string{"NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "SIGNALS", "ENVIRONMENT", "LOGGING",
-		"EXAMPLES", "DIFFERENCES FROM SYSTEMD-SOCKET-PROXYD", "SEE ALSO"}
+		"EXAMPLES", "DIFFERENCES FROM SYSTEMD-SOCKET-PROXYD", "SEE ALSO", "COPYRIGHT"}
 	var got []string
 	for _, l := range strings.Split(page, "\n") {
 		if name, ok := strings.CutPrefix(l, ".SH "); ok {

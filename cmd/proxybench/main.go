@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command proxybench measures socket-proxyd side by side with systemd-socket-proxyd,
 // haproxy, nginx's stream module, socat and no proxy at all, on this machine, in one
 // run: throughput, small-message latency, connection rate, the cost of an idle

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -34,7 +36,8 @@ func newMmsg(n, slot int) *mmsg {
 	m := &mmsg{hdrs: make([]unix.Mmsghdr, n), iovs: make([]unix.Iovec, n), names: make([]unix.RawSockaddrInet4, n),
 		buf: make([]byte, n*slot), slot: slot}
 	for i := range m.hdrs {
-		m.iovs[i] = unix.Iovec{Base: &m.buf[i*slot], Len: uint64(slot)}
+		m.iovs[i] = unix.Iovec{Base: &m.buf[i*slot]}
+		m.iovs[i].SetLen(slot)
 		m.hdrs[i].Hdr.Iov, m.hdrs[i].Hdr.Iovlen = &m.iovs[i], 1
 	}
 	return m
@@ -49,7 +52,7 @@ func (m *mmsg) prepare(named bool, size int) {
 		if named {
 			h.Name, h.Namelen = (*byte)(unsafe.Pointer(&m.names[i])), unix.SizeofSockaddrInet4
 		}
-		m.iovs[i].Len = uint64(size)
+		m.iovs[i].SetLen(size)
 		h.Flags = 0
 	}
 }
@@ -114,7 +117,7 @@ func (b *udpBackend) serve() {
 			continue // the timeout, to look at stop
 		}
 		for i := range n {
-			m.iovs[i].Len = uint64(m.hdrs[i].Len)
+			m.iovs[i].SetLen(int(m.hdrs[i].Len))
 		}
 		for sent := 0; sent < n; {
 			k, err := mmsgCall(unix.SYS_SENDMMSG, b.fd, m.hdrs[sent:n], 0)

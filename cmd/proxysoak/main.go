@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command proxysoak keeps thousands of connections going through
 // socket-proxyd for a long time and checks that nothing is lost and nothing
 // stays behind (issue 5):

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main_test
 
 // Bad socket-activation environments (issue 5): LISTEN_FDS, LISTEN_PID and

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main_test
 
 // Resource exhaustion (issue 5): the proxy run with a low descriptor limit

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main_test
 
 // Faults on the wire (issue 5), black-box against the binary: a backend

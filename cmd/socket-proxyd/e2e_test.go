@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Black-box end-to-end tests of the socket-proxyd binary (issue 2).
 //
 // TestMain builds ./cmd/socket-proxyd into a temporary directory (with -race

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main_test
 
 // No privileges needed (issue 5): the proxy runs as nobody, as it would

@@ -1,7 +1,10 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"time"
 
@@ -17,7 +20,7 @@ func listenPackets(listeners []activation.Listener, opts options) ([]activation.
 	binds := []struct {
 		addrs  []string
 		kind   activation.Kind
-		listen func(string) (activation.Listener, error)
+		listen func(string, os.FileMode) (activation.Listener, error)
 	}{
 		{opts.listenDatagram, activation.Datagram, activation.ListenDatagram},
 		{opts.listenPacket, activation.SequentialPacket, activation.ListenSequentialPacket},
@@ -27,7 +30,7 @@ func listenPackets(listeners []activation.Listener, opts options) ([]activation.
 			if slices.ContainsFunc(listeners, func(l activation.Listener) bool { return l.Name == addr && l.Kind == b.kind }) {
 				continue // carried over a reload
 			}
-			l, err := b.listen(addr)
+			l, err := b.listen(addr, opts.socketMode)
 			if err != nil {
 				activation.Close(listeners)
 				return nil, err
@@ -41,8 +44,7 @@ func listenPackets(listeners []activation.Listener, opts options) ([]activation.
 // checkKinds checks what each socket's type asks of its backend and
 // options: a sequential-packet socket forwards to a unix socket (there is
 // no such thing over IP); a datagram socket cannot carry a PROXY v1 header,
-// a line for streams, and forwards to an IP address or unix socket, as a
-// host name is not looked up per flow.
+// a line for streams.
 func checkKinds(listeners []activation.Listener, opts options) error {
 	for _, l := range listeners {
 		b, ok := opts.named[l.Name]
@@ -57,9 +59,6 @@ func checkKinds(listeners []activation.Listener, opts options) error {
 		case activation.Datagram:
 			if opts.proxyProtocol == proxyproto.V1 {
 				return fmt.Errorf("socket %s is a datagram socket, and --proxy-protocol=v1 is a line for streams: use --proxy-protocol=v2, one header per datagram", describe(l))
-			}
-			if !b.IsLiteral() {
-				return fmt.Errorf("socket %s is a datagram socket, whose backend host name %q is not looked up per flow yet: give an IP address or a unix socket path", describe(l), b.Host)
 			}
 		}
 	}

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command socket-proxyd forwards the connections on sockets systemd passes in
 // (or that it binds with --listen) to one backend: a drop-in replacement for
 // systemd-socket-proxyd.

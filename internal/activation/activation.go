@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package activation provides the listening sockets the proxy serves: those
 // systemd passes in (LISTEN_FDS, Accept=no), each checked and named, and
 // those it binds itself for --listen.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package activation
 
 import (
@@ -108,12 +110,7 @@ func FromFD(fd int, name string, bound bool) (Listener, error) {
 		return Listener{}, fmt.Errorf("%s: %v", where, err)
 	}
 	if bound && strings.HasPrefix(name, "/") {
-		switch l := ln.(type) {
-		case *net.UnixListener:
-			ln = adoptUnixPath(l, name)
-		case *packetListener:
-			l.unlink = name
-		}
+		ln = adoptPath(ln, name)
 	}
 	if bound {
 		fd = -1

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package activation
 
 import (
@@ -65,6 +67,12 @@ func (f *boundFile) remove() {
 // listenUnixPath binds a unix stream socket at the absolute path p with
 // file mode mode.
 func listenUnixPath(p string, mode os.FileMode) (Listener, error) {
+	return listenUnixPathOf(p, mode, unix.SOCK_STREAM)
+}
+
+// listenUnixPathOf is listenUnixPath for a socket of type typ: SOCK_STREAM,
+// SOCK_SEQPACKET (listening too) or SOCK_DGRAM (bound only).
+func listenUnixPathOf(p string, mode os.FileMode, typ int) (Listener, error) {
 	clean := filepath.Clean(p)
 	dirName, name := filepath.Split(clean)
 	if name == "" {
@@ -95,9 +103,9 @@ func listenUnixPath(p string, mode os.FileMode) (Listener, error) {
 	if len(at) >= maxSunPath {
 		return fail(fmt.Errorf("cannot listen on %q: the path is %d bytes long; the limit is %d: use a shorter path", p, len(clean), maxSunPath-1))
 	}
-	removeStaleSocket(dir, name, at)
+	removeStaleSocket(dir, name, at, typ)
 
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	fd, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return fail(fmt.Errorf("cannot listen on %q: %v", p, err))
 	}
@@ -125,7 +133,7 @@ func listenUnixPath(p string, mode os.FileMode) (Listener, error) {
 		file.dev, file.ino = st.Dev, st.Ino
 		err = unix.Fchmodat(dir, name, uint32(mode.Perm()), 0)
 	}
-	if err == nil {
+	if err == nil && typ != unix.SOCK_DGRAM {
 		err = unix.Listen(fd, unix.SOMAXCONN)
 	}
 	if err != nil {
@@ -138,6 +146,18 @@ func listenUnixPath(p string, mode os.FileMode) (Listener, error) {
 		return Listener{}, fmt.Errorf("cannot listen on %q: %v", p, err)
 	}
 	f := os.NewFile(uintptr(fd), p)
+	if typ == unix.SOCK_DGRAM {
+		pc, err := net.FilePacketConn(f)
+		f.Close()
+		if err != nil {
+			file.remove()
+			return Listener{}, fmt.Errorf("cannot listen on %q: %v", p, err)
+		}
+		pl := &packetListener{PacketConn: pc, addr: &net.UnixAddr{Name: clean, Net: "unixgram"}}
+		var once sync.Once
+		pl.unlink = func() { once.Do(file.remove) }
+		return Listener{Listener: pl, Name: p, FD: -1, Kind: Datagram}, nil
+	}
 	ln, err := net.FileListener(f)
 	f.Close() // ln holds its own duplicate
 	if err != nil {
@@ -146,7 +166,12 @@ func listenUnixPath(p string, mode os.FileMode) (Listener, error) {
 	}
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false) // ours checks the inode first
-	return Listener{Listener: &unixListener{UnixListener: ul, file: file, addr: &net.UnixAddr{Name: clean, Net: "unix"}}, Name: p, FD: -1}, nil
+	l := Listener{Listener: &unixListener{UnixListener: ul, file: file, addr: &net.UnixAddr{Name: clean, Net: "unix"}}, Name: p, FD: -1}
+	if typ == unix.SOCK_SEQPACKET {
+		l.Kind = SequentialPacket
+		l.Listener.(*unixListener).addr.Net = "unixpacket"
+	}
+	return l, nil
 }
 
 // maxSunPath is the size of sockaddr_un.sun_path, its terminating NUL
@@ -155,19 +180,22 @@ const maxSunPath = 108
 
 // removeStaleSocket deletes a socket file left behind by a proxy that died,
 // but only when nobody answers on it and it is still the same file: a live
-// listener, or a file put there meanwhile, is never removed.
-func removeStaleSocket(dir int, name, at string) {
+// listener, or a file put there meanwhile, is never removed. It asks with a
+// socket of type typ (a datagram or seqpacket socket cannot be probed with
+// a stream connect: that says EPROTOTYPE, and the file stays).
+func removeStaleSocket(dir int, name, at string, typ int) {
 	var before unix.Stat_t
 	if unix.Fstatat(dir, name, &before, unix.AT_SYMLINK_NOFOLLOW) != nil || before.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return
 	}
-	c, err := net.Dial("unix", at)
-	if err == nil {
-		c.Close()
+	probe, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
 		return
 	}
+	err = unix.Connect(probe, &unix.SockaddrUnix{Name: at})
+	unix.Close(probe)
 	if !isRefused(err) {
-		return
+		return // answered (or busy: EAGAIN), or not ours to judge
 	}
 	var after unix.Stat_t
 	if unix.Fstatat(dir, name, &after, unix.AT_SYMLINK_NOFOLLOW) == nil && after.Dev == before.Dev && after.Ino == before.Ino {
@@ -203,12 +231,12 @@ func checkDirectory(dir int, given string) error {
 	}
 }
 
-// adoptUnixPath makes a --listen unix socket carried over a reload remove
-// its file on the way out, as it would have in the image that bound it.
-// The file's identity is noted now (the one the socket was bound at, unless
-// it was replaced during the reload), and the directory held open from here.
-func adoptUnixPath(ul *net.UnixListener, p string) net.Listener {
-	ul.SetUnlinkOnClose(false)
+// adoptedFile is the socket file of a --listen or --listen-datagram unix
+// socket carried over a reload, for its listener to remove on the way out,
+// as it would have in the image that bound it. The file's identity is
+// noted now (the one the socket was bound at, unless it was replaced during
+// the reload), and the directory held open from here.
+func adoptedFile(p string) (boundFile, *net.UnixAddr) {
 	clean := filepath.Clean(p)
 	dirName, name := filepath.Split(clean)
 	file := boundFile{dir: -1, name: name}
@@ -220,5 +248,22 @@ func adoptUnixPath(ul *net.UnixListener, p string) net.Listener {
 			unix.Close(dir)
 		}
 	}
-	return &unixListener{UnixListener: ul, file: file, addr: &net.UnixAddr{Name: clean, Net: "unix"}}
+	return file, &net.UnixAddr{Name: clean, Net: "unix"}
+}
+
+// adoptPath gives a carried listener of a bound unix path the removal of its
+// file at close.
+func adoptPath(ln net.Listener, p string) net.Listener {
+	switch l := ln.(type) {
+	case *net.UnixListener:
+		l.SetUnlinkOnClose(false)
+		file, addr := adoptedFile(p)
+		return &unixListener{UnixListener: l, file: file, addr: addr}
+	case *packetListener:
+		file, addr := adoptedFile(p)
+		addr.Net = "unixgram"
+		var once sync.Once
+		l.unlink, l.addr = func() { once.Do(file.remove) }, addr
+	}
+	return ln
 }

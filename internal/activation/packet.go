@@ -1,9 +1,12 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package activation
 
 import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"syscall"
@@ -51,20 +54,27 @@ func kindOf(soType int) (Kind, bool) {
 // address and yields its descriptor like a listener does.
 type packetListener struct {
 	net.PacketConn
-	// unlink is the socket file bound by --listen-datagram, removed on
-	// close as a --listen unix stream socket's is; empty when systemd
-	// owns the file.
-	unlink string
+	// unlink removes the socket file bound by --listen-datagram, on close,
+	// as a --listen unix stream socket's is; nil when systemd owns it.
+	unlink func()
+	// addr is the path as given, for a socket bound through /proc.
+	addr net.Addr
 }
 
 var errNoAccept = errors.New("a datagram socket accepts no connections")
 
 func (p *packetListener) Accept() (net.Conn, error) { return nil, errNoAccept }
-func (p *packetListener) Addr() net.Addr            { return p.LocalAddr() }
+func (p *packetListener) Addr() net.Addr {
+	if p.addr != nil {
+		return p.addr
+	}
+	return p.LocalAddr()
+}
+
 func (p *packetListener) Close() error {
 	err := p.PacketConn.Close()
-	if p.unlink != "" {
-		os.Remove(p.unlink)
+	if p.unlink != nil {
+		p.unlink()
 	}
 	return err
 }
@@ -94,38 +104,56 @@ func wrapFile(f *os.File, k Kind) (net.Listener, error) {
 }
 
 // ListenDatagram binds a datagram socket for --listen-datagram ADDR:
-// HOST:PORT, [IPv6]:PORT or :PORT for UDP, a unix socket path or @abstract
-// for a unix datagram socket, as ListenDatagram= reads them.
-func ListenDatagram(addr string) (Listener, error) {
+// HOST:PORT, [IPv6]:PORT or :PORT for UDP, a unix socket path (its file
+// gets mode, and is handled as --listen's are) or @abstract for a unix
+// datagram socket, as ListenDatagram= reads them.
+func ListenDatagram(addr string, mode os.FileMode) (Listener, error) {
 	network, err := packetNetwork(addr, "--listen-datagram", "udp", "unixgram")
 	if err != nil {
 		return Listener{}, err
 	}
-	var pl packetListener
-	if network == "unixgram" && strings.HasPrefix(addr, "/") {
-		if err := removeStaleDatagram(addr); err != nil {
-			return Listener{}, err
-		}
-		pl.unlink = addr
+	if strings.HasPrefix(addr, "/") {
+		return listenUnixPathOf(addr, mode, unix.SOCK_DGRAM)
 	}
-	pl.PacketConn, err = net.ListenPacket(network, addr)
+	if network == "udp" {
+		network = udpFamily(addr)
+	}
+	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
 		return Listener{}, fmt.Errorf("cannot listen on %q: %v", addr, unwrap(err))
 	}
-	return Listener{Listener: &pl, Name: addr, FD: -1, Kind: Datagram}, nil
+	return Listener{Listener: &packetListener{PacketConn: pc}, Name: addr, FD: -1, Kind: Datagram}, nil
+}
+
+// udpFamily keeps an IPv4 address IPv4, as ListenDatagram=0.0.0.0:53 does:
+// Go's "udp" would bind 0.0.0.0 as a dual-stack [::] socket. An IPv6 address
+// is "udp6", and :PORT stays "udp", every address of both families.
+func udpFamily(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return "udp"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		switch {
+		case ip.Is4():
+			return "udp4"
+		case ip.IsUnspecified():
+			return "udp" // [::]: both families, as BindIPv6Only=default
+		}
+		return "udp6"
+	}
+	return "udp"
 }
 
 // ListenSequentialPacket binds a unix SOCK_SEQPACKET listener for
-// --listen-sequential-packet PATH (a path or @abstract), as
-// ListenSequentialPacket= does.
-func ListenSequentialPacket(addr string) (Listener, error) {
+// --listen-sequential-packet PATH (a path, whose file gets mode, or
+// @abstract), as ListenSequentialPacket= does.
+func ListenSequentialPacket(addr string, mode os.FileMode) (Listener, error) {
 	if _, err := packetNetwork(addr, "--listen-sequential-packet", "", "unixpacket"); err != nil {
 		return Listener{}, err
 	}
 	if strings.HasPrefix(addr, "/") {
-		if err := removeStaleDatagram(addr); err != nil {
-			return Listener{}, err
-		}
+		return listenUnixPathOf(addr, mode, unix.SOCK_SEQPACKET)
 	}
 	ln, err := net.Listen("unixpacket", addr)
 	if err != nil {
@@ -150,33 +178,4 @@ func packetNetwork(addr, flag, inet, local string) (string, error) {
 		return "", fmt.Errorf("%s address %q has no port: write HOST:PORT, [IPv6]:PORT or :PORT", flag, addr)
 	}
 	return inet, nil
-}
-
-// removeStaleDatagram deletes a socket file left behind by a proxy that
-// died, but only when nobody is bound to it: a datagram or seqpacket
-// socket cannot be probed with a stream connect, so it probes with its own
-// kind, and a live socket is an error naming the path.
-func removeStaleDatagram(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return nil // bind says what is wrong, if anything
-	}
-	for _, typ := range []int{unix.SOCK_DGRAM, unix.SOCK_SEQPACKET, unix.SOCK_STREAM} {
-		fd, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-		if err != nil {
-			return nil
-		}
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-		unix.Close(fd)
-		switch {
-		case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINPROGRESS):
-			return fmt.Errorf("cannot listen on %q: a socket is bound there already: stop its owner or choose another path", path)
-		case errors.Is(err, unix.EPROTOTYPE):
-			continue // bound, but of another kind: ask with that one
-		case errors.Is(err, unix.ECONNREFUSED):
-			os.Remove(path) // nobody bound: left behind
-		}
-		return nil
-	}
-	return nil
 }

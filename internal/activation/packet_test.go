@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package activation
 
 import (
@@ -93,7 +95,7 @@ func TestListenDatagram(t *testing.T) {
 		{"127.0.0.1:0", "udp"}, {"[::1]:0", "udp"}, {filepath.Join(dir, "d.sock"), "unixgram"}, {"@spx-dg-" + filepath.Base(dir), "unixgram"},
 	} {
 		t.Run(tt.addr, func(t *testing.T) {
-			l, err := ListenDatagram(tt.addr)
+			l, err := ListenDatagram(tt.addr, DefaultSocketMode)
 			if err != nil {
 				if strings.HasPrefix(tt.addr, "[::1]") {
 					t.Skipf("no IPv6 loopback: %v", err)
@@ -127,18 +129,18 @@ func TestListenDatagram(t *testing.T) {
 		})
 	}
 	for _, bad := range []string{"", "127.0.0.1", "256.0.0.1:53", "@"} {
-		if l, err := ListenDatagram(bad); err == nil {
+		if l, err := ListenDatagram(bad, DefaultSocketMode); err == nil {
 			l.Close()
-			t.Errorf("ListenDatagram(%q) succeeded", bad)
+			t.Errorf("ListenDatagram(%q, DefaultSocketMode) succeeded", bad)
 		} else if !strings.Contains(err.Error(), "--listen-datagram") && !strings.Contains(err.Error(), bad) {
-			t.Errorf("ListenDatagram(%q) error %q names neither the option nor the address", bad, err)
+			t.Errorf("ListenDatagram(%q, DefaultSocketMode) error %q names neither the option nor the address", bad, err)
 		}
 	}
 }
 
 func TestListenSequentialPacket(t *testing.T) {
 	path := filepath.Join(shortDir(t), "p.sock")
-	l, err := ListenSequentialPacket(path)
+	l, err := ListenSequentialPacket(path, DefaultSocketMode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,39 +152,61 @@ func TestListenSequentialPacket(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	if _, err := ListenSequentialPacket(path); err == nil {
+	if _, err := ListenSequentialPacket(path, DefaultSocketMode); err == nil {
 		t.Fatal("a second --listen-sequential-packet took over a live socket")
 	}
-	l.Listener.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close()
-	again, err := ListenSequentialPacket(path) // the stale file is replaced
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket file left behind: %v", err)
+	}
+	staleSocket(t, unix.SOCK_SEQPACKET, path)
+	again, err := ListenSequentialPacket(path, DefaultSocketMode) // the stale file is replaced
 	if err != nil {
 		t.Fatalf("a stale socket file blocked it: %v", err)
 	}
 	again.Close()
 	for _, bad := range []string{"", "127.0.0.1:5"} {
-		if l, err := ListenSequentialPacket(bad); err == nil {
+		if l, err := ListenSequentialPacket(bad, DefaultSocketMode); err == nil {
 			l.Close()
-			t.Errorf("ListenSequentialPacket(%q) succeeded", bad)
+			t.Errorf("ListenSequentialPacket(%q, DefaultSocketMode) succeeded", bad)
 		}
 	}
 }
 
 func TestListenDatagramReplacesStaleOnly(t *testing.T) {
 	path := filepath.Join(shortDir(t), "d.sock")
-	live, err := ListenDatagram(path)
+	live, err := ListenDatagram(path, 0o640)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l, err := ListenDatagram(path); err == nil {
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("socket file %v, %v: want mode 0640 (--socket-mode)", fi, err)
+	}
+	if l, err := ListenDatagram(path, DefaultSocketMode); err == nil {
 		l.Close()
 		t.Fatal("took over a live datagram socket")
 	}
-	live.Listener.(*packetListener).unlink = "" // left behind, as by a killed proxy
 	live.Close()
-	again, err := ListenDatagram(path)
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket file left behind: %v", err)
+	}
+	staleSocket(t, unix.SOCK_DGRAM, path) // as a killed proxy leaves it
+	again, err := ListenDatagram(path, DefaultSocketMode)
 	if err != nil {
 		t.Fatalf("a stale socket file blocked it: %v", err)
 	}
 	again.Close()
+}
+
+// staleSocket leaves a socket file of type typ at path that nobody holds.
+func staleSocket(t *testing.T, typ int, path string) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
 }

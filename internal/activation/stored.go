@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package activation
 
 import (
@@ -36,13 +38,16 @@ func InheritedWithStored(isStored func(name string) bool, maxStored int) ([]List
 // instance serves it at the same path.
 func CloseKeepingFiles(listeners []Listener) {
 	for _, l := range listeners {
-		if u, ok := l.Listener.(*unixListener); ok {
+		switch u := l.Listener.(type) {
+		case *unixListener:
 			u.remove.Do(func() {
 				if u.file.dir >= 0 {
 					unix.Close(u.file.dir)
 					u.file.dir = -1
 				}
 			})
+		case *packetListener:
+			u.unlink = nil // its directory descriptor goes with the process
 		}
 		l.Close()
 	}

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package backend is the server the proxy forwards to: its address as the
 // user wrote it, checked at start-up, and the dialing of it per connection.
 package backend

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package getopt reads a command line the way GNU getopt_long(3) does, so
 // that every command line systemd-socket-proxyd accepts means the same to
 // socket-proxyd: unique prefixes of long options, --opt=VALUE and --opt

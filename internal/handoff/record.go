@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package handoff is the record a running proxy hands to its next self so
 // that no connection is cut: which descriptors it carries, the listeners,
 // and for each connection its sockets, the bytes in flight and its clocks.

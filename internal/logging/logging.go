@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package logging formats the proxy's log/slog records one line per event:
 // for the journal with sd-daemon priority prefixes and no timestamps, or for
 // a terminal with them; and, where journald's native socket is there, sends

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package notify tells the service manager how the proxy is doing
 // (sd_notify: READY, RELOADING, STOPPING, STATUS, WATCHDOG). Outside systemd, with no
 // NOTIFY_SOCKET, every call does nothing.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 import (
@@ -401,7 +403,13 @@ func (l *loop) backendFailed(c *conn) {
 // (as Go's resolver would merge them anyway).
 func (l *loop) resolve(c *conn) {
 	c.state = stateResolving
-	name := l.backendOf(c).String()
+	l.waitLookup(l.backendOf(c), deadline{fd: c.fd[0], gen: c.gen[0]})
+}
+
+// waitLookup adds a waiter (a connection, or a flow: at < 0) to the lookup
+// of backend a, starting the lookup unless one is in flight.
+func (l *loop) waitLookup(a backend.Address, w deadline) {
+	name := a.String()
 	lk := l.lookups[name]
 	if lk == nil {
 		if l.lookups == nil {
@@ -412,19 +420,19 @@ func (l *loop) resolve(c *conn) {
 		l.resolving++
 		l.resolveWG.Add(1)
 		ctx, cancel := context.WithDeadline(l.resolveCtx, l.epoch.Add(time.Duration(after(l.now(), l.connectTimeout))))
-		go l.resolveBackend(ctx, cancel, name, l.backendOf(c))
+		go l.resolveBackend(ctx, cancel, name, a)
 	}
 	if len(lk.waiting) >= 2*lk.live+16 {
-		lk.waiting = slices.DeleteFunc(lk.waiting, func(d deadline) bool { return l.waiter(d) == nil })
+		lk.waiting = slices.DeleteFunc(lk.waiting, func(d deadline) bool { return l.waiter(d) == nil && l.flowWaiter(d) == nil })
 	}
-	lk.waiting = append(lk.waiting, deadline{fd: c.fd[0], gen: c.gen[0]})
+	lk.waiting = append(lk.waiting, w)
 	lk.live++
 }
 
 // waiter is the connection an entry of a lookup's list stands for, or nil
 // when it has gone.
 func (l *loop) waiter(d deadline) *conn {
-	if int(d.fd) < len(l.conns) {
+	if d.at >= 0 && int(d.fd) < len(l.conns) {
 		if c := l.conns[d.fd]; c != nil && c.gen[0] == d.gen && c.state == stateResolving {
 			return c
 		}
@@ -479,6 +487,10 @@ func (l *loop) takeResolved() {
 		lk := l.lookups[r.name]
 		delete(l.lookups, r.name)
 		for _, d := range lk.waiting {
+			if f := l.flowWaiter(d); f != nil {
+				l.flowResolved(f, r)
+				continue
+			}
 			c := l.waiter(d)
 			if c == nil {
 				continue // the client went away meanwhile

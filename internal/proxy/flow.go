@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 import (
@@ -52,6 +54,9 @@ type flow struct {
 	nameLen  uint16 // the client's sockaddr is key[:nameLen]
 	seen     uint32 // loop flow tick of the last datagram either way
 	refused  bool   // an ECONNREFUSED was logged for this flow
+	// resolving: the backend's host name is being looked up for this
+	// flow; its socket is not connected yet (flowResolved does it).
+	resolving bool
 	// key is the client's raw sockaddr followed by the local address it
 	// sent to, the flow's key in its listener's map.
 	key string
@@ -68,8 +73,9 @@ type flow struct {
 // dgramListener is the datagram state of a listener.
 type dgramListener struct {
 	flows map[string]*flow
-	// pktinfo is the cmsg level carrying the destination of each datagram
-	// (IPPROTO_IP, IPPROTO_IPV6), 0 when bound to one address.
+	// pktinfo is the control message carrying the destination of each
+	// datagram (IP_PKTINFO, IPV6_PKTINFO), 0 when bound to one address.
+	// (Not its level: IPPROTO_IP is 0.)
 	pktinfo int
 	local   netip.AddrPort // the bound address
 	unix    bool
@@ -113,6 +119,9 @@ type flowState struct {
 	// replies hold the datagrams read from flow sockets until they leave
 	// through their listener (by slot size, as bufs).
 	replies [2]replies
+	// held is the first datagram of each flow waiting for its backend's
+	// host name, sent once it is resolved (later ones are dropped).
+	held map[int32][]byte
 	// packet is the buffer sequential-packet connections read a message
 	// into (seqpacket.go), allocated at the first one.
 	packet []byte
@@ -154,12 +163,12 @@ func (l *loop) setupDatagram(ln *listenerFD) {
 	case *unix.SockaddrInet4:
 		d.local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
 		if d.local.Addr().IsUnspecified() && unix.SetsockoptInt(ln.fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1) == nil {
-			d.pktinfo = unix.IPPROTO_IP
+			d.pktinfo = unix.IP_PKTINFO
 		}
 	case *unix.SockaddrInet6:
 		d.local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
 		if d.local.Addr().IsUnspecified() && unix.SetsockoptInt(ln.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1) == nil {
-			d.pktinfo = unix.IPPROTO_IPV6
+			d.pktinfo = unix.IPV6_PKTINFO
 		}
 	}
 }
@@ -175,7 +184,8 @@ func (l *loop) datagrams(i int) {
 			m := &b.msgs[k].Hdr
 			m.Name = (*byte)(unsafe.Pointer(&b.names[k]))
 			m.Namelen = unix.SizeofSockaddrAny
-			b.iov[2*k+1] = unix.Iovec{Base: &b.data[k*b.slot], Len: uint64(b.slot)}
+			b.iov[2*k+1] = unix.Iovec{Base: &b.data[k*b.slot]}
+			b.iov[2*k+1].SetLen(b.slot)
 			m.Iov, m.Iovlen = &b.iov[2*k+1], 1
 			m.Control, m.Controllen = nil, 0
 			if d.pktinfo != 0 {
@@ -212,6 +222,10 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 		if f == nil {
 			continue
 		}
+		if f.resolving {
+			l.hold(f, b.data[k*b.slot:k*b.slot+int(m.Len)])
+			continue
+		}
 		f.seen = l.flows.tick
 		if f != cur && run > 0 {
 			l.sendFlow(cur, b, run)
@@ -220,9 +234,10 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 		cur = f
 		o := &b.out[run].Hdr
 		*o = unix.Msghdr{}
-		b.iov[2*k+1].Len = uint64(m.Len)
+		b.iov[2*k+1].SetLen(int(m.Len))
 		if f.hdr != nil {
-			b.iov[2*k] = unix.Iovec{Base: unsafe.SliceData(f.hdr), Len: uint64(len(f.hdr))}
+			b.iov[2*k] = unix.Iovec{Base: unsafe.SliceData(f.hdr)}
+			b.iov[2*k].SetLen(len(f.hdr))
 			o.Iov, o.Iovlen = &b.iov[2*k], 2
 		} else {
 			o.Iov, o.Iovlen = &b.iov[2*k+1], 1
@@ -306,27 +321,33 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 		l.warn(warnRefused, "connection limit reached, dropping datagrams of new clients", "", "listener", ln.name, "max", l.s.cfg.MaxConnections)
 		return nil
 	}
-	if len(ln.static) == 0 {
-		// A host-name backend for datagrams is not resolved per flow yet.
-		l.s.backendErrors.Add(1)
-		l.s.dgram.dropped.Add(1)
-		return nil
-	}
-	t := ln.static[0]
-	family := unix.AF_UNIX
-	switch t.sa.(type) {
-	case *unix.SockaddrInet4:
-		family = unix.AF_INET
-	case *unix.SockaddrInet6:
-		family = unix.AF_INET6
+	// A host name is looked up for each flow, as for each connection:
+	// the socket is an IPv6 one, which reaches IPv4 addresses too
+	// (mapped), so it can be opened before the lookup says which.
+	resolve := len(ln.static) == 0
+	t := target{name: ln.backend.String()}
+	family := unix.AF_INET6
+	if !resolve {
+		t = ln.static[0]
+		switch t.sa.(type) {
+		case *unix.SockaddrInet4:
+			family = unix.AF_INET
+		case *unix.SockaddrUnix:
+			family = unix.AF_UNIX
+		}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err == nil && family == unix.AF_UNIX {
+	switch {
+	case err != nil:
+	case resolve:
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	case family == unix.AF_UNIX:
 		// Autobind: the backend replies to an abstract name the kernel
 		// picks, which a unix datagram sender has none of otherwise.
-		err = unix.Bind(fd, &unix.SockaddrUnix{})
-	}
-	if err == nil {
+		if err = unix.Bind(fd, &unix.SockaddrUnix{}); err == nil {
+			err = unix.Connect(fd, t.sa)
+		}
+	default:
 		err = unix.Connect(fd, t.sa)
 	}
 	if err != nil {
@@ -354,6 +375,10 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	}
 	l.insertFlow(ln, f, local)
 	l.s.dgram.opened.Add(1)
+	if resolve {
+		f.resolving = true
+		l.waitLookup(ln.backend, deadline{fd: f.fd, gen: f.gen, at: -1})
+	}
 	if nameLen <= 2 && d.unix && !d.unbound {
 		d.unbound = true
 		l.s.log.Debug("a unix client without an address cannot get replies: bind its socket to get them; its datagrams are forwarded", "listener", ln.name)
@@ -418,7 +443,8 @@ func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 		for k := lo; k < dgramBatch; k++ {
 			m := &b.msgs[k].Hdr
 			*m = unix.Msghdr{}
-			b.iov[k] = unix.Iovec{Base: &b.data[k*b.slot], Len: uint64(b.slot)}
+			b.iov[k] = unix.Iovec{Base: &b.data[k*b.slot]}
+			b.iov[k].SetLen(b.slot)
 			m.Iov, m.Iovlen = &b.iov[k], 1
 		}
 		n, e := rawMmsg(unix.SYS_RECVMMSG, fd, b.msgs[lo:])
@@ -469,10 +495,11 @@ func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
 		}
 		o := &b.out[r.out]
 		o.Hdr = unix.Msghdr{Name: unsafe.StringData(f.key), Namelen: uint32(f.nameLen)}
-		b.iov[k].Len = uint64(m.Len)
+		b.iov[k].SetLen(int(m.Len))
 		o.Hdr.Iov, o.Hdr.Iovlen = &b.iov[k], 1
 		if f.oob != nil {
-			o.Hdr.Control, o.Hdr.Controllen = &f.oob[0], uint64(len(f.oob))
+			o.Hdr.Control = &f.oob[0]
+			o.Hdr.SetControllen(len(f.oob))
 		}
 		o.Len = m.Len
 		r.out++
@@ -542,6 +569,12 @@ func flowClient(f *flow) string {
 
 // closeFlow ends a flow: its socket, its table and map entries.
 func (l *loop) closeFlow(f *flow, why string) {
+	if f.resolving {
+		if lk := l.lookups[l.listeners[f.listener].backend.String()]; lk != nil {
+			lk.live--
+		}
+		delete(l.flows.held, f.fd)
+	}
 	l.flows.table[f.fd] = nil
 	delete(l.listeners[f.listener].dgram.flows, f.key)
 	unix.Close(int(f.fd))
@@ -599,13 +632,20 @@ func (l *loop) flowTimers(now int64) {
 func pktinfoAddr(oob []byte) netip.Addr {
 	for len(oob) >= unix.SizeofCmsghdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(oob) {
+		if uint64(h.Len) < unix.SizeofCmsghdr || uint64(h.Len) > uint64(len(oob)) {
 			break
 		}
 		data := oob[unix.SizeofCmsghdr:h.Len]
 		switch {
 		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
+			// The header's destination, the address the client sent
+			// to; the kernel's choice of a local address (Spec_dst)
+			// only for a broadcast or multicast one, which a reply
+			// cannot come from.
 			p := (*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0]))
+			if a := netip.AddrFrom4(p.Addr); !a.IsMulticast() && p.Addr != [4]byte{255, 255, 255, 255} {
+				return a
+			}
 			return netip.AddrFrom4(p.Spec_dst)
 		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
 			p := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
@@ -618,8 +658,8 @@ func pktinfoAddr(oob []byte) netip.Addr {
 
 // pktinfoReply is the control message that makes a reply leave from local.
 // The interface is left to routing (0), as the address alone picks it.
-func pktinfoReply(level int, local netip.Addr) []byte {
-	if level == unix.IPPROTO_IP {
+func pktinfoReply(kind int, local netip.Addr) []byte {
+	if kind == unix.IP_PKTINFO {
 		b := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
 		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
@@ -656,4 +696,88 @@ func sockaddrAddrPort(b []byte) netip.AddrPort {
 // dgramCounters are the datagram totals behind Stats.
 type dgramCounters struct {
 	flows, opened, in, out, dropped, truncated, refused atomic.Int64
+}
+
+// flowWaiter is the flow an entry of a lookup's list stands for (at < 0),
+// or nil when it is not a flow or has gone.
+func (l *loop) flowWaiter(d deadline) *flow {
+	if d.at >= 0 || int(d.fd) >= len(l.flows.table) {
+		return nil
+	}
+	if f := l.flows.table[d.fd]; f != nil && f.gen == d.gen && f.resolving {
+		return f
+	}
+	return nil
+}
+
+// hold keeps the first datagram of a flow whose backend is being looked
+// up, so that a client's first query is not lost to the lookup; the next
+// ones are dropped (the client retries, as over any lossy path).
+func (l *loop) hold(f *flow, payload []byte) {
+	if _, ok := l.flows.held[f.fd]; ok {
+		l.s.dgram.dropped.Add(1)
+		return
+	}
+	if l.flows.held == nil {
+		l.flows.held = make(map[int32][]byte)
+	}
+	l.flows.held[f.fd] = append([]byte(nil), payload...)
+}
+
+// flowResolved connects a flow to the first address its backend's host
+// name resolved to, and sends the datagram it held; a failed lookup
+// closes the flow (the next datagram of the client looks it up again).
+func (l *loop) flowResolved(f *flow, r resolution) {
+	f.resolving = false
+	held, ok := l.flows.held[f.fd]
+	delete(l.flows.held, f.fd)
+	ln := &l.listeners[f.listener]
+	err := r.err
+	if err == nil {
+		var sa unix.SockaddrInet6
+		switch t := r.targets[0].sa.(type) {
+		case *unix.SockaddrInet4:
+			sa.Port = t.Port
+			sa.Addr = [16]byte{10: 0xff, 11: 0xff, 12: t.Addr[0], 13: t.Addr[1], 14: t.Addr[2], 15: t.Addr[3]} // IPv4-mapped
+		case *unix.SockaddrInet6:
+			sa = *t
+		}
+		err = unix.Connect(int(f.fd), &sa)
+	}
+	if err != nil {
+		l.s.backendErrors.Add(1)
+		if ok {
+			l.s.dgram.dropped.Add(1)
+		}
+		l.warn(warnBackend, "cannot reach the backend of a flow, dropping its datagrams", err.Error(),
+			"client", flowClient(f), "backend", ln.backend.String(), "error", err.Error())
+		l.closeFlow(f, "backend unreachable")
+		return
+	}
+	if !ok {
+		return
+	}
+	iov := [2]unix.Iovec{}
+	msg := [1]unix.Mmsghdr{}
+	n := 0
+	if f.hdr != nil {
+		iov[0] = unix.Iovec{Base: unsafe.SliceData(f.hdr)}
+		iov[0].SetLen(len(f.hdr))
+		n++
+	}
+	if len(held) > 0 {
+		iov[n] = unix.Iovec{Base: &held[0]}
+		iov[n].SetLen(len(held))
+		n++
+	}
+	if n > 0 {
+		msg[0].Hdr.Iov = &iov[0]
+		msg[0].Hdr.SetIovlen(n)
+	}
+	if sent, _ := rawMmsg(unix.SYS_SENDMMSG, int(f.fd), msg[:]); sent == 1 {
+		l.s.bytesIn.Add(int64(len(held)))
+		l.s.dgram.in.Add(1)
+	} else {
+		l.s.dgram.dropped.Add(1)
+	}
 }

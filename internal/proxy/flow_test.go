@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 import (
@@ -61,7 +63,7 @@ func udpEcho(t *testing.T, network, addr string, reply string) net.PacketConn {
 // backendAddr.
 func startDgram(t *testing.T, addr, backendAddr string, cfg Config) *running {
 	t.Helper()
-	ln, err := activation.ListenDatagram(addr)
+	ln, err := activation.ListenDatagram(addr, activation.DefaultSocketMode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,11 +136,16 @@ func TestUDPReplyFromAddressClientSentTo(t *testing.T) {
 	be := udpEcho(t, "udp", "127.0.0.1:0", "")
 	r := startDgram(t, "0.0.0.0:0", be.LocalAddr().String(), Config{})
 	_, port, _ := net.SplitHostPort(r.addr)
-	for _, to := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.1"} {
-		c := udpClient(t, "127.0.0.1:0", "")
-		_, from := exchange(t, c, net.JoinHostPort(to, port), []byte("hi "+to))
-		if from.Addr().String() != to {
-			t.Errorf("sent to %s, reply came from %s", to, from)
+	// Clients of every address: the kernel alone would answer a client of
+	// 127.0.0.5 asking 127.0.0.2 from 127.0.0.5 (a local route's source
+	// is the destination), never from 127.0.0.2.
+	for _, tt := range []struct{ from, to string }{
+		{"127.0.0.1", "127.0.0.2"}, {"127.0.0.5", "127.0.0.2"}, {"127.0.0.2", "127.0.0.3"}, {"127.0.0.1", "127.0.0.1"},
+	} {
+		c := udpClient(t, tt.from+":0", "")
+		_, from := exchange(t, c, net.JoinHostPort(tt.to, port), []byte("hi "+tt.to))
+		if from.Addr().String() != tt.to {
+			t.Errorf("%s sent to %s, reply came from %s", tt.from, tt.to, from)
 		}
 	}
 	t.Run("IPv6 wildcard", func(t *testing.T) {
@@ -447,7 +454,7 @@ func unsafeSizeofFlow() uintptr { return unsafe.Sizeof(flow{}) }
 // it expires: the proxy exits only after that.
 func TestExitIdleWaitsForFlows(t *testing.T) {
 	be := udpEcho(t, "udp", "127.0.0.1:0", "")
-	ln, err := activation.ListenDatagram("127.0.0.1:0")
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,4 +488,75 @@ func TestExitIdleWaitsForFlows(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("did not exit once the flow expired")
 	}
+}
+
+// FuzzControlMessages: whatever a control message buffer or a sockaddr
+// holds, reading it gives an answer, never a panic or an endless loop.
+func FuzzControlMessages(f *testing.F) {
+	f.Add(pktinfoReply(unix.IP_PKTINFO, netip.MustParseAddr("127.0.0.2")))
+	f.Add(pktinfoReply(unix.IPV6_PKTINFO, netip.MustParseAddr("::1")))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 8, 0, 0, 0})
+	f.Add([]byte{2, 0, 0, 53, 127, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		buf := make([]byte, len(b)+8) // aligned, as the loop's batch is
+		n := copy(buf, b)
+		pktinfoAddr(buf[:n])
+		sockaddrAddrPort(buf[:n])
+	})
+}
+
+// TestFlowHostNameBackend: a host-name backend is looked up for each new
+// flow; the first datagram waits for the answer instead of being lost.
+func TestFlowHostNameBackend(t *testing.T) {
+	noLeak(t)
+	// localhost may resolve to 127.0.0.1 or ::1 first: answer on both.
+	var port string
+	for attempt := 0; port == ""; attempt++ {
+		be := udpEcho(t, "udp4", "127.0.0.1:0", "re:")
+		_, p, _ := net.SplitHostPort(be.LocalAddr().String())
+		pc, err := net.ListenPacket("udp6", "[::1]:"+p)
+		switch {
+		case err == nil:
+			pc.Close()
+			udpEcho(t, "udp6", "[::1]:"+p, "re:")
+			port = p
+		case !hasIPv6():
+			port = p // localhost is 127.0.0.1 only
+		case attempt == 5:
+			t.Fatal("no port free on both 127.0.0.1 and ::1")
+		}
+	}
+	r := startDgram(t, "127.0.0.1:0", "localhost:"+port, Config{})
+	c := udpClient(t, "127.0.0.1:0", "")
+	// Sent once, no retry: the reply proves the first datagram was held.
+	if got, _ := exchange(t, c, r.addr, []byte("first")); string(got) != "re:first" {
+		t.Fatalf("reply %q", got)
+	}
+	if got, _ := exchange(t, c, r.addr, []byte("second")); string(got) != "re:second" {
+		t.Fatalf("reply %q", got)
+	}
+	if s := r.srv.Stats(); s.FlowsOpened != 1 || s.BackendErrors != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestFlowHostNameUnresolvable: a name that does not resolve closes the
+// flow with a warning; the proxy goes on.
+func TestFlowHostNameUnresolvable(t *testing.T) {
+	r := startDgram(t, "127.0.0.1:0", "no-such-host.invalid:53", Config{ConnectTimeout: 2 * time.Second})
+	c := udpClient(t, "127.0.0.1:0", "")
+	c.WriteToUDPAddrPort([]byte("x"), netip.MustParseAddrPort(r.addr))
+	waitFor(t, "the flow to close", func() bool { s := r.srv.Stats(); return s.FlowsOpened == 1 && s.Flows == 0 })
+	if s := r.srv.Stats(); s.BackendErrors != 1 || !strings.Contains(r.logs.String(), "cannot reach the backend of a flow") {
+		t.Fatalf("stats %+v, logs:\n%s", s, r.logs)
+	}
+}
+
+func hasIPv6() bool {
+	pc, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	pc.Close()
+	return true
 }

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 import (
@@ -29,7 +31,9 @@ func (l *loop) recordFlows(r *handoff.Record, now int64) {
 		tick = uint32(now / l.flows.every)
 	}
 	for _, f := range l.flows.table {
-		if f == nil {
+		if f == nil || f.resolving {
+			// Not connected yet: it goes, and the client's next
+			// datagram opens a new one.
 			continue
 		}
 		rf := handoff.Flow{Listener: int(f.listener), FD: int(f.fd), Gen: f.gen, Key: []byte(f.key),

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package proxy is the forwarding engine: it accepts clients on the
 // listeners, holds the connection limit, connects each client to the
 // backend and forwards bytes both ways until both sides are done, and exits

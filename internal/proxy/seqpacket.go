@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 import (
@@ -108,7 +110,8 @@ func peerShut(fd int) bool {
 
 // rawRecvMsg reads one message; trunc says it was larger than b.
 func rawRecvMsg(fd int, b []byte) (n int, trunc bool, e unix.Errno) {
-	iov := unix.Iovec{Base: &b[0], Len: uint64(len(b))}
+	iov := unix.Iovec{Base: &b[0]}
+	iov.SetLen(len(b))
 	msg := unix.Msghdr{Iov: &iov, Iovlen: 1}
 	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
 	if e != 0 {
@@ -123,7 +126,8 @@ func rawWriteMsg(fd int, b []byte) (int, unix.Errno) {
 	var iov unix.Iovec
 	msg := unix.Msghdr{}
 	if len(b) > 0 {
-		iov = unix.Iovec{Base: &b[0], Len: uint64(len(b))}
+		iov = unix.Iovec{Base: &b[0]}
+		iov.SetLen(len(b))
 		msg.Iov, msg.Iovlen = &iov, 1
 	}
 	r, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)

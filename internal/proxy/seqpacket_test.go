@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 import (
@@ -34,7 +36,7 @@ func startPackets(t *testing.T, handle func(net.Conn), cfg Config) (*running, st
 	t.Helper()
 	dir := shortDir(t)
 	be := listenBackend(t, "unixpacket", filepath.Join(dir, "be"), handle)
-	ln, err := activation.ListenSequentialPacket(filepath.Join(dir, "px"))
+	ln, err := activation.ListenSequentialPacket(filepath.Join(dir, "px"), activation.DefaultSocketMode)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package proxyproto writes the PROXY protocol header (HAProxy's
 // proxy-protocol.txt, versions 1 and 2) that tells a backend who the client
 // really is. The proxy sends it to the backend before any client byte.

@@ -1,9 +1,12 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxyproto
 
 import (
 	"bufio"
 	"bytes"
 	"net"
+	"net/netip"
 	"testing"
 
 	pp "github.com/pires/go-proxyproto"
@@ -65,5 +68,26 @@ func TestParseVersion(t *testing.T) {
 	}
 	if _, err := ParseVersion("v3"); err == nil {
 		t.Error("v3 accepted")
+	}
+}
+
+// TestDatagramHeader: a v2 header per UDP datagram says UDP (0x12, 0x22),
+// and LOCAL without IP addresses.
+func TestDatagramHeader(t *testing.T) {
+	for _, tt := range []struct {
+		src, dst string
+		family   byte
+		size     int
+	}{
+		{"192.0.2.1:5353", "198.51.100.1:53", 0x12, 16 + 12},
+		{"[2001:db8::1]:5353", "[2001:db8::2]:53", 0x22, 16 + 36},
+	} {
+		h := DatagramHeader(netip.MustParseAddrPort(tt.src), netip.MustParseAddrPort(tt.dst))
+		if len(h) != tt.size || h[12] != 0x21 || h[13] != tt.family {
+			t.Errorf("%s -> %s: % x", tt.src, tt.dst, h)
+		}
+	}
+	if h := DatagramHeader(netip.AddrPort{}, netip.MustParseAddrPort("127.0.0.1:53")); len(h) != 16 || h[12] != 0x20 {
+		t.Errorf("unix client: % x, want a LOCAL header", h)
 	}
 }

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package status keeps the one-line STATUS= that `systemctl status` shows up
 // to date with the proxy's counters, sending at most once a second and only
 // when something changed.

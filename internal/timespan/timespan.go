@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package timespan parses and prints systemd time spans ("30", "5min 20s",
 // "500ms", "infinity"), so that a span copied from a unit file means the same
 // to socket-proxyd as it does to systemd-socket-proxyd.

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # check.sh runs inside the test container (a Debian bookworm booted by
 # systemd-nspawn, see run.sh) as spx-check.service. It sets up one scenario
 # with the unit files from contrib/systemd, exactly as an administrator would,
@@ -66,6 +67,21 @@ dynamic_user() {
 	((uid >= 61184 && uid <= 65519)) || { echo "uid $uid is not a dynamic user"; return 1; }
 }
 
+# hardened UNIT: the settings of issue 13 reached the running unit: its own
+# user namespace (PrivateUsers=), MemoryMax=, TasksMax=, IPAddressDeny=. The
+# other checks of each scenario show that the proxy still works with them.
+hardened() {
+	local pid host inside
+	pid=$(systemctl show -P MainPID "$1")
+	[[ $pid != 0 ]] || { echo "$1 has no main process"; return 1; }
+	host=$(readlink /proc/1/ns/user)
+	inside=$(readlink "/proc/$pid/ns/user")
+	[[ $host != "$inside" ]] || { echo "PrivateUsers=: runs in the host's user namespace $host"; return 1; }
+	[[ $(systemctl show -P MemoryMax "$1") == $((256 << 20)) ]] || { echo "MemoryMax=$(systemctl show -P MemoryMax "$1")"; return 1; }
+	[[ $(systemctl show -P TasksMax "$1") == 256 ]] || { echo "TasksMax=$(systemctl show -P TasksMax "$1")"; return 1; }
+	[[ $(systemctl show -P IPAddressDeny "$1") == *0.0.0.0/0* ]] || { echo "IPAddressDeny=$(systemctl show -P IPAddressDeny "$1")"; return 1; }
+}
+
 # nofile_raised UNIT: the soft RLIMIT_NOFILE was raised to the hard limit.
 nofile_raised() {
 	local pid soft hard
@@ -123,6 +139,7 @@ scenario_simple() { # Examples 1 to 4
 	check "first connection starts the proxy; curl gets nginx's page" get_page http://localhost:80/
 	check "proxy-to-nginx.service is active (running)" running proxy-to-nginx.service
 	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx.service
+	check "PrivateUsers=, MemoryMax=, TasksMax=, IPAddressDeny= in effect" hardened proxy-to-nginx.service
 	check "soft RLIMIT_NOFILE raised to the hard limit" nofile_raised proxy-to-nginx.service
 	check "20 more requests through the proxy" eval 'for i in {1..20}; do get_page http://127.0.0.1:80/ || exit 1; done'
 	check "systemctl stop proxy-to-nginx.service" systemctl stop proxy-to-nginx.service
@@ -146,6 +163,7 @@ scenario_namespace() { # Examples 5 to 8
 		[[ $a == "$b" && $a != "$c" ]] || { echo "nginx $a, proxy $b, host $c"; exit 1; }'
 	check "nginx's port 8080 is not reachable from outside the namespace" eval '! curl -sS --max-time 5 http://127.0.0.1:8080/'
 	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx-ns.service
+	check "PrivateUsers=, MemoryMax=, TasksMax=, IPAddressDeny= in effect" hardened proxy-to-nginx-ns.service
 	check "no error lines in its journal" no_errors proxy-to-nginx-ns.service
 }
 
@@ -163,6 +181,7 @@ scenario_idle() { # --exit-idle-time= with StopWhenUnneeded=
 	check "first connection starts both; curl gets nginx's page" get_page http://localhost:80/
 	check "both are active (running)" eval 'running proxy-to-nginx-idle.service && running nginx.service'
 	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx-idle.service
+	check "PrivateUsers=, MemoryMax=, TasksMax=, IPAddressDeny= in effect" hardened proxy-to-nginx-idle.service
 	check "idle proxy exits" wait_for 30 inactive proxy-to-nginx-idle.service
 	check "idle exit: exit status 0" exited_cleanly proxy-to-nginx-idle.service
 	check "nginx stops when unneeded" wait_for 30 inactive nginx.service
@@ -201,6 +220,7 @@ scenario_notify() { # Type=notify, --listen, watchdog, journal
 	check "status shows active (running)" eval 'systemctl status proxy-to-nginx-listen.service | grep "Active: active (running)"'
 	check "curl gets nginx's page through --listen 127.0.0.1:8081" get_page http://127.0.0.1:8081/
 	check "proxy runs under DynamicUser=yes" dynamic_user proxy-to-nginx-listen.service
+	check "PrivateUsers=, MemoryMax=, TasksMax=, IPAddressDeny= in effect" hardened proxy-to-nginx-listen.service
 	check "watchdog pings keep it alive (WatchdogSec=1s, 4 s)" eval '
 		pid=$(systemctl show -P MainPID proxy-to-nginx-listen.service)
 		sleep 4
@@ -229,8 +249,9 @@ scenario_notify() { # Type=notify, --listen, watchdog, journal
 		echo "$json"
 		[[ $(wc -l <<<"$json") == 1 ]] || exit 1
 		for want in "\"CLIENT\":\"127.0.0.1:41234\"" "\"BACKEND\":\"/run/nowhere.sock\"" "\"PRIORITY\":\"4\"" \
+			"\"LISTENER\":\"127.0.0.1:8099\"" \
 			"\"SYSLOG_IDENTIFIER\":\"socket-proxyd\"" "\"ERRNO\":\"2\"" "\"_TRANSPORT\":\"journal\"" \
-			"\"MESSAGE\":\"cannot connect to backend, closing client client=127.0.0.1:41234 backend=/run/nowhere.sock "; do
+			"\"MESSAGE\":\"cannot connect to backend, closing client client=127.0.0.1:41234 listener=127.0.0.1:8099 backend=/run/nowhere.sock "; do
 			grep -qF "$want" <<<"$json" || { echo "missing $want"; exit 1; }
 		done'
 	systemctl stop spx-journal.service
@@ -295,6 +316,18 @@ scenario_deb() { # the Debian package: install, use, remove
 	check "socket-proxyd --version runs" /usr/bin/socket-proxyd --version
 	check "man page installed" test -f /usr/share/man/man8/socket-proxyd.8.gz
 	check "units installed and known to systemd" eval 'systemctl cat proxy-to-nginx.socket proxy-to-nginx.service >/dev/null'
+	check "nothing enabled or started by the install" eval '
+		for u in $(cd "$contrib" && ls -- *.socket *.service); do
+			[[ $(systemctl is-enabled "$u") == @(disabled|static) ]] || { echo "$u is $(systemctl is-enabled "$u")"; exit 1; }
+			[[ $(state "$u") == inactive ]] || { echo "$u is $(state "$u")"; exit 1; }
+		done'
+	check "systemctl preset keeps the units disabled (90-socket-proxyd.preset)" eval '
+		systemctl preset proxy-to-nginx.socket proxy-to-nginx-listen.service &&
+		[[ $(systemctl is-enabled proxy-to-nginx.socket)/$(systemctl is-enabled proxy-to-nginx-listen.service) == disabled/disabled ]]'
+	check "copyright file and completions installed" test -f /usr/share/doc/socket-proxyd/copyright \
+		-a -f /usr/share/bash-completion/completions/socket-proxyd \
+		-a -f /usr/share/zsh/vendor-completions/_socket-proxyd \
+		-a -f /usr/share/fish/vendor_completions.d/socket-proxyd.fish
 	install_nginx unix-socket.conf runtime-directory.conf
 	systemctl daemon-reload
 	check "nginx restarts on its unix socket" systemctl restart nginx.service

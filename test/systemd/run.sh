@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # run.sh: socket-proxyd under a real systemd. For each scenario it boots a
 # Debian bookworm container (systemd-nspawn) with our binary, the unit files
 # from contrib/systemd and check.sh inside; check.sh sets the scenario up as an

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command backend is the demo's stand-in for a service that only listens on
 // a unix socket, as nginx does in socket-proxyd(8)'s examples: a small HTTP
 // server that answers every request with one line. contrib/demo.sh runs it
