@@ -320,3 +320,42 @@ func TestFDStoreDroppedResets(t *testing.T) {
 		t.Errorf("the client read %d bytes, %v; want a reset", k, err)
 	}
 }
+
+// TestFDStoreKeepsFlow: a datagram flow goes through the fd store too: after
+// the restart the backend sees the client's datagrams come from the same
+// socket as before.
+func TestFDStoreKeepsFlow(t *testing.T) {
+	t.Parallel()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	dns := inherited{file: fileOf(t, udp), name: "dns"}
+	store := newFakeStore(t)
+	args := []string{"--fdstore=on-stop", whoEchoes(t)}
+	a := start(t, binary, launch{args: args, fds: []inherited{dns}, env: []string{"NOTIFY_SOCKET=" + store.path}})
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	before := askDatagram(t, c, udp.LocalAddr(), "one")
+	a.signal(syscall.SIGTERM)
+	if code := a.waitExit(20 * time.Second); code != 0 || !strings.Contains(a.stderr.String(), "descriptors=1") {
+		t.Fatalf("exit status %d, want 0 with the flow's socket stored:\n%s", code, a.stderr.String())
+	}
+	stored := store.take(t)
+	b := start(t, binary, launch{args: args, fds: append([]inherited{dns}, stored...), env: []string{"NOTIFY_SOCKET=" + store.path}})
+	if err := b.waitStderr("flows=1", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range stored {
+		f.file.Close()
+	}
+	after := askDatagram(t, c, udp.LocalAddr(), "two")
+	from := func(s string) string { f, _, _ := strings.Cut(s, " "); return f }
+	if from(before) != from(after) || !strings.HasSuffix(after, " two") {
+		t.Errorf("before the restart the backend saw %q, after %q: the flow was not kept", before, after)
+	}
+}
