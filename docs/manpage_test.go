@@ -169,7 +169,7 @@ func TestOptionsMatchHelp(t *testing.T) {
 // TestSections: the sections an administrator expects, in order.
 func TestSections(t *testing.T) {
 	page := readPage(t)
-	want := []string{"NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "ENVIRONMENT", "LOGGING",
+	want := []string{"NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "SIGNALS", "ENVIRONMENT", "LOGGING",
 		"EXAMPLES", "DIFFERENCES FROM SYSTEMD-SOCKET-PROXYD", "SEE ALSO", "COPYRIGHT"}
 	var got []string
 	for _, l := range strings.Split(page, "\n") {

@@ -366,3 +366,21 @@ func requireIPv6(t *testing.T) {
 		testutil.Unavailable(t, "no IPv6 on lo (::1)")
 	}
 }
+
+// dialRetry dials until something listens on addr (a socket the proxy
+// binds itself), within d.
+func dialRetry(t *testing.T, network, addr string, d time.Duration) net.Conn {
+	t.Helper()
+	var c net.Conn
+	err := poll(d, func() bool {
+		var err error
+		c, err = net.DialTimeout(network, addr, ioTimeout)
+		return err == nil
+	}, func() string { return fmt.Sprintf("nothing listening on %s %s within %v", network, addr, d) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(ioTimeout))
+	t.Cleanup(func() { c.Close() })
+	return c
+}

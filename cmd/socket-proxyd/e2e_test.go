@@ -176,6 +176,8 @@ type launch struct {
 	// softNOFILE, when not zero, starts the binary with this soft
 	// RLIMIT_NOFILE, like systemd's default LimitNOFILE=1024:524288.
 	softNOFILE int
+	// extra files follow fds, with nothing in the environment about them.
+	extra []*os.File
 }
 
 // proc is a running binary; Cleanup kills it (by pid) and waits for it.
@@ -203,6 +205,7 @@ func start(t *testing.T, bin string, l launch) *proc {
 	for _, f := range l.fds {
 		spec.Sockets = append(spec.Sockets, testlaunch.Socket{File: f.file, Name: f.name})
 	}
+	spec.Files = l.extra
 	p := &proc{t: t, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}}
 	spec.Stdout, spec.Stderr = p.stdout, p.stderr
 	p.start = time.Now()

@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
@@ -18,13 +19,17 @@ import (
 func listenPackets(listeners []activation.Listener, opts options) ([]activation.Listener, error) {
 	binds := []struct {
 		addrs  []string
+		kind   activation.Kind
 		listen func(string, os.FileMode) (activation.Listener, error)
 	}{
-		{opts.listenDatagram, activation.ListenDatagram},
-		{opts.listenPacket, activation.ListenSequentialPacket},
+		{opts.listenDatagram, activation.Datagram, activation.ListenDatagram},
+		{opts.listenPacket, activation.SequentialPacket, activation.ListenSequentialPacket},
 	}
 	for _, b := range binds {
 		for _, addr := range b.addrs {
+			if slices.ContainsFunc(listeners, func(l activation.Listener) bool { return l.Name == addr && l.Kind == b.kind }) {
+				continue // carried over a reload
+			}
 			l, err := b.listen(addr, opts.socketMode)
 			if err != nil {
 				activation.Close(listeners)

@@ -14,11 +14,14 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 	"github.com/socket-proxyd/socket-proxyd/internal/logging"
 	"github.com/socket-proxyd/socket-proxyd/internal/notify"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
@@ -37,6 +40,23 @@ func main() {
 // run is the whole program; it returns the exit status: 0 on success, on
 // idle exit and after SIGTERM/SIGINT, 1 on any failure, as the original.
 func run(args []string, stdout, stderr io.Writer) int {
+	// The signals are caught before anything else: one that comes while
+	// a reloaded image starts up waits for it instead of killing it (and
+	// every connection with it) by its default action. The first signal
+	// stops accepting and lets the open connections finish (up to
+	// --shutdown-timeout); a second one closes them at once.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
+	if len(args) > 0 && strings.HasPrefix(args[0], checkFlag) {
+		return checkMode(strings.TrimPrefix(args[0], checkFlag), args[1:], stdout, stderr)
+	}
+	carried, resuming := os.LookupEnv(handoff.EnvVar)
+	os.Unsetenv(handoff.EnvVar)
+	notifySocket := os.Getenv("NOTIFY_SOCKET")
 	journal := logging.StreamIsJournal(os.Getenv("JOURNAL_STREAM"), stderr)
 	fail := func(err error) int {
 		prefix := ""
@@ -80,11 +100,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Warn(levelErr.Error())
 	}
 
-	listeners, err := activation.Inherited()
+	if opts.fdstore != fdstoreNo && notifySocket == "" {
+		return fail(fmt.Errorf("--fdstore=%s needs systemd's fd store, and NOTIFY_SOCKET is not set: run it from a service with FileDescriptorStoreMax=, or drop --fdstore", opts.fdstore))
+	}
+	listeners, resumed, err := takeOver(carried, resuming, notifySocket, log)
 	if err != nil {
 		return fail(err)
 	}
 	for _, addr := range opts.listen {
+		if slices.ContainsFunc(listeners, func(l activation.Listener) bool { return l.Name == addr && l.Kind == activation.Stream }) {
+			continue // carried over a reload
+		}
 		l, err := activation.ListenMode(addr, opts.socketMode)
 		if err != nil {
 			activation.Close(listeners)
@@ -120,7 +146,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	reload := &reloader{exe: executable(os.Args[0]), argv: os.Args, log: log, stopping: func() bool { return ctx.Err() != nil }}
 	srv := proxy.New(proxy.Config{
+		Reload:          reload.exec,
+		Store:           storeFunc(opts.fdstore, notifySocket, os.Getenv("FDSTORE")),
+		Resume:          resumed,
 		Listeners:       listeners,
 		Backend:         opts.backend,
 		MaxConnections:  opts.maxConnections,
@@ -134,11 +164,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),
 		Log:             log,
 	})
-	// The first signal stops accepting and lets the open connections
-	// finish (up to --shutdown-timeout); a second one closes them at once.
-	signals := make(chan os.Signal, 2)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(signals)
 	// alive ends when Run returns: the watchdog, the status line and the
 	// signal watcher live exactly as long as Run, graceful stop included.
 	alive, done := context.WithCancel(context.Background())
@@ -149,6 +174,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		select {
 		case sig := <-signals:
 			stopping(sig.String())
+			if opts.fdstore == fdstoreOnStop {
+				srv.Store() // before cancel: the loop stores first, then stops
+			}
 			cancel()
 		case <-alive.Done():
 			return
@@ -160,6 +188,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case <-alive.Done():
 		}
 	})
+	background.Go(func() { reload.watch(alive, hup, srv.Reload) })
 	background.Go(func() { notify.Watchdog(alive, notify.WatchdogInterval()) })
 	background.Go(func() { status.Report(alive, status.Interval, srv.Stats, notify.Status) })
 	notify.Ready()

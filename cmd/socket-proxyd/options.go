@@ -40,6 +40,7 @@ type options struct {
 	keepAlive       time.Duration // 0 or timespan.Infinity: off
 	shutdownTimeout time.Duration // 0: close at once
 	proxyProtocol   proxyproto.Version
+	fdstore         fdstoreMode
 
 	help, version bool
 }
@@ -91,6 +92,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              On SIGTERM, stop accepting and let open
                              connections finish for up to SPAN; 0 closes
                              them at once (default: 30s)
+     --fdstore=MODE          on-stop: on SIGTERM, hand the open connections to
+                             systemd's fd store for the next instance instead
+                             of draining them (default: no)
   -h --help                  Show this help
      --version               Show package version
 
@@ -115,6 +119,7 @@ func parseOptions(args []string) (options, error) {
 		idleTimeout:     timespan.Infinity,
 		keepAlive:       proxy.DefaultKeepAlive,
 		shutdownTimeout: proxy.DefaultShutdownTimeout,
+		fdstore:         fdstoreNo,
 	}
 	var named []string
 	table := []getopt.Option{
@@ -135,6 +140,7 @@ func parseOptions(args []string) (options, error) {
 		{Long: "keepalive", Arg: true, Set: keepAlive(&opts.keepAlive)},
 		{Long: "shutdown-timeout", Arg: true, Set: span(&opts.shutdownTimeout)},
 		{Long: "proxy-protocol", Arg: true, Set: protocol(&opts.proxyProtocol)},
+		{Long: "fdstore", Arg: true, Set: fdstore(&opts.fdstore)},
 	}
 	rest, err := getopt.Parse(table, args)
 	if err != nil {
@@ -229,6 +235,7 @@ func (o options) commandLine() []string {
 		"--keepalive=" + timespan.Format(o.keepAlive),
 		"--shutdown-timeout=" + timespan.Format(o.shutdownTimeout),
 		"--proxy-protocol=" + o.proxyProtocol.String(),
+		"--fdstore=" + string(o.fdstore),
 	}
 	if o.idleTimeoutSet {
 		// Only when given: it also sets the flows' timeout (not given,

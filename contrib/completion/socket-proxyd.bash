@@ -15,6 +15,10 @@ _comp_socket_proxyd() {
 		mapfile -t COMPREPLY < <(compgen -W 'none v1 v2' -- "$cur")
 		return
 		;;
+	--fdstore)
+		mapfile -t COMPREPLY < <(compgen -W 'no on-stop' -- "$cur")
+		return
+		;;
 	--listen | --listen-datagram | --listen-sequential-packet)
 		_filedir # a unix socket path, or HOST:PORT typed by hand
 		return
@@ -30,7 +34,7 @@ _comp_socket_proxyd() {
 		local opts='-c --connections-max= --exit-idle-time= --listen= --listen-datagram=
 			--listen-sequential-packet= --socket-mode= --backend=
 			--connect-timeout= --idle-timeout= --keepalive= --proxy-protocol=
-			--shutdown-timeout= -h --help --version'
+			--shutdown-timeout= --fdstore= -h --help --version'
 		mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
 		# No space after "--opt=": the value follows at once.
 		[[ ${#COMPREPLY[@]} == 1 && ${COMPREPLY[0]} == *= ]] && compopt -o nospace

@@ -40,15 +40,30 @@ const maxInherited = 4096
 // sd_listen_fds does); it fails, naming the descriptor and what to change,
 // for anything that is not a listening stream socket.
 func Inherited() ([]Listener, error) {
+	listeners, _, err := inherited(nil, maxInherited)
+	return listeners, err
+}
+
+// inherited is Inherited that hands back, unchecked, the descriptors whose
+// name isStored accepts (see InheritedWithStored), up to limit in all.
+func inherited(isStored func(string) bool, limit uint64) ([]Listener, []Stored, error) {
 	names, named := os.LookupEnv("LISTEN_FDNAMES")
 	pid, hasPID := os.LookupEnv("LISTEN_PID")
 	fds, hasFDs := os.LookupEnv("LISTEN_FDS")
 	for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
 		os.Unsetenv(v) // as sd_listen_fds(1): children must not see them
 	}
-	passed, err := checkEnvironment(env{pid, hasPID, fds, hasFDs, names, named}, os.Getpid())
+	passed, err := checkEnvironmentUpTo(env{pid, hasPID, fds, hasFDs, names, named}, os.Getpid(), limit)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	var stored []Stored
+	isListener := func(i int) bool {
+		if isStored == nil || !isStored(passed[i]) {
+			return true
+		}
+		stored = append(stored, Stored{FD: listenFDsStart + i, Name: passed[i]})
+		return false
 	}
 	// Check every descriptor before anything wraps it in an *os.File. When
 	// LISTEN_FDS counts more than were passed, the numbers past them belong
@@ -59,24 +74,33 @@ func Inherited() ([]Listener, error) {
 	// error before any descriptor is touched.
 	for i, name := range passed {
 		fd := listenFDsStart + i
+		if !isListener(i) {
+			continue
+		}
 		if _, err := checkFD(fd, fmt.Sprintf("inherited fd %d (%q)", fd, name)); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	listeners := make([]Listener, 0, len(passed))
+	for _, s := range stored {
+		unix.CloseOnExec(s.FD)
+	}
+	listeners := make([]Listener, 0, len(passed)-len(stored))
 	for i, name := range passed {
 		fd := listenFDsStart + i
+		if isStored != nil && isStored(name) {
+			continue
+		}
 		unix.CloseOnExec(fd)
 		f := os.NewFile(uintptr(fd), name)
 		l, err := fromFile(f)
 		f.Close() // the listener, if any, holds its own duplicate
 		if err != nil {
 			Close(listeners)
-			return nil, err
+			return nil, nil, err
 		}
 		listeners = append(listeners, l)
 	}
-	return listeners, nil
+	return listeners, stored, nil
 }
 
 // listenFDsStart is SD_LISTEN_FDS_START, the first descriptor systemd passes.
@@ -113,6 +137,12 @@ type env struct {
 // checking thousands of descriptors that were never passed helps nobody),
 // and numbers are plain decimal (systemd never writes "+42" or "0x2a").
 func checkEnvironment(e env, self int) ([]string, error) {
+	return checkEnvironmentUpTo(e, self, maxInherited)
+}
+
+// checkEnvironmentUpTo is checkEnvironment with another bound than
+// maxInherited on LISTEN_FDS.
+func checkEnvironmentUpTo(e env, self int, limit uint64) ([]string, error) {
 	if !e.hasPID {
 		return nil, nil
 	}
@@ -127,15 +157,15 @@ func checkEnvironment(e env, self int) ([]string, error) {
 	if !ok {
 		return nil, fmt.Errorf("LISTEN_FDS=%q is not a number of sockets: it must be set by systemd or systemd-socket-activate", truncate(e.fds, 64))
 	}
-	if n > maxInherited {
-		return nil, fmt.Errorf("LISTEN_FDS=%q is more sockets than the %d this proxy accepts", truncate(e.fds, 64), maxInherited)
+	if n > limit {
+		return nil, fmt.Errorf("LISTEN_FDS=%q is more sockets than the %d this proxy accepts", truncate(e.fds, 64), limit)
 	}
 	if n == 0 {
 		return nil, nil
 	}
 	var given []string
 	if e.hasNames {
-		given = strings.SplitN(e.names, ":", maxInherited+1)
+		given = strings.SplitN(e.names, ":", int(limit)+1)
 		if len(given) != int(n) {
 			return nil, fmt.Errorf("LISTEN_FDS=%q but LISTEN_FDNAMES=%q names %d: both must be set together by systemd or systemd-socket-activate",
 				e.fds, truncate(e.names, 64), strings.Count(e.names, ":")+1)

@@ -93,5 +93,30 @@ func unwrap(err error) error {
 	return err
 }
 
+// FromFD adopts a listening socket carried over a reload under its name;
+// bound says it was bound for --listen (a unix path is then the proxy's to
+// unlink on the way out, as after Listen). The descriptor is checked like an
+// inherited one, and closed: the listener holds a duplicate.
+func FromFD(fd int, name string, bound bool) (Listener, error) {
+	where := fmt.Sprintf("carried fd %d (%q)", fd, name)
+	kind, err := checkFD(fd, where)
+	if err != nil {
+		return Listener{}, err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	ln, err := wrapFile(f, kind)
+	f.Close()
+	if err != nil {
+		return Listener{}, fmt.Errorf("%s: %v", where, err)
+	}
+	if bound && strings.HasPrefix(name, "/") {
+		ln = adoptPath(ln, name)
+	}
+	if bound {
+		fd = -1
+	}
+	return Listener{Listener: ln, Kind: kind, Name: name, FD: fd}, nil
+}
+
 // isRefused reports whether a dial found a socket file nobody listens on.
 func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }

@@ -230,3 +230,40 @@ func checkDirectory(dir int, given string) error {
 		}
 	}
 }
+
+// adoptedFile is the socket file of a --listen or --listen-datagram unix
+// socket carried over a reload, for its listener to remove on the way out,
+// as it would have in the image that bound it. The file's identity is
+// noted now (the one the socket was bound at, unless it was replaced during
+// the reload), and the directory held open from here.
+func adoptedFile(p string) (boundFile, *net.UnixAddr) {
+	clean := filepath.Clean(p)
+	dirName, name := filepath.Split(clean)
+	file := boundFile{dir: -1, name: name}
+	if dir, err := unix.Open(dirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		var st unix.Stat_t
+		if unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+			file.dir, file.dev, file.ino = dir, st.Dev, st.Ino
+		} else {
+			unix.Close(dir)
+		}
+	}
+	return file, &net.UnixAddr{Name: clean, Net: "unix"}
+}
+
+// adoptPath gives a carried listener of a bound unix path the removal of its
+// file at close.
+func adoptPath(ln net.Listener, p string) net.Listener {
+	switch l := ln.(type) {
+	case *net.UnixListener:
+		l.SetUnlinkOnClose(false)
+		file, addr := adoptedFile(p)
+		return &unixListener{UnixListener: l, file: file, addr: addr}
+	case *packetListener:
+		file, addr := adoptedFile(p)
+		addr.Net = "unixgram"
+		var once sync.Once
+		l.unlink, l.addr = func() { once.Do(file.remove) }, addr
+	}
+	return ln
+}

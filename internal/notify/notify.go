@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Package notify tells the service manager how the proxy is doing
-// (sd_notify: READY, STOPPING, STATUS, WATCHDOG). Outside systemd, with no
+// (sd_notify: READY, RELOADING, STOPPING, STATUS, WATCHDOG). Outside systemd, with no
 // NOTIFY_SOCKET, every call does nothing.
 package notify
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
 )
 
 // Ready says the listeners are set up. systemd-socket-proxyd in systemd 252
@@ -53,4 +55,60 @@ func Watchdog(ctx context.Context, interval time.Duration) {
 			send(daemon.SdNotifyWatchdog)
 		}
 	}
+}
+
+// Reloading says a reload has begun (Type=notify-reload, systemd >= 253):
+// MONOTONIC_USEC= lets systemd tell this reload from an earlier one, and
+// READY=1 from the reloaded image ends it.
+func Reloading() error {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return send(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", ts.Nano()/1000))
+}
+
+// maxFDsPerMessage is the kernel's SCM_MAX_FD: descriptors in one message.
+const maxFDsPerMessage = 253
+
+// StoreFDs hands descriptors to systemd's fd store (FDSTORE=1) under name,
+// in as many messages as it takes. FDPOLL=0: systemd must not drop one on
+// POLLHUP, as a half-closed connection may still have bytes to deliver. It
+// fails without NOTIFY_SOCKET. systemd keeps at most FileDescriptorStoreMax=
+// and closes the rest, with a message in the journal but no answer here.
+func StoreFDs(socket, name string, fds []int) error {
+	for len(fds) > 0 {
+		n := min(len(fds), maxFDsPerMessage)
+		if err := sendWithFDs(socket, "FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds[:n]); err != nil {
+			return err
+		}
+		fds = fds[n:]
+	}
+	return nil
+}
+
+// RemoveFDs takes every descriptor stored under name out of the store
+// (FDSTOREREMOVE=1): once the proxy holds them, a copy left in the store
+// would keep a connection open after the proxy closed it.
+func RemoveFDs(socket, name string) error {
+	return sendWithFDs(socket, "FDSTOREREMOVE=1\nFDNAME="+name, nil)
+}
+
+// sendWithFDs sends one notification with descriptors attached
+// (SCM_RIGHTS), as sd_pid_notify_with_fds does.
+func sendWithFDs(socket, state string, fds []int) error {
+	if socket == "" {
+		return fmt.Errorf("NOTIFY_SOCKET is not set: the fd store needs systemd")
+	}
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("cannot reach NOTIFY_SOCKET: %v", err)
+	}
+	defer unix.Close(s)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if err := unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: socket}, 0); err != nil {
+		return fmt.Errorf("cannot send %d descriptors to NOTIFY_SOCKET %q: %v", len(fds), socket, err)
+	}
+	return nil
 }

@@ -373,6 +373,24 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 		l.s.dgram.dropped.Add(1)
 		return nil
 	}
+	l.insertFlow(ln, f, local)
+	l.s.dgram.opened.Add(1)
+	if resolve {
+		f.resolving = true
+		l.waitLookup(ln.backend, deadline{fd: f.fd, gen: f.gen, at: -1})
+	}
+	if nameLen <= 2 && d.unix && !d.unbound {
+		d.unbound = true
+		l.s.log.Debug("a unix client without an address cannot get replies: bind its socket to get them; its datagrams are forwarded", "listener", ln.name)
+	}
+	return f
+}
+
+// insertFlow puts a new or adopted flow in the tables, with the control
+// message and PROXY header its datagrams carry.
+func (l *loop) insertFlow(ln *listenerFD, f *flow, local netip.Addr) {
+	d := ln.dgram
+	fd := int(f.fd)
 	if d.pktinfo != 0 && local.IsValid() {
 		f.oob = pktinfoReply(d.pktinfo, local)
 	}
@@ -389,21 +407,11 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 		l.flows.table = table
 	}
 	l.flows.table[fd] = f
-	d.flows[key] = f
+	d.flows[f.key] = f
 	l.flows.count++
 	l.active++
 	l.idleAt = 0
 	l.s.dgram.flows.Add(1)
-	l.s.dgram.opened.Add(1)
-	if resolve {
-		f.resolving = true
-		l.waitLookup(ln.backend, deadline{fd: f.fd, gen: f.gen, at: -1})
-	}
-	if nameLen <= 2 && d.unix && !d.unbound {
-		d.unbound = true
-		l.s.log.Debug("a unix client without an address cannot get replies: bind its socket to get them; its datagrams are forwarded", "listener", ln.name)
-	}
-	return f
 }
 
 func (f *flow) name() []byte { return unsafe.Slice(unsafe.StringData(f.key), f.nameLen) }

@@ -96,6 +96,12 @@ type loop struct {
 
 	flows flowState // datagram flows (flow.go)
 
+	idleClocks []idleClock // of connections just resumed; see restoreIdleClocks
+	carried    bool        // the epoll instance came over a reload, registrations and all
+	keepFiles  bool        // the listeners went to the fd store: their files stay
+	// flowsResumed counts the datagram flows a handoff carried, for its log line.
+	flowsResumed int
+
 	// resolutions handed back by resolver goroutines
 	resolveMu sync.Mutex
 	resolved  []resolution
@@ -129,7 +135,11 @@ type deadline struct {
 }
 
 func newLoop(s *Server) (*loop, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	epfd := carriedEpoll(s.cfg.Resume) // a reload's, registrations and all
+	var err error
+	if epfd < 0 {
+		epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the event loop: %v", err)
 	}
@@ -290,6 +300,17 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 		if l.flows.count > 0 {
 			l.sendReplies() // the replies of every flow that had an event, together
 		}
+		if l.idleClocks != nil {
+			l.restoreIdleClocks()
+		}
+		if l.s.reload.Load() {
+			l.s.reload.Store(false)
+			l.handoff() // returns only when the reload failed
+		}
+		if l.s.store.Load() {
+			l.s.store.Store(false)
+			l.storeAll()
+		}
 		if !l.draining && ctx.Err() != nil {
 			l.startDrain()
 		}
@@ -311,7 +332,11 @@ func (l *loop) startDrain() {
 	for _, ln := range l.listeners {
 		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}
-	activation.Close(l.s.cfg.Listeners)
+	if l.keepFiles {
+		activation.CloseKeepingFiles(l.s.cfg.Listeners)
+	} else {
+		activation.Close(l.s.cfg.Listeners)
+	}
 	l.closeFlows() // their replies could no longer leave
 	l.acceptPaused = false
 	l.idleAt = 0

@@ -23,6 +23,7 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 )
 
@@ -82,6 +83,22 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Log receives one line per event; nil discards.
 	Log *slog.Logger
+
+	// Reload, when set, is called on the loop's goroutine after
+	// Server.Reload, with the loop stopped between two batches of events:
+	// rec is the handoff record and fds the descriptors it names. It is
+	// meant to execute the next image and not return; if it returns, the
+	// loop goes on as if nothing happened. A nil rec says the record could
+	// not be written: the reload is over, and failed.
+	Reload func(rec []byte, fds []int) error
+	// Store, when set, is called on the loop's goroutine after
+	// Server.Store, with the loop stopped: it hands rec and fds to
+	// systemd's fd store. When it returns nil the connections are let go
+	// (the store holds them); otherwise they drain.
+	Store func(rec []byte, fds []int) error
+	// Resume is a decoded handoff record whose connections Run adopts
+	// before it serves; its listeners must be among Listeners (by name).
+	Resume *handoff.Record
 }
 
 // Stats are running totals, safe to read while the proxy runs.
@@ -113,8 +130,10 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 
-	loop  atomic.Pointer[loop] // set while Run runs
-	hurry atomic.Bool          // CloseConnections was called
+	loop   atomic.Pointer[loop] // set while Run runs
+	hurry  atomic.Bool          // CloseConnections was called
+	reload atomic.Bool          // Reload was called
+	store  atomic.Bool          // Store was called
 
 	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
 	pipes, splices, splicedBytes                                atomic.Int64
@@ -149,6 +168,10 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		activation.Close(s.cfg.Listeners)
 		return err
+	}
+	if r := s.cfg.Resume; r != nil {
+		adopted, reset := l.resume(r)
+		l.resumed(r, adopted, reset)
 	}
 	s.loop.Store(l)
 	stop := context.AfterFunc(ctx, l.wake)

@@ -41,6 +41,9 @@ type Spec struct {
 	// to it.
 	Env, Extra []string
 	Sockets    []Socket
+	// Files follow the sockets (fd 3+len(Sockets) on), with nothing in
+	// the environment about them: a handoff record, say.
+	Files []*os.File
 	// ListenPID, when not empty, is LISTEN_PID verbatim instead of the
 	// child's own pid (to test a mismatch).
 	ListenPID string
@@ -141,6 +144,7 @@ func Start(s Spec) (*Proc, error) {
 	for _, sock := range s.Sockets {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, sock.File)
 	}
+	cmd.ExtraFiles = append(cmd.ExtraFiles, s.Files...)
 	// Pdeathsig is sent when the thread that forked the child ends; Go
 	// ends a thread only when a goroutine locked to it exits, which the
 	// callers do not do, so in practice it fires when the process ends.

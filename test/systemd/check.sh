@@ -262,6 +262,54 @@ scenario_notify() { # Type=notify, --listen, watchdog, journal
 			grep -F "\"MESSAGE\":\"stopping reason=terminated\"" | grep -qF "\"PRIORITY\":\"6\""'
 }
 
+# download_ok FILE SIZE SHA256: a download finished whole.
+download_ok() {
+	local size sum
+	size=$(stat -c %s "$1") || return 1
+	sum=$(sha256sum <"$1" | cut -d" " -f1)
+	[[ $size == "$2" && $sum == "$3" ]] || { echo "got $size bytes, sha256 $sum; want $2, $3"; return 1; }
+}
+
+scenario_handoff() { # issue 10: reload in place and restart through the fd store, mid-download
+	install_nginx unix-socket.conf runtime-directory.conf
+	systemctl daemon-reload
+	check "nginx restarts on its unix socket" systemctl restart nginx.service
+	head -c 300M /dev/urandom >/var/www/html/big.bin
+	local size sum
+	size=$(stat -c %s /var/www/html/big.bin)
+	sum=$(sha256sum </var/www/html/big.bin | cut -d" " -f1)
+	# systemd 252: no Type=notify-reload yet, so ExecReload= sends SIGHUP.
+	printf '%s\n' '[Service]' 'Type=notify' \
+		'ExecStart=/usr/bin/socket-proxyd --fdstore=on-stop --listen 127.0.0.1:8090 /run/nginx/socket' \
+		'ExecReload=/bin/sh -c "kill -HUP $MAINPID"' 'FileDescriptorStoreMax=64' \
+		>/etc/systemd/system/spx-handoff.service
+	systemctl daemon-reload
+	check "systemctl start spx-handoff (Type=notify, --fdstore=on-stop)" timeout 20 systemctl start spx-handoff.service
+	# A download at 30 MB/s takes 10 s: both hand-overs happen in its middle.
+	curl -fsS --limit-rate 30M -o /tmp/big.bin http://127.0.0.1:8090/big.bin &
+	local curl=$! pid
+	sleep 2
+	pid=$(systemctl show -P MainPID spx-handoff.service)
+	check "systemctl reload during the download" timeout 20 systemctl reload spx-handoff.service
+	check "reloaded in place: same PID, the connection resumed" wait_for 10 eval '
+		[[ $(systemctl show -P MainPID spx-handoff.service) == '"$pid"' ]] &&
+		journalctl -q -b -u spx-handoff -o cat | grep -q "resumed connections connections=1 reset=0"'
+	check "active (running) after the reload" wait_for 10 running spx-handoff.service
+	sleep 2
+	check "systemctl restart during the download" timeout 20 systemctl restart spx-handoff.service
+	check "restarted: a new PID took the connection from the fd store" wait_for 10 eval '
+		[[ $(systemctl show -P MainPID spx-handoff.service) != '"$pid"' ]] &&
+		journalctl -q -b -u spx-handoff -o cat | grep -q "connections handed to the fd store connections=1" &&
+		[[ $(journalctl -q -b -u spx-handoff -o cat | grep -c "resumed connections connections=1 reset=0") == 2 ]]'
+	check "the fd store is empty again" eval '[[ $(systemctl show -P NFileDescriptorStore spx-handoff.service) == 0 ]]'
+	local rc=0
+	wait "$curl" || rc=$?
+	check "the download finished" eval "[[ $rc == 0 ]] || { echo 'curl exited with status $rc'; exit 1; }"
+	check "its size and SHA-256 are the file's" download_ok /tmp/big.bin "$size" "$sum"
+	check "a new connection is served" get_page http://127.0.0.1:8090/
+	check "no error lines in its journal" no_errors spx-handoff.service
+}
+
 scenario_deb() { # the Debian package: install, use, remove
 	local files
 	check "dpkg -i socket-proxyd.deb" dpkg -i "$t/socket-proxyd.deb"
@@ -343,7 +391,7 @@ scenario_dns() { # Examples 12 and 13: ListenStream=53 and ListenDatagram=53
 }
 
 case $scenario in
-simple | namespace | idle | notify | deb | dns) "scenario_$scenario" ;;
+simple | namespace | idle | notify | handoff | deb | dns) "scenario_$scenario" ;;
 *) fail setup "unknown scenario $scenario" ;;
 esac
 journalctl -b --no-pager -o short-monotonic >"$t/journal.txt" 2>&1

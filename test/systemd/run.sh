@@ -7,7 +7,7 @@
 # script prints the results and fails if any check failed.
 #
 # Usage: test/systemd/run.sh [SCENARIO...]
-#   scenarios: simple namespace idle notify dns deb (default: all; deb only when
+#   scenarios: simple namespace idle notify handoff dns deb (default: all; deb only when
 #   SOCKET_PROXYD_DEB is set)
 # Environment:
 #   SOCKET_PROXYD_BIN   the binary to test (default ./socket-proxyd)
@@ -39,12 +39,12 @@ done
 [[ -x $bin ]] || die "$bin: no socket-proxyd binary (run make build, or set SOCKET_PROXYD_BIN)"
 
 if (($# == 0)); then
-	set -- simple namespace idle notify dns
+	set -- simple namespace idle notify handoff dns
 	if [[ -n $deb ]]; then set -- "$@" deb; else echo "systemd-test: SKIP deb (SOCKET_PROXYD_DEB not set)"; fi
 fi
 for s in "$@"; do
 	case $s in
-	simple | namespace | idle | notify | dns) ;;
+	simple | namespace | idle | notify | handoff | dns) ;;
 	deb) [[ -f $deb ]] || die "deb scenario: SOCKET_PROXYD_DEB=$deb is not a file (run make deb)" ;;
 	*) die "unknown scenario $s" ;;
 	esac

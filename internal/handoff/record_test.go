@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package handoff
+
+import (
+	"bytes"
+	"encoding/binary"
+	"hash/crc32"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// fds opens n descriptors (socket pairs) closed at the end of the test.
+func fds(t testing.TB, n int) []int {
+	t.Helper()
+	var out []int
+	for len(out) < n {
+		p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p[0], p[1])
+	}
+	t.Cleanup(func() {
+		for _, fd := range out {
+			unix.Close(fd)
+		}
+	})
+	return out[:n]
+}
+
+// sameNumbers resolves every slot to the number the writer had, after
+// checking identity: the reload carrier without the close-on-exec check.
+func sameNumbers(_ int, f FD) int {
+	if !sameFile(f.Num, f) {
+		return -1
+	}
+	return f.Num
+}
+
+func sample(t testing.TB) *Record {
+	d := fds(t, 8)
+	none := [2]int{-1, -1}
+	return &Record{
+		Written: 123456789, Epoll: -1, Gen: 77,
+		Listeners: []Listener{
+			{FD: d[0], Name: "web", Backend: "127.0.0.1:80"},
+			{FD: d[1], Name: "/run/x.sock", Backend: "/run/backend", Bound: true},
+			{FD: fds(t, 1)[0], Name: "dns", Backend: "127.0.0.1:53", Kind: ListenDatagram},
+		},
+		Flows: []Flow{{Listener: 2, FD: fds(t, 1)[0], Gen: 9, Key: []byte{2, 0, 0, 53, 127, 0, 0, 1}, NameLen: 8, Age: 3e9, Idle: 1e9}},
+		Conns: []Conn{{
+			Listener: 1, State: Open, FD: [2]int{d[2], d[3]},
+			Client: netip.MustParseAddrPort("127.0.0.1:4242"), Age: 5e9, Idle: 1e9,
+			Gen: [2]uint32{5, 6}, Ready: [2]uint8{Readable | PeerClosed, Writable},
+			Dir: [2]Dir{
+				{Bytes: 10, Flags: Header, Pipe: none, Mem: []byte("PROXY TCP4 ...\r\n")},
+				{Bytes: 1 << 40, Flags: NoSplice, Pipe: [2]int{d[4], d[5]}, InPipe: 65536},
+			},
+		}, {
+			Listener: 0, State: Connecting, FD: [2]int{d[6], -1},
+			Client: netip.MustParseAddrPort("[::1]:7"), Age: 1,
+			Dir: [2]Dir{{Pipe: none}, {Pipe: none}},
+		}, {
+			Listener: 0, State: Open, FD: [2]int{d[7], fds(t, 1)[0]},
+			Dir: [2]Dir{{Bytes: 3, Flags: EOF | Shut, Pipe: none}, {Pipe: none}},
+		}},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	r := sample(t)
+	b, carried, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(carried) != 11 {
+		t.Errorf("carried %d descriptors, want 11", len(carried))
+	}
+	got, unused, err := Decode(b, sameNumbers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(unused) != 0 {
+		t.Errorf("unused %v", unused)
+	}
+	if !reflect.DeepEqual(got, r) {
+		t.Errorf("decoded\n%+v\nwant\n%+v", got, r)
+	}
+}
+
+// A descriptor that did not arrive decodes as -1, and the caller resets
+// what needs it.
+func TestMissingDescriptors(t *testing.T) {
+	r := sample(t)
+	b, _, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := Decode(b, func(slot int, f FD) int {
+		if f.Num == r.Conns[0].FD[1] {
+			return -1
+		}
+		return sameNumbers(slot, f)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Conns[0].FD[1] != -1 || got.Conns[0].FD[0] != r.Conns[0].FD[0] {
+		t.Errorf("descriptors %v, want [%d -1]", got.Conns[0].FD, r.Conns[0].FD[0])
+	}
+}
+
+func TestRejects(t *testing.T) {
+	good, _, err := Encode(sample(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resum := func(b []byte) []byte {
+		b = bytes.Clone(b)
+		binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.Checksum(b[:len(b)-4], crc))
+		return b
+	}
+	tests := []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"empty", nil, "not a socket-proxyd handoff record"},
+		{"other magic", append([]byte("SPXHOFFX"), good[8:]...), "not a socket-proxyd"},
+		{"newer version", resum(append(append(bytes.Clone(good[:8]), 3, 0), good[10:]...)), "version 3"},
+		{"truncated", good[:len(good)-10], "checksum"},
+		{"flipped byte", func() []byte { b := bytes.Clone(good); b[len(b)/2] ^= 1; return b }(), "checksum"},
+		{"huge fd count", func() []byte { b := bytes.Clone(good); binary.LittleEndian.PutUint32(b[20:], 1<<30); return resum(b) }(), "descriptor count"},
+		{"trailing bytes", resum(append(bytes.Clone(good[:len(good)-4]), 0, 0, 0, 0, 0, 0, 0, 0)), "after the end"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := Decode(tt.b, sameNumbers)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Decode: %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// Entries that contradict themselves are refused even with a good checksum.
+func TestRejectsInconsistentEntries(t *testing.T) {
+	d := fds(t, 4)
+	none := [2]int{-1, -1}
+	open := func(mod func(*Conn)) *Record {
+		c := Conn{Listener: 0, State: Open, FD: [2]int{d[1], d[2]}, Dir: [2]Dir{{Pipe: none}, {Pipe: none}}}
+		mod(&c)
+		return &Record{Epoll: -1, Listeners: []Listener{{FD: d[0], Name: "x"}}, Conns: []Conn{c}}
+	}
+	tests := []struct {
+		name string
+		r    *Record
+		want string
+	}{
+		{"listener out of range", open(func(c *Conn) { c.Listener = 1 }), "listener 1 of 1"},
+		{"same slot twice", open(func(c *Conn) { c.FD[1] = d[1] }), "received for two slots"},
+		{"shut before EOF", open(func(c *Conn) { c.Dir[0].Flags = Shut }), "shut down before"},
+		{"both over", open(func(c *Conn) { c.Dir[0].Flags, c.Dir[1].Flags = EOF|Shut, EOF|Shut }), "both directions"},
+		{"unknown flag", open(func(c *Conn) { c.Dir[1].Flags = 0x80 }), "unknown flags"},
+		{"header outbound", open(func(c *Conn) { c.Dir[1].Flags, c.Dir[1].Mem = Header, []byte("x") }), "PROXY header"},
+		{"connecting with bytes", open(func(c *Conn) { c.State, c.FD[1], c.Dir[0].Bytes = Connecting, -1, 5 }), "traffic before"},
+		{"backend while connecting", open(func(c *Conn) { c.State = Connecting }), "backend socket while connecting"},
+		{"empty pipe", open(func(c *Conn) { c.Dir[0].Pipe, c.Dir[0].InPipe = [2]int{d[3], fds(t, 1)[0]}, 0 }), "0 bytes in a pipe"},
+		{"bad state", open(func(c *Conn) { c.State = 9 }), "state 9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, _, err := Encode(tt.r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = Decode(b, func(slot int, f FD) int {
+				if tt.name == "same slot twice" {
+					return d[1] // two slots resolved to one descriptor
+				}
+				return sameNumbers(slot, f)
+			})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Decode: %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	good, _, err := Encode(sample(f))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add(good[:len(good)/2])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		// Every slot resolves to a number of its own, never a real
+		// descriptor of this process: only the parsing is under test.
+		r, unused, err := Decode(b, func(slot int, _ FD) int { return 1<<24 + slot })
+		if err != nil {
+			return
+		}
+		seen := map[int]bool{}
+		claim := func(fd int) {
+			if fd < 0 {
+				return
+			}
+			if seen[fd] {
+				t.Fatalf("descriptor %d handed out twice", fd)
+			}
+			seen[fd] = true
+		}
+		for _, l := range r.Listeners {
+			claim(l.FD)
+		}
+		for _, c := range r.Conns {
+			if c.Listener >= len(r.Listeners) {
+				t.Fatalf("listener %d of %d", c.Listener, len(r.Listeners))
+			}
+			claim(c.FD[0])
+			claim(c.FD[1])
+			for _, d := range c.Dir {
+				claim(d.Pipe[0])
+				claim(d.Pipe[1])
+				if len(d.Mem) > MaxMem || d.InPipe > MaxPipe {
+					t.Fatalf("unbounded direction %+v", d)
+				}
+			}
+		}
+		for _, f := range r.Flows {
+			if r.Listeners[f.Listener].Kind != ListenDatagram || len(f.Key) > MaxKey || f.NameLen > len(f.Key) {
+				t.Fatalf("flow %+v", f)
+			}
+			claim(f.FD)
+		}
+		for _, fd := range unused {
+			claim(fd)
+		}
+	})
+}
+
+// A flow must belong to a datagram listener.
+func TestRejectsFlowOnStreamListener(t *testing.T) {
+	d := fds(t, 2)
+	r := &Record{Epoll: -1, Listeners: []Listener{{FD: d[0], Name: "web"}},
+		Flows: []Flow{{Listener: 0, FD: d[1], Key: []byte{1, 2}, NameLen: 2}}}
+	b, _, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Decode(b, sameNumbers); err == nil || !strings.Contains(err.Error(), "not a datagram listener") {
+		t.Errorf("Decode: %v, want a flow on a stream listener refused", err)
+	}
+}
