@@ -30,17 +30,19 @@ import (
 // with; the connect deadline, the retry backoff and the idle sweep are the
 // loop's, so a connection has no timer of its own.
 type conn struct {
-	fd       [2]int32  // client, backend; -1 while there is no backend socket
-	gen      [2]uint32 // registration of each side, to tell stale events
+	fd  [2]int32  // client, backend; -1 while there is no backend socket
+	gen [2]uint32 // registration of each side, to tell stale events
+	// The small fields, ordered so that they fill 16 bytes exactly and the
+	// whole stays at 128 (TestConnectionSize).
+	seen     uint32 // loop tick of the last event (idle timeout)
+	listener uint16
+	attempt  uint16 // index of the backend address being tried
 	state    uint8
 	tcp      [2]bool  // TCP (vs unix) socket: nodelay, and RST on abort
 	ready    [2]uint8 // what each side is known ready for (canRead...)
-	listener uint16
-	attempt  uint16 // index of the backend address being tried
-	round    uint8  // connect rounds retried, for the backoff
-	fdWait   bool   // waiting for a descriptor for the backend socket
-	packets  bool   // a sequential-packet connection: message by message (seqpacket.go)
-	seen     uint32 // loop tick of the last event (idle timeout)
+	round    uint8    // connect rounds retried, for the backoff
+	fdWait   bool     // waiting for a descriptor for the backend socket
+	packets  bool     // a sequential-packet connection: message by message (seqpacket.go)
 	dir      [2]direction
 	start    int64 // loop clock at accept
 	client   netip.AddrPort
