@@ -120,10 +120,13 @@ func TestUDPFlowsPerClient(t *testing.T) {
 			}
 		}
 	}
-	s := r.srv.Stats()
-	if s.Flows != 2 || s.FlowsOpened != 2 || s.DatagramsIn != 10 || s.DatagramsOut != 10 {
-		t.Fatalf("stats %+v: want 2 flows, 10 datagrams each way", s)
-	}
+	// The loop counts a reply after sendmmsg returns, which may be after
+	// the client has it: wait for the count, within waitFor's deadline.
+	var s Stats
+	waitFor(t, "2 flows, 10 datagrams each way", func() bool {
+		s = r.srv.Stats()
+		return s.Flows == 2 && s.FlowsOpened == 2 && s.DatagramsIn == 10 && s.DatagramsOut == 10
+	})
 	if s.Active != 0 || s.Accepted != 0 {
 		t.Fatalf("flows counted as connections: %+v", s)
 	}
