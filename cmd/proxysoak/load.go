@@ -37,9 +37,22 @@ const (
 	// urgent data (MSG_OOB): it must arrive in order, as a byte like any
 	// other (issue 12: it used to cut the stream short).
 	kindUrgent kind = 'O'
+	// kindDescriptors is kindBoth over the proxy's unix listener, with a
+	// descriptor attached (SCM_RIGHTS) to the first bytes the client
+	// sends: they are not passed on, and nothing around them may stall or
+	// go missing (issue 12).
+	kindDescriptors kind = 'F'
 )
 
-var kinds = []kind{kindUpload, kindDownload, kindEcho, kindBoth, kindUrgent}
+var kinds = []kind{kindUpload, kindDownload, kindEcho, kindBoth, kindUrgent, kindDescriptors}
+
+// endpoints are where clients reach the proxy: its TCP listener, and its
+// unix one for kindDescriptors.
+type endpoints struct{ tcp, unix string }
+
+// passed is the descriptor kindDescriptors sends: this process's standard
+// input, which the proxy must close, never keep.
+var passed = unix.UnixRights(0)
 
 const headerLen = 1 + 8 + 8
 
@@ -125,10 +138,32 @@ func sendUrgentWithHash(c net.Conn, p []byte) error {
 	return err
 }
 
+// sendWithDescriptorAndHash is sendWithHash with a descriptor attached
+// to the first bytes of p (up to 4 KiB).
+func sendWithDescriptorAndHash(c net.Conn, p []byte) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok || len(p) == 0 {
+		return sendWithHash(c, p)
+	}
+	first := p[:min(len(p), 4<<10)]
+	if _, _, err := uc.WriteMsgUnix(first, passed, nil); err != nil {
+		return fmt.Errorf("sendmsg SCM_RIGHTS: %w", err)
+	}
+	sum := sha256.Sum256(p)
+	if _, err := c.Write(p[len(first):]); err != nil {
+		return err
+	}
+	_, err := c.Write(sum[:])
+	return err
+}
+
 // senderFor is how a kind sends its payload.
 func senderFor(k kind) func(net.Conn, []byte) error {
-	if k == kindUrgent {
+	switch k {
+	case kindUrgent:
 		return sendUrgentWithHash
+	case kindDescriptors:
+		return sendWithDescriptorAndHash
 	}
 	return sendWithHash
 }
@@ -250,7 +285,7 @@ func (b *backend) exchange(c net.Conn) error {
 			return err
 		}
 		return closeWrite(c)
-	case kindBoth, kindUrgent:
+	case kindBoth, kindUrgent, kindDescriptors:
 		werr := make(chan error, 1)
 		go func() {
 			err := senderFor(k)(c, backendPayload(int(up), down))
@@ -270,7 +305,7 @@ func (b *backend) exchange(c net.Conn) error {
 
 // worker runs exchanges through the proxy at addr, one after another,
 // until ctx ends.
-func worker(ctx context.Context, addr string, seed uint64, maxSize int, maxPause, timeout time.Duration, st *stats) {
+func worker(ctx context.Context, addr endpoints, seed uint64, maxSize int, maxPause, timeout time.Duration, st *stats) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	for ctx.Err() == nil {
 		k := kinds[rng.IntN(len(kinds))]
@@ -299,8 +334,12 @@ func randomSize(rng *rand.Rand, max int) int {
 	return min(n, max)
 }
 
-func exchange(addr string, rng *rand.Rand, k kind, up, down int, pause, timeout time.Duration, st *stats) error {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+func exchange(at endpoints, rng *rand.Rand, k kind, up, down int, pause, timeout time.Duration, st *stats) error {
+	network, addr := "tcp", at.tcp
+	if k == kindDescriptors && at.unix != "" {
+		network, addr = "unix", at.unix
+	}
+	c, err := net.DialTimeout(network, addr, timeout)
 	if err != nil {
 		return err
 	}
@@ -344,7 +383,7 @@ func exchange(addr string, rng *rand.Rand, k kind, up, down int, pause, timeout 
 			return err
 		}
 		return closeWrite(c)
-	case kindEcho, kindBoth, kindUrgent:
+	case kindEcho, kindBoth, kindUrgent, kindDescriptors:
 		// Echo gets back what it sends; both gets the backend's own bytes.
 		wantLen, want := int64(up), &mine
 		if k != kindEcho {

@@ -208,9 +208,9 @@ loop:
 	// it back (its scavenger returns freed memory over minutes).
 	after, settled := p.settle(before, cfg.settle, cfg.rssSlack)
 	fmt.Fprintf(out, "\nsummary after %v\n", elapsed.Round(time.Second))
-	fmt.Fprintf(out, "  exchanges verified   %d (upload %d, download %d, echo %d, both %d, urgent %d)\n", st.conns.Load(),
+	fmt.Fprintf(out, "  exchanges verified   %d (upload %d, download %d, echo %d, both %d, urgent %d, descriptors %d)\n", st.conns.Load(),
 		st.byKind[kindUpload].Load(), st.byKind[kindDownload].Load(), st.byKind[kindEcho].Load(), st.byKind[kindBoth].Load(),
-		st.byKind[kindUrgent].Load())
+		st.byKind[kindUrgent].Load(), st.byKind[kindDescriptors].Load())
 	fmt.Fprintf(out, "  per second           %.0f\n", float64(st.conns.Load())/elapsed.Seconds())
 	fmt.Fprintf(out, "  payload verified     %s up, %s down\n", mib(st.bytesUp.Load()), mib(st.bytesDown.Load()))
 	fmt.Fprintf(out, "  errors               %d client side, %d backend side\n", st.errs.Load(), st.backendErrs.Load())
@@ -264,7 +264,7 @@ func (s sample) max(o sample) sample {
 // proxy is the running socket-proxyd.
 type proxy struct {
 	*testlaunch.Proc
-	addr string
+	addr endpoints
 	log  *os.File
 }
 
@@ -283,6 +283,20 @@ func startProxy(bin, dir, backendAddr string, cfg config) (*proxy, error) {
 		return nil, err
 	}
 	defer f.Close() // the child has its own copy
+	// A unix listener too, to the same backend: kindDescriptors passes
+	// descriptors over it.
+	unixPath := filepath.Join(dir, "soak.sock")
+	uln, err := net.ListenUnix("unix", &net.UnixAddr{Name: unixPath, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	uln.SetUnlinkOnClose(false)
+	uf, err := uln.File()
+	uln.Close() // uf holds the socket; the file stays until dir goes
+	if err != nil {
+		return nil, err
+	}
+	defer uf.Close()
 	log, err := os.Create(filepath.Join(dir, "proxy.log"))
 	if err != nil {
 		return nil, err
@@ -295,7 +309,7 @@ func startProxy(bin, dir, backendAddr string, cfg config) (*proxy, error) {
 	}
 	spec := testlaunch.Spec{
 		Path: bin, Args: []string{"-c", strconv.Itoa(cfg.conns + 100), backendAddr}, Env: env,
-		Sockets: []testlaunch.Socket{{File: f, Name: "soak"}}, Stdout: log, Stderr: log,
+		Sockets: []testlaunch.Socket{{File: f, Name: "soak"}, {File: uf, Name: "soak-unix"}}, Stdout: log, Stderr: log,
 	}
 	if cfg.pin {
 		spec.Prefix = []string{"taskset", "-c", "0"}
@@ -305,7 +319,7 @@ func startProxy(bin, dir, backendAddr string, cfg config) (*proxy, error) {
 		log.Close()
 		return nil, err
 	}
-	return &proxy{Proc: lp, addr: ln.Addr().String(), log: log}, nil
+	return &proxy{Proc: lp, addr: endpoints{tcp: ln.Addr().String(), unix: unixPath}, log: log}, nil
 }
 
 func (p *proxy) exited() bool { return p.Exited() }
