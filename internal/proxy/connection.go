@@ -219,16 +219,7 @@ func (l *loop) pump(c *conn, d int) bool {
 			dir.pipe = nil
 		}
 		if dir.flags&srcEOF != 0 {
-			if dir.flags&dstShut == 0 {
-				// Half-close: the other direction keeps going.
-				dir.flags |= dstShut
-				unix.Shutdown(dst, unix.SHUT_WR)
-				if c.dir[1-d].flags&dstShut != 0 {
-					l.finish(c)
-					return false
-				}
-			}
-			return true
+			return l.halfClose(c, d)
 		}
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
@@ -296,6 +287,23 @@ func (l *loop) read(c *conn, d int) (n int, cut bool, e unix.Errno) {
 			"client", c.clientString(), "listener", l.listenerName(c), "from", [2]string{"client", "backend"}[d])
 	}
 	return n, cut, e
+}
+
+// halfClose ends direction d once its source has ended and every byte is
+// delivered: shutdown(SHUT_WR) towards the destination, while the other
+// direction keeps going; when both have ended, the connection closes. It
+// reports whether the connection is still open.
+func (l *loop) halfClose(c *conn, d int) bool {
+	dir := &c.dir[d]
+	if dir.flags&dstShut == 0 {
+		dir.flags |= dstShut
+		unix.Shutdown(int(c.fd[1-d]), unix.SHUT_WR)
+		if c.dir[1-d].flags&dstShut != 0 {
+			l.finish(c)
+			return false
+		}
+	}
+	return true
 }
 
 // splicePump is pump for a bulk direction: socket -> pooled pipe -> socket,

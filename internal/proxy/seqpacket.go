@@ -55,15 +55,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			continue
 		}
 		if dir.flags&srcEOF != 0 {
-			if dir.flags&dstShut == 0 {
-				dir.flags |= dstShut
-				unix.Shutdown(dst, unix.SHUT_WR)
-				if c.dir[1-d].flags&dstShut != 0 {
-					l.finish(c)
-					return false
-				}
-			}
-			return true
+			return l.halfClose(c, d)
 		}
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
