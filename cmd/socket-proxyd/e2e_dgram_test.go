@@ -93,28 +93,16 @@ func TestEveryKindOfSocket(t *testing.T) {
 	udpBackend := echoPackets(t, "udp", "127.0.0.1:0", "udp:")
 	unixBackend := echoPackets(t, "unixgram", filepath.Join(dir, "dg-be"), "unix:")
 	seqBackend := filepath.Join(dir, "seq-be")
-	seqLn, err := net.Listen("unixpacket", seqBackend)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serve(t, seqLn, echoMessages)
+	serve(t, listenSeqpacket(t, seqBackend), echoMessages)
 	_, tcpBackend := echoTCP(t, "127.0.0.1:0")
 
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { udp.Close() })
+	udp := listenUDP(t)
 	unixgram, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "dg"), Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unixgram.Close() })
-	seq, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: filepath.Join(dir, "seq"), Net: "unixpacket"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { seq.Close() })
+	seq := listenSeqpacket(t, filepath.Join(dir, "seq"))
 	tcpFD, tcpAddr := inheritTCP(t, "web")
 
 	n := newNotifyReceiver(t)
@@ -185,11 +173,7 @@ func TestListenDatagramOptions(t *testing.T) {
 	dir := shortDir(t)
 	udpBackend := echoPackets(t, "udp", "127.0.0.1:0", "re:")
 	seqBackend := filepath.Join(dir, "seq-be")
-	seqLn, err := net.Listen("unixpacket", seqBackend)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serve(t, seqLn, echo)
+	serve(t, listenSeqpacket(t, seqBackend), echo)
 	dgPath, seqPath := filepath.Join(dir, "dg"), filepath.Join(dir, "seq")
 	hold, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -341,11 +325,7 @@ func TestDigThroughProxy(t *testing.T) {
 func TestFlowLimitAndExpiry(t *testing.T) {
 	t.Parallel()
 	backend := echoPackets(t, "udp", "127.0.0.1:0", "re:")
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { udp.Close() })
+	udp := listenUDP(t)
 	p := start(t, binary, launch{args: []string{"-c", "1", "--idle-timeout=1s", backend},
 		fds: []inherited{{file: fileOf(t, udp), name: "dns"}}})
 	first, err := net.ListenPacket("udp", "127.0.0.1:0")

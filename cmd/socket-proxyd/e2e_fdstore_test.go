@@ -326,11 +326,7 @@ func TestFDStoreDroppedResets(t *testing.T) {
 // socket as before.
 func TestFDStoreKeepsFlow(t *testing.T) {
 	t.Parallel()
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { udp.Close() })
+	udp := listenUDP(t)
 	dns := inherited{file: fileOf(t, udp), name: "dns"}
 	store := newFakeStore(t)
 	args := []string{"--fdstore=on-stop", whoEchoes(t)}

@@ -384,3 +384,26 @@ func dialRetry(t *testing.T, network, addr string, d time.Duration) net.Conn {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// listenUDP binds a UDP socket on 127.0.0.1, closed when the test ends.
+func listenUDP(t *testing.T) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// listenSeqpacket listens on a unix sequential-packet socket at path,
+// closed when the test ends.
+func listenSeqpacket(t *testing.T, path string) *net.UnixListener {
+	t.Helper()
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}

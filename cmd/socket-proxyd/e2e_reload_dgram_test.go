@@ -46,22 +46,10 @@ func TestReloadEveryKind(t *testing.T) {
 	t.Parallel()
 	dir := shortDir(t)
 	seqBackend := filepath.Join(dir, "seq-be")
-	seqLn, err := net.Listen("unixpacket", seqBackend)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serve(t, seqLn, echoMessages)
+	serve(t, listenSeqpacket(t, seqBackend), echoMessages)
 	_, tcpBackend := echoTCP(t, "127.0.0.1:0")
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { udp.Close() })
-	seq, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: filepath.Join(dir, "seq"), Net: "unixpacket"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { seq.Close() })
+	udp := listenUDP(t)
+	seq := listenSeqpacket(t, filepath.Join(dir, "seq"))
 	tcpFD, tcpAddr := inheritTCP(t, "web")
 	p := start(t, binary, launch{
 		args: []string{tcpBackend, "--backend", "dns=" + whoEchoes(t), "--backend", "pkt=" + seqBackend},
