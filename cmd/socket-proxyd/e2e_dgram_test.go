@@ -28,6 +28,13 @@ import (
 // echoPackets serves a datagram socket (UDP or unixgram) that sends each
 // datagram back to its sender, prefixed.
 func echoPackets(t *testing.T, network, addr, prefix string) string {
+	return replyPackets(t, network, addr, func(net.Addr) string { return prefix })
+}
+
+// replyPackets serves a datagram socket that sends each datagram back to
+// its sender (one that has an address), after prefix(sender); it returns
+// the socket's address.
+func replyPackets(t *testing.T, network, addr string, prefix func(from net.Addr) string) string {
 	t.Helper()
 	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
@@ -46,7 +53,7 @@ func echoPackets(t *testing.T, network, addr, prefix string) string {
 				return
 			}
 			if err == nil && from != nil && from.String() != "" {
-				pc.WriteTo(append([]byte(prefix), buf[:n]...), from)
+				pc.WriteTo(append([]byte(prefix(from)), buf[:n]...), from)
 			}
 		}
 	})

@@ -3,40 +3,16 @@
 package main_test
 
 import (
-	"errors"
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
 
 // whoEchoes serves UDP: each datagram back to its sender, prefixed with the
 // sender's address, so a client sees which flow (backend socket) carried it.
 func whoEchoes(t *testing.T) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		pc.Close()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		buf := make([]byte, 70000)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			if err == nil {
-				pc.WriteTo(append([]byte(from.String()+" "), buf[:n]...), from)
-			}
-		}
-	})
-	return pc.LocalAddr().String()
+	return replyPackets(t, "udp", "127.0.0.1:0", func(from net.Addr) string { return from.String() + " " })
 }
 
 // TestReloadEveryKind: a reload carries a UDP flow (the backend keeps
