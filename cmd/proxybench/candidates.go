@@ -222,9 +222,19 @@ func startNginx(bin string) func(l *launcher, dir, backend string, onExit func()
 		if err != nil {
 			return nil, err
 		}
-		// One process (no master), which is then the pid we measure. Each proxied
-		// connection takes two of worker_connections.
-		cfg := fmt.Sprintf(`load_module %s;
+		server := fmt.Sprintf(`listen 127.0.0.1:%d backlog=4096;
+		proxy_pass %s;
+		proxy_timeout 1h;
+		proxy_half_close on;`, port, backend)
+		return spawnNginx(l, bin, dir, server, port, onExit)
+	}
+}
+
+// spawnNginx runs nginx's stream module with one server block. One process
+// (no master), which is then the pid we measure; each proxied connection
+// or UDP session takes two of worker_connections.
+func spawnNginx(l *launcher, bin, dir, server string, port int, onExit func()) (*proxyProc, error) {
+	cfg := fmt.Sprintf(`load_module %s;
 daemon off;
 master_process off;
 worker_rlimit_nofile 20000;
@@ -235,20 +245,16 @@ events {
 }
 stream {
 	server {
-		listen 127.0.0.1:%d backlog=4096;
-		proxy_pass %s;
-		proxy_timeout 1h;
-		proxy_half_close on;
+		%s
 	}
 }
-`, nginxStreamModule, dir, dir, port, backend)
-		path := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-			return nil, err
-		}
-		argv := []string{bin, "-p", dir + "/", "-c", path, "-e", filepath.Join(dir, "error.log")}
-		return l.spawn(dir, "nginx", argv, childEnv(), nil, fmt.Sprintf("127.0.0.1:%d", port), onExit)
+`, nginxStreamModule, dir, dir, server)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
 	}
+	argv := []string{bin, "-p", dir + "/", "-c", path, "-e", filepath.Join(dir, "error.log")}
+	return l.spawn(dir, "nginx", argv, childEnv(), nil, fmt.Sprintf("127.0.0.1:%d", port), onExit)
 }
 
 // versionOf runs argv and returns the first output line containing want (or the

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -116,29 +115,10 @@ func startNginxUDP(bin string) func(l *launcher, dir string, backend netip.AddrP
 		// Sessions by client address, kept for a minute without traffic
 		// (socket-proxyd's flow default); no proxy_responses, so a
 		// session is a flow and not one request.
-		cfg := fmt.Sprintf(`load_module %s;
-daemon off;
-master_process off;
-worker_rlimit_nofile 20000;
-error_log %s/error.log warn;
-pid %s/nginx.pid;
-events {
-	worker_connections 20000;
-}
-stream {
-	server {
-		listen 127.0.0.1:%d udp;
+		server := fmt.Sprintf(`listen 127.0.0.1:%d udp;
 		proxy_pass %s;
-		proxy_timeout 60s;
-	}
-}
-`, nginxStreamModule, dir, dir, port, backend)
-		path := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-			return nil, err
-		}
-		argv := []string{bin, "-p", dir + "/", "-c", path, "-e", filepath.Join(dir, "error.log")}
-		return l.spawn(dir, "nginx", argv, childEnv(), nil, fmt.Sprintf("127.0.0.1:%d", port), func() {})
+		proxy_timeout 60s;`, port, backend)
+		return spawnNginx(l, bin, dir, server, port, func() {})
 	}
 }
 
