@@ -273,20 +273,29 @@ func (l *loop) pump(c *conn, d int) bool {
 // socket is read with recvmsg, which also says whether the read stopped
 // after a message carrying descriptors (cut): they are not forwarded (as in
 // the original; systemd #22744), the kernel closes them, and the bytes
-// around them flow on. It is logged once per connection, at debug level.
+// around them flow on.
 func (l *loop) read(c *conn, d int) (n int, cut bool, e unix.Errno) {
 	fd := int(c.fd[d])
 	if c.tcp[d] {
 		n, e = rawRead(fd, l.buf)
 		return n, false, e
 	}
-	n, cut, e = rawRecv(fd, l.buf)
-	if cut && c.dir[d].flags&fdsDropped == 0 {
+	n, flags, e := rawRecvmsg(fd, l.buf)
+	cut = flags&unix.MSG_CTRUNC != 0
+	if cut {
+		l.descriptorsDropped(c, d)
+	}
+	return n, cut, e
+}
+
+// descriptorsDropped says once per connection and direction, at debug
+// level, that descriptors sent over it were closed.
+func (l *loop) descriptorsDropped(c *conn, d int) {
+	if c.dir[d].flags&fdsDropped == 0 {
 		c.dir[d].flags |= fdsDropped
 		l.s.log.Debug("descriptors passed over the connection were closed: passing them on is not supported",
 			"client", c.clientString(), "listener", l.listenerName(c), "from", [2]string{"client", "backend"}[d])
 	}
-	return n, cut, e
 }
 
 // halfClose ends direction d once its source has ended and every byte is

@@ -461,7 +461,11 @@ func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 		}
 		l.queueReplies(r, f, lo, n)
 		if n < dgramBatch-lo {
-			return // a short batch emptied the socket
+			// A short batch emptied the socket, or stopped at a
+			// pending error (ICMP unreachable: recvmsg checks it
+			// before it dequeues); the error's arrival raised an edge
+			// of its own, and the next event reads on.
+			return
 		}
 	}
 }

@@ -60,7 +60,10 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
 		}
-		n, trunc, e := rawRecvMsg(src, buf)
+		n, flags, e := rawRecvmsg(src, buf)
+		if flags&unix.MSG_CTRUNC != 0 {
+			l.descriptorsDropped(c, d) // the message itself goes on whole
+		}
 		switch {
 		case e == unix.EAGAIN:
 			c.ready[d] &^= canRead
@@ -70,7 +73,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 		case e != 0:
 			l.abort(c, e)
 			return false
-		case trunc:
+		case flags&unix.MSG_TRUNC != 0:
 			l.abort(c, errMessageTooBig)
 			return false
 		case n == 0 && peerShut(src):
@@ -98,18 +101,6 @@ func peerShut(fd int) bool {
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
 	n, err := unix.Poll(fds, 0)
 	return err != nil || (n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0)
-}
-
-// rawRecvMsg reads one message; trunc says it was larger than b.
-func rawRecvMsg(fd int, b []byte) (n int, trunc bool, e unix.Errno) {
-	iov := unix.Iovec{Base: &b[0]}
-	iov.SetLen(len(b))
-	msg := unix.Msghdr{Iov: &iov, Iovlen: 1}
-	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
-	if e != 0 {
-		return 0, false, e
-	}
-	return int(r), msg.Flags&unix.MSG_TRUNC != 0, 0
 }
 
 // rawWriteMsg sends b as one message (a zero-length one too, which write

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,4 +153,36 @@ func TestPacketsIdleTimeout(t *testing.T) {
 		t.Fatal("read after idle timeout succeeded")
 	}
 	waitFor(t, "the connection to close", func() bool { return r.srv.Stats().Active == 0 })
+}
+
+// TestPacketsWithDescriptors: a message that carries a descriptor
+// (SCM_RIGHTS) still goes on whole, in order with the next; the
+// descriptor is closed, not kept, and the debug line says so.
+func TestPacketsWithDescriptors(t *testing.T) {
+	r, path := startPackets(t, packetEcho, Config{})
+	c := dialPackets(t, path)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	sendWithDescriptor(t, c, []byte("first"), pw)
+	if _, err := c.Write([]byte("second")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	for _, want := range []string{"first", "second"} {
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("got %q, %v; want %q as one message", buf[:n], err, want)
+		}
+	}
+	pw.Close()
+	pr.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := pr.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the passed descriptor is still open somewhere: read %d, %v", n, err)
+	}
+	if !strings.Contains(r.logs.String(), "descriptors passed over the connection were closed") {
+		t.Errorf("no debug line says descriptors are not passed on; logs:\n%s", r.logs)
+	}
 }

@@ -53,21 +53,22 @@ func rawEpollWait(epfd int, events []unix.EpollEvent, msec int) (int, unix.Errno
 	return int(r), 0
 }
 
-// rawRecv reads like rawRead, with recvmsg and no room for ancillary data,
-// so that it also reports whether the kernel cut the read short at a
-// message that carried some (MSG_CTRUNC): a unix stream read stops after a
-// message with descriptors (SCM_RIGHTS), whatever follows it, so such a
-// short read does not prove the socket empty. The descriptors themselves
-// are closed by the kernel, as nobody received them.
-func rawRecv(fd int, p []byte) (n int, ctrunc bool, e unix.Errno) {
+// rawRecvmsg reads like rawRead, with recvmsg and no room for ancillary
+// data, and returns the message flags: MSG_CTRUNC says the read came with
+// ancillary data, which the kernel dropped (descriptors of SCM_RIGHTS are
+// closed, as nobody received them); MSG_TRUNC says a message of a
+// sequential-packet or datagram socket was larger than p. A unix stream
+// read stops after a message that carries descriptors, whatever follows
+// it, so such a short read does not prove the socket empty.
+func rawRecvmsg(fd int, p []byte) (n, flags int, e unix.Errno) {
 	iov := unix.Iovec{Base: &p[0]}
 	iov.SetLen(len(p))
 	msg := unix.Msghdr{Iov: &iov, Iovlen: 1}
-	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), 0)
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
 	if e != 0 {
-		return 0, false, e
+		return 0, 0, e
 	}
-	return int(r), msg.Flags&unix.MSG_CTRUNC != 0, 0
+	return int(r), int(msg.Flags), 0
 }
 
 // rawMmsg is recvmmsg or sendmmsg (trap) without a timeout, on a
