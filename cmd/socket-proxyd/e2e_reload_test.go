@@ -324,19 +324,27 @@ func replaceFile(t *testing.T, path, content string) {
 	}
 }
 
-// TestReloadRunsTheNewFile: after the file on disk is replaced, SIGHUP
-// runs the new file (here a script that says so and executes the real
-// binary), not the old inode /proc/self/exe still points at.
-func TestReloadRunsTheNewFile(t *testing.T) {
-	t.Parallel()
-	dir := shortDir(t)
-	exe := filepath.Join(dir, "socket-proxyd")
+// startFromCopy starts a copy of the binary, whose file a test may then
+// replace, in front of an echo backend, with one connection open through
+// it: the copy's path, the proxy, the connection and the proxy's address.
+func startFromCopy(t *testing.T) (string, *proc, net.Conn, string) {
+	t.Helper()
+	exe := filepath.Join(shortDir(t), "socket-proxyd")
 	copyBinary(t, exe)
 	_, backend := echoTCP(t, "127.0.0.1:0")
 	fd, addr := inheritTCP(t, "web")
 	p := start(t, exe, launch{args: []string{backend}, fds: []inherited{fd}})
 	c := dial(t, "tcp", addr)
 	mustEcho(t, c, 100)
+	return exe, p, c, addr
+}
+
+// TestReloadRunsTheNewFile: after the file on disk is replaced, SIGHUP
+// runs the new file (here a script that says so and executes the real
+// binary), not the old inode /proc/self/exe still points at.
+func TestReloadRunsTheNewFile(t *testing.T) {
+	t.Parallel()
+	exe, p, c, addr := startFromCopy(t)
 	replaceFile(t, exe, "#!/bin/sh\necho the new file runs >&2\nexec "+binary+" \"$@\"\n")
 	reloadTo(t, p, 1)
 	if !strings.Contains(p.stderr.String(), "the new file runs") {
@@ -362,14 +370,7 @@ func TestReloadBrokenFile(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			dir := shortDir(t)
-			exe := filepath.Join(dir, "socket-proxyd")
-			copyBinary(t, exe)
-			_, backend := echoTCP(t, "127.0.0.1:0")
-			fd, addr := inheritTCP(t, "web")
-			p := start(t, exe, launch{args: []string{backend}, fds: []inherited{fd}})
-			c := dial(t, "tcp", addr)
-			mustEcho(t, c, 100)
+			exe, p, c, addr := startFromCopy(t)
 			if tt.content == "" {
 				os.Remove(exe)
 			} else {

@@ -14,18 +14,7 @@ import (
 // saw: another file under the same number is not taken.
 func TestInheritedResolver(t *testing.T) {
 	r := sample(t)
-	b, carried, err := Encode(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mfd, err := Memfd(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.FcntlInt(uintptr(mfd), unix.F_SETFD, 0)
-	for _, fd := range carried[1:] {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
-	}
+	b, mfd, carried := encodeForExec(t, r)
 	// Under carried[0] (listener "web"), another file: as if not passed.
 	unix.Dup2(fds(t, 1)[0], carried[0])
 	got, resolve, err := Inherited(strconv.Itoa(mfd))
@@ -77,18 +66,7 @@ func TestMemfdSealed(t *testing.T) {
 func TestInheritedByNumber(t *testing.T) {
 	r := sample(t)
 	r.ByNumber = true
-	b, carried, err := Encode(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mfd, err := Memfd(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.FcntlInt(uintptr(mfd), unix.F_SETFD, 0)
-	for _, fd := range carried[1:] {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
-	}
+	_, mfd, _ := encodeForExec(t, r)
 	got, resolve, err := Inherited(strconv.Itoa(mfd))
 	if err != nil {
 		t.Fatal(err)
@@ -100,4 +78,23 @@ func TestInheritedByNumber(t *testing.T) {
 	if rec.Listeners[0].FD != -1 || rec.Listeners[1].FD != r.Listeners[1].FD {
 		t.Errorf("listener descriptors %d, %d; want -1 (close-on-exec: not passed), %d", rec.Listeners[0].FD, rec.Listeners[1].FD, r.Listeners[1].FD)
 	}
+}
+
+// encodeForExec encodes r, writes it into a memfd and clears close-on-exec on it and
+// on the carried descriptors but the first, as the exec carrier does.
+func encodeForExec(t *testing.T, r *Record) (b []byte, mfd int, carried []int) {
+	t.Helper()
+	b, carried, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfd, err = Memfd(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.FcntlInt(uintptr(mfd), unix.F_SETFD, 0)
+	for _, fd := range carried[1:] {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
+	}
+	return b, mfd, carried
 }
