@@ -27,6 +27,8 @@ type fakeStore struct {
 	// full drops every descriptor sent to it, as systemd 252 does past
 	// FileDescriptorStoreMax= (with a line in its journal, no answer).
 	full bool
+	// synced hears each SYNC=1 the store receives (see take).
+	synced chan struct{}
 
 	mu      sync.Mutex
 	stored  []inherited
@@ -43,7 +45,7 @@ func newStore(t *testing.T, full bool) *fakeStore {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &fakeStore{path: path, conn: conn, done: make(chan struct{}), full: full}
+	s := &fakeStore{path: path, conn: conn, done: make(chan struct{}), full: full, synced: make(chan struct{}, 1)}
 	go s.receive()
 	t.Cleanup(func() {
 		conn.Close()
@@ -82,6 +84,8 @@ func (s *fakeStore) receive() {
 		}
 		name := fields["FDNAME"]
 		switch {
+		case fields["SYNC"] == "1":
+			s.synced <- struct{}{}
 		case fields["FDSTORE"] == "1" && !s.full:
 			for _, fd := range fds {
 				s.stored = append(s.stored, inherited{file: os.NewFile(uintptr(fd), name), name: name})
@@ -107,8 +111,24 @@ func (s *fakeStore) receive() {
 }
 
 // take returns copies of the stored descriptors, shuffled, for the next
-// instance; the caller closes them.
+// instance; the caller closes them. It first waits for the messages sent
+// before it to be handled, as systemd has by the time it starts the next
+// instance: a SYNC=1 sent now is queued behind them.
 func (s *fakeStore) take(t *testing.T) []inherited {
+	t.Helper()
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: s.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("SYNC=1")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.synced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the fake store did not get to its SYNC=1 within 10s")
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []inherited
@@ -353,5 +373,70 @@ func TestFDStoreKeepsFlow(t *testing.T) {
 	from := func(s string) string { f, _, _ := strings.Cut(s, " "); return f }
 	if from(before) != from(after) || !strings.HasSuffix(after, " two") {
 		t.Errorf("before the restart the backend saw %q, after %q: the flow was not kept", before, after)
+	}
+}
+
+// TestFDStoreCrash: with --fdstore=always each connection is in the fd
+// store from the moment it opens, so a kill -9 in the middle of 8 transfers
+// loses none of them: the next instance, started with what the store holds
+// (and no record: the first instance never wrote one), recovers each, and
+// every stream ends whole, SHA-256 checked both ways. Connections that end
+// leave the store.
+func TestFDStoreCrash(t *testing.T) {
+	t.Parallel()
+	bl := listenTCP(t, "127.0.0.1:0")
+	serve(t, bl, slowEcho)
+	front, addr := inheritTCP(t, "web")
+	store := newFakeStore(t)
+	args := []string{"--fdstore=always", bl.Addr().String()}
+	env := []string{"NOTIFY_SOCKET=" + store.path}
+	a := start(t, binary, launch{args: args, fds: []inherited{front}, env: env})
+	if err := a.waitStderr("listening", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	const streams = 8
+	errs := make(chan error, streams)
+	for i := range streams {
+		go func() { errs <- stream(addr, uint64(i), stop) }()
+	}
+	if err := poll(10*time.Second, func() bool {
+		n, _, _ := store.state()
+		return n == streams*6
+	}, func() string {
+		n, _, msgs := store.state()
+		return fmt.Sprintf("the store holds %d descriptors, want %d (6 per connection); messages %q", n, streams*6, msgs)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the streams under way
+
+	a.signal(syscall.SIGKILL)
+	a.waitExit(10 * time.Second)
+	stored := store.take(t)
+	b := start(t, binary, launch{args: args, fds: append([]inherited{front}, stored...), env: env})
+	if err := b.waitStderr("recovered connections after a crash connections=8 reset=0", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range stored {
+		f.file.Close()
+	}
+	close(stop)
+	for range streams {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := poll(10*time.Second, func() bool {
+		n, _, _ := store.state()
+		return n == 0
+	}, func() string {
+		n, removed, _ := store.state()
+		return fmt.Sprintf("the store still holds %d descriptors after every stream ended; removed %q", n, removed)
+	}); err != nil {
+		t.Error(err)
+	}
+	if err := stillServes(addr); err != nil {
+		t.Error(err)
 	}
 }

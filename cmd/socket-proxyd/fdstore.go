@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -16,7 +17,9 @@ import (
 )
 
 // --fdstore (issue 10): on SIGTERM, hand every open connection to systemd's
-// fd store instead of draining it, and take them back at the next start.
+// fd store instead of draining it, and take them back at the next start;
+// always: also put each connection in the store as it opens, so that a
+// crash followed by a restart loses none either.
 
 // fdstoreMode is --fdstore's value.
 type fdstoreMode string
@@ -24,18 +27,17 @@ type fdstoreMode string
 const (
 	fdstoreNo     fdstoreMode = "no"
 	fdstoreOnStop fdstoreMode = "on-stop"
+	fdstoreAlways fdstoreMode = "always"
 )
 
 func fdstore(p *fdstoreMode) func(string) error {
 	return func(s string) error {
 		switch fdstoreMode(s) {
-		case fdstoreNo, fdstoreOnStop:
+		case fdstoreNo, fdstoreOnStop, fdstoreAlways:
 			*p = fdstoreMode(s)
 			return nil
-		case "always":
-			return errors.New("always is not supported yet: use on-stop, which keeps every connection across a restart but not a crash")
 		}
-		return errors.New("must be no or on-stop")
+		return errors.New("must be no, on-stop or always")
 	}
 }
 
@@ -60,9 +62,10 @@ func storeCapacity(v string) int {
 	return n
 }
 
-// storeFunc is proxy.Config.Store for the mode: nil unless on-stop.
+// storeFunc is proxy.Config.Store for the mode: nil unless on-stop or
+// always.
 func storeFunc(mode fdstoreMode, socket, capacity string) func([]byte, []int) error {
-	if mode != fdstoreOnStop {
+	if mode == fdstoreNo {
 		return nil
 	}
 	return (&storer{socket: socket, capacity: storeCapacity(capacity)}).store
@@ -88,42 +91,89 @@ func (s *storer) store(rec []byte, fds []int) error {
 	return nil
 }
 
+// keeper is proxy.Config.Keep and Forget for --fdstore=always: one socket
+// to NOTIFY_SOCKET for the proxy's life, and a count of the descriptors
+// kept, against $FDSTORE when systemd tells it (>= 254; systemd 252 would
+// close what does not fit, and say nothing).
+type keeper struct {
+	conn     *notify.Conn
+	capacity int
+	held     int
+	log      *slog.Logger
+}
+
+func newKeeper(socket, capacity string, recovered int, log *slog.Logger) (*keeper, error) {
+	c, err := notify.Dial(socket)
+	if err != nil {
+		return nil, err
+	}
+	return &keeper{conn: c, capacity: storeCapacity(capacity), held: recovered * handoff.KeptFDs, log: log}, nil
+}
+
+func (k *keeper) keep(name string, fds []int) error {
+	if k.capacity > 0 && k.held+len(fds) > k.capacity {
+		return fmt.Errorf("the fd store holds at most %d descriptors (FileDescriptorStoreMax=), %d are kept: raise it", k.capacity, k.held)
+	}
+	if err := k.conn.Store(name, fds); err != nil {
+		return err
+	}
+	k.held += len(fds)
+	return nil
+}
+
+func (k *keeper) forget(name string) {
+	k.held = max(k.held-handoff.KeptFDs, 0)
+	if err := k.conn.Remove(name); err != nil {
+		k.log.Warn("cannot take a closed connection out of the fd store", "name", name, "error", err.Error())
+	}
+}
+
 // takeOver returns the listeners to serve and, after a reload in place
 // (carried names the record's memfd) or a restart through the fd store,
-// the record of the connections to resume. A store whose record cannot be
-// read costs its connections (reset, and logged), not the service.
-func takeOver(carried string, resuming bool, notifySocket string, log *slog.Logger) ([]activation.Listener, *handoff.Record, error) {
+// the record of the connections to resume; after a crash with
+// --fdstore=always, the kept connections found in the store, by name. A
+// store whose record cannot be read costs its connections (reset, and
+// logged), not the service.
+func takeOver(carried string, resuming bool, notifySocket string, log *slog.Logger) ([]activation.Listener, *handoff.Record, map[string][]int, error) {
 	if resuming {
 		rec, listeners, err := resume(carried)
-		return listeners, rec, err
+		return listeners, rec, nil, err
 	}
 	listeners, stored, err := activation.InheritedWithStored(handoff.IsStored, handoff.MaxFDs)
 	if err != nil || len(stored) == 0 {
-		return listeners, nil, err
+		return listeners, nil, nil, err
 	}
-	rec, err := fromStore(notifySocket, stored)
+	rec, kept, err := fromStore(notifySocket, stored)
 	var more []activation.Listener
-	if err == nil {
+	if err == nil && rec != nil {
 		more, err = carriedListeners(rec, false)
 	}
 	if err != nil {
 		log.Error(err.Error())
-		return listeners, nil, nil
+		return listeners, nil, nil, nil
 	}
-	return append(listeners, more...), rec, nil
+	return append(listeners, more...), rec, kept, nil
 }
 
 // fromStore takes back what a previous instance stored: the record and
-// the descriptors it names, matched by identity, then empties the store
-// (a copy left there would keep a connection open after this instance
-// closed it). Without a readable record, every stored descriptor is reset.
-func fromStore(socket string, stored []activation.Stored) (*handoff.Record, error) {
+// the descriptors it names, matched by identity, then empties the store of
+// them (a copy left there would keep a connection open after this instance
+// closed it). Without a readable record, every stored descriptor is reset,
+// but those of kept connections (--fdstore=always), which are returned by
+// name for the proxy to recover, and stay in the store.
+func fromStore(socket string, stored []activation.Stored) (*handoff.Record, map[string][]int, error) {
 	record := -1
-	var fds []int
+	var fds, plain []int
+	kept := map[string][]int{}
 	for _, s := range stored {
-		if s.Name == handoff.RecordName && record < 0 {
+		switch {
+		case s.Name == handoff.RecordName && record < 0:
 			record = s.FD
-		} else {
+		case handoff.IsKept(s.Name):
+			kept[s.Name] = append(kept[s.Name], s.FD)
+			fds = append(fds, s.FD)
+		default:
+			plain = append(plain, s.FD)
 			fds = append(fds, s.FD)
 		}
 	}
@@ -132,8 +182,11 @@ func fromStore(socket string, stored []activation.Stored) (*handoff.Record, erro
 		notify.RemoveFDs(socket, handoff.RecordName)
 	}()
 	if record < 0 {
-		handoff.Reset(fds)
-		return nil, fmt.Errorf("the fd store holds %d descriptors but no record of them: they were reset", len(fds))
+		if len(plain) > 0 {
+			handoff.Reset(plain)
+			return nil, kept, fmt.Errorf("the fd store holds %d descriptors but no record of them: they were reset", len(plain))
+		}
+		return nil, kept, nil // a crash: only kept connections
 	}
 	b, resolve, left, err := handoff.Stored(record, fds)
 	var rec *handoff.Record
@@ -143,9 +196,17 @@ func fromStore(socket string, stored []activation.Stored) (*handoff.Record, erro
 	}
 	if err != nil {
 		handoff.Reset(fds)
-		return nil, fmt.Errorf("cannot resume from the fd store, its connections were reset: %v", err)
+		for name := range kept {
+			notify.RemoveFDs(socket, name)
+		}
+		return nil, nil, fmt.Errorf("cannot resume from the fd store, its connections were reset: %v", err)
 	}
+	unused = append(unused, left()...)
 	handoff.Reset(unused)
-	handoff.Reset(left())
-	return rec, nil
+	for name, group := range kept {
+		if slices.ContainsFunc(group, func(fd int) bool { return slices.Contains(unused, fd) }) {
+			notify.RemoveFDs(socket, name) // the record did not have it whole
+		}
+	}
+	return rec, nil, nil
 }

@@ -103,7 +103,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if opts.fdstore != fdstoreNo && notifySocket == "" {
 		return fail(fmt.Errorf("--fdstore=%s needs systemd's fd store, and NOTIFY_SOCKET is not set: run it from a service with FileDescriptorStoreMax=, or drop --fdstore", opts.fdstore))
 	}
-	listeners, resumed, err := takeOver(carried, resuming, notifySocket, log)
+	listeners, resumed, recovered, err := takeOver(carried, resuming, notifySocket, log)
 	if err != nil {
 		return fail(err)
 	}
@@ -147,10 +147,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	reload := &reloader{exe: executable(os.Args[0]), argv: os.Args, log: log, stopping: func() bool { return ctx.Err() != nil }}
-	srv := proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		Reload:          reload.exec,
 		Store:           storeFunc(opts.fdstore, notifySocket, os.Getenv("FDSTORE")),
 		Resume:          resumed,
+		Recover:         recovered,
 		Listeners:       listeners,
 		Backend:         opts.backend,
 		MaxConnections:  opts.maxConnections,
@@ -163,7 +164,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ProxyProtocol:   opts.proxyProtocol,
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),
 		Log:             log,
-	})
+	}
+	if opts.fdstore == fdstoreAlways {
+		k, err := newKeeper(notifySocket, os.Getenv("FDSTORE"), len(recovered), log)
+		if err != nil {
+			activation.Close(listeners)
+			return fail(err)
+		}
+		cfg.Keep, cfg.Forget = k.keep, k.forget
+	} else if len(recovered) > 0 {
+		// Kept by an instance with --fdstore=always: each leaves the
+		// store when it closes, whatever this instance's mode.
+		cfg.Forget = func(name string) { notify.RemoveFDs(notifySocket, name) }
+	}
+	srv := proxy.New(cfg)
 	// alive ends when Run returns: the watchdog, the status line and the
 	// signal watcher live exactly as long as Run, graceful stop included.
 	alive, done := context.WithCancel(context.Background())
@@ -174,7 +188,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		select {
 		case sig := <-signals:
 			stopping(sig.String())
-			if opts.fdstore == fdstoreOnStop {
+			if opts.fdstore != fdstoreNo {
 				srv.Store() // before cancel: the loop stores first, then stops
 			}
 			cancel()

@@ -87,14 +87,15 @@ func (r *reader) addr() netip.AddrPort {
 }
 
 // decodeConn reads one connection entry; ref reads a descriptor slot.
-func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners int) (Conn, error) {
+func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners, version int) (Conn, error) {
 	var c Conn
 	var err error
 	c.Listener = int(e.u16())
 	c.State = e.u8()
 	tcp := e.u8()
 	c.TCP = [2]bool{tcp&1 != 0, tcp&2 != 0}
-	if tcp&^3 != 0 {
+	c.Kept = tcp&4 != 0
+	if tcp&^7 != 0 || (c.Kept && version < 3) {
 		return c, fmt.Errorf("socket kinds %#x", tcp)
 	}
 	if e.err == nil && c.Listener >= listeners {
@@ -137,7 +138,8 @@ func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners int) 
 				return c, err
 			}
 			dir.InPipe = int(e.u32())
-			if dir.InPipe <= 0 || dir.InPipe > MaxPipe {
+			// A kept connection's pipes are its own, empty or not.
+			if dir.InPipe < 0 || (dir.InPipe == 0 && !c.Kept) || dir.InPipe > MaxPipe {
 				return c, fmt.Errorf("%d bytes in a pipe", dir.InPipe)
 			}
 		case 2:
@@ -159,13 +161,16 @@ func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners int) 
 			return c, fmt.Errorf("unknown flags %#x", dir.Flags)
 		case dir.Flags&Shut != 0 && dir.Flags&EOF == 0:
 			return c, errors.New("shut down before the end of its source")
-		case dir.Flags&Shut != 0 && (dir.Pipe[0] >= 0 || dir.Mem != nil):
+		case dir.Flags&Shut != 0 && (dir.InPipe > 0 || dir.Mem != nil):
 			return c, errors.New("bytes in flight after shutdown")
 		case dir.Flags&Header != 0 && (d != 0 || (dir.Pipe[0] < 0 && dir.Mem == nil)):
 			return c, errors.New("a PROXY header out of place")
 		case c.State == Connecting && (dir.Bytes != 0 || dir.Flags != 0 || dir.Pipe[0] >= 0 || dir.Mem != nil):
 			return c, errors.New("traffic before connecting")
 		}
+	}
+	if c.Kept && (c.State != Open || c.Dir[0].Pipe[0] < 0 || c.Dir[1].Pipe[0] < 0) {
+		return c, errors.New("kept without a pipe of its own each way")
 	}
 	if c.Dir[0].Flags&c.Dir[1].Flags&Shut != 0 {
 		return c, errors.New("both directions over")

@@ -26,7 +26,7 @@ import (
 // reader takes every version from 1 up to its own; a new entry kind (a
 // datagram flow, say) bumps it, so that an older build refuses the record
 // in the check before exec (--check-handoff) instead of misreading it.
-const Version = 2
+const Version = 3
 
 // Bounds: a record past them is refused, whatever it says.
 const (
@@ -120,6 +120,11 @@ type Conn struct {
 	// writer consumed are not reported again by a carried epoll.
 	Gen   [2]uint32
 	Ready [2]uint8
+	// Kept says the connection is in systemd's fd store under its own
+	// name (KeepName) since it opened (--fdstore=always, version 3): both
+	// directions then have a kernel pipe of their own, empty or not, and
+	// it stays in the store until it closes.
+	Kept bool
 }
 
 // Readiness bits of Conn.Ready.
@@ -233,7 +238,7 @@ func Encode(r *Record) ([]byte, []int, error) {
 		c := &r.Conns[i]
 		at := entry(kindConn)
 		body = le.AppendUint16(body, uint16(c.Listener))
-		body = append(body, c.State, boolByte(c.TCP[0])|boolByte(c.TCP[1])<<1)
+		body = append(body, c.State, boolByte(c.TCP[0])|boolByte(c.TCP[1])<<1|boolByte(c.Kept)<<2)
 		body = le.AppendUint32(body, slot(c.FD[0]))
 		body = le.AppendUint32(body, slot(c.FD[1]))
 		body = appendAddr(body, c.Client)
@@ -454,7 +459,7 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 			}
 			r.Flows = append(r.Flows, f)
 		case kindConn:
-			c, err := decodeConn(&e, ref, len(r.Listeners))
+			c, err := decodeConn(&e, ref, len(r.Listeners), v)
 			if err != nil {
 				return bad("connection %d: %v", len(r.Conns), err)
 			}

@@ -5,6 +5,7 @@ package handoff
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"hash/crc32"
 	"net/netip"
 	"reflect"
@@ -132,7 +133,7 @@ func TestRejects(t *testing.T) {
 	}{
 		{"empty", nil, "not a socket-proxyd handoff record"},
 		{"other magic", append([]byte("SPXHOFFX"), good[8:]...), "not a socket-proxyd"},
-		{"newer version", resum(append(append(bytes.Clone(good[:8]), 3, 0), good[10:]...)), "version 3"},
+		{"newer version", resum(append(append(bytes.Clone(good[:8]), Version+1, 0), good[10:]...)), fmt.Sprintf("version %d", Version+1)},
 		{"truncated", good[:len(good)-10], "checksum"},
 		{"flipped byte", func() []byte { b := bytes.Clone(good); b[len(b)/2] ^= 1; return b }(), "checksum"},
 		{"huge fd count", func() []byte { b := bytes.Clone(good); binary.LittleEndian.PutUint32(b[20:], 1<<30); return resum(b) }(), "descriptor count"},

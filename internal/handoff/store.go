@@ -21,8 +21,9 @@ const (
 	RecordName = "socket-proxyd-record"
 )
 
-// IsStored says whether a LISTEN_FDNAMES name is one of ours.
-func IsStored(name string) bool { return name == StoreName || name == RecordName }
+// IsStored says whether a LISTEN_FDNAMES name is one of ours: a stopped
+// instance's connections and record, or a kept connection (keep.go).
+func IsStored(name string) bool { return name == StoreName || name == RecordName || IsKept(name) }
 
 // Stored is the carrier for descriptors back from the fd store: the record
 // (the one descriptor named RecordName) and a Resolver that matches each

@@ -75,14 +75,12 @@ const maxFDsPerMessage = 253
 // fails without NOTIFY_SOCKET. systemd keeps at most FileDescriptorStoreMax=
 // and closes the rest, with a message in the journal but no answer here.
 func StoreFDs(socket, name string, fds []int) error {
-	for len(fds) > 0 {
-		n := min(len(fds), maxFDsPerMessage)
-		if err := sendWithFDs(socket, "FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds[:n]); err != nil {
-			return err
-		}
-		fds = fds[n:]
+	c, err := Dial(socket)
+	if err != nil {
+		return err
 	}
-	return nil
+	defer c.Close()
+	return c.Store(name, fds)
 }
 
 // RemoveFDs takes every descriptor stored under name out of the store
@@ -95,20 +93,67 @@ func RemoveFDs(socket, name string) error {
 // sendWithFDs sends one notification with descriptors attached
 // (SCM_RIGHTS), as sd_pid_notify_with_fds does.
 func sendWithFDs(socket, state string, fds []int) error {
+	c, err := Dial(socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.send(state, fds)
+}
+
+// Conn is a socket to NOTIFY_SOCKET kept open, for a proxy that talks to
+// the fd store for every connection (--fdstore=always): one sendmsg per
+// message, no socket per message. A message waits while systemd's queue is
+// full (the proxy then goes at the pace PID 1 stores), at most sendTimeout.
+type Conn struct {
+	fd   int
+	addr unix.SockaddrUnix
+}
+
+// sendTimeout bounds the wait for room in systemd's queue.
+const sendTimeout = time.Second
+
+// Dial opens a socket to NOTIFY_SOCKET.
+func Dial(socket string) (*Conn, error) {
 	if socket == "" {
-		return fmt.Errorf("NOTIFY_SOCKET is not set: the fd store needs systemd")
+		return nil, fmt.Errorf("NOTIFY_SOCKET is not set: the fd store needs systemd")
 	}
 	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("cannot reach NOTIFY_SOCKET: %v", err)
+		return nil, fmt.Errorf("cannot reach NOTIFY_SOCKET: %v", err)
 	}
-	defer unix.Close(s)
+	tv := unix.NsecToTimeval(int64(sendTimeout))
+	unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+	return &Conn{fd: s, addr: unix.SockaddrUnix{Name: socket}}, nil
+}
+
+// Close closes the socket.
+func (c *Conn) Close() error { return unix.Close(c.fd) }
+
+// Store is StoreFDs on c.
+func (c *Conn) Store(name string, fds []int) error {
+	for len(fds) > 0 {
+		n := min(len(fds), maxFDsPerMessage)
+		if err := c.send("FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds[:n]); err != nil {
+			return err
+		}
+		fds = fds[n:]
+	}
+	return nil
+}
+
+// Remove is RemoveFDs on c.
+func (c *Conn) Remove(name string) error {
+	return c.send("FDSTOREREMOVE=1\nFDNAME="+name, nil)
+}
+
+func (c *Conn) send(state string, fds []int) error {
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	if err := unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: socket}, 0); err != nil {
-		return fmt.Errorf("cannot send %d descriptors to NOTIFY_SOCKET %q: %v", len(fds), socket, err)
+	if err := unix.Sendmsg(c.fd, []byte(state), oob, &c.addr, 0); err != nil {
+		return fmt.Errorf("cannot send %d descriptors to NOTIFY_SOCKET %q: %v", len(fds), c.addr.Name, err)
 	}
 	return nil
 }

@@ -307,7 +307,7 @@ func TestPipePoolBound(t *testing.T) {
 	}
 	// (limit - 2*max - 64)/2 <= 16: the budget is its floor.
 	maxConns := int(min(rl.Cur, 1<<30)/2) + 16
-	bound := pipeBudget(maxConns)
+	bound := pipeBudget(maxConns, false)
 	if bound != 16 {
 		t.Fatalf("pipeBudget(%d) = %d with RLIMIT_NOFILE %d, want the floor 16", maxConns, bound, rl.Cur)
 	}
@@ -546,10 +546,10 @@ func TestPipeBudget(t *testing.T) {
 		{maxConns: limit, want: 16},                  // floor
 		{maxConns: 1, want: min(1024, (limit-66)/2)}, // ceiling, on a large limit
 	} {
-		if got := pipeBudget(tt.maxConns); got != tt.want {
+		if got := pipeBudget(tt.maxConns, false); got != tt.want {
 			t.Errorf("pipeBudget(%d) = %d with RLIMIT_NOFILE %d, want %d", tt.maxConns, got, limit, tt.want)
 		}
-		if b := pipeBudget(tt.maxConns); b > 16 && 2*b+2*tt.maxConns+64 > limit {
+		if b := pipeBudget(tt.maxConns, false); b > 16 && 2*b+2*tt.maxConns+64 > limit {
 			t.Errorf("pipeBudget(%d) = %d: pipes would take descriptors the connections need", tt.maxConns, b)
 		}
 	}

@@ -100,6 +100,9 @@ func (l *loop) streamSocket(fd int, tcp bool) {
 	if tcp {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		l.keepAlive(fd)
+		if l.s.cfg.Keep != nil {
+			resetOnClose(fd) // until its clean end (keep.go)
+		}
 	}
 }
 
@@ -195,6 +198,9 @@ func (l *loop) pump(c *conn, d int) bool {
 				return true
 			}
 			n, e := l.drain(p, dst)
+			if p.r < 0 && c.isKept() {
+				l.unkeep(c) // the kernel refused splice: drain copied the pipe into memory
+			}
 			if n > 0 && dir.flags&header == 0 {
 				l.count(c, d, n)
 			}
@@ -212,9 +218,16 @@ func (l *loop) pump(c *conn, d int) bool {
 			if p.n > 0 {
 				continue
 			}
-			dir.flags &^= header
+			if dir.flags&header != 0 {
+				dir.flags &^= header
+				l.pipes.put(p)
+				dir.pipe = nil
+				if l.keep(c) {
+					continue // splicing from now on
+				}
+			}
 		}
-		if p := dir.pipe; p != nil {
+		if p := dir.pipe; p != nil && !c.isKept() {
 			l.pipes.put(p)
 			dir.pipe = nil
 		}
@@ -223,6 +236,14 @@ func (l *loop) pump(c *conn, d int) bool {
 		}
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
+		}
+		if c.isKept() {
+			if read, e := l.keptRead(c, d); !read {
+				if e == unix.EAGAIN {
+					return true
+				}
+				continue
+			}
 		}
 		n, cut, e := l.read(c, d)
 		switch {
@@ -353,6 +374,7 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 			case e == unix.EAGAIN:
 				c.ready[1-d] &^= canWrite
 			case e == unix.EINVAL:
+				l.unkeep(c)
 				dir.flags = dir.flags&^bulk | noSplice
 				return true, true // the read/write path drains it
 			case e != 0:
@@ -384,6 +406,7 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 					c.ready[d] &^= canRead
 				}
 			case e == unix.EINVAL:
+				l.unkeep(c)
 				dir.flags = dir.flags&^bulk | noSplice
 				return true, true
 			default:
@@ -397,6 +420,11 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 	}
 	if p.n > 0 {
 		return true, false // wait for the destination
+	}
+	if c.isKept() {
+		// The pipe is the connection's own, and it splices for good,
+		// unless a splice returned 0 (the read path confirms).
+		return true, dir.flags&(srcEOF|bulk) != bulk
 	}
 	l.pipes.put(p)
 	dir.pipe = nil
@@ -457,6 +485,11 @@ func (l *loop) count(c *conn, d, n int) {
 	}
 }
 
+// resetOnClose makes the last close of a TCP socket a reset.
+func resetOnClose(fd int) {
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+}
+
 // finish closes a connection both of whose directions ended cleanly.
 func (l *loop) finish(c *conn) {
 	l.release(c, false)
@@ -473,12 +506,25 @@ func (l *loop) abort(c *conn, err error) {
 
 // release closes the sockets and gives the pipes back.
 func (l *loop) release(c *conn, reset bool) {
+	if !l.lettingGo {
+		l.unkeep(c)
+	}
+	for side, fd := range c.fd {
+		if fd < 0 || !c.tcp[side] {
+			continue
+		}
+		switch {
+		case reset:
+			resetOnClose(int(fd))
+		case l.s.cfg.Keep != nil && !l.lettingGo:
+			// A clean end: the FIN went with the last shutdown, and
+			// what is queued must still go out.
+			unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
+		}
+	}
 	for side, fd := range c.fd {
 		if fd < 0 {
 			continue
-		}
-		if reset && c.tcp[side] {
-			unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 		}
 		l.conns[fd] = nil
 		unix.Close(int(fd))

@@ -293,6 +293,7 @@ func (l *loop) connected(c *conn) {
 		c.dir[0].pipe = &pipe{r: -1, w: -1, n: len(h), mem: h}
 		c.dir[0].flags |= header
 	}
+	l.keep(c) // --fdstore=always; with a header, once it is written
 	if l.pump(c, 0) {
 		l.pump(c, 1)
 	}

@@ -49,14 +49,6 @@ func (s *Server) Store() {
 	}
 }
 
-// monotonic is CLOCK_MONOTONIC in ns: the one clock that means the same in
-// the next image (exec) and the next instance (fd store).
-func monotonic() int64 {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return ts.Nano()
-}
-
 // handoff writes the record and gives it to Config.Reload, which executes
 // the next image and does not return when that works. When it returns,
 // nothing has changed and the loop goes on.
@@ -132,13 +124,14 @@ func (l *loop) storeAll() {
 	}
 	b, fds, err := handoff.Encode(r)
 	if err == nil {
-		err = l.s.cfg.Store(b, fds)
+		err = l.s.cfg.Store(b, l.notKept(r, fds))
 	}
 	if err != nil {
 		l.s.log.Warn("cannot hand the connections to the fd store, letting them finish", "error", err.Error())
 		l.startDrain()
 		return
 	}
+	l.lettingGo = true
 	for fd, c := range l.conns {
 		if c != nil && int(c.fd[0]) == fd {
 			// If the store did not keep a socket after all (systemd
@@ -162,7 +155,7 @@ func (l *loop) storeAll() {
 
 // record describes the loop.
 func (l *loop) record() *handoff.Record {
-	r := &handoff.Record{Written: monotonic(), Conns: make([]handoff.Conn, 0, l.active), Epoll: -1}
+	r := &handoff.Record{Written: handoff.Monotonic(), Conns: make([]handoff.Conn, 0, l.active), Epoll: -1}
 	for _, ln := range l.listeners {
 		bound := false
 		for _, cl := range l.s.cfg.Listeners {
@@ -195,8 +188,9 @@ func (l *loop) record() *handoff.Record {
 			if l.sweepEvery > 0 {
 				rc.Idle = int64(l.tick-c.seen) * l.sweepEvery
 			}
+			rc.Kept = c.isKept()
 			for d := range c.dir {
-				rc.Dir[d] = recordDir(&c.dir[d])
+				rc.Dir[d] = recordDir(&c.dir[d], rc.Kept)
 			}
 		}
 		r.Conns = append(r.Conns, rc)
@@ -211,14 +205,15 @@ var dirFlags = [...][2]uint8{
 	{header, handoff.Header}, {fdsDropped, handoff.FDsDropped},
 }
 
-func recordDir(dir *direction) handoff.Dir {
+// A kept connection's pipes go with it even when empty: they are its own.
+func recordDir(dir *direction, kept bool) handoff.Dir {
 	rd := handoff.Dir{Bytes: dir.n, Pipe: [2]int{-1, -1}}
 	for _, f := range dirFlags {
 		if dir.flags&f[0] != 0 {
 			rd.Flags |= f[1]
 		}
 	}
-	if p := dir.pipe; p != nil && p.n > 0 {
+	if p := dir.pipe; p != nil && (p.n > 0 || kept && p.r >= 0) {
 		if p.r >= 0 {
 			rd.Pipe, rd.InPipe = [2]int{p.r, p.w}, p.n
 		} else {
@@ -235,7 +230,7 @@ func recordDir(dir *direction) handoff.Dir {
 // the record says); a connection that fails a check is reset, never
 // forwarded. It reports how many were adopted.
 func (l *loop) resume(r *handoff.Record) (adopted, reset int) {
-	elapsed := max(monotonic()-r.Written, 0)
+	elapsed := max(handoff.Monotonic()-r.Written, 0)
 	if l.epfd == r.Epoll {
 		// Registrations, generations and unread edges came along; new
 		// generations start past the carried ones.
@@ -386,7 +381,21 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 				c.dir[d].flags |= f[0]
 			}
 		}
+		if rc.Kept && c.dir[d].flags&noSplice == 0 {
+			c.dir[d].flags |= bulk
+		}
 	}
+	if rc.Kept {
+		c.dir[0].flags |= kept
+		l.s.kept.Add(1)
+	}
+	if c.tcp[0] && !c.client.IsValid() {
+		// Recovered after a crash (handoff.Recover): no record said.
+		if sa, err := unix.Getpeername(rc.FD[0]); err == nil {
+			c.client = clientAddr(sa)
+		}
+	}
+	l.keep(c) // a keeping proxy keeps what came over unkept, if it can
 	if l.sweepEvery > 0 {
 		ticks := min((rc.Idle+elapsed)/l.sweepEvery, int64(l.idleTicks)+1)
 		c.seen = l.tick - uint32(ticks)
@@ -418,8 +427,11 @@ func (l *loop) register(c *conn, side int, rc *handoff.Conn) error {
 	}
 	if c.tcp[side] {
 		// From the fd store: the stopping instance set a reset on
-		// close (see storeAll); a clean end is a FIN again.
-		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
+		// close (see storeAll); a clean end is a FIN again, except
+		// for a keeping proxy, whose sockets reset until then.
+		if l.s.cfg.Keep == nil {
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
+		}
 	}
 	return nil
 }
@@ -458,5 +470,5 @@ func (l *loop) restoreIdleClocks() {
 // from the old image's record to this loop's first wait.
 func (l *loop) resumed(r *handoff.Record, adopted, reset int) {
 	l.s.log.Info("resumed connections", "connections", adopted, "reset", reset, "flows", l.flowsResumed, "listeners", len(l.listeners),
-		"paused", time.Duration(monotonic()-r.Written).Round(10*time.Microsecond).String())
+		"paused", time.Duration(handoff.Monotonic()-r.Written).Round(10*time.Microsecond).String())
 }

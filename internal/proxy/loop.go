@@ -99,6 +99,7 @@ type loop struct {
 	idleClocks []idleClock // of connections just resumed; see restoreIdleClocks
 	carried    bool        // the epoll instance came over a reload, registrations and all
 	keepFiles  bool        // the listeners went to the fd store: their files stay
+	lettingGo  bool        // the connections went to the fd store: closing them ends nothing
 	// flowsResumed counts the datagram flows a handoff carried, for its log line.
 	flowsResumed int
 
@@ -173,7 +174,7 @@ func newLoop(s *Server) (*loop, error) {
 		l.sweepEvery = int64(min(max(t/4, time.Millisecond), sweepMax))
 		l.idleTicks = uint32((int64(t) + l.sweepEvery - 1) / l.sweepEvery)
 	}
-	l.pipes = pipePool{max: pipeBudget(s.cfg.MaxConnections), stats: s}
+	l.pipes = pipePool{max: pipeBudget(s.cfg.MaxConnections, s.cfg.Keep != nil), stats: s}
 	if err := l.add(wakefd, unix.EPOLLIN, 0); err != nil {
 		l.close()
 		return nil, fmt.Errorf("cannot create the event loop: %v", err)
@@ -223,14 +224,22 @@ func listenerFDOf(ln any) (int, error) {
 
 // pipeBudget bounds the pool so that pipes, two descriptors each, never take
 // the descriptors the connection limit needs.
-func pipeBudget(maxConns int) int {
+//
+// A proxy that keeps its connections in the fd store (keep.go) gives each a
+// pipe each way for its whole life, so its pool may grow by two per
+// connection, within the same descriptor budget.
+func pipeBudget(maxConns int, keeping bool) int {
 	var rl unix.Rlimit
 	limit := 1024
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Cur < 1<<30 {
 		limit = int(rl.Cur)
 	}
 	n := (limit - 2*maxConns - 64) / 2
-	return max(16, min(n, 1024))
+	most := 1024
+	if keeping {
+		most += 2 * maxConns
+	}
+	return max(16, min(n, most))
 }
 
 func (l *loop) add(fd int, events uint32, gen uint32) error {
@@ -303,6 +312,10 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 		if l.idleClocks != nil {
 			l.restoreIdleClocks()
 		}
+		// The stop is read before the store flag: Server.Store is called
+		// before the context ends (--fdstore), so a stop seen here comes
+		// with its store request, never ahead of it into a plain drain.
+		stop := ctx.Err() != nil
 		if l.s.reload.Load() {
 			l.s.reload.Store(false)
 			l.handoff() // returns only when the reload failed
@@ -311,7 +324,7 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 			l.s.store.Store(false)
 			l.storeAll()
 		}
-		if !l.draining && ctx.Err() != nil {
+		if !l.draining && stop {
 			l.startDrain()
 		}
 		if l.draining && l.drained() {

@@ -96,9 +96,24 @@ type Config struct {
 	// systemd's fd store. When it returns nil the connections are let go
 	// (the store holds them); otherwise they drain.
 	Store func(rec []byte, fds []int) error
+	// Keep, when set (--fdstore=always), is called on the loop's
+	// goroutine as each stream connection opens (after its PROXY header):
+	// it puts fds (client, backend, and both ends of the connection's two
+	// pipes) in systemd's fd store under name, so that a crash loses no
+	// connection (keep.go). An error leaves the connection unkept. Forget
+	// takes a name out of the store again, when the connection ends or
+	// leaves it. Store must be set too: on a stop, the record goes to the
+	// store with the connections that are not kept.
+	Keep   func(name string, fds []int) error
+	Forget func(name string)
 	// Resume is a decoded handoff record whose connections Run adopts
 	// before it serves; its listeners must be among Listeners (by name).
 	Resume *handoff.Record
+	// Recover are kept connections (Keep) found in the fd store with no
+	// record, as a crash leaves them: descriptors by name. Run rebuilds
+	// them (handoff.Recover); a group that does not add up is reset and
+	// forgotten.
+	Recover map[string][]int
 }
 
 // Stats are running totals, safe to read while the proxy runs.
@@ -110,6 +125,7 @@ type Stats struct {
 	BytesIn       int64 // client to backend, counted as they are delivered
 	BytesOut      int64 // backend to client, counted as they are delivered
 
+	Kept         int64 // connections in systemd's fd store now (Config.Keep)
 	Pipes        int64 // kernel pipes open now, lent out or pooled
 	Splices      int64 // splice calls that moved bytes from a socket into a pipe
 	SplicedBytes int64 // bytes those calls moved without copying to userspace
@@ -136,7 +152,7 @@ type Server struct {
 	store  atomic.Bool          // Store was called
 
 	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
-	pipes, splices, splicedBytes                                atomic.Int64
+	pipes, splices, splicedBytes, kept                          atomic.Int64
 	dgram                                                       dgramCounters
 
 	// testBatch, set by tests only, sees each batch of events before the
@@ -172,6 +188,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if r := s.cfg.Resume; r != nil {
 		adopted, reset := l.resume(r)
 		l.resumed(r, adopted, reset)
+	}
+	if len(s.cfg.Recover) > 0 {
+		l.recover(s.cfg.Recover)
 	}
 	s.loop.Store(l)
 	stop := context.AfterFunc(ctx, l.wake)
@@ -209,6 +228,7 @@ func (s *Server) Stats() Stats {
 		BackendErrors: s.backendErrors.Load(),
 		BytesIn:       s.bytesIn.Load(),
 		BytesOut:      s.bytesOut.Load(),
+		Kept:          s.kept.Load(),
 		Pipes:         s.pipes.Load(),
 		Splices:       s.splices.Load(),
 		SplicedBytes:  s.splicedBytes.Load(),
