@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
+)
+
+// fakeKeeper stands for systemd's fd store behind Config.Keep and Forget.
+type fakeKeeper struct {
+	mu      sync.Mutex
+	kept    map[string]int // name -> descriptors given
+	forgot  []string
+	refuse  bool
+	keepers int
+}
+
+func (k *fakeKeeper) keep(name string, fds []int) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.keepers++
+	if k.refuse {
+		return io.ErrClosedPipe
+	}
+	if k.kept == nil {
+		k.kept = map[string]int{}
+	}
+	k.kept[name] = len(fds)
+	return nil
+}
+
+func (k *fakeKeeper) forget(name string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.kept, name)
+	k.forgot = append(k.forgot, name)
+}
+
+func (k *fakeKeeper) names() (kept, forgot []string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for name, n := range k.kept {
+		if n != handoff.KeptFDs {
+			name += " (wrong count)"
+		}
+		kept = append(kept, name)
+	}
+	return kept, slices.Clone(k.forgot)
+}
+
+// TestKeptConnectionSplicesEveryByte: a kept connection (--fdstore=always)
+// holds no byte in the process: even 64-byte exchanges, which otherwise go
+// through one read and one write (TestSmallMessagesNoPipe), are spliced
+// through its own pipes, every byte. It is in the store, under a name of
+// its own with its six descriptors, while open, and leaves it at its end.
+func TestKeptConnectionSplicesEveryByte(t *testing.T) {
+	noLeak(t)
+	k := &fakeKeeper{}
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	c := dial(t, p.addr)
+	msg := bytes.Repeat([]byte("m"), 64)
+	got := make([]byte, 64)
+	const rounds = 200
+	for i := range rounds {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	st := p.srv.Stats()
+	if st.Kept != 1 || st.BytesIn != rounds*64 || st.BytesOut != rounds*64 || st.SplicedBytes != st.BytesIn+st.BytesOut {
+		t.Errorf("after %d 64-byte exchanges: kept %d, %d bytes in, %d out, %d spliced; want 1 kept and every byte spliced",
+			rounds, st.Kept, st.BytesIn, st.BytesOut, st.SplicedBytes)
+	}
+	kept, _ := k.names()
+	if len(kept) != 1 || !handoff.IsKept(kept[0]) {
+		t.Fatalf("the store holds %q, want one kept connection with its %d descriptors", kept, handoff.KeptFDs)
+	}
+	c.Close()
+	waitFor(t, "the connection to leave the store", func() bool {
+		_, forgot := k.names()
+		return len(forgot) == 1 && forgot[0] == kept[0] && p.srv.Stats().Kept == 0
+	})
+}
+
+// TestKeptConnectionLeavesStoreForUrgentData: an urgent byte must be read
+// into the process to pass its mark, so its connection leaves the store
+// first (a crash then resets it rather than lose the byte); its bytes go on
+// in order.
+func TestKeptConnectionLeavesStoreForUrgentData(t *testing.T) {
+	noLeak(t)
+	k := &fakeKeeper{}
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	c := dial(t, p.addr)
+	if _, err := c.Write([]byte("AAAA")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 9)
+	if _, err := io.ReadFull(c, got[:4]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the connection in the store", func() bool { return p.srv.Stats().Kept == 1 })
+	sendUrgent(t, c, 'U')
+	if _, err := c.Write([]byte("CCCC")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, got[4:]); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "AAAAUCCCC" {
+		t.Errorf("echoed %q, want AAAAUCCCC", got)
+	}
+	kept, forgot := k.names()
+	if len(kept) != 0 || len(forgot) != 1 || p.srv.Stats().Kept != 0 {
+		t.Errorf("after urgent data the store holds %q and forgot %q (kept %d); want it out of the store", kept, forgot, p.srv.Stats().Kept)
+	}
+}
+
+// TestKeepRefusedGoesOn: a store that refuses the descriptors leaves the
+// connection unkept, served as usual, with a warning.
+func TestKeepRefusedGoesOn(t *testing.T) {
+	noLeak(t)
+	k := &fakeKeeper{refuse: true}
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	roundTrip(t, p.addr, bytes.Repeat([]byte("r"), 100_000))
+	k.mu.Lock()
+	keepers := k.keepers
+	k.mu.Unlock()
+	if st := p.srv.Stats(); st.Kept != 0 || keepers != 1 {
+		t.Errorf("kept %d after %d refusals; want 0 after 1", st.Kept, keepers)
+	}
+	waitFor(t, "the warning", func() bool {
+		return bytes.Contains([]byte(p.logs.String()), []byte("cannot keep a connection in the fd store"))
+	})
+}
+
+// TestKeptConnectionEnds: a kept connection's end of stream is learned
+// without reading a byte (a peek after the splice that returned 0): 4 MiB
+// each way, then half-closes, arrive whole, and it leaves the store.
+func TestKeptConnectionEnds(t *testing.T) {
+	noLeak(t)
+	k := &fakeKeeper{}
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	payload := make([]byte, 4<<20)
+	for i := range payload {
+		payload[i] = byte(rand.Uint32())
+	}
+	roundTrip(t, p.addr, payload)
+	waitFor(t, "the connection to leave the store", func() bool {
+		kept, forgot := k.names()
+		return len(kept) == 0 && len(forgot) == 1 && p.srv.Stats().Kept == 0
+	})
+	if st := p.srv.Stats(); st.SplicedBytes != st.BytesIn+st.BytesOut {
+		t.Errorf("%d bytes in, %d out, %d spliced: want every byte spliced", st.BytesIn, st.BytesOut, st.SplicedBytes)
+	}
+}
