@@ -308,6 +308,32 @@ scenario_handoff() { # issue 10: reload in place and restart through the fd stor
 	check "its size and SHA-256 are the file's" download_ok /tmp/big.bin "$size" "$sum"
 	check "a new connection is served" get_page http://127.0.0.1:8090/
 	check "no error lines in its journal" no_errors spx-handoff.service
+
+	# --fdstore=always: kill -9 in the middle of a download, Restart=always.
+	printf '%s\n' '[Socket]' 'ListenStream=127.0.0.1:8091' >/etc/systemd/system/spx-crash.socket
+	printf '%s\n' '[Service]' 'Type=notify' \
+		'ExecStart=/usr/bin/socket-proxyd --fdstore=always /run/nginx/socket' \
+		'Restart=always' 'FileDescriptorStoreMax=64' \
+		>/etc/systemd/system/spx-crash.service
+	systemctl daemon-reload
+	check "systemctl start spx-crash.socket (--fdstore=always, Restart=always)" systemctl start spx-crash.socket
+	rm -f /tmp/big.bin
+	curl -fsS --limit-rate 30M -o /tmp/big.bin http://127.0.0.1:8091/big.bin &
+	curl=$!
+	check "the download's connection is in the fd store (6 descriptors)" wait_for 10 eval '
+		[[ $(systemctl show -P NFileDescriptorStore spx-crash.service) == 6 ]]'
+	sleep 2
+	pid=$(systemctl show -P MainPID spx-crash.service)
+	check "kill -9 the proxy during the download" kill -9 "$pid"
+	check "restarted: a new PID recovered the connection from the fd store" wait_for 15 eval '
+		p=$(systemctl show -P MainPID spx-crash.service) && [[ $p != 0 && $p != '"$pid"' ]] &&
+		journalctl -q -b -u spx-crash -o cat | grep -q "recovered connections after a crash connections=1 reset=0"'
+	rc=0
+	wait "$curl" || rc=$?
+	check "the download finished" eval "[[ $rc == 0 ]] || { echo 'curl exited with status $rc'; exit 1; }"
+	check "its size and SHA-256 are the file's" download_ok /tmp/big.bin "$size" "$sum"
+	check "the fd store is empty once it ended" wait_for 10 eval '[[ $(systemctl show -P NFileDescriptorStore spx-crash.service) == 0 ]]'
+	check "a new connection is served" get_page http://127.0.0.1:8091/
 }
 
 scenario_deb() { # the Debian package: install, use, remove
