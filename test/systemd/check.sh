@@ -368,6 +368,63 @@ scenario_deb() { # the Debian package: install, use, remove
 	check "package no longer known to dpkg" eval '! dpkg -s socket-proxyd'
 }
 
+# rate PORT N: N sequential HTTP/1.0 requests through 127.0.0.1:PORT,
+# printed as requests per second.
+rate() {
+	local t0 t1
+	t0=$(date +%s%N)
+	perl -MIO::Socket::INET -e '
+		for (1 .. $ARGV[1]) {
+			my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ARGV[0]") or die "connect: $!";
+			$s->syswrite("GET / HTTP/1.0\r\n\r\n"); my $b; 1 while $s->sysread($b, 65536); close $s;
+		}' "$1" "$2" || return 1
+	t1=$(date +%s%N)
+	echo $(($2 * 1000000000 / (t1 - t0)))
+}
+
+# hold PORT N: N connections through 127.0.0.1:PORT that stay open (and
+# silent) until the process is killed.
+hold() {
+	perl -MIO::Socket::INET -e '
+		my @s; for (1 .. $ARGV[1]) { push @s, IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ARGV[0]") or die "connect: $!"; }
+		sleep 600;' "$1" "$2" &
+}
+
+scenario_fdstore_cost() { # what --fdstore=always costs under systemd 252 (not in the default run)
+	install_nginx unix-socket.conf runtime-directory.conf
+	systemctl daemon-reload
+	check "nginx restarts on its unix socket" systemctl restart nginx.service
+	local mode port
+	for mode in no always; do
+		port=$((8100 + ${#mode}))
+		printf '%s\n' '[Service]' 'Type=notify' \
+			"ExecStart=/usr/bin/socket-proxyd --fdstore=$mode -c 2000 --listen 127.0.0.1:$port /run/nginx/socket" \
+			'FileDescriptorStoreMax=16384' 'LimitNOFILE=20000' >"/etc/systemd/system/spx-cost-$mode.service"
+	done
+	systemctl daemon-reload
+	check "both proxies start" systemctl start spx-cost-no.service spx-cost-always.service
+	local round held r pid
+	for held in 0 1000; do
+		local holders=()
+		if ((held > 0)); then
+			for mode in no always; do
+				hold $((8100 + ${#mode})) "$held"
+				holders+=($!)
+			done
+			check "$held connections held open each" wait_for 20 eval '
+				[[ $(systemctl show -P NFileDescriptorStore spx-cost-always.service) == '$((held * 6))' ]]'
+		fi
+		for round in 1 2 3; do
+			for mode in no always; do
+				r=$(rate $((8100 + ${#mode})) 2000)
+				pid=$(systemctl show -P MainPID "spx-cost-$mode.service")
+				pass "measure: round $round, $held held, --fdstore=$mode: $r connections/s; the proxy has $(ls /proc/"$pid"/fd | wc -l) descriptors open, the store $(systemctl show -P NFileDescriptorStore "spx-cost-$mode.service")"
+			done
+		done
+		if ((${#holders[@]} > 0)); then kill "${holders[@]}"; wait "${holders[@]}" 2>/dev/null; fi
+	done
+}
+
 # dns_backend: a stand-in for a DNS server on 127.0.0.1:5353, UDP and TCP,
 # that answers each message with "re:" and the message (perl-base is in the
 # minimal root; dnsmasq and dig are not, and the proxy is what is tested).
@@ -418,6 +475,7 @@ scenario_dns() { # Examples 12 and 13: ListenStream=53 and ListenDatagram=53
 
 case $scenario in
 simple | namespace | idle | notify | handoff | deb | dns) "scenario_$scenario" ;;
+fdstore-cost) scenario_fdstore_cost ;;
 *) fail setup "unknown scenario $scenario" ;;
 esac
 journalctl -b --no-pager -o short-monotonic >"$t/journal.txt" 2>&1

@@ -8,7 +8,7 @@
 #
 # Usage: test/systemd/run.sh [SCENARIO...]
 #   scenarios: simple namespace idle notify handoff dns deb (default: all; deb only when
-#   SOCKET_PROXYD_DEB is set)
+#   SOCKET_PROXYD_DEB is set); fdstore-cost (measures --fdstore=always, only when named)
 # Environment:
 #   SOCKET_PROXYD_BIN   the binary to test (default ./socket-proxyd)
 #   SOCKET_PROXYD_DEB   the .deb for the deb scenario (make deb)
@@ -44,7 +44,7 @@ if (($# == 0)); then
 fi
 for s in "$@"; do
 	case $s in
-	simple | namespace | idle | notify | handoff | dns) ;;
+	simple | namespace | idle | notify | handoff | dns | fdstore-cost) ;;
 	deb) [[ -f $deb ]] || die "deb scenario: SOCKET_PROXYD_DEB=$deb is not a file (run make deb)" ;;
 	*) die "unknown scenario $s" ;;
 	esac
