@@ -402,10 +402,10 @@ func TestFDStoreCrash(t *testing.T) {
 	}
 	if err := poll(10*time.Second, func() bool {
 		n, _, _ := store.state()
-		return n == streams*6
+		return n == streams
 	}, func() string {
 		n, _, msgs := store.state()
-		return fmt.Sprintf("the store holds %d descriptors, want %d (6 per connection); messages %q", n, streams*6, msgs)
+		return fmt.Sprintf("the store holds %d descriptors, want %d (one capsule per connection); messages %q", n, streams, msgs)
 	}); err != nil {
 		t.Fatal(err)
 	}

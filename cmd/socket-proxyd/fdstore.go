@@ -91,10 +91,11 @@ func (s *storer) store(rec []byte, fds []int) error {
 	return nil
 }
 
-// keeper is proxy.Config.Keep and Forget for --fdstore=always: one socket
-// to NOTIFY_SOCKET for the proxy's life, and a count of the descriptors
-// kept, against $FDSTORE when systemd tells it (>= 254; systemd 252 would
-// close what does not fit, and say nothing).
+// keeper is proxy.Config.Keep and Forget for --fdstore=always: each kept
+// connection goes to the store as one capsule (handoff.Capsule) under its
+// own name, over one socket to NOTIFY_SOCKET for the proxy's life; the
+// count of capsules is held against $FDSTORE when systemd tells it (>= 254;
+// systemd 252 would close what does not fit, and say nothing).
 type keeper struct {
 	conn     *notify.Conn
 	capacity int
@@ -107,22 +108,27 @@ func newKeeper(socket, capacity string, recovered int, log *slog.Logger) (*keepe
 	if err != nil {
 		return nil, err
 	}
-	return &keeper{conn: c, capacity: storeCapacity(capacity), held: recovered * handoff.KeptFDs, log: log}, nil
+	return &keeper{conn: c, capacity: storeCapacity(capacity), held: recovered, log: log}, nil
 }
 
 func (k *keeper) keep(name string, fds []int) error {
-	if k.capacity > 0 && k.held+len(fds) > k.capacity {
-		return fmt.Errorf("the fd store holds at most %d descriptors (FileDescriptorStoreMax=), %d are kept: raise it", k.capacity, k.held)
+	if k.capacity > 0 && k.held+1 > k.capacity {
+		return fmt.Errorf("the fd store holds at most %d descriptors (FileDescriptorStoreMax=), one per kept connection, and is full: raise it", k.capacity)
 	}
-	if err := k.conn.Store(name, fds); err != nil {
+	capsule, err := handoff.Capsule(name, fds)
+	if err != nil {
 		return err
 	}
-	k.held += len(fds)
+	defer unix.Close(capsule) // the store's copy holds it
+	if err := k.conn.Store(name, []int{capsule}); err != nil {
+		return err
+	}
+	k.held++
 	return nil
 }
 
 func (k *keeper) forget(name string) {
-	k.held = max(k.held-handoff.KeptFDs, 0)
+	k.held = max(k.held-1, 0)
 	if err := k.conn.Remove(name); err != nil {
 		k.log.Warn("cannot take a closed connection out of the fd store", "name", name, "error", err.Error())
 	}
@@ -170,8 +176,16 @@ func fromStore(socket string, stored []activation.Stored) (*handoff.Record, map[
 		case s.Name == handoff.RecordName && record < 0:
 			record = s.FD
 		case handoff.IsKept(s.Name):
-			kept[s.Name] = append(kept[s.Name], s.FD)
-			fds = append(fds, s.FD)
+			label, inside, err := handoff.OpenCapsule(s.FD)
+			switch {
+			case err != nil:
+				notify.RemoveFDs(socket, s.Name)
+			case label != s.Name || kept[s.Name] != nil:
+				handoff.Reset(inside) // not ours, or a second capsule of the name
+			default:
+				kept[s.Name] = inside
+				fds = append(fds, inside...)
+			}
 		default:
 			plain = append(plain, s.FD)
 			fds = append(fds, s.FD)
