@@ -69,8 +69,16 @@ func sample(t testing.TB) *Record {
 		}, {
 			Listener: 0, State: Open, FD: [2]int{d[7], fds(t, 1)[0]},
 			Dir: [2]Dir{{Bytes: 3, Flags: EOF | Shut, Pipe: none}, {Pipe: none}},
-		}},
+		}, kept(t)},
 	}
+}
+
+// kept is a kept connection (version 3): its pipes go with it empty, even
+// after its direction ended.
+func kept(t testing.TB) Conn {
+	k := fds(t, 6)
+	return Conn{Listener: 0, State: Open, Kept: true, FD: [2]int{k[0], k[1]},
+		Dir: [2]Dir{{Bytes: 7, Flags: EOF | Shut, Pipe: [2]int{k[2], k[3]}}, {Pipe: [2]int{k[4], k[5]}, InPipe: 5}}}
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -79,8 +87,8 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(carried) != 11 {
-		t.Errorf("carried %d descriptors, want 11", len(carried))
+	if len(carried) != 17 {
+		t.Errorf("carried %d descriptors, want 17", len(carried))
 	}
 	got, unused, err := Decode(b, sameNumbers)
 	if err != nil {
@@ -133,6 +141,7 @@ func TestRejects(t *testing.T) {
 	}{
 		{"empty", nil, "not a socket-proxyd handoff record"},
 		{"other magic", append([]byte("SPXHOFFX"), good[8:]...), "not a socket-proxyd"},
+		{"kept in version 2", resum(append(append(bytes.Clone(good[:8]), 2, 0), good[10:]...)), "socket kinds 0x4"},
 		{"newer version", resum(append(append(bytes.Clone(good[:8]), Version+1, 0), good[10:]...)), fmt.Sprintf("version %d", Version+1)},
 		{"truncated", good[:len(good)-10], "checksum"},
 		{"flipped byte", func() []byte { b := bytes.Clone(good); b[len(b)/2] ^= 1; return b }(), "checksum"},
@@ -173,6 +182,7 @@ func TestRejectsInconsistentEntries(t *testing.T) {
 		{"backend while connecting", open(func(c *Conn) { c.State = Connecting }), "backend socket while connecting"},
 		{"empty pipe", open(func(c *Conn) { c.Dir[0].Pipe, c.Dir[0].InPipe = [2]int{d[3], fds(t, 1)[0]}, 0 }), "0 bytes in a pipe"},
 		{"bad state", open(func(c *Conn) { c.State = 9 }), "state 9"},
+		{"kept without pipes", open(func(c *Conn) { c.Kept = true }), "kept without a pipe"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
