@@ -440,3 +440,65 @@ func TestFDStoreCrash(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestFDStoreCrashStates: a kill -9 with --fdstore=always, and what becomes
+// of each connection. One half-closed, its PROXY header sent: the next
+// instance recovers it, the header is not sent again, and the backend's
+// last words and its end reach the client. One still waiting for its
+// backend (never kept, as nothing was forwarded yet): reset, never a clean
+// end that would pass for a complete answer.
+func TestFDStoreCrashStates(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	late, live := filepath.Join(dir, "late.sock"), filepath.Join(dir, "live.sock")
+	release := make(chan struct{})
+	serve(t, listenUnix(t, live), headerEchoBye(release))
+	web, webAddr := inheritTCP(t, "web")
+	api, apiAddr := inheritTCP(t, "api")
+	store := newFakeStore(t)
+	args := []string{"--fdstore=always", "--proxy-protocol=v1", "--connect-timeout=30s", "--backend", "web=" + late, "--backend", "api=" + live}
+	env := []string{"NOTIFY_SOCKET=" + store.path}
+	a := start(t, binary, launch{args: args, fds: []inherited{web, api}, env: env})
+
+	// Its backend does not exist yet. It sends nothing: unread bytes would
+	// make any close a reset, and the test is that this one is.
+	waiting := dial(t, "tcp", webAddr)
+	halfClosed := dial(t, "tcp", apiAddr)
+	if _, err := halfClosed.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	closeWrite(halfClosed)
+	readExactly(t, halfClosed, "abc")
+	if err := poll(10*time.Second, func() bool { n, _, _ := store.state(); return n == 1 }, func() string {
+		n, _, msgs := store.state()
+		return fmt.Sprintf("the store holds %d descriptors, want the half-closed connection's capsule; messages %q", n, msgs)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the client's end reaches the backend
+
+	a.signal(syscall.SIGKILL)
+	a.waitExit(10 * time.Second)
+	if k, err := waiting.Read(make([]byte, 10)); k != 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the connection still waiting for its backend: read %d bytes, %v; want a reset", k, err)
+	}
+	stored := store.take(t)
+	b := start(t, binary, launch{args: args, fds: append([]inherited{web, api}, stored...), env: env})
+	if err := b.waitStderr("recovered connections after a crash connections=1 reset=0", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range stored {
+		f.file.Close()
+	}
+	close(release)
+	readExactly(t, halfClosed, "bye")
+	if err := closedWithoutData(halfClosed, 5*time.Second); err != nil {
+		t.Errorf("half-closed connection: %v", err)
+	}
+	if err := poll(10*time.Second, func() bool { n, _, _ := store.state(); return n == 0 }, func() string {
+		n, removed, _ := store.state()
+		return fmt.Sprintf("the store still holds %d descriptors; removed %q", n, removed)
+	}); err != nil {
+		t.Error(err)
+	}
+}

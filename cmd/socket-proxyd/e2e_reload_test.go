@@ -210,28 +210,8 @@ func TestReloadStates(t *testing.T) {
 	t.Parallel()
 	dir := shortDir(t)
 	late, live := filepath.Join(dir, "late.sock"), filepath.Join(dir, "live.sock")
-	// The backend reads the PROXY v1 header line, echoes until the
-	// client's EOF, then, once released, sends "bye" and ends: so a
-	// connection stays half-closed across the reload.
 	release := make(chan struct{})
-	handle := func(c net.Conn) {
-		var hdr []byte
-		for len(hdr) == 0 || hdr[len(hdr)-1] != '\n' {
-			var b [1]byte
-			if _, err := c.Read(b[:]); err != nil {
-				return
-			}
-			hdr = append(hdr, b[0])
-		}
-		if !strings.HasPrefix(string(hdr), "PROXY TCP4 127.0.0.1 127.0.0.1 ") {
-			c.Write([]byte("bad header " + string(hdr)))
-			return
-		}
-		io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
-		<-release
-		c.Write([]byte("bye"))
-		closeWrite(c)
-	}
+	handle := headerEchoBye(release)
 	serve(t, listenUnix(t, live), handle)
 	web, webAddr := inheritTCP(t, "web")
 	api, apiAddr := inheritTCP(t, "api")
@@ -284,6 +264,30 @@ func TestReloadKeepsIdleClock(t *testing.T) {
 	// close it 3s after the reload: 5.25s at the earliest.
 	if d := time.Since(idleSince); d < 3*time.Second || d > 5*time.Second {
 		t.Errorf("idle connection closed after %v, want 3s to 5s (carried: at most 4.5s; restarted: at least 5.25s)", d.Round(time.Millisecond))
+	}
+}
+
+// headerEchoBye is a backend that reads a PROXY v1 header line, echoes
+// until the client's EOF, then, once released, sends "bye" and ends: so a
+// connection stays half-closed for as long as the test wants.
+func headerEchoBye(release <-chan struct{}) func(net.Conn) {
+	return func(c net.Conn) {
+		var hdr []byte
+		for len(hdr) == 0 || hdr[len(hdr)-1] != '\n' {
+			var b [1]byte
+			if _, err := c.Read(b[:]); err != nil {
+				return
+			}
+			hdr = append(hdr, b[0])
+		}
+		if !strings.HasPrefix(string(hdr), "PROXY TCP4 127.0.0.1 127.0.0.1 ") {
+			c.Write([]byte("bad header " + string(hdr)))
+			return
+		}
+		io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
+		<-release
+		c.Write([]byte("bye"))
+		closeWrite(c)
 	}
 }
 
