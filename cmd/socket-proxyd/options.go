@@ -94,7 +94,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              them at once (default: 30s)
      --fdstore=MODE          on-stop: on SIGTERM, hand the open connections to
                              systemd's fd store for the next instance instead
-                             of draining them (default: no)
+                             of draining them; always: also keep each one in
+                             the store while it is open, so that a crash and
+                             Restart= lose none (default: no)
   -h --help                  Show this help
      --version               Show package version
 

@@ -16,7 +16,7 @@ _comp_socket_proxyd() {
 		return
 		;;
 	--fdstore)
-		mapfile -t COMPREPLY < <(compgen -W 'no on-stop' -- "$cur")
+		mapfile -t COMPREPLY < <(compgen -W 'no on-stop always' -- "$cur")
 		return
 		;;
 	--listen | --listen-datagram | --listen-sequential-packet)
