@@ -380,64 +380,80 @@ func TestFDStoreKeepsFlow(t *testing.T) {
 // store from the moment it opens, so a kill -9 in the middle of 8 transfers
 // loses none of them: the next instance, started with what the store holds
 // (and no record: the first instance never wrote one), recovers each, and
-// every stream ends whole, SHA-256 checked both ways. Connections that end
-// leave the store.
+// every stream ends whole, SHA-256 checked both ways. A SIGTERM instead
+// hands them over with a record, as on-stop does, and they stay kept.
+// Connections that end leave the store.
 func TestFDStoreCrash(t *testing.T) {
 	t.Parallel()
-	bl := listenTCP(t, "127.0.0.1:0")
-	serve(t, bl, slowEcho)
-	front, addr := inheritTCP(t, "web")
-	store := newFakeStore(t)
-	args := []string{"--fdstore=always", bl.Addr().String()}
-	env := []string{"NOTIFY_SOCKET=" + store.path}
-	a := start(t, binary, launch{args: args, fds: []inherited{front}, env: env})
-	if err := a.waitStderr("listening", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	stop := make(chan struct{})
-	const streams = 8
-	errs := make(chan error, streams)
-	for i := range streams {
-		go func() { errs <- stream(addr, uint64(i), stop) }()
-	}
-	if err := poll(10*time.Second, func() bool {
-		n, _, _ := store.state()
-		return n == streams
-	}, func() string {
-		n, _, msgs := store.state()
-		return fmt.Sprintf("the store holds %d descriptors, want %d (one capsule per connection); messages %q", n, streams, msgs)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond) // the streams under way
+	for _, tt := range []struct {
+		sig  syscall.Signal
+		want string
+	}{
+		{syscall.SIGKILL, "recovered connections after a crash connections=8 reset=0"},
+		{syscall.SIGTERM, "resumed connections connections=8 reset=0"},
+	} {
+		t.Run(tt.sig.String(), func(t *testing.T) {
+			t.Parallel()
+			bl := listenTCP(t, "127.0.0.1:0")
+			serve(t, bl, slowEcho)
+			front, addr := inheritTCP(t, "web")
+			store := newFakeStore(t)
+			args := []string{"--fdstore=always", bl.Addr().String()}
+			env := []string{"NOTIFY_SOCKET=" + store.path}
+			a := start(t, binary, launch{args: args, fds: []inherited{front}, env: env})
+			if err := a.waitStderr("listening", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			stop := make(chan struct{})
+			const streams = 8
+			errs := make(chan error, streams)
+			for i := range streams {
+				go func() { errs <- stream(addr, uint64(i), stop) }()
+			}
+			capsules := func() bool { n, _, _ := store.state(); return n == streams }
+			if err := poll(10*time.Second, capsules, func() string {
+				n, _, msgs := store.state()
+				return fmt.Sprintf("the store holds %d descriptors, want %d (one capsule per connection); messages %q", n, streams, msgs)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond) // the streams under way
 
-	a.signal(syscall.SIGKILL)
-	a.waitExit(10 * time.Second)
-	stored := store.take(t)
-	b := start(t, binary, launch{args: args, fds: append([]inherited{front}, stored...), env: env})
-	if err := b.waitStderr("recovered connections after a crash connections=8 reset=0", 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range stored {
-		f.file.Close()
-	}
-	close(stop)
-	for range streams {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
-	}
-	if err := poll(10*time.Second, func() bool {
-		n, _, _ := store.state()
-		return n == 0
-	}, func() string {
-		n, removed, _ := store.state()
-		return fmt.Sprintf("the store still holds %d descriptors after every stream ended; removed %q", n, removed)
-	}); err != nil {
-		t.Error(err)
-	}
-	if err := stillServes(addr); err != nil {
-		t.Error(err)
+			a.signal(tt.sig)
+			a.waitExit(20 * time.Second)
+			stored := store.take(t)
+			b := start(t, binary, launch{args: args, fds: append([]inherited{front}, stored...), env: env})
+			if err := b.waitStderr(tt.want, 20*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range stored {
+				f.file.Close()
+			}
+			if err := poll(10*time.Second, capsules, func() string {
+				n, removed, _ := store.state()
+				return fmt.Sprintf("after the restart the store holds %d descriptors, want the %d capsules; removed %q", n, streams, removed)
+			}); err != nil {
+				t.Error(err)
+			}
+			close(stop)
+			for range streams {
+				if err := <-errs; err != nil {
+					t.Error(err)
+				}
+			}
+			if err := poll(10*time.Second, func() bool {
+				n, _, _ := store.state()
+				return n == 0
+			}, func() string {
+				n, removed, _ := store.state()
+				return fmt.Sprintf("the store still holds %d descriptors after every stream ended; removed %q", n, removed)
+			}); err != nil {
+				t.Error(err)
+			}
+			if err := stillServes(addr); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
 
