@@ -381,18 +381,22 @@ func TestFDStoreKeepsFlow(t *testing.T) {
 // loses none of them: the next instance, started with what the store holds
 // (and no record: the first instance never wrote one), recovers each, and
 // every stream ends whole, SHA-256 checked both ways. A SIGTERM instead
-// hands them over with a record, as on-stop does, and they stay kept.
-// Connections that end leave the store.
+// hands them over with a record, as on-stop does, and they stay kept; so
+// does a reload in place (SIGHUP) before the kill -9. Connections that end
+// leave the store.
 func TestFDStoreCrash(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
-		sig  syscall.Signal
-		want string
+		name   string
+		reload bool // SIGHUP first
+		sig    syscall.Signal
+		want   string
 	}{
-		{syscall.SIGKILL, "recovered connections after a crash connections=8 reset=0"},
-		{syscall.SIGTERM, "resumed connections connections=8 reset=0"},
+		{"kill", false, syscall.SIGKILL, "recovered connections after a crash connections=8 reset=0"},
+		{"term", false, syscall.SIGTERM, "resumed connections connections=8 reset=0"},
+		{"reload-then-kill", true, syscall.SIGKILL, "recovered connections after a crash connections=8 reset=0"},
 	} {
-		t.Run(tt.sig.String(), func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			bl := listenTCP(t, "127.0.0.1:0")
 			serve(t, bl, slowEcho)
@@ -418,6 +422,13 @@ func TestFDStoreCrash(t *testing.T) {
 				t.Fatal(err)
 			}
 			time.Sleep(300 * time.Millisecond) // the streams under way
+			if tt.reload {
+				reloadTo(t, a, 1)
+				if !strings.Contains(a.stderr.String(), "resumed connections connections=8 reset=0") {
+					t.Fatalf("the reload did not carry the 8 connections:\n%s", a.stderr.String())
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
 
 			a.signal(tt.sig)
 			a.waitExit(20 * time.Second)
