@@ -197,10 +197,7 @@ func (l *loop) pump(c *conn, d int) bool {
 			if c.ready[1-d]&canWrite == 0 {
 				return true
 			}
-			n, e := l.drain(p, dst)
-			if p.r < 0 && c.isKept() {
-				l.unkeep(c) // the kernel refused splice: drain copied the pipe into memory
-			}
+			n, e := l.drain(c, p, dst)
 			if n > 0 && dir.flags&header == 0 {
 				l.count(c, d, n)
 			}
@@ -436,8 +433,8 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 	return true, dir.flags&(srcEOF|bulk) != bulk
 }
 
-// drain writes out what a pipe holds.
-func (l *loop) drain(p *pipe, dst int) (int, unix.Errno) {
+// drain writes out what c's pipe p holds.
+func (l *loop) drain(c *conn, p *pipe, dst int) (int, unix.Errno) {
 	if p.r < 0 {
 		n, e := rawWrite(dst, p.mem)
 		if n > 0 {
@@ -452,7 +449,9 @@ func (l *loop) drain(p *pipe, dst int) (int, unix.Errno) {
 	}
 	if e == unix.EINVAL {
 		// The destination cannot take a splice (never seen on Linux
-		// sockets, but then nothing is lost): copy the pipe out.
+		// sockets, but then nothing is lost): copy the pipe out, which
+		// a kept connection may not do in the store.
+		l.unkeep(c)
 		mem := make([]byte, p.n)
 		m, _ := rawRead(p.r, mem)
 		l.pipes.put(&pipe{r: p.r, w: p.w, n: p.n - m}) // discarded if bytes stayed behind
