@@ -166,12 +166,8 @@ func TestFDStoreRestart(t *testing.T) {
 	if err := a.waitStderr("listening", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	stop := make(chan struct{})
 	const streams = 8
-	errs := make(chan error, streams)
-	for i := range streams {
-		go func() { errs <- stream(addr, uint64(i), stop) }()
-	}
+	stop, errs := startStreams(addr, streams)
 	viaPath := dialRetry(t, "unix", bound, 5*time.Second)
 	mustEcho(t, viaPath, 100)
 	time.Sleep(300 * time.Millisecond) // the streams under way
@@ -204,12 +200,7 @@ func TestFDStoreRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustEcho(t, viaPath, 100)
-	close(stop)
-	for range streams {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
-	}
+	endStreams(t, stop, errs)
 	if err := stillServes(addr); err != nil {
 		t.Error(err)
 	}
@@ -239,11 +230,7 @@ func TestFDStoreTooSmall(t *testing.T) {
 	store := newFakeStore(t)
 	a := start(t, binary, launch{args: []string{"--fdstore=on-stop", bl.Addr().String()}, fds: []inherited{front},
 		env: []string{"NOTIFY_SOCKET=" + store.path, "FDSTORE=3"}})
-	stop := make(chan struct{})
-	errs := make(chan error, 2)
-	for i := range 2 {
-		go func() { errs <- stream(addr, uint64(i), stop) }()
-	}
+	stop, errs := startStreams(addr, 2)
 	if err := poll(10*time.Second, func() bool { return strings.Contains(lastStatus(store), "2 connections") },
 		func() string { return "the two streams never showed in STATUS=" }); err != nil {
 		t.Fatal(err)
@@ -252,12 +239,7 @@ func TestFDStoreTooSmall(t *testing.T) {
 	if err := a.waitStderr("letting them finish", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	close(stop)
-	for range 2 {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
-	}
+	endStreams(t, stop, errs)
 	if code := a.waitExit(20 * time.Second); code != 0 {
 		t.Errorf("exit status %d, want 0", code)
 	}
@@ -408,12 +390,8 @@ func TestFDStoreCrash(t *testing.T) {
 			if err := a.waitStderr("listening", 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
-			stop := make(chan struct{})
 			const streams = 8
-			errs := make(chan error, streams)
-			for i := range streams {
-				go func() { errs <- stream(addr, uint64(i), stop) }()
-			}
+			stop, errs := startStreams(addr, streams)
 			capsules := func() bool { n, _, _ := store.state(); return n == streams }
 			if err := poll(10*time.Second, capsules, func() string {
 				n, _, msgs := store.state()
@@ -446,12 +424,7 @@ func TestFDStoreCrash(t *testing.T) {
 			}); err != nil {
 				t.Error(err)
 			}
-			close(stop)
-			for range streams {
-				if err := <-errs; err != nil {
-					t.Error(err)
-				}
-			}
+			endStreams(t, stop, errs)
 			if err := poll(10*time.Second, func() bool {
 				n, _, _ := store.state()
 				return n == 0

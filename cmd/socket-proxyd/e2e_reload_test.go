@@ -37,6 +37,26 @@ func reloadTo(t *testing.T, p *proc, n int) {
 	}
 }
 
+// startStreams starts n streams through addr; endStreams ends them and
+// reports each one's error.
+func startStreams(addr string, n int) (stop chan struct{}, errs chan error) {
+	stop, errs = make(chan struct{}), make(chan error, n)
+	for i := range n {
+		go func() { errs <- stream(addr, uint64(i), stop) }()
+	}
+	return stop, errs
+}
+
+func endStreams(t *testing.T, stop chan struct{}, errs chan error) {
+	t.Helper()
+	close(stop)
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 // stream sends random bytes through an echo backend until stop closes,
 // then half-closes; it reads the echo back until EOF, and compares the
 // SHA-256 and the length of both ways.
@@ -108,12 +128,8 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := p.cmd.Process.Pid
-	stop := make(chan struct{})
 	const streams = 16
-	errs := make(chan error, streams)
-	for i := range streams {
-		go func() { errs <- stream(addr, uint64(i), stop) }()
-	}
+	stop, errs := startStreams(addr, streams)
 	// New clients all along: none is refused or cut while the proxy
 	// reloads (they wait in the backlog).
 	var newClients int
@@ -138,12 +154,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		reloadTo(t, p, i)
 		time.Sleep(100 * time.Millisecond) // traffic between reloads
 	}
-	close(stop)
-	for range streams {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
-	}
+	endStreams(t, stop, errs)
 	if err := <-newErr; err != nil {
 		t.Error(err)
 	}

@@ -55,16 +55,22 @@ func (k *fakeKeeper) names() (kept, forgot []string) {
 	return kept, slices.Clone(k.forgot)
 }
 
+// startKeeping starts a keeping proxy in front of an echo backend.
+func startKeeping(t *testing.T, refuse bool) (*fakeKeeper, *running) {
+	t.Helper()
+	noLeak(t)
+	k := &fakeKeeper{refuse: refuse}
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	return k, start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+}
+
 // TestKeptConnectionSplicesEveryByte: a kept connection (--fdstore=always)
 // holds no byte in the process: even 64-byte exchanges, which otherwise go
 // through one read and one write (TestSmallMessagesNoPipe), are spliced
 // through its own pipes, every byte. It is in the store, under a name of
 // its own with its six descriptors, while open, and leaves it at its end.
 func TestKeptConnectionSplicesEveryByte(t *testing.T) {
-	noLeak(t)
-	k := &fakeKeeper{}
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
-	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	k, p := startKeeping(t, false)
 	c := dial(t, p.addr)
 	msg := bytes.Repeat([]byte("m"), 64)
 	got := make([]byte, 64)
@@ -77,6 +83,12 @@ func TestKeptConnectionSplicesEveryByte(t *testing.T) {
 			t.Fatalf("message %d: %v", i, err)
 		}
 	}
+	// The loop counts a byte once its write returned: the client may
+	// read it first.
+	waitFor(t, "every byte counted", func() bool {
+		st := p.srv.Stats()
+		return st.BytesIn == rounds*64 && st.BytesOut == rounds*64
+	})
 	st := p.srv.Stats()
 	if st.Kept != 1 || st.BytesIn != rounds*64 || st.BytesOut != rounds*64 || st.SplicedBytes != st.BytesIn+st.BytesOut {
 		t.Errorf("after %d 64-byte exchanges: kept %d, %d bytes in, %d out, %d spliced; want 1 kept and every byte spliced",
@@ -98,10 +110,7 @@ func TestKeptConnectionSplicesEveryByte(t *testing.T) {
 // first (a crash then resets it rather than lose the byte); its bytes go on
 // in order.
 func TestKeptConnectionLeavesStoreForUrgentData(t *testing.T) {
-	noLeak(t)
-	k := &fakeKeeper{}
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
-	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	k, p := startKeeping(t, false)
 	c := dial(t, p.addr)
 	if _, err := c.Write([]byte("AAAA")); err != nil {
 		t.Fatal(err)
@@ -130,10 +139,7 @@ func TestKeptConnectionLeavesStoreForUrgentData(t *testing.T) {
 // TestKeepRefusedGoesOn: a store that refuses the descriptors leaves the
 // connection unkept, served as usual, with a warning.
 func TestKeepRefusedGoesOn(t *testing.T) {
-	noLeak(t)
-	k := &fakeKeeper{refuse: true}
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
-	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	k, p := startKeeping(t, true)
 	roundTrip(t, p.addr, bytes.Repeat([]byte("r"), 100_000))
 	k.mu.Lock()
 	keepers := k.keepers
@@ -150,10 +156,7 @@ func TestKeepRefusedGoesOn(t *testing.T) {
 // without reading a byte (a peek after the splice that returned 0): 4 MiB
 // each way, then half-closes, arrive whole, and it leaves the store.
 func TestKeptConnectionEnds(t *testing.T) {
-	noLeak(t)
-	k := &fakeKeeper{}
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
-	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	k, p := startKeeping(t, false)
 	payload := make([]byte, 4<<20)
 	for i := range payload {
 		payload[i] = byte(rand.Uint32())
