@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,12 +49,15 @@ var udpColumns = map[string]struct {
 	"fds":      {"fds per idle flow", fixed(2)},
 }
 
-func udpCandidates(ours string, oursErr error) (cands []*udpCandidate, skipped []string) {
+func udpCandidates(ours string, oursErr error, baseline string) (cands []*udpCandidate, skipped []string) {
 	cands = append(cands, &udpCandidate{name: "direct", version: "no proxy"})
 	if oursErr != nil {
 		skipped = append(skipped, "socket-proxyd: "+oursErr.Error())
 	} else {
 		cands = append(cands, &udpCandidate{name: "socket-proxyd", version: versionOf("", ours, "--version"), start: startOursUDP(ours)})
+	}
+	if baseline != "" {
+		cands = append(cands, &udpCandidate{name: "baseline", version: versionOf("", baseline, "--version"), start: startOursUDP(baseline)})
 	}
 	if p, err := exec.LookPath("nginx"); err != nil {
 		skipped = append(skipped, "nginx: not installed")
@@ -136,7 +140,7 @@ func startSocatUDP(bin, listen string) func(l *launcher, dir string, backend net
 // udpRun is -udp: every candidate once per round, interleaved, then the
 // table of medians.
 func (b *bench) udpRun(ctx context.Context, w io.Writer, ours string, oursErr error) int {
-	cands, skipped := udpCandidates(ours, oursErr)
+	cands, skipped := udpCandidates(ours, oursErr, b.cfg.baseline)
 	for _, s := range skipped {
 		fmt.Fprintf(b.log, "proxybench: skipping %s\n", s)
 	}
@@ -169,35 +173,12 @@ func (b *bench) udpRun(ctx context.Context, w io.Writer, ours string, oursErr er
 	}
 	fmt.Fprintf(w, "Datagrams (proxybench -udp): %d rounds, medians; proxy on CPU %d, load and backend on CPU %d; %s\n\n",
 		b.cfg.rounds, b.cfg.proxyCPU, b.cfg.loadCPU, machine())
-	fmt.Fprint(w, "| candidate |")
-	for _, k := range udpKeys {
-		fmt.Fprintf(w, " %s |", udpColumns[k].title)
-	}
-	fmt.Fprint(w, "\n|---|")
-	for range udpKeys {
-		fmt.Fprint(w, "---|")
-	}
-	fmt.Fprintln(w)
-	for _, c := range cands {
-		rs := results[c.name]
-		if len(rs) == 0 {
-			continue
-		}
-		fmt.Fprintf(w, "| %s |", c.name)
-		for _, k := range udpKeys {
-			var vs []float64
-			for _, r := range rs {
-				if v, ok := r[k]; ok {
-					vs = append(vs, v)
-				}
-			}
-			if len(vs) == 0 {
-				fmt.Fprint(w, " – |")
-				continue
-			}
-			fmt.Fprintf(w, " %s |", udpColumns[k].f(median(vs)))
-		}
-		fmt.Fprintln(w)
+	udpTable(w, cands, results, func(k string, vs []float64) string { return udpColumns[k].f(median(vs)) })
+	if b.cfg.rounds > 1 {
+		fmt.Fprintf(w, "\nPer round, lowest to highest:\n\n")
+		udpTable(w, cands, results, func(k string, vs []float64) string {
+			return udpColumns[k].f(slices.Min(vs)) + "–" + udpColumns[k].f(slices.Max(vs))
+		})
 	}
 	fmt.Fprintln(w)
 	for _, c := range cands {
@@ -309,4 +290,39 @@ func (b *bench) udpCandidate(ctx context.Context, c *udpCandidate, backend netip
 		vals["newflows"] = rate
 	}
 	return vals, why
+}
+
+// udpTable prints a row per candidate that ran, each cell what cell makes
+// of the candidate's values of one column over the rounds.
+func udpTable(w io.Writer, cands []*udpCandidate, results map[string][]map[string]float64, cell func(k string, vs []float64) string) {
+	fmt.Fprint(w, "| candidate |")
+	for _, k := range udpKeys {
+		fmt.Fprintf(w, " %s |", udpColumns[k].title)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range udpKeys {
+		fmt.Fprint(w, "---|")
+	}
+	fmt.Fprintln(w)
+	for _, c := range cands {
+		rs := results[c.name]
+		if len(rs) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "| %s |", c.name)
+		for _, k := range udpKeys {
+			var vs []float64
+			for _, r := range rs {
+				if v, ok := r[k]; ok {
+					vs = append(vs, v)
+				}
+			}
+			if len(vs) == 0 {
+				fmt.Fprint(w, " – |")
+				continue
+			}
+			fmt.Fprintf(w, " %s |", cell(k, vs))
+		}
+		fmt.Fprintln(w)
+	}
 }
