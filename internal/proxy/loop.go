@@ -175,6 +175,7 @@ func newLoop(s *Server) (*loop, error) {
 		l.idleTicks = uint32((int64(t) + l.sweepEvery - 1) / l.sweepEvery)
 	}
 	l.pipes = pipePool{max: pipeBudget(s.cfg.MaxConnections, s.cfg.Keep != nil), stats: s}
+	reserveDescriptors(epfd, 2*s.cfg.MaxConnections+2*l.pipes.max+64)
 	if err := l.add(wakefd, unix.EPOLLIN, 0); err != nil {
 		l.close()
 		return nil, fmt.Errorf("cannot create the event loop: %v", err)
@@ -240,6 +241,38 @@ func pipeBudget(maxConns int, keeping bool) int {
 		most += 2 * maxConns
 	}
 	return max(16, min(n, most))
+}
+
+// maxReserve bounds reserveDescriptors: 65536 slots are 512 KiB of kernel
+// memory; past that a doubling of the table is paid once per 32768 or more
+// new descriptors, which no longer shows.
+const maxReserve = 1 << 16
+
+// reserveDescriptors grows the process's descriptor table at once to n
+// slots (at most the open files limit and maxReserve), by duplicating fd
+// onto slot n-1 and closing the copy; the table never shrinks. The kernel
+// doubles the table when a new descriptor does not fit, and in a process
+// whose threads share it (every Go program) it waits for an RCU grace
+// period first (expand_fdtable calls synchronize_rcu): measured 8 to 16 ms
+// per doubling on the bench VM, during which the loop is stuck in the
+// socket() or accept4() that needed the slot and no client is served. A
+// burst of new flows went through five of them (at descriptors 256, 512,
+// ... 4096), each stalling every client in flight; single-threaded nginx
+// never pays them. Here they are paid once, before the first client. The
+// cost is the table itself: 8 bytes a slot of kernel memory (a default
+// -c 256 reserves 4096 slots, 32 KiB).
+func reserveDescriptors(fd, n int) {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && uint64(n) > rl.Cur {
+		n = int(rl.Cur)
+	}
+	n = min(n, maxReserve)
+	if n < 2 {
+		return
+	}
+	if dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, n-1); err == nil {
+		unix.Close(dup)
+	}
 }
 
 func (l *loop) add(fd int, events uint32, gen uint32) error {
