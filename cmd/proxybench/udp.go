@@ -182,6 +182,9 @@ func (b *bench) udpRun(ctx context.Context, w io.Writer, ours string, oursErr er
 	}
 	fmt.Fprintln(w)
 	for _, c := range cands {
+		if len(results[c.name]) == 0 {
+			continue // left out by -only
+		}
 		for k, why := range errs[c.name] {
 			fmt.Fprintf(w, "- %s, %s: %s\n", c.name, udpColumns[k].title, why)
 		}
