@@ -111,6 +111,7 @@ type loop struct {
 	// name, each with the connections waiting for it.
 	lookups     map[string]*lookup
 	resolveWG   sync.WaitGroup
+	reserveWG   sync.WaitGroup // reserveDescriptors, which duplicates epfd
 	resolveCtx  context.Context
 	resolveStop context.CancelFunc
 	stopping    bool
@@ -175,7 +176,12 @@ func newLoop(s *Server) (*loop, error) {
 		l.idleTicks = uint32((int64(t) + l.sweepEvery - 1) / l.sweepEvery)
 	}
 	l.pipes = pipePool{max: pipeBudget(s.cfg.MaxConnections, s.cfg.Keep != nil), stats: s}
-	reserveDescriptors(epfd, 2*s.cfg.MaxConnections+2*l.pipes.max+64)
+	// In the background: growing the table waits for an RCU grace
+	// period, which the first client of a socket-activated proxy would
+	// wait for too. The loop does not wait for it unless it needs a slot
+	// beyond the table meanwhile (the kernel then waits for the growth in
+	// progress instead of starting one).
+	l.reserveWG.Go(func() { reserveDescriptors(epfd, 2*s.cfg.MaxConnections+2*l.pipes.max+64) })
 	if err := l.add(wakefd, unix.EPOLLIN, 0); err != nil {
 		l.close()
 		return nil, fmt.Errorf("cannot create the event loop: %v", err)
@@ -258,9 +264,9 @@ const maxReserve = 1 << 16
 // socket() or accept4() that needed the slot and no client is served. A
 // burst of new flows went through five of them (at descriptors 256, 512,
 // ... 4096), each stalling every client in flight; single-threaded nginx
-// never pays them. Here they are paid once, before the first client. The
-// cost is the table itself: 8 bytes a slot of kernel memory (a default
-// -c 256 reserves 4096 slots, 32 KiB).
+// never pays them. Here they are paid once, at start-up. The cost is the
+// table itself: 8 bytes a slot of kernel memory (a default -c 256 reserves
+// 4096 slots, 32 KiB).
 func reserveDescriptors(fd, n int) {
 	var rl unix.Rlimit
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && uint64(n) > rl.Cur {
@@ -760,6 +766,7 @@ func (l *loop) close() {
 	}
 	l.closeFlows()
 	l.resolveWG.Wait()
+	l.reserveWG.Wait() // before epfd, its source, is closed
 	l.flushWarnings(l.now(), true)
 	l.pipes.closeAll()
 	unix.Close(l.epfd)
