@@ -25,6 +25,7 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // Tests of datagram flows (flow.go, issue 9).
@@ -579,7 +580,7 @@ func TestDescriptorTableReserved(t *testing.T) {
 	c := before // 2c descriptors do not fit in the table as it is
 	want := min(2*c+64, int(min(rl.Cur, 1<<30)), maxReserve)
 	if want <= before {
-		t.Skipf("the table has %d slots, as many as a reserve may take (open files limit %d)", before, rl.Cur)
+		testutil.Unavailable(t, "the table has %d slots, as many as a reserve may take (open files limit %d)", before, rl.Cur)
 	}
 	be := udpEcho(t, "udp", "127.0.0.1:0", "re:")
 	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{MaxConnections: c})
