@@ -125,6 +125,10 @@ type flowState struct {
 	// packet is the buffer sequential-packet connections read a message
 	// into (seqpacket.go), allocated at the first one.
 	packet []byte
+	// segments packs runs of datagrams for UDP_SEGMENT (gso.go), unless
+	// the kernel said it cannot (noSegments).
+	segments   segments
+	noSegments bool
 }
 
 func (l *loop) dgramBuf(slot int) *dgramBuf {
@@ -254,12 +258,9 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 // datagram the socket refuses is dropped and counted: nothing is queued.
 func (l *loop) sendFlow(f *flow, b *dgramBuf, run int) {
 	msgs := b.out[:run]
+	segment := f.hdr == nil && !l.listeners[f.listener].dgram.unix
 	for len(msgs) > 0 {
-		sent, e := rawMmsg(unix.SYS_SENDMMSG, int(f.fd), msgs)
-		var bytes int64
-		for k := range sent {
-			bytes += int64(msgs[k].Len)
-		}
+		sent, bytes, e := l.sendDatagrams(int(f.fd), msgs, segment)
 		if sent > 0 {
 			l.s.bytesIn.Add(bytes)
 			l.s.dgram.in.Add(int64(sent))
@@ -517,14 +518,10 @@ func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
 // is full.
 func (l *loop) flushReplies(r *replies) {
 	msgs := r.b.out[:r.out]
-	fd := l.listeners[r.listener].fd
+	ln := l.listeners[r.listener]
 	r.used, r.out = 0, 0
 	for len(msgs) > 0 {
-		sent, e := rawMmsg(unix.SYS_SENDMMSG, fd, msgs)
-		var bytes int64
-		for k := range sent {
-			bytes += int64(msgs[k].Len)
-		}
+		sent, bytes, e := l.sendDatagrams(ln.fd, msgs, !ln.dgram.unix)
 		if sent > 0 {
 			l.s.bytesOut.Add(bytes)
 			l.s.dgram.out.Add(int64(sent))
@@ -699,7 +696,7 @@ func sockaddrAddrPort(b []byte) netip.AddrPort {
 
 // dgramCounters are the datagram totals behind Stats.
 type dgramCounters struct {
-	flows, opened, in, out, dropped, truncated, refused atomic.Int64
+	flows, opened, in, out, dropped, truncated, refused, segmented atomic.Int64
 }
 
 // flowWaiter is the flow an entry of a lookup's list stands for (at < 0),

@@ -138,6 +138,7 @@ type Stats struct {
 	DatagramsOut       int64 // datagrams forwarded backend to client
 	DatagramsDropped   int64 // datagrams not forwarded: limit, backend down, buffer full
 	DatagramsTruncated int64 // datagrams larger than the proxy reads, dropped whole
+	DatagramsSegmented int64 // datagrams sent as segments of one UDP_SEGMENT message (GSO)
 	BackendRefused     int64 // ICMP port unreachable (ECONNREFUSED) on a flow
 }
 
@@ -239,6 +240,7 @@ func (s *Server) Stats() Stats {
 		DatagramsOut:       s.dgram.out.Load(),
 		DatagramsDropped:   s.dgram.dropped.Load(),
 		DatagramsTruncated: s.dgram.truncated.Load(),
+		DatagramsSegmented: s.dgram.segmented.Load(),
 		BackendRefused:     s.dgram.refused.Load(),
 	}
 }

@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package proxy
+
+import (
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestSegmentsPack: runs of equal-size datagrams to one destination (the
+// last may be shorter) become one UDP_SEGMENT message each, within the
+// bound of one UDP datagram's payload; anything else stays as it is.
+func TestSegmentsPack(t *testing.T) {
+	data := make([]byte, 32*4000)
+	names := [2]byte{}
+	plain := func(dest []*byte, sizes ...int) []unix.Mmsghdr {
+		msgs := make([]unix.Mmsghdr, len(sizes))
+		iov := make([]unix.Iovec, len(sizes))
+		for k, n := range sizes {
+			iov[k] = unix.Iovec{Base: &data[k*4000]}
+			iov[k].SetLen(n)
+			msgs[k].Hdr.Iov = &iov[k]
+			msgs[k].Hdr.SetIovlen(1)
+			msgs[k].Hdr.Name, msgs[k].Hdr.Namelen = dest[k], 1
+			msgs[k].Len = uint32(n)
+		}
+		return msgs
+	}
+	same := func(n int) []*byte {
+		d := make([]*byte, n)
+		for k := range d {
+			d[k] = &names[0]
+		}
+		return d
+	}
+	segs := func(g *segments, msgs []unix.Mmsghdr) (got [][2]int) {
+		for j := range msgs {
+			size := 0
+			if msgs[j].Hdr.Controllen > 0 {
+				c := unsafe.Slice(msgs[j].Hdr.Control, msgs[j].Hdr.Controllen)
+				size = int(binary.NativeEndian.Uint16(c[unix.CmsgLen(0):]))
+			}
+			got = append(got, [2]int{g.from[j+1] - g.from[j], size})
+		}
+		return got
+	}
+	tests := []struct {
+		name  string
+		dest  []*byte
+		sizes []int
+		want  [][2]int // per message: plain datagrams in it, segment size (0: not segmented)
+	}{
+		{"one run, a short last", same(4), []int{1400, 1400, 1400, 700}, [][2]int{{4, 1400}}},
+		{"a short one ends a run", same(6), []int{1400, 1400, 700, 1400, 1400, 1400}, [][2]int{{3, 1400}, {3, 1400}}},
+		{"a longer one starts a run", same(3), []int{700, 1400, 1400}, [][2]int{{1, 0}, {2, 1400}}},
+		{"alone", same(1), []int{1400}, [][2]int{{1, 0}}},
+		{"empty datagrams are not segments", same(3), []int{0, 0, 0}, [][2]int{{1, 0}, {1, 0}, {1, 0}}},
+		{"two destinations", []*byte{&names[0], &names[0], &names[1], &names[1]}, []int{1400, 1400, 1400, 1400}, [][2]int{{2, 1400}, {2, 1400}}},
+		{"at most one datagram's payload", same(32), func() []int {
+			s := make([]int, 32)
+			for k := range s {
+				s[k] = 4000
+			}
+			return s
+		}(), [][2]int{{16, 4000}, {16, 4000}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var g segments
+			msgs := plain(tt.dest, tt.sizes...)
+			got := segs(&g, g.pack(msgs))
+			if len(got) != len(tt.want) {
+				t.Fatalf("packed into %v, want %v", got, tt.want)
+			}
+			for j := range got {
+				if got[j] != tt.want[j] {
+					t.Fatalf("packed into %v, want %v", got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+// TestSegmentedDatagrams: bursts of 1400-byte datagrams through the proxy
+// go as UDP_SEGMENT messages both ways (Stats), and every datagram arrives
+// whole, with its own boundaries, in order. On a wildcard listener the
+// replies still leave from the address the client sent to (127.0.0.2): the
+// client's socket is connected to it and takes nothing from elsewhere.
+func TestSegmentedDatagrams(t *testing.T) {
+	for _, tt := range []struct{ listen, dial string }{{"127.0.0.1:0", "127.0.0.1"}, {"0.0.0.0:0", "127.0.0.2"}} {
+		t.Run(tt.listen, func(t *testing.T) { segmentedBursts(t, tt.listen, tt.dial) })
+	}
+}
+
+func segmentedBursts(t *testing.T, listen, dial string) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, listen, be.LocalAddr().String(), Config{})
+	_, port, _ := net.SplitHostPort(r.addr)
+	to, err := net.ResolveUDPAddr("udp", net.JoinHostPort(dial, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUDP("udp", nil, to) // connected: one sendmmsg burst below
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const burst, size = 16, 1400
+	data := make([]byte, burst*size)
+	msgs := make([]unix.Mmsghdr, burst)
+	iov := make([]unix.Iovec, burst)
+	got := make([]byte, 2*size)
+	seq := uint32(0)
+	for round := 0; round < 50 && r.srv.Stats().DatagramsSegmented == 0; round++ {
+		for k := range burst {
+			binary.BigEndian.PutUint32(data[k*size:], seq+uint32(k))
+			iov[k] = unix.Iovec{Base: &data[k*size]}
+			iov[k].SetLen(size)
+			msgs[k].Hdr.Iov = &iov[k]
+			msgs[k].Hdr.SetIovlen(1)
+		}
+		raw.Write(func(fd uintptr) bool {
+			n, e := rawMmsg(unix.SYS_SENDMMSG, int(fd), msgs)
+			if e != 0 || n != burst {
+				t.Fatalf("sendmmsg: %d of %d, %v", n, burst, e)
+			}
+			return true
+		})
+		for k := range burst {
+			n, err := c.Read(got)
+			if err != nil {
+				t.Fatalf("round %d, reply %d: %v", round, k, err)
+			}
+			if n != size || binary.BigEndian.Uint32(got) != seq+uint32(k) {
+				t.Fatalf("round %d: reply %d is %d bytes numbered %d, want %d bytes numbered %d", round, k, n, binary.BigEndian.Uint32(got), size, seq+uint32(k))
+			}
+		}
+		seq += burst
+	}
+	if st := r.srv.Stats(); st.DatagramsSegmented == 0 || st.DatagramsIn != int64(seq) || st.DatagramsOut != int64(seq) {
+		t.Errorf("%d datagrams each way: %d in, %d out, %d of them as segments; want all, and some segmented", seq, st.DatagramsIn, st.DatagramsOut, st.DatagramsSegmented)
+	}
+}
