@@ -38,16 +38,42 @@ func TestSegmentsPack(t *testing.T) {
 		}
 		return d
 	}
-	segs := func(g *segments, msgs []unix.Mmsghdr) (got [][2]int) {
+	// segs says, per packed message, how many plain ones it holds and its
+	// segment size (0: not segmented), and checks that its iovecs are
+	// theirs, in order.
+	segs := func(t *testing.T, g *segments, plain, msgs []unix.Mmsghdr) (got [][2]int) {
 		for j := range msgs {
-			size := 0
+			size, n := 0, g.from[j+1]-g.from[j]
 			if msgs[j].Hdr.Controllen > 0 {
 				c := unsafe.Slice(msgs[j].Hdr.Control, msgs[j].Hdr.Controllen)
 				size = int(binary.NativeEndian.Uint16(c[unix.CmsgLen(0):]))
 			}
-			got = append(got, [2]int{g.from[j+1] - g.from[j], size})
+			iov := unsafe.Slice(msgs[j].Hdr.Iov, msgs[j].Hdr.Iovlen)
+			if len(iov) != n {
+				t.Fatalf("message %d has %d iovecs for %d datagrams", j, len(iov), n)
+			}
+			for k := range iov {
+				if p := plain[g.from[j]+k].Hdr.Iov; iov[k] != *p {
+					t.Fatalf("message %d, iovec %d: %v, want the datagram's %v", j, k, iov[k], *p)
+				}
+			}
+			got = append(got, [2]int{n, size})
 		}
 		return got
+	}
+	sizes := func(n int, each ...int) []int {
+		s := make([]int, 0, n)
+		for len(s) < n {
+			s = append(s, each...)
+		}
+		return s[:n]
+	}
+	runs := func(n int, run [2]int) [][2]int {
+		r := make([][2]int, n)
+		for k := range r {
+			r[k] = run
+		}
+		return r
 	}
 	tests := []struct {
 		name  string
@@ -61,19 +87,16 @@ func TestSegmentsPack(t *testing.T) {
 		{"alone", same(1), []int{1400}, [][2]int{{1, 0}}},
 		{"empty datagrams are not segments", same(3), []int{0, 0, 0}, [][2]int{{1, 0}, {1, 0}, {1, 0}}},
 		{"two destinations", []*byte{&names[0], &names[0], &names[1], &names[1]}, []int{1400, 1400, 1400, 1400}, [][2]int{{2, 1400}, {2, 1400}}},
-		{"at most one datagram's payload", same(32), func() []int {
-			s := make([]int, 32)
-			for k := range s {
-				s[k] = 4000
-			}
-			return s
-		}(), [][2]int{{16, 4000}, {16, 4000}}},
+		{"at most one datagram's payload", same(32), sizes(32, 4000), [][2]int{{16, 4000}, {16, 4000}}},
+		{"exactly one datagram's payload", same(2), []int{65000, 507}, [][2]int{{2, 65000}}},
+		{"a longer one alone", same(2), []int{700, 1400}, [][2]int{{1, 0}, {1, 0}}},
+		{"many short runs", same(32), sizes(32, 1400, 700), runs(16, [2]int{2, 1400})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var g segments
 			msgs := plain(tt.dest, tt.sizes...)
-			got := segs(&g, g.pack(msgs))
+			got := segs(t, &g, msgs, g.pack(msgs))
 			if len(got) != len(tt.want) {
 				t.Fatalf("packed into %v, want %v", got, tt.want)
 			}
