@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 )
 
@@ -80,5 +82,48 @@ func TestPipeFullOfSmallMessages(t *testing.T) {
 	reply := make([]byte, 2)
 	if _, err := io.ReadFull(c, reply); err != nil || string(reply) != "ok" {
 		t.Fatalf("after %d of %d bytes written: reply %q, %v (a stalled direction); %+v", written.Load(), total, reply, err, p.srv.Stats())
+	}
+}
+
+// TestConnectDoneHangupWithoutError: the event that ends a connect in
+// progress may carry EPOLLHUP (or EPOLLERR) while SO_ERROR says nothing went
+// wrong; with EPOLLOUT the connect is done and the connection goes on
+// (dial.go, connectDone: "err == nil && e == 0", "ev&unix.EPOLLOUT == 0").
+// The kernel does not produce it on loopback, so the test hook adds
+// EPOLLHUP to the backend socket's first event: generation 2, the first
+// connection's backend side (its client side is 1).
+func TestConnectDoneHangupWithoutError(t *testing.T) {
+	noLeak(t)
+	var injected atomic.Bool
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := startPrepared(t, ln, back, Config{ConnectTimeout: 20 * time.Second}, func(s *Server) {
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			for i := range events[:n] {
+				if ev := &events[i]; ev.Pad == 2 && !injected.Load() {
+					if ev.Events&unix.EPOLLOUT == 0 {
+						t.Errorf("the backend socket's first event is %#x, not the connect's EPOLLOUT", ev.Events)
+					}
+					ev.Events |= unix.EPOLLHUP
+					injected.Store(true)
+				}
+			}
+			return n
+		}
+	})
+	c := dial(t, p.addr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
+		t.Fatalf("echo: %q, %v; injected %v\n%s", got, err, injected.Load(), p.logs)
+	}
+	if !injected.Load() {
+		t.Fatal("the hook saw no event of the backend socket")
 	}
 }
