@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 )
 
 // Tests written to kill mutants that survived `make mutants` (see
@@ -125,5 +127,97 @@ func TestConnectDoneHangupWithoutError(t *testing.T) {
 	}
 	if !injected.Load() {
 		t.Fatal("the hook saw no event of the backend socket")
+	}
+}
+
+// TestStoreCarriesFlows: a datagram flow goes to the fd store with its
+// connected backend socket, and the proxy that takes it back forwards the
+// client's next datagram through that socket, so the backend sees the same
+// source address (handoff_flow.go: recordFlows and resumeFlows; the e2e
+// TestReloadEveryKind does the same across a real reload).
+func TestStoreCarriesFlows(t *testing.T) {
+	noLeak(t)
+	back, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		back.Close()
+		wg.Wait()
+	})
+	wg.Go(func() { // replies with the source address it sees
+		buf := make([]byte, 2000)
+		for {
+			_, from, err := back.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			back.WriteTo([]byte(from.String()), from)
+		}
+	})
+	var rec []byte
+	var stored []int
+	t.Cleanup(func() {
+		for _, fd := range stored {
+			unix.Close(fd)
+		}
+	})
+	keep := func(b []byte, fds []int) error {
+		rec = b
+		for _, fd := range fds {
+			d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			stored = append(stored, d)
+		}
+		return nil
+	}
+	lnA, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnA.Name = "dns"
+	a := startOn(t, lnA, back.LocalAddr().String(), Config{Store: keep})
+	c := udpClient(t, "127.0.0.1:0", "")
+	before, _ := exchange(t, c, a.addr, []byte("1"))
+
+	a.srv.Store()
+	if err := recv(t, a.done, "Run to return after Store"); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	a.done <- nil // for startOn's cleanup
+	mfd, err := handoff.Memfd(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, resolve, left, err := handoff.Stored(mfd, stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, unused, err := handoff.Decode(b, resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored = nil // the record owns them now
+	if len(unused)+len(left()) != 0 || len(r.Flows) != 1 {
+		t.Fatalf("record: %d flows, unused %v; want the one flow: %+v\n%s", len(r.Flows), unused, r.Flows, a.logs)
+	}
+	for _, l := range r.Listeners {
+		unix.Close(l.FD) // the listener came along: this test has its own for the second proxy
+	}
+	lnB, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB.Name = "dns"
+	p := startOn(t, lnB, back.LocalAddr().String(), Config{Resume: r})
+	after, _ := exchange(t, c, p.addr, []byte("2"))
+	if string(after) != string(before) {
+		t.Errorf("the backend saw the flow come from %s, then from %s: the flow was not carried\n%s", before, after, p.logs)
+	}
+	if st := p.srv.Stats(); st.Flows != 1 || st.FlowsOpened != 0 {
+		t.Errorf("Flows %d, FlowsOpened %d after the resume; want 1 and 0 (the carried flow, none new)", st.Flows, st.FlowsOpened)
 	}
 }
