@@ -221,3 +221,51 @@ func TestStoreCarriesFlows(t *testing.T) {
 		t.Errorf("Flows %d, FlowsOpened %d after the resume; want 1 and 0 (the carried flow, none new)", st.Flows, st.FlowsOpened)
 	}
 }
+
+// TestPipePool: the pool lends kernel pipes up to its bound, sized as the
+// kernel granted the first (pipe.go, get: "err != nil || size <= 0"); takes
+// back an empty pipe for the next get; closes one that still holds bytes,
+// which no other connection may ever read (put: "p.n != 0"), and then has
+// room for a new one (discard: "pp.open--").
+func TestPipePool(t *testing.T) {
+	noLeak(t)
+	s := &Server{}
+	pp := &pipePool{max: 2, stats: s}
+	t.Cleanup(pp.closeAll)
+	a := pp.get()
+	if a == nil || a.r < 0 || a.w < 0 {
+		t.Fatalf("first get: %+v, want a kernel pipe", a)
+	}
+	granted, err := unix.FcntlInt(uintptr(a.w), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pp.size != granted {
+		t.Errorf("pool size %d, the kernel granted %d", pp.size, granted)
+	}
+	b := pp.get()
+	if b == nil || pp.get() != nil || pp.open != 2 || s.pipes.Load() != 2 {
+		t.Fatalf("second and third get: %+v, open %d (%d in Stats); want a pipe, then none past the bound of 2", b, pp.open, s.pipes.Load())
+	}
+	pp.put(a) // drained
+	if again := pp.get(); again != a {
+		t.Errorf("get after put of an empty pipe: %+v, want the same pipe %+v back", again, a)
+	}
+	if n, e := rawWrite(b.w, []byte("stale")); e != 0 || n != 5 {
+		t.Fatal(e)
+	}
+	b.n = 5
+	pp.put(b) // still holds bytes
+	if b.r >= 0 || pp.open != 1 || len(pp.free) != 0 || s.pipes.Load() != 1 {
+		t.Fatalf("put of a pipe holding bytes: %+v, open %d (%d in Stats), %d free; want it closed", b, pp.open, s.pipes.Load(), len(pp.free))
+	}
+	c := pp.get()
+	if c == nil {
+		t.Fatal("no pipe after one was closed: the pool lost count")
+	}
+	if n, e := rawRead(c.r, make([]byte, 8)); e != unix.EAGAIN {
+		t.Errorf("a new pipe holds %d bytes (%v): another connection's", n, e)
+	}
+	pp.put(c)
+	pp.put(a)
+}
