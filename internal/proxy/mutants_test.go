@@ -156,56 +156,19 @@ func TestStoreCarriesFlows(t *testing.T) {
 			back.WriteTo([]byte(from.String()), from)
 		}
 	})
-	var rec []byte
-	var stored []int
-	t.Cleanup(func() {
-		for _, fd := range stored {
-			unix.Close(fd)
-		}
-	})
-	keep := func(b []byte, fds []int) error {
-		rec = b
-		for _, fd := range fds {
-			d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			stored = append(stored, d)
-		}
-		return nil
-	}
+	st := newStore(t)
 	lnA, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lnA.Name = "dns"
-	a := startOn(t, lnA, back.LocalAddr().String(), Config{Store: keep})
+	a := startOn(t, lnA, back.LocalAddr().String(), Config{Store: st.keep})
 	c := udpClient(t, "127.0.0.1:0", "")
 	before, _ := exchange(t, c, a.addr, []byte("1"))
 
-	a.srv.Store()
-	if err := recv(t, a.done, "Run to return after Store"); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	a.done <- nil // for startOn's cleanup
-	mfd, err := handoff.Memfd(rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, resolve, left, err := handoff.Stored(mfd, stored)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, unused, err := handoff.Decode(b, resolve)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored = nil // the record owns them now
-	if len(unused)+len(left()) != 0 || len(r.Flows) != 1 {
-		t.Fatalf("record: %d flows, unused %v; want the one flow: %+v\n%s", len(r.Flows), unused, r.Flows, a.logs)
-	}
-	for _, l := range r.Listeners {
-		unix.Close(l.FD) // the listener came along: this test has its own for the second proxy
+	r := st.take(t, a)
+	if len(r.Flows) != 1 {
+		t.Fatalf("record: %d flows, want the one: %+v\n%s", len(r.Flows), r.Flows, a.logs)
 	}
 	lnB, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
 	if err != nil {
@@ -268,4 +231,108 @@ func TestPipePool(t *testing.T) {
 	}
 	pp.put(c)
 	pp.put(a)
+}
+
+// store is an fd store for tests: it keeps what a proxy's Store hands it
+// (duplicates of the descriptors, as systemd's store holds them).
+type store struct {
+	rec    []byte
+	stored []int
+}
+
+func newStore(t *testing.T) *store {
+	st := &store{}
+	t.Cleanup(func() {
+		for _, fd := range st.stored {
+			unix.Close(fd)
+		}
+	})
+	return st
+}
+
+func (st *store) keep(b []byte, fds []int) error {
+	st.rec = b
+	for _, fd := range fds {
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		st.stored = append(st.stored, d)
+	}
+	return nil
+}
+
+// take has proxy a store everything and stop, and decodes the record as
+// the next instance would; the listeners that came along are closed (the
+// tests give the next proxy its own).
+func (st *store) take(t *testing.T, a *running) *handoff.Record {
+	t.Helper()
+	a.srv.Store()
+	if err := recv(t, a.done, "Run to return after Store"); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	a.done <- nil // for the cleanup
+	mfd, err := handoff.Memfd(st.rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, resolve, left, err := handoff.Stored(mfd, st.stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, unused, err := handoff.Decode(b, resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.stored = nil // the record owns them now
+	if len(unused)+len(left()) != 0 {
+		t.Fatalf("descriptors left over: %v and %v", unused, left())
+	}
+	for _, l := range r.Listeners {
+		unix.Close(l.FD)
+	}
+	return r
+}
+
+// TestStoreCarriesIdleTime: a connection idle for a while when it goes to
+// the fd store is closed by the next instance once the rest of its idle
+// timeout has passed, not a whole timeout later: registering its sockets
+// reports them writable, which is no traffic (loop.go, run: the idle
+// clocks restored after the first batch, "l.idleClocks != nil").
+func TestStoreCarriesIdleTime(t *testing.T) {
+	noLeak(t)
+	const timeout = 4 * time.Second // a sweep each second
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	st := newStore(t)
+	lnA, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnA.Name = "web"
+	a := startOn(t, lnA, addr, Config{Store: st.keep, IdleTimeout: timeout})
+	c := dial(t, a.addr)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3200 * time.Millisecond) // idle: 3 whole ticks of 4
+	r := st.take(t, a)
+	if len(r.Conns) != 1 || r.Conns[0].Idle < 2*int64(time.Second) {
+		t.Fatalf("record: %d connections, want one idle for 3 s: %+v", len(r.Conns), r.Conns)
+	}
+	lnB, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB.Name = "web"
+	startOn(t, lnB, addr, Config{Resume: r, IdleTimeout: timeout})
+	// Closed at the second sweep, 2 s on; a clock restarted at the
+	// resume would run 5 s.
+	took := closedWithin(t, c, 10*time.Second)
+	if took > 3500*time.Millisecond {
+		t.Errorf("closed %v after the resume, want about 2 s: the idle time before the store was lost", took)
+	}
+	t.Logf("closed %v after the resume", took)
 }
