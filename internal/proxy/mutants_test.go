@@ -336,3 +336,24 @@ func TestStoreCarriesIdleTime(t *testing.T) {
 	}
 	t.Logf("closed %v after the resume", took)
 }
+
+// TestRetryHeap: connect retries come out earliest first whatever the
+// order they went in (loop.go, pushRetry's sift-up: "i > 0").
+func TestRetryHeap(t *testing.T) {
+	ats := []int64{50, 30, 80, 10, 90, 20, 20, 70, 40, 60, 0, 100}
+	l := &loop{}
+	for i, at := range ats {
+		l.pushRetry(deadline{fd: int32(i), at: at})
+	}
+	prev := int64(-1)
+	for range ats {
+		d := l.popRetry()
+		if d.at < prev {
+			t.Fatalf("retry at %d came after one at %d", d.at, prev)
+		}
+		prev = d.at
+	}
+	if len(l.retryQ) != 0 {
+		t.Fatalf("%d retries left", len(l.retryQ))
+	}
+}
