@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -355,5 +356,33 @@ func TestRetryHeap(t *testing.T) {
 	}
 	if len(l.retryQ) != 0 {
 		t.Fatalf("%d retries left", len(l.retryQ))
+	}
+}
+
+// TestWarningSummaryWhileIdle: the summary of warnings held back by the
+// rate limit comes at the end of its window even when nothing else
+// happens then: the wait is not "forever" while one is pending (loop.go,
+// timeout_ms: "l.warnAt == 0"). Not under -short: the window is 10 s.
+func TestWarningSummaryWhileIdle(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the 10 s window of the warnings")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused from now on
+	p := start(t, addr, Config{ConnectTimeout: -1})
+	for range 2 {
+		c := dial(t, p.addr)
+		c.Read(make([]byte, 1)) // closed by the proxy
+	}
+	waitFor(t, "both clients to fail", func() bool { return p.srv.Stats().BackendErrors == 2 })
+	const want = "1 more clients could not reach the backend"
+	for end := time.Now().Add(warnEvery + 5*time.Second); !strings.Contains(p.logs.String(), want); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("no summary %q %v after the second failure, with the proxy idle:\n%s", want, warnEvery+5*time.Second, tail(p.logs.String(), 5))
+		}
 	}
 }
