@@ -386,3 +386,46 @@ func TestWarningSummaryWhileIdle(t *testing.T) {
 		}
 	}
 }
+
+// TestConnTableGrows: the table of connections by descriptor grows to hold
+// any descriptor, the one just past its end included (loop.go, track:
+// "fd >= len(l.conns)", "fd+1").
+func TestConnTableGrows(t *testing.T) {
+	l := &loop{}
+	c := &conn{}
+	for _, fd := range []int{3, 64, 128, 1000, 5000} {
+		l.track(fd, c)
+		if l.conns[fd] != c {
+			t.Fatalf("descriptor %d not in the table", fd)
+		}
+	}
+	for _, fd := range []int{3, 64, 128, 1000} {
+		if l.conns[fd] != c {
+			t.Fatalf("descriptor %d lost when the table grew", fd)
+		}
+	}
+}
+
+// TestStopClosesWaitingClients: a stop closes every client, those that
+// have no backend socket at the time (waiting for the next connect round)
+// included (loop.go, close: "int(c.fd[0]) == fd" finds each connection by
+// its client's descriptor).
+func TestStopClosesWaitingClients(t *testing.T) {
+	noLeak(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused: the client waits between connect rounds
+	p := start(t, addr, Config{ConnectTimeout: 20 * time.Second})
+	c := dial(t, p.addr)
+	waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Active == 1 })
+	time.Sleep(50 * time.Millisecond) // a few rounds: most of the time is spent waiting between them
+	p.cancel()
+	if err := recv(t, p.done, "Run to return"); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	p.done <- nil // for the cleanup
+	closedWithin(t, c, 5*time.Second)
+}
