@@ -364,7 +364,10 @@ func TestRetryHeap(t *testing.T) {
 // TestWarningSummaryWhileIdle: the summary of warnings held back by the
 // rate limit comes at the end of its window even when nothing else
 // happens then: the wait is not "forever" while one is pending (loop.go,
-// timeout_ms: "l.warnAt == 0"). Not under -short: the window is 10 s.
+// timeout_ms: "l.warnAt == 0"; warn.go, warn: "l.warnAt == 0"). It says
+// how long the window was ("now - b.logged"), and a new window starts with
+// it: the next failure is held back too ("now-b.logged >= warnEvery").
+// Not under -short: the window is 10 s.
 func TestWarningSummaryWhileIdle(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for the 10 s window of the warnings")
@@ -376,16 +379,25 @@ func TestWarningSummaryWhileIdle(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close() // refused from now on
 	p := start(t, addr, Config{ConnectTimeout: -1})
-	for range 2 {
+	fail := func(n int64) {
 		c := dial(t, p.addr)
 		c.Read(make([]byte, 1)) // closed by the proxy
+		waitFor(t, "the client to fail", func() bool { return p.srv.Stats().BackendErrors == n })
 	}
-	waitFor(t, "both clients to fail", func() bool { return p.srv.Stats().BackendErrors == 2 })
-	const want = "1 more clients could not reach the backend"
+	// The window then starts well after the loop's clock, so a window
+	// measured from the wrong end would not round to 10 s.
+	time.Sleep(time.Second)
+	fail(1)
+	fail(2)
+	const want = `msg="1 more clients could not reach the backend in the last 10s: `
 	for end := time.Now().Add(warnEvery + 5*time.Second); !strings.Contains(p.logs.String(), want); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(end) {
 			t.Fatalf("no summary %q %v after the second failure, with the proxy idle:\n%s", want, warnEvery+5*time.Second, tail(p.logs.String(), 5))
 		}
+	}
+	fail(3)
+	if n := strings.Count(p.logs.String(), `level=WARN msg="cannot connect to backend`); n != 1 {
+		t.Errorf("%d warnings for 3 failures, the third just after the summary; want 1:\n%s", n, tail(p.logs.String(), 5))
 	}
 }
 
