@@ -515,3 +515,50 @@ func TestPacketsEmptyMessage(t *testing.T) {
 		t.Errorf("BytesIn %d, BytesOut %d; want 5 and %d", st.BytesIn, st.BytesOut, len("1 0 1 3")+n)
 	}
 }
+
+// TestLookupWaitersBounded: clients that come and go while the lookup of
+// their backend's name hangs leave entries in its list of waiters, which
+// is compacted so that it stays within twice the clients still waiting
+// (plus 16): each one that goes is counted out (connection.go, release:
+// "c.state == stateResolving" calls leaveLookup). The hook reads the list
+// on the loop's goroutine.
+func TestLookupWaitersBounded(t *testing.T) {
+	const clients = 300
+	var srv *Server
+	peak, peakLive := 0, 0
+	var mu sync.Mutex
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startPrepared(t, ln, "backend.invalid:80", Config{Resolver: silentResolver(t), ConnectTimeout: time.Hour}, func(s *Server) {
+		srv = s
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if l := srv.loop.Load(); l != nil {
+				mu.Lock()
+				for _, lk := range l.lookups {
+					peak, peakLive = max(peak, len(lk.waiting)), max(peakLive, lk.live)
+				}
+				mu.Unlock()
+			}
+			return n
+		}
+	})
+	for i := range clients {
+		if err := resetClient(p.addr); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		// One at a time, so that few wait at once and the bound is tight.
+		waitFor(t, "the client to be gone", func() bool {
+			st := p.srv.Stats()
+			return st.Accepted == int64(i+1) && st.Active == 0
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// One client waits at a time: 2*1+16 entries at most.
+	if peak > 18 {
+		t.Errorf("%d entries in the lookup's list at the peak (its count of waiters: %d), one client waiting at a time, after %d clients: gone clients are not counted out", peak, peakLive, clients)
+	}
+	t.Logf("at most %d entries, %d clients waiting", peak, peakLive)
+}
