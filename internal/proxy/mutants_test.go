@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -561,4 +562,48 @@ func TestLookupWaitersBounded(t *testing.T) {
 		t.Errorf("%d entries in the lookup's list at the peak (its count of waiters: %d), one client waiting at a time, after %d clients: gone clients are not counted out", peak, peakLive, clients)
 	}
 	t.Logf("at most %d entries, %d clients waiting", peak, peakLive)
+}
+
+// TestLookupCompactionKeepsWaiters: compacting a lookup's list of waiters
+// drops the clients that went and keeps the one still waiting, which is
+// served when the answer comes (dial.go, waitLookup: "l.waiter(d) == nil"
+// in the compaction).
+func TestLookupCompactionKeepsWaiters(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	_, port, _ := net.SplitHostPort(addr)
+	dns := fakeDNS(t, [4]byte{127, 0, 0, 1})
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		select { // the answer waits until the list has been compacted
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dns)
+	}}
+	p := start(t, "one.spx.test:"+port, Config{Resolver: resolver, ConnectTimeout: 20 * time.Second})
+	c := dial(t, p.addr)
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Accepted == 1 })
+	for i := range 40 { // gone clients: past 2*live+16 entries, so the list is compacted
+		if err := resetClient(p.addr); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		waitFor(t, "the client to be gone", func() bool {
+			st := p.srv.Stats()
+			return st.Accepted == int64(i+2) && st.Active == 1
+		})
+	}
+	once.Do(func() { close(release) })
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
+		t.Fatalf("the waiting client got %q, %v: it was dropped from the lookup\n%s", got, err, tail(p.logs.String(), 5))
+	}
 }
