@@ -607,3 +607,57 @@ func TestLookupCompactionKeepsWaiters(t *testing.T) {
 		t.Fatalf("the waiting client got %q, %v: it was dropped from the lookup\n%s", got, err, tail(p.logs.String(), 5))
 	}
 }
+
+// TestFlowIdleBounds: a flow silent after an exchange expires no sooner
+// than its idle timeout and not much later: the sweep runs every quarter
+// of it (flow.go, setupDatagram: "t/4"). TestFlowExpires has the lower
+// bound only.
+func TestFlowIdleBounds(t *testing.T) {
+	noLeak(t)
+	const idle = 200 * time.Millisecond
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{FlowIdleTimeout: idle})
+	c := udpClient(t, "127.0.0.1:0", "")
+	exchange(t, c, r.addr, []byte("x"))
+	start := time.Now()
+	waitFor(t, "the flow to expire", func() bool { return r.srv.Stats().Flows == 0 })
+	took := time.Since(start)
+	t.Logf("expired %v after the last exchange (idle timeout %v)", took, idle)
+	if took < idle*9/10 {
+		t.Errorf("expired %v after the last exchange, before the %v idle timeout", took, idle)
+	}
+	// The timeout plus a quarter, plus slack for -race on a loaded
+	// machine; a sweep every 4 timeouts (capped at 1 s) comes after 0.8 s.
+	if took > idle+idle/4+500*time.Millisecond {
+		t.Errorf("expired %v after the last exchange, long after the %v idle timeout", took, idle)
+	}
+}
+
+// TestFlowIdleDefault: a FlowIdleTimeout of 0 means the default, not
+// "never" (flow.go, setupDatagram: "t >= 0"). Read on the loop's
+// goroutine, through the test hook: the default is too long to wait for.
+func TestFlowIdleDefault(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srv *Server
+	got := make(chan time.Duration, 1)
+	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, func(s *Server) {
+		srv = s
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if l := srv.loop.Load(); l != nil {
+				select {
+				case got <- time.Duration(int64(l.flows.ticks) * l.flows.every):
+				default:
+				}
+			}
+			return n
+		}
+	})
+	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("x"))
+	if d := recv(t, got, "a batch of events"); d < DefaultFlowIdleTimeout || d > DefaultFlowIdleTimeout+sweepMax {
+		t.Errorf("flows expire after %v of silence, want the default %v", d, DefaultFlowIdleTimeout)
+	}
+}
