@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -659,5 +660,69 @@ func TestFlowIdleDefault(t *testing.T) {
 	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("x"))
 	if d := recv(t, got, "a batch of events"); d < DefaultFlowIdleTimeout || d > DefaultFlowIdleTimeout+sweepMax {
 		t.Errorf("flows expire after %v of silence, want the default %v", d, DefaultFlowIdleTimeout)
+	}
+}
+
+// TestDatagramBatches: datagrams queued while the loop is busy are read in
+// batches of dgramBatch, each datagram into its own slot of the batch
+// (data and control message), and a full batch is followed by another
+// read, as no new edge will come for what is queued (flow.go, datagrams:
+// "k*b.slot", "k*oobSize", "n < dgramBatch"). The test hook holds the loop
+// while the client queues more than two batches; on a wildcard listener, to two
+// local addresses, each reply must come back with its payload and from the
+// address it was sent to.
+func TestDatagramBatches(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	ln, err := activation.ListenDatagram("0.0.0.0:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, hold := make(chan struct{}), make(chan struct{})
+	var once, release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(hold) }) })
+	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, func(s *Server) {
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if n > 0 {
+				once.Do(func() {
+					close(held)
+					<-hold
+				})
+			}
+			return n
+		}
+	})
+	_, port, _ := net.SplitHostPort(r.addr)
+	c := udpClient(t, "127.0.0.1:0", "")
+	// More than two batches: the edges of the datagrams queued while the
+	// loop is held come as one event, which pays for one read only.
+	const count = 2*dgramBatch + 9
+	send := func(i int) {
+		to := netip.MustParseAddrPort(net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i%2), port))
+		if _, err := c.WriteToUDPAddrPort([]byte(fmt.Sprintf("%d %s", i, to.Addr())), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(0)
+	recv(t, held, "the loop to be held")
+	for i := 1; i < count; i++ {
+		send(i)
+	}
+	release.Do(func() { close(hold) })
+	seen := make(map[int]bool)
+	buf := make([]byte, 100)
+	for range count {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("%d replies of %d: %v; %+v", len(seen), count, err, r.srv.Stats())
+		}
+		var i int
+		var to string
+		if _, err := fmt.Sscanf(string(buf[:n]), "%d %s", &i, &to); err != nil || i < 0 || i >= count || seen[i] {
+			t.Fatalf("reply %q: not one of the datagrams sent, or twice", buf[:n])
+		}
+		seen[i] = true
+		if from.Addr().String() != to {
+			t.Errorf("datagram %d was sent to %s, its reply came from %s", i, to, from.Addr())
+		}
 	}
 }
