@@ -726,3 +726,37 @@ func TestDatagramBatches(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreWakesTheLoop: Store on a proxy with nothing to do (no traffic,
+// no timer due for an hour) takes effect at once: it wakes the loop
+// (handoff.go, Store: "l != nil").
+func TestStoreWakesTheLoop(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	st := newStore(t)
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Name = "web"
+	a := startOn(t, ln, addr, Config{Store: st.keep, ConnectTimeout: time.Hour})
+	c := dial(t, a.addr)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	begin := time.Now()
+	r := st.take(t, a) // fails after 10 s
+	if took := time.Since(begin); took > 2*time.Second || len(r.Conns) != 1 {
+		t.Errorf("stored %d connections %v after Store, want 1 at once", len(r.Conns), took)
+	}
+	for _, rc := range r.Conns {
+		for _, fd := range rc.FD {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}
+}
