@@ -760,3 +760,60 @@ func TestStoreWakesTheLoop(t *testing.T) {
 		}
 	}
 }
+
+// TestHeldDatagramsInBatch: the first datagram of each new flow to a
+// backend host name is held while the name resolves, copied from its own
+// slot of the batch (flow.go, forwardIn: "k*b.slot" in the hold). The test
+// hook holds the loop while three clients queue one datagram each, so that
+// they come in one batch.
+func TestHeldDatagramsInBatch(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	_, port, _ := net.SplitHostPort(be.LocalAddr().String())
+	dns := fakeDNS(t, [4]byte{127, 0, 0, 1})
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dns)
+	}}
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, hold := make(chan struct{}), make(chan struct{})
+	var once, release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(hold) }) })
+	r := startPrepared(t, ln, "one.spx.test:"+port, Config{Resolver: resolver}, func(s *Server) {
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if n > 0 {
+				once.Do(func() {
+					close(held)
+					<-hold
+				})
+			}
+			return n
+		}
+	})
+	// The loop is held on a first client's datagram; the three that count
+	// are queued meanwhile and read together.
+	first := udpClient(t, "127.0.0.1:0", "")
+	dst := netip.MustParseAddrPort(r.addr)
+	if _, err := first.WriteToUDPAddrPort([]byte("first"), dst); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, held, "the loop to be held")
+	var clients []*net.UDPConn
+	for i := range 3 {
+		c := udpClient(t, "127.0.0.1:0", "")
+		if _, err := c.WriteToUDPAddrPort([]byte(fmt.Sprintf("client %d", i)), dst); err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	release.Do(func() { close(hold) })
+	buf := make([]byte, 100)
+	for i, c := range clients {
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if want := fmt.Sprintf("client %d", i); err != nil || string(buf[:n]) != want {
+			t.Errorf("client %d got %q, %v; want its own datagram back", i, buf[:n], err)
+		}
+	}
+}
