@@ -5,6 +5,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -815,5 +816,37 @@ func TestHeldDatagramsInBatch(t *testing.T) {
 		if want := fmt.Sprintf("client %d", i); err != nil || string(buf[:n]) != want {
 			t.Errorf("client %d got %q, %v; want its own datagram back", i, buf[:n], err)
 		}
+	}
+}
+
+// TestStoreThatKeepsNothing: when the fd store did not keep a socket after
+// all (systemd 252 says nothing when FileDescriptorStoreMax= is too small),
+// the proxy's close is the socket's last, and the client sees a reset,
+// never a clean end in the middle of a transfer (handoff.go, storeAll:
+// "s >= 0 && c.tcp[side]" sets SO_LINGER 0 on each stored TCP socket).
+func TestStoreThatKeepsNothing(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forget := func([]byte, []int) error { return nil } // accepted, and nothing kept
+	a := startOn(t, ln, addr, Config{Store: forget})
+	c := dial(t, a.addr)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	a.srv.Store()
+	if err := recv(t, a.done, "Run to return after Store"); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	a.done <- nil // for the cleanup
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("the client read %v after its connection was dropped, want a reset", err)
 	}
 }
