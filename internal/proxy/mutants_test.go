@@ -291,6 +291,13 @@ func (st *store) take(t *testing.T, a *running) *handoff.Record {
 		t.Fatal(err)
 	}
 	st.stored = nil // the record owns them now
+	if r.Epoll >= 0 {
+		// Only a reload in place carries the epoll instance (record:
+		// "Epoll: -1").
+		unix.Close(r.Epoll)
+		t.Errorf("the store carried descriptor %d as an epoll instance", r.Epoll)
+		r.Epoll = -1
+	}
 	if len(unused)+len(left()) != 0 {
 		t.Fatalf("descriptors left over: %v and %v", unused, left())
 	}
