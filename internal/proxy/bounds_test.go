@@ -118,6 +118,9 @@ func TestBackendWarningsAreRateLimited(t *testing.T) {
 	if n := strings.Count(logs, "more clients could not reach the backend"); n != 1 {
 		t.Errorf("%d summaries, want 1:\n%s", n, tail(logs, 5))
 	}
+	if strings.Contains(logs, "%!") {
+		t.Errorf("a line formatted with the wrong arguments:\n%s", tail(logs, 5))
+	}
 }
 
 // TestRefusalsAreSummarised: clients refused at the limit are counted in a
@@ -142,6 +145,9 @@ func TestRefusalsAreSummarised(t *testing.T) {
 	}
 	if !strings.Contains(logs, `msg="4 more clients were refused at the connection limit`) {
 		t.Fatalf("no summary of the 4 refusals after the first:\n%s", tail(logs, 5))
+	}
+	if strings.Contains(logs, "%!") {
+		t.Errorf("a line formatted with the wrong arguments:\n%s", tail(logs, 5))
 	}
 }
 
