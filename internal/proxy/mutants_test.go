@@ -302,6 +302,11 @@ func (st *store) take(t *testing.T, a *running) *handoff.Record {
 		t.Fatalf("descriptors left over: %v and %v", unused, left())
 	}
 	for _, l := range r.Listeners {
+		// The tests' listeners are bound by the proxy (as --listen
+		// ones): they are stored, a socket unit's are not.
+		if !l.Bound || l.FD < 0 {
+			t.Errorf("listener %q recorded as bound %v, descriptor %d: a --listen socket must be stored", l.Name, l.Bound, l.FD)
+		}
 		unix.Close(l.FD)
 	}
 	return r
