@@ -22,6 +22,7 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // Tests written to kill mutants that survived `make mutants` (see
@@ -860,5 +861,40 @@ func TestStoreThatKeepsNothing(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
 		t.Fatalf("the client read %v after its connection was dropped, want a reset", err)
+	}
+}
+
+// TestStoreConnecting: a connection still connecting goes to the store
+// with its client's socket only: no backend socket, no pipes (handoff.go,
+// record: "none := [2]int{-1, -1}").
+func TestStoreConnecting(t *testing.T) {
+	noLeak(t)
+	silent := testutil.SilentTCP(t)
+	st := newStore(t)
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Name = "web"
+	a := startOn(t, ln, silent, Config{Store: st.keep, ConnectTimeout: time.Hour})
+	dial(t, a.addr)
+	waitFor(t, "the client to be accepted", func() bool { return a.srv.Stats().Active == 1 })
+	r := st.take(t, a)
+	if len(r.Conns) != 1 {
+		t.Fatalf("%d connections stored, want 1", len(r.Conns))
+	}
+	rc := r.Conns[0]
+	if rc.State != handoff.Connecting || rc.FD[0] < 0 || rc.FD[1] >= 0 {
+		t.Errorf("stored state %d, descriptors %v; want connecting, with the client's socket only", rc.State, rc.FD)
+	}
+	for d, dir := range rc.Dir {
+		if dir.Pipe != [2]int{-1, -1} {
+			t.Errorf("direction %d stored with pipe %v, want none", d, dir.Pipe)
+		}
+	}
+	for _, fd := range append(rc.FD[:], append(rc.Dir[0].Pipe[:], rc.Dir[1].Pipe[:]...)...) {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 	}
 }
