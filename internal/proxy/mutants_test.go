@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -897,4 +898,40 @@ func TestStoreConnecting(t *testing.T) {
 			unix.Close(fd)
 		}
 	}
+}
+
+// TestStoreKeepsConnectDeadline: a connection still connecting keeps its
+// connect deadline across the store, counted from its accept: the record
+// carries its age (handoff.go, record: "now-c.start"). The first proxy
+// runs a while before the client comes, so that an age counted from the
+// wrong end would be past the deadline already.
+func TestStoreKeepsConnectDeadline(t *testing.T) {
+	noLeak(t)
+	const timeout = time.Second
+	silent := testutil.SilentTCP(t)
+	st := newStore(t)
+	lnA, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnA.Name = "web"
+	a := startOn(t, lnA, silent, Config{Store: st.keep, ConnectTimeout: timeout})
+	time.Sleep(600 * time.Millisecond)
+	c := dial(t, a.addr)
+	waitFor(t, "the client to be accepted", func() bool { return a.srv.Stats().Active == 1 })
+	r := st.take(t, a)
+	if len(r.Conns) != 1 || r.Conns[0].Age > int64(timeout/2) {
+		t.Fatalf("record: %d connections, want one of age well under %v: %+v", len(r.Conns), timeout, r.Conns)
+	}
+	lnB, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB.Name = "web"
+	startOn(t, lnB, silent, Config{Resume: r, ConnectTimeout: timeout})
+	c.SetReadDeadline(time.Now().Add(timeout * 4 / 10))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the client read %v just after the resume, want it still waiting for the backend", err)
+	}
+	closedWithin(t, c, 5*time.Second) // at the deadline
 }
