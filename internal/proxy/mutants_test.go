@@ -981,3 +981,20 @@ func TestStoreKeepsConnectDeadline(t *testing.T) {
 	}
 	closedWithin(t, c, 5*time.Second) // at the deadline
 }
+
+// TestFlowTableGrows: the table of flows by descriptor grows to hold any
+// descriptor, the one just past its end included, and an event for a
+// descriptor past its end is not a flow's (flow.go, insertFlow:
+// "fd >= len(l.flows.table)", "fd+1"; flowEvent: "fd >= len").
+func TestFlowTableGrows(t *testing.T) {
+	l := &loop{s: New(Config{})}
+	ln := &listenerFD{dgram: &dgramListener{flows: make(map[string]*flow)}}
+	for _, fd := range []int{3, 64, 128, 1000} {
+		f := &flow{fd: int32(fd), key: strconv.Itoa(fd)}
+		l.insertFlow(ln, f, netip.Addr{})
+		if l.flows.table[fd] != f {
+			t.Fatalf("flow on descriptor %d not in the table", fd)
+		}
+	}
+	l.flowEvent(len(l.flows.table), 1, unix.EPOLLIN) // none there: ignored
+}
