@@ -998,3 +998,107 @@ func TestFlowTableGrows(t *testing.T) {
 	}
 	l.flowEvent(len(l.flows.table), 1, unix.EPOLLIN) // none there: ignored
 }
+
+// TestReplyBursts: replies queued on flow sockets while the loop is busy
+// are read in batches until each socket is empty, as no new edge will come
+// for them, the second flow's into the rest of the first's batch (flow.go,
+// flowEvent: "n < dgramBatch-lo"). The test hook holds the loop while the
+// backend answers two flows with more than three batches of replies each,
+// so that one wait reports both flows, once each.
+func TestReplyBursts(t *testing.T) {
+	const burst = 3*dgramBatch + 4
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goAhead, sent := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 100)
+		var bursts []net.Addr
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) != "burst" {
+				pc.WriteTo(buf[:n], from)
+				continue
+			}
+			if bursts = append(bursts, from); len(bursts) < 2 {
+				continue
+			}
+			select {
+			case <-goAhead:
+			case <-time.After(10 * time.Second):
+				return
+			}
+			for _, to := range bursts {
+				for i := range burst {
+					pc.WriteTo([]byte(strconv.Itoa(i)), to)
+				}
+			}
+			close(sent)
+		}
+	})
+	held, hold := make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	var once, release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(hold) }) })
+	r := startPrepared(t, ln4(t), pc.LocalAddr().String(), Config{}, func(s *Server) {
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if armed.Load() && n > 0 {
+				once.Do(func() {
+					close(held)
+					<-hold
+				})
+			}
+			return n
+		}
+	})
+	dst := netip.MustParseAddrPort(r.addr)
+	clients := []*net.UDPConn{udpClient(t, "127.0.0.1:0", ""), udpClient(t, "127.0.0.1:0", "")}
+	for _, c := range clients {
+		exchange(t, c, r.addr, []byte("x")) // its flow
+		if _, err := c.WriteToUDPAddrPort([]byte("burst"), dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "both bursts forwarded", func() bool { return r.srv.Stats().DatagramsIn == 4 })
+	// Hold the loop on a third client's datagram; the replies come
+	// meanwhile.
+	armed.Store(true)
+	third := udpClient(t, "127.0.0.1:0", "")
+	if _, err := third.WriteToUDPAddrPort([]byte("wake"), dst); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, held, "the loop to be held")
+	close(goAhead)
+	recv(t, sent, "the backend to send its replies")
+	release.Do(func() { close(hold) })
+	for i, c := range clients {
+		seen := make(map[string]bool)
+		buf := make([]byte, 100)
+		for len(seen) < burst {
+			n, _, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				t.Fatalf("client %d: %d replies of %d: %v; %+v", i, len(seen), burst, err, r.srv.Stats())
+			}
+			seen[string(buf[:n])] = true
+		}
+	}
+}
+
+// ln4 is a datagram listener on 127.0.0.1.
+func ln4(t *testing.T) activation.Listener {
+	t.Helper()
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
