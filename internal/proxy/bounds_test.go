@@ -110,9 +110,16 @@ func TestBackendWarningsAreRateLimited(t *testing.T) {
 	<-p.done
 	p.done <- nil // for the cleanup
 	logs = p.logs.String()
-	want := "199 more clients could not reach the backend in the last"
+	// msg=" anchors the count: "-199 more" must not pass for "199 more".
+	want := `msg="199 more clients could not reach the backend in the last`
 	if !strings.Contains(logs, want) || !strings.Contains(logs, "connection refused") {
 		t.Fatalf("no summary %q with the reason at stop:\n%s", want, tail(logs, 5))
+	}
+	if n := strings.Count(logs, "more clients could not reach the backend"); n != 1 {
+		t.Errorf("%d summaries, want 1:\n%s", n, tail(logs, 5))
+	}
+	if strings.Contains(logs, "%!") {
+		t.Errorf("a line formatted with the wrong arguments:\n%s", tail(logs, 5))
 	}
 }
 
@@ -136,8 +143,11 @@ func TestRefusalsAreSummarised(t *testing.T) {
 	if n := strings.Count(logs, "level=WARN msg=\"connection limit reached"); n != 1 {
 		t.Errorf("%d limit warnings, want 1", n)
 	}
-	if !strings.Contains(logs, "4 more clients were refused at the connection limit") {
+	if !strings.Contains(logs, `msg="4 more clients were refused at the connection limit`) {
 		t.Fatalf("no summary of the 4 refusals after the first:\n%s", tail(logs, 5))
+	}
+	if strings.Contains(logs, "%!") {
+		t.Errorf("a line formatted with the wrong arguments:\n%s", tail(logs, 5))
 	}
 }
 

@@ -1,0 +1,1106 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
+)
+
+// Tests written to kill mutants that survived `make mutants` (see
+// docs/RELIABILITY.md, "Mutation testing"): each names the line it pins.
+
+// TestPipeFullOfSmallMessages: splice from a unix stream socket into a pipe
+// takes one pipe slot per message the client wrote, so a pipe of 64 slots
+// fills up with 64 messages of less than a page, below its byte size, and splicing
+// more into it says EAGAIN while the socket still holds data. Clearing the
+// source's readiness on that EAGAIN (connection.go, splicePump: "if p.n ==
+// 0") would stall the direction once the client has written all it can and
+// waits: no new edge comes for bytes already queued.
+func TestPipeFullOfSmallMessages(t *testing.T) {
+	noLeak(t)
+	const size, count = 3000, 1000
+	const total = size * count
+	dir := shortDir(t)
+	release := make(chan struct{})
+	back := listenBackend(t, "unix", filepath.Join(dir, "b"), func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		<-release
+		if _, err := io.CopyN(io.Discard, struct{ io.Reader }{c}, total); err == nil {
+			c.Write([]byte("ok"))
+		}
+	})
+	ln, err := activation.Listen(filepath.Join(dir, "p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startOn(t, ln, back, Config{})
+	c := edgeDial(t, "unix", p.addr)
+	var written atomic.Int64
+	go func() {
+		// Messages of less than a page, each one socket buffer and
+		// so one pipe slot: 64 of them fill a 256 KiB pipe's slots
+		// with 192000 bytes. Several at once fill the shared buffer,
+		// which puts the direction in bulk (splice) mode, and splices
+		// of several keep it there.
+		msg := bytes.Repeat([]byte{'s'}, size)
+		for range count {
+			n, err := c.Write(msg)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// Let the backend read once the client is blocked (or done): by then
+	// the backend's socket is full and the pipe holds as many messages as
+	// it has slots. Releasing early only makes the test weaker, never
+	// wrong.
+	last, still := int64(-1), 0
+	for end := time.Now().Add(5 * time.Second); still < 5 && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+		if n := written.Load(); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+	}
+	if last == total {
+		t.Logf("the client wrote everything before the backend read: the pipe may not have filled")
+	}
+	close(release)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	reply := make([]byte, 2)
+	if _, err := io.ReadFull(c, reply); err != nil || string(reply) != "ok" {
+		t.Fatalf("after %d of %d bytes written: reply %q, %v (a stalled direction); %+v", written.Load(), total, reply, err, p.srv.Stats())
+	}
+}
+
+// TestConnectDoneHangupWithoutError: the event that ends a connect in
+// progress may carry EPOLLHUP (or EPOLLERR) while SO_ERROR says nothing went
+// wrong; with EPOLLOUT the connect is done and the connection goes on
+// (dial.go, connectDone: "err == nil && e == 0", "ev&unix.EPOLLOUT == 0").
+// The kernel does not produce it on loopback, so the test hook adds
+// EPOLLHUP to the backend socket's first event: generation 2, the first
+// connection's backend side (its client side is 1).
+func TestConnectDoneHangupWithoutError(t *testing.T) {
+	noLeak(t)
+	var injected atomic.Bool
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := startPrepared(t, ln, back, Config{ConnectTimeout: 20 * time.Second}, func(s *Server) {
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			for i := range events[:n] {
+				if ev := &events[i]; ev.Pad == 2 && !injected.Load() {
+					if ev.Events&unix.EPOLLOUT == 0 {
+						t.Errorf("the backend socket's first event is %#x, not the connect's EPOLLOUT", ev.Events)
+					}
+					ev.Events |= unix.EPOLLHUP
+					injected.Store(true)
+				}
+			}
+			return n
+		}
+	})
+	c := dial(t, p.addr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
+		t.Fatalf("echo: %q, %v; injected %v\n%s", got, err, injected.Load(), p.logs)
+	}
+	if !injected.Load() {
+		t.Fatal("the hook saw no event of the backend socket")
+	}
+}
+
+// TestStoreCarriesFlows: a datagram flow goes to the fd store with its
+// connected backend socket, and the proxy that takes it back forwards the
+// client's next datagram through that socket, so the backend sees the same
+// source address (handoff_flow.go: recordFlows and resumeFlows; the e2e
+// TestReloadEveryKind does the same across a real reload).
+func TestStoreCarriesFlows(t *testing.T) {
+	noLeak(t)
+	back, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		back.Close()
+		wg.Wait()
+	})
+	wg.Go(func() { // replies with the source address it sees
+		buf := make([]byte, 2000)
+		for {
+			_, from, err := back.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			back.WriteTo([]byte(from.String()), from)
+		}
+	})
+	st := newStore(t)
+	lnA, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnA.Name = "dns"
+	a := startOn(t, lnA, back.LocalAddr().String(), Config{Store: st.keep})
+	c := udpClient(t, "127.0.0.1:0", "")
+	before, _ := exchange(t, c, a.addr, []byte("1"))
+
+	r := st.take(t, a)
+	if len(r.Flows) != 1 {
+		closeRecord(r)
+		t.Fatalf("record: %d flows, want the one: %+v\n%s", len(r.Flows), r.Flows, a.logs)
+	}
+	lnB, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB.Name = "dns"
+	p := startOn(t, lnB, back.LocalAddr().String(), Config{Resume: r})
+	after, _ := exchange(t, c, p.addr, []byte("2"))
+	if string(after) != string(before) {
+		t.Errorf("the backend saw the flow come from %s, then from %s: the flow was not carried\n%s", before, after, p.logs)
+	}
+	if st := p.srv.Stats(); st.Flows != 1 || st.FlowsOpened != 0 {
+		t.Errorf("Flows %d, FlowsOpened %d after the resume; want 1 and 0 (the carried flow, none new)", st.Flows, st.FlowsOpened)
+	}
+}
+
+// TestPipePool: the pool lends kernel pipes up to its bound, sized as the
+// kernel granted the first (pipe.go, get: "err != nil || size <= 0"); takes
+// back an empty pipe for the next get; closes one that still holds bytes,
+// which no other connection may ever read (put: "p.n != 0"), and then has
+// room for a new one (discard: "pp.open--").
+func TestPipePool(t *testing.T) {
+	noLeak(t)
+	s := &Server{}
+	pp := &pipePool{max: 2, stats: s}
+	t.Cleanup(pp.closeAll)
+	a := pp.get()
+	if a == nil || a.r < 0 || a.w < 0 {
+		t.Fatalf("first get: %+v, want a kernel pipe", a)
+	}
+	granted, err := unix.FcntlInt(uintptr(a.w), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pp.size != granted {
+		t.Errorf("pool size %d, the kernel granted %d", pp.size, granted)
+	}
+	b := pp.get()
+	if b == nil || pp.get() != nil || pp.open != 2 || s.pipes.Load() != 2 {
+		t.Fatalf("second and third get: %+v, open %d (%d in Stats); want a pipe, then none past the bound of 2", b, pp.open, s.pipes.Load())
+	}
+	pp.put(a) // drained
+	if again := pp.get(); again != a {
+		t.Errorf("get after put of an empty pipe: %+v, want the same pipe %+v back", again, a)
+	}
+	if n, e := rawWrite(b.w, []byte("stale")); e != 0 || n != 5 {
+		t.Fatal(e)
+	}
+	b.n = 5
+	pp.put(b) // still holds bytes
+	if b.r >= 0 || pp.open != 1 || len(pp.free) != 0 || s.pipes.Load() != 1 {
+		t.Fatalf("put of a pipe holding bytes: %+v, open %d (%d in Stats), %d free; want it closed", b, pp.open, s.pipes.Load(), len(pp.free))
+	}
+	c := pp.get()
+	if c == nil {
+		t.Fatal("no pipe after one was closed: the pool lost count")
+	}
+	if n, e := rawRead(c.r, make([]byte, 8)); e != unix.EAGAIN {
+		t.Errorf("a new pipe holds %d bytes (%v): another connection's", n, e)
+	}
+	pp.put(c)
+	pp.put(a)
+}
+
+// store is an fd store for tests: it keeps what a proxy's Store hands it
+// (duplicates of the descriptors, as systemd's store holds them).
+type store struct {
+	rec    []byte
+	stored []int
+}
+
+func newStore(t *testing.T) *store {
+	st := &store{}
+	t.Cleanup(func() {
+		for _, fd := range st.stored {
+			unix.Close(fd)
+		}
+	})
+	return st
+}
+
+func (st *store) keep(b []byte, fds []int) error {
+	st.rec = b
+	for _, fd := range fds {
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		st.stored = append(st.stored, d)
+	}
+	return nil
+}
+
+// take has proxy a store everything and stop, and decodes the record as
+// the next instance would; the listeners that came along are closed (the
+// tests give the next proxy its own).
+func (st *store) take(t *testing.T, a *running) *handoff.Record {
+	t.Helper()
+	a.srv.Store()
+	if err := recv(t, a.done, "Run to return after Store"); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	a.done <- nil // for the cleanup
+	mfd, err := handoff.Memfd(st.rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, resolve, left, err := handoff.Stored(mfd, st.stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, unused, err := handoff.Decode(b, resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.stored = nil // the record owns them now
+	if r.Epoll >= 0 {
+		// Only a reload in place carries the epoll instance (record:
+		// "Epoll: -1").
+		unix.Close(r.Epoll)
+		t.Errorf("the store carried descriptor %d as an epoll instance", r.Epoll)
+		r.Epoll = -1
+	}
+	if len(unused)+len(left()) != 0 {
+		t.Fatalf("descriptors left over: %v and %v", unused, left())
+	}
+	for _, l := range r.Listeners {
+		// The tests' listeners are bound by the proxy (as --listen
+		// ones): they are stored, a socket unit's are not.
+		if !l.Bound || l.FD < 0 {
+			t.Errorf("listener %q recorded as bound %v, descriptor %d: a --listen socket must be stored", l.Name, l.Bound, l.FD)
+		}
+		unix.Close(l.FD)
+	}
+	return r
+}
+
+// closeRecord closes the descriptors of a record that no proxy adopted:
+// a test that fails between the store and the resume must not leave the
+// backend's handler waiting on a socket nobody closes.
+func closeRecord(r *handoff.Record) {
+	for _, rc := range r.Conns {
+		for _, fd := range append(rc.FD[:], append(rc.Dir[0].Pipe[:], rc.Dir[1].Pipe[:]...)...) {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}
+	for _, f := range r.Flows {
+		if f.FD >= 0 {
+			unix.Close(f.FD)
+		}
+	}
+}
+
+// TestStoreCarriesIdleTime: a connection idle for a while when it goes to
+// the fd store is closed by the next instance once the rest of its idle
+// timeout has passed, not a whole timeout later: registering its sockets
+// reports them writable, which is no traffic (loop.go, run: the idle
+// clocks restored after the first batch, "l.idleClocks != nil").
+func TestStoreCarriesIdleTime(t *testing.T) {
+	noLeak(t)
+	const timeout = 4 * time.Second // a sweep each second
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	st := newStore(t)
+	lnA, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnA.Name = "web"
+	a := startOn(t, lnA, addr, Config{Store: st.keep, IdleTimeout: timeout})
+	c := dial(t, a.addr)
+	ping := func() {
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The last traffic at the first proxy's tick 1 (ticks count while a
+	// connection is open), the store at tick 3: idle for 2 ticks (the
+	// record's "l.tick-c.seen").
+	ping()
+	time.Sleep(1100 * time.Millisecond)
+	ping()
+	time.Sleep(2100 * time.Millisecond)
+	r := st.take(t, a)
+	if len(r.Conns) != 1 || r.Conns[0].Idle != 2*int64(time.Second) {
+		closeRecord(r)
+		t.Fatalf("record: %d connections, want one idle for 2 s: %+v", len(r.Conns), r.Conns)
+	}
+	lnB, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB.Name = "web"
+	startOn(t, lnB, addr, Config{Resume: r, IdleTimeout: timeout})
+	// Closed at the third sweep, 3 s on; a clock restarted at the resume
+	// would run 5 s, one carried too long 1 s.
+	took := closedWithin(t, c, 10*time.Second)
+	if took > 4200*time.Millisecond {
+		t.Errorf("closed %v after the resume, want about 3 s: the idle time before the store was lost", took)
+	}
+	if took < 1500*time.Millisecond {
+		t.Errorf("closed %v after the resume, want about 3 s: more idle time was carried than passed", took)
+	}
+	t.Logf("closed %v after the resume", took)
+}
+
+// TestRetryHeap: connect retries come out earliest first whatever the
+// order they went in (loop.go, pushRetry's sift-up: "i > 0").
+func TestRetryHeap(t *testing.T) {
+	ats := []int64{50, 30, 80, 10, 90, 20, 20, 70, 40, 60, 0, 100}
+	l := &loop{}
+	for i, at := range ats {
+		l.pushRetry(deadline{fd: int32(i), at: at})
+	}
+	prev := int64(-1)
+	for range ats {
+		d := l.popRetry()
+		if d.at < prev {
+			t.Fatalf("retry at %d came after one at %d", d.at, prev)
+		}
+		prev = d.at
+	}
+	if len(l.retryQ) != 0 {
+		t.Fatalf("%d retries left", len(l.retryQ))
+	}
+}
+
+// TestWarningSummaryWhileIdle: the summary of warnings held back by the
+// rate limit comes at the end of its window even when nothing else
+// happens then: the wait is not "forever" while one is pending (loop.go,
+// timeout_ms: "l.warnAt == 0"; warn.go, warn: "l.warnAt == 0"). It says
+// how long the window was ("now - b.logged"), and a new window starts with
+// it: the next failure is held back too ("now-b.logged >= warnEvery").
+// Not under -short: the window is 10 s.
+func TestWarningSummaryWhileIdle(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the 10 s window of the warnings")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused from now on
+	p := start(t, addr, Config{ConnectTimeout: -1})
+	fail := func(n int64) {
+		c := dial(t, p.addr)
+		c.Read(make([]byte, 1)) // closed by the proxy
+		waitFor(t, "the client to fail", func() bool { return p.srv.Stats().BackendErrors == n })
+	}
+	// The window then starts well after the loop's clock, so a window
+	// measured from the wrong end would not round to 10 s.
+	time.Sleep(time.Second)
+	fail(1)
+	fail(2)
+	const want = `msg="1 more clients could not reach the backend in the last 10s: `
+	for end := time.Now().Add(warnEvery + 5*time.Second); !strings.Contains(p.logs.String(), want); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("no summary %q %v after the second failure, with the proxy idle:\n%s", want, warnEvery+5*time.Second, tail(p.logs.String(), 5))
+		}
+	}
+	fail(3)
+	if n := strings.Count(p.logs.String(), `level=WARN msg="cannot connect to backend`); n != 1 {
+		t.Errorf("%d warnings for 3 failures, the third just after the summary; want 1:\n%s", n, tail(p.logs.String(), 5))
+	}
+}
+
+// TestConnTableGrows: the table of connections by descriptor grows to hold
+// any descriptor, the one just past its end included (loop.go, track:
+// "fd >= len(l.conns)", "fd+1").
+func TestConnTableGrows(t *testing.T) {
+	l := &loop{}
+	c := &conn{}
+	for _, fd := range []int{3, 64, 128, 1000, 5000} {
+		l.track(fd, c)
+		if l.conns[fd] != c {
+			t.Fatalf("descriptor %d not in the table", fd)
+		}
+	}
+	for _, fd := range []int{3, 64, 128, 1000} {
+		if l.conns[fd] != c {
+			t.Fatalf("descriptor %d lost when the table grew", fd)
+		}
+	}
+}
+
+// TestStopClosesWaitingClients: a stop closes every client, those that
+// have no backend socket at the time (waiting for the next connect round)
+// included (loop.go, close: "int(c.fd[0]) == fd" finds each connection by
+// its client's descriptor).
+func TestStopClosesWaitingClients(t *testing.T) {
+	noLeak(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused: the client waits between connect rounds
+	p := start(t, addr, Config{ConnectTimeout: 20 * time.Second})
+	c := dial(t, p.addr)
+	waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Active == 1 })
+	time.Sleep(50 * time.Millisecond) // a few rounds: most of the time is spent waiting between them
+	p.cancel()
+	if err := recv(t, p.done, "Run to return"); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	p.done <- nil // for the cleanup
+	closedWithin(t, c, 5*time.Second)
+}
+
+// TestPacketsEmptyMessage: a message of zero bytes goes on as one, in its
+// place, and is not taken for the end of the stream; the end, which reads
+// alike, goes on as a shutdown, not as empty messages; the bytes are
+// counted (seqpacket.go: peerShut, rawWriteMsg).
+func TestPacketsEmptyMessage(t *testing.T) {
+	noLeak(t)
+	r, path := startPackets(t, func(nc net.Conn) {
+		c := nc.(*net.UnixConn)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return
+		}
+		// A raw recvmsg: Go's reads, ReadMsgUnix too, take an empty
+		// message for EOF.
+		buf := make([]byte, 100)
+		read := func() (n int, err error) {
+			if rerr := rc.Read(func(fd uintptr) bool {
+				n, _, _, _, err = unix.Recvmsg(int(fd), buf, nil, 0)
+				return err != unix.EAGAIN
+			}); rerr != nil {
+				err = rerr
+			}
+			return n, err
+		}
+		var lens []string
+		for {
+			n, err := read()
+			if err != nil {
+				c.Write([]byte(err.Error()))
+				return
+			}
+			lens = append(lens, strconv.Itoa(n))
+			if string(buf[:n]) == "end" {
+				break
+			}
+		}
+		c.Write([]byte(strings.Join(lens, " ")))
+		// Then the client's end: a read of nothing, and the peer shut.
+		n, err := read()
+		shut := false
+		rc.Control(func(fd uintptr) {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+			m, perr := unix.Poll(fds, 5000)
+			shut = perr == nil && m > 0 && fds[0].Revents&unix.POLLRDHUP != 0
+		})
+		c.Write([]byte(fmt.Sprintf("read %d %v, shut %v", n, err, shut)))
+	}, Config{})
+	c := dialPackets(t, path)
+	for _, m := range []string{"a", "", "b", "end"} {
+		if _, _, err := c.WriteMsgUnix([]byte(m), nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 100)
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "1 0 1 3" {
+		t.Fatalf("the backend got messages of %q bytes, %v; want \"1 0 1 3\"\n%s", buf[:n], err, r.logs)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	n, err = c.Read(buf)
+	if want := "read 0 <nil>, shut true"; err != nil || string(buf[:n]) != want {
+		t.Fatalf("the backend after the client's end: %q, %v; want %q", buf[:n], err, want)
+	}
+	waitFor(t, "the connection to close", func() bool { return r.srv.Stats().Active == 0 })
+	if st := r.srv.Stats(); st.BytesIn != 5 || st.BytesOut != int64(len("1 0 1 3")+n) {
+		t.Errorf("BytesIn %d, BytesOut %d; want 5 and %d", st.BytesIn, st.BytesOut, len("1 0 1 3")+n)
+	}
+}
+
+// TestLookupWaitersBounded: clients that come and go while the lookup of
+// their backend's name hangs leave entries in its list of waiters, which
+// is compacted so that it stays within twice the clients still waiting
+// (plus 16): each one that goes is counted out (connection.go, release:
+// "c.state == stateResolving" calls leaveLookup). The hook reads the list
+// on the loop's goroutine.
+func TestLookupWaitersBounded(t *testing.T) {
+	const clients = 300
+	var srv *Server
+	peak, peakLive := 0, 0
+	var mu sync.Mutex
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startPrepared(t, ln, "backend.invalid:80", Config{Resolver: silentResolver(t), ConnectTimeout: time.Hour}, func(s *Server) {
+		srv = s
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if l := srv.loop.Load(); l != nil {
+				mu.Lock()
+				for _, lk := range l.lookups {
+					peak, peakLive = max(peak, len(lk.waiting)), max(peakLive, lk.live)
+				}
+				mu.Unlock()
+			}
+			return n
+		}
+	})
+	for i := range clients {
+		if err := resetClient(p.addr); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		// One at a time, so that few wait at once and the bound is tight.
+		waitFor(t, "the client to be gone", func() bool {
+			st := p.srv.Stats()
+			return st.Accepted == int64(i+1) && st.Active == 0
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// One client waits at a time: 2*1+16 entries at most.
+	if peak > 18 {
+		t.Errorf("%d entries in the lookup's list at the peak (its count of waiters: %d), one client waiting at a time, after %d clients: gone clients are not counted out", peak, peakLive, clients)
+	}
+	t.Logf("at most %d entries, %d clients waiting", peak, peakLive)
+}
+
+// TestLookupCompactionKeepsWaiters: compacting a lookup's list of waiters
+// drops the clients that went and keeps the one still waiting, which is
+// served when the answer comes (dial.go, waitLookup: "l.waiter(d) == nil"
+// in the compaction).
+func TestLookupCompactionKeepsWaiters(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	_, port, _ := net.SplitHostPort(addr)
+	dns := fakeDNS(t, [4]byte{127, 0, 0, 1})
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		select { // the answer waits until the list has been compacted
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dns)
+	}}
+	p := start(t, "one.spx.test:"+port, Config{Resolver: resolver, ConnectTimeout: 20 * time.Second})
+	c := dial(t, p.addr)
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Accepted == 1 })
+	for i := range 40 { // gone clients: past 2*live+16 entries, so the list is compacted
+		if err := resetClient(p.addr); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		waitFor(t, "the client to be gone", func() bool {
+			st := p.srv.Stats()
+			return st.Accepted == int64(i+2) && st.Active == 1
+		})
+	}
+	once.Do(func() { close(release) })
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
+		t.Fatalf("the waiting client got %q, %v: it was dropped from the lookup\n%s", got, err, tail(p.logs.String(), 5))
+	}
+}
+
+// TestFlowIdleBounds: a flow silent after an exchange expires no sooner
+// than its idle timeout and not much later: the sweep runs every quarter
+// of it (flow.go, setupDatagram: "t/4"). TestFlowExpires has the lower
+// bound only.
+func TestFlowIdleBounds(t *testing.T) {
+	noLeak(t)
+	const idle = 200 * time.Millisecond
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{FlowIdleTimeout: idle})
+	c := udpClient(t, "127.0.0.1:0", "")
+	exchange(t, c, r.addr, []byte("x"))
+	start := time.Now()
+	waitFor(t, "the flow to expire", func() bool { return r.srv.Stats().Flows == 0 })
+	took := time.Since(start)
+	t.Logf("expired %v after the last exchange (idle timeout %v)", took, idle)
+	if took < idle*9/10 {
+		t.Errorf("expired %v after the last exchange, before the %v idle timeout", took, idle)
+	}
+	// The timeout plus a quarter, plus slack for -race on a loaded
+	// machine; a sweep every 4 timeouts (capped at 1 s) comes after 0.8 s.
+	if took > idle+idle/4+500*time.Millisecond {
+		t.Errorf("expired %v after the last exchange, long after the %v idle timeout", took, idle)
+	}
+	// With no flow the sweep stops, and its tick with it: a flow that
+	// comes after a silence must not start from the old tick
+	// (newFlow: "l.flows.every > 0" brings it up to date).
+	time.Sleep(3 * idle)
+	exchange(t, c, r.addr, []byte("y"))
+	start = time.Now()
+	waitFor(t, "the second flow to expire", func() bool { return r.srv.Stats().Flows == 0 })
+	if took := time.Since(start); took < idle*9/10 {
+		t.Errorf("a flow opened after a silence expired %v after its exchange, before the %v idle timeout", took, idle)
+	}
+}
+
+// TestFlowNeverExpires: a negative FlowIdleTimeout turns expiry off; the
+// loop has no flow tick then, and must not divide by it (flow.go,
+// newFlow: "l.flows.every > 0").
+func TestFlowNeverExpires(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{FlowIdleTimeout: -1})
+	c := udpClient(t, "127.0.0.1:0", "")
+	exchange(t, c, r.addr, []byte("x"))
+	time.Sleep(100 * time.Millisecond)
+	if n := r.srv.Stats().Flows; n != 1 {
+		t.Errorf("%d flows, want the one, kept", n)
+	}
+}
+
+// TestFlowIdleDefault: a FlowIdleTimeout of 0 means the default, not
+// "never" (flow.go, setupDatagram: "t >= 0"). Read on the loop's
+// goroutine, through the test hook: the default is too long to wait for.
+func TestFlowIdleDefault(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srv *Server
+	got := make(chan time.Duration, 1)
+	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, func(s *Server) {
+		srv = s
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if l := srv.loop.Load(); l != nil {
+				select {
+				case got <- time.Duration(int64(l.flows.ticks) * l.flows.every):
+				default:
+				}
+			}
+			return n
+		}
+	})
+	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("x"))
+	if d := recv(t, got, "a batch of events"); d < DefaultFlowIdleTimeout || d > DefaultFlowIdleTimeout+sweepMax {
+		t.Errorf("flows expire after %v of silence, want the default %v", d, DefaultFlowIdleTimeout)
+	}
+}
+
+// TestDatagramBatches: datagrams queued while the loop is busy are read in
+// batches of dgramBatch, each datagram into its own slot of the batch
+// (data and control message), and a full batch is followed by another
+// read, as no new edge will come for what is queued (flow.go, datagrams:
+// "k*b.slot", "k*oobSize", "n < dgramBatch"). The test hook holds the loop
+// while the client queues more than two batches; on a wildcard listener, to two
+// local addresses, each reply must come back with its payload and from the
+// address it was sent to.
+func TestDatagramBatches(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	ln, err := activation.ListenDatagram("0.0.0.0:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, hold := make(chan struct{}), make(chan struct{})
+	var once, release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(hold) }) })
+	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, func(s *Server) {
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if n > 0 {
+				once.Do(func() {
+					close(held)
+					<-hold
+				})
+			}
+			return n
+		}
+	})
+	_, port, _ := net.SplitHostPort(r.addr)
+	c := udpClient(t, "127.0.0.1:0", "")
+	// More than two batches: the edges of the datagrams queued while the
+	// loop is held come as one event, which pays for one read only.
+	const count = 2*dgramBatch + 9
+	send := func(i int) {
+		to := netip.MustParseAddrPort(net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i%2), port))
+		if _, err := c.WriteToUDPAddrPort([]byte(fmt.Sprintf("%d %s", i, to.Addr())), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(0)
+	recv(t, held, "the loop to be held")
+	for i := 1; i < count; i++ {
+		send(i)
+	}
+	release.Do(func() { close(hold) })
+	seen := make(map[int]bool)
+	buf := make([]byte, 100)
+	for range count {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("%d replies of %d: %v; %+v", len(seen), count, err, r.srv.Stats())
+		}
+		var i int
+		var to string
+		if _, err := fmt.Sscanf(string(buf[:n]), "%d %s", &i, &to); err != nil || i < 0 || i >= count || seen[i] {
+			t.Fatalf("reply %q: not one of the datagrams sent, or twice", buf[:n])
+		}
+		seen[i] = true
+		if from.Addr().String() != to {
+			t.Errorf("datagram %d was sent to %s, its reply came from %s", i, to, from.Addr())
+		}
+	}
+}
+
+// TestStoreWakesTheLoop: Store on a proxy with nothing to do (no traffic,
+// no timer due for an hour) takes effect at once: it wakes the loop
+// (handoff.go, Store: "l != nil").
+func TestStoreWakesTheLoop(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	st := newStore(t)
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Name = "web"
+	a := startOn(t, ln, addr, Config{Store: st.keep, ConnectTimeout: time.Hour})
+	c := dial(t, a.addr)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	begin := time.Now()
+	r := st.take(t, a) // fails after 10 s
+	closeRecord(r)     // nothing adopts it
+	if took := time.Since(begin); took > 2*time.Second || len(r.Conns) != 1 {
+		t.Errorf("stored %d connections %v after Store, want 1 at once", len(r.Conns), took)
+	}
+}
+
+// TestHeldDatagramsInBatch: the first datagram of each new flow to a
+// backend host name is held while the name resolves, copied from its own
+// slot of the batch (flow.go, forwardIn: "k*b.slot" in the hold). The test
+// hook holds the loop while three clients queue one datagram each, so that
+// they come in one batch.
+func TestHeldDatagramsInBatch(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	_, port, _ := net.SplitHostPort(be.LocalAddr().String())
+	dns := fakeDNS(t, [4]byte{127, 0, 0, 1})
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dns)
+	}}
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, hold := make(chan struct{}), make(chan struct{})
+	var once, release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(hold) }) })
+	r := startPrepared(t, ln, "one.spx.test:"+port, Config{Resolver: resolver}, func(s *Server) {
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if n > 0 {
+				once.Do(func() {
+					close(held)
+					<-hold
+				})
+			}
+			return n
+		}
+	})
+	// The loop is held on a first client's datagram; the three that count
+	// are queued meanwhile and read together.
+	first := udpClient(t, "127.0.0.1:0", "")
+	dst := netip.MustParseAddrPort(r.addr)
+	if _, err := first.WriteToUDPAddrPort([]byte("first"), dst); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, held, "the loop to be held")
+	var clients []*net.UDPConn
+	for i := range 3 {
+		c := udpClient(t, "127.0.0.1:0", "")
+		if _, err := c.WriteToUDPAddrPort([]byte(fmt.Sprintf("client %d", i)), dst); err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	release.Do(func() { close(hold) })
+	buf := make([]byte, 100)
+	for i, c := range clients {
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if want := fmt.Sprintf("client %d", i); err != nil || string(buf[:n]) != want {
+			t.Errorf("client %d got %q, %v; want its own datagram back", i, buf[:n], err)
+		}
+	}
+}
+
+// TestStoreThatKeepsNothing: when the fd store did not keep a socket after
+// all (systemd 252 says nothing when FileDescriptorStoreMax= is too small),
+// the proxy's close is the socket's last, and the client sees a reset,
+// never a clean end in the middle of a transfer (handoff.go, storeAll:
+// "s >= 0 && c.tcp[side]" sets SO_LINGER 0 on each stored TCP socket).
+func TestStoreThatKeepsNothing(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forget := func([]byte, []int) error { return nil } // accepted, and nothing kept
+	a := startOn(t, ln, addr, Config{Store: forget})
+	c := dial(t, a.addr)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	a.srv.Store()
+	if err := recv(t, a.done, "Run to return after Store"); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	a.done <- nil // for the cleanup
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("the client read %v after its connection was dropped, want a reset", err)
+	}
+}
+
+// TestStoreConnecting: a connection still connecting goes to the store
+// with its client's socket only: no backend socket, no pipes (handoff.go,
+// record: "none := [2]int{-1, -1}").
+func TestStoreConnecting(t *testing.T) {
+	noLeak(t)
+	silent := testutil.SilentTCP(t)
+	st := newStore(t)
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Name = "web"
+	a := startOn(t, ln, silent, Config{Store: st.keep, ConnectTimeout: time.Hour})
+	dial(t, a.addr)
+	waitFor(t, "the client to be accepted", func() bool { return a.srv.Stats().Active == 1 })
+	r := st.take(t, a)
+	defer closeRecord(r) // nothing adopts it
+	if len(r.Conns) != 1 {
+		t.Fatalf("%d connections stored, want 1", len(r.Conns))
+	}
+	rc := r.Conns[0]
+	if rc.State != handoff.Connecting || rc.FD[0] < 0 || rc.FD[1] >= 0 {
+		t.Errorf("stored state %d, descriptors %v; want connecting, with the client's socket only", rc.State, rc.FD)
+	}
+	for d, dir := range rc.Dir {
+		if dir.Pipe != [2]int{-1, -1} {
+			t.Errorf("direction %d stored with pipe %v, want none", d, dir.Pipe)
+		}
+	}
+}
+
+// TestStoreKeepsConnectDeadline: a connection still connecting keeps its
+// connect deadline across the store, counted from its accept: the record
+// carries its age (handoff.go, record: "now-c.start"), and the next
+// instance counts it back (adopt: "l.now() - elapsed - rc.Age"; resume:
+// "monotonic()-r.Written"). The first proxy runs a while before the client
+// comes, so that an age counted from the wrong end would be too long.
+func TestStoreKeepsConnectDeadline(t *testing.T) {
+	noLeak(t)
+	const timeout, age = time.Second, 500 * time.Millisecond
+	silent := testutil.SilentTCP(t)
+	st := newStore(t)
+	lnA, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnA.Name = "web"
+	a := startOn(t, lnA, silent, Config{Store: st.keep, ConnectTimeout: timeout})
+	time.Sleep(600 * time.Millisecond)
+	c := dial(t, a.addr)
+	waitFor(t, "the client to be accepted", func() bool { return a.srv.Stats().Active == 1 })
+	time.Sleep(age)
+	r := st.take(t, a)
+	if len(r.Conns) != 1 || r.Conns[0].Age < int64(age) || r.Conns[0].Age > int64(age+300*time.Millisecond) {
+		closeRecord(r)
+		t.Fatalf("record: %d connections, want one of age %v: %+v", len(r.Conns), age, r.Conns)
+	}
+	lnB, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB.Name = "web"
+	startOn(t, lnB, silent, Config{Resume: r, ConnectTimeout: timeout})
+	// The deadline comes about timeout-age after the resume.
+	took := closedWithin(t, c, 5*time.Second)
+	t.Logf("closed %v after the resume", took)
+	if took < (timeout-age)/2 || took > timeout-age+450*time.Millisecond {
+		t.Errorf("closed %v after the resume, want about %v: the deadline moved", took, timeout-age)
+	}
+}
+
+// TestFlowTableGrows: the table of flows by descriptor grows to hold any
+// descriptor, the one just past its end included, and an event for a
+// descriptor past its end is not a flow's (flow.go, insertFlow:
+// "fd >= len(l.flows.table)", "fd+1"; flowEvent: "fd >= len").
+func TestFlowTableGrows(t *testing.T) {
+	l := &loop{s: New(Config{})}
+	ln := &listenerFD{dgram: &dgramListener{flows: make(map[string]*flow)}}
+	for _, fd := range []int{3, 64, 128, 1000} {
+		f := &flow{fd: int32(fd), key: strconv.Itoa(fd)}
+		l.insertFlow(ln, f, netip.Addr{})
+		if l.flows.table[fd] != f {
+			t.Fatalf("flow on descriptor %d not in the table", fd)
+		}
+	}
+	l.flowEvent(len(l.flows.table), 1, unix.EPOLLIN) // none there: ignored
+}
+
+// TestReplyBursts: replies queued on flow sockets while the loop is busy
+// are read in batches until each socket is empty, as no new edge will come
+// for them, the second flow's into the rest of the first's batch (flow.go,
+// flowEvent: "n < dgramBatch-lo"). The test hook holds the loop while the
+// backend answers two flows with more than three batches of replies each,
+// so that one wait reports both flows, once each.
+func TestReplyBursts(t *testing.T) {
+	const burst = 3*dgramBatch + 4
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goAhead, sent := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 100)
+		var bursts []net.Addr
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) != "burst" {
+				pc.WriteTo(buf[:n], from)
+				continue
+			}
+			if bursts = append(bursts, from); len(bursts) < 2 {
+				continue
+			}
+			select {
+			case <-goAhead:
+			case <-time.After(10 * time.Second):
+				return
+			}
+			for _, to := range bursts {
+				for i := range burst {
+					pc.WriteTo([]byte(strconv.Itoa(i)), to)
+				}
+			}
+			close(sent)
+		}
+	})
+	held, hold := make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	var once, release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(hold) }) })
+	r := startPrepared(t, ln4(t), pc.LocalAddr().String(), Config{}, func(s *Server) {
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if armed.Load() && n > 0 {
+				once.Do(func() {
+					close(held)
+					<-hold
+				})
+			}
+			return n
+		}
+	})
+	dst := netip.MustParseAddrPort(r.addr)
+	clients := []*net.UDPConn{udpClient(t, "127.0.0.1:0", ""), udpClient(t, "127.0.0.1:0", "")}
+	for _, c := range clients {
+		exchange(t, c, r.addr, []byte("x")) // its flow
+		if _, err := c.WriteToUDPAddrPort([]byte("burst"), dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "both bursts forwarded", func() bool { return r.srv.Stats().DatagramsIn == 4 })
+	// Hold the loop on a third client's datagram; the replies come
+	// meanwhile.
+	armed.Store(true)
+	third := udpClient(t, "127.0.0.1:0", "")
+	if _, err := third.WriteToUDPAddrPort([]byte("wake"), dst); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, held, "the loop to be held")
+	close(goAhead)
+	recv(t, sent, "the backend to send its replies")
+	release.Do(func() { close(hold) })
+	for i, c := range clients {
+		seen := make(map[string]bool)
+		buf := make([]byte, 100)
+		for len(seen) < burst {
+			n, _, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				t.Fatalf("client %d: %d replies of %d: %v; %+v", i, len(seen), burst, err, r.srv.Stats())
+			}
+			seen[string(buf[:n])] = true
+		}
+	}
+}
+
+// ln4 is a datagram listener on 127.0.0.1.
+func ln4(t *testing.T) activation.Listener {
+	t.Helper()
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
