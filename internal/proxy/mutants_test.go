@@ -1104,3 +1104,101 @@ func ln4(t *testing.T) activation.Listener {
 	}
 	return ln
 }
+
+// TestRepliesLeaveByTheirListener: replies read in one wait for flows of
+// two datagram listeners each leave through their own listener (flow.go,
+// flowEvent: the batch of one listener is flushed before another's
+// replies are read into it). The backend answers both clients at once;
+// the test hook holds the wait that reports the first reply until both
+// are in their flow sockets, and adds the second flow's event to it. Each
+// client's socket is connected to its listener's address and takes no
+// reply from the other.
+func TestRepliesLeaveByTheirListener(t *testing.T) {
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	answered := make(chan struct{}, 1)
+	go func() { // echo in pairs: both answers leave together
+		buf := make([]byte, 100)
+		for {
+			var got [2]struct {
+				msg  []byte
+				from netip.AddrPort
+			}
+			for k := range got {
+				n, from, err := be.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				got[k].msg, got[k].from = append([]byte(nil), buf[:n]...), from
+			}
+			for _, g := range got {
+				be.WriteToUDPAddrPort(g.msg, g.from)
+			}
+			answered <- struct{}{}
+		}
+	}()
+	lnA, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var armed atomic.Bool
+	var srv *Server
+	startPrepared(t, lnB, be.LocalAddr().String(), Config{Listeners: []activation.Listener{lnA}}, func(s *Server) {
+		srv = s
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			l := srv.loop.Load()
+			if l == nil || !armed.Load() {
+				return n
+			}
+			for _, ev := range events[:n] {
+				if int(ev.Fd) < len(l.flows.table) && l.flows.table[ev.Fd] != nil {
+					armed.Store(false)
+					<-answered // both replies wait in their flow sockets now
+					for _, f := range l.flows.table {
+						if f != nil && int(f.fd) != int(ev.Fd) && n < len(events) {
+							events[n] = unix.EpollEvent{Events: unix.EPOLLIN, Fd: f.fd, Pad: int32(f.gen)}
+							n++
+						}
+					}
+					return n
+				}
+			}
+			return n
+		}
+	})
+	dial := func(ln activation.Listener) *net.UDPConn {
+		c, err := net.DialUDP("udp", nil, ln.Addr().(*net.UDPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c
+	}
+	clients := [2]*net.UDPConn{dial(lnA), dial(lnB)}
+	ask := func(round string) {
+		for k, c := range clients {
+			if _, err := c.Write([]byte(fmt.Sprintf("%s %d", round, k))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		buf := make([]byte, 100)
+		for k, c := range clients {
+			n, err := c.Read(buf)
+			if want := fmt.Sprintf("%s %d", round, k); err != nil || string(buf[:n]) != want {
+				t.Fatalf("%s: client %d read %q, %v; want %q from its own listener", round, k, buf[:n], err, want)
+			}
+		}
+	}
+	ask("open")
+	<-answered
+	armed.Store(true)
+	ask("mixed")
+}
