@@ -174,3 +174,72 @@ func segmentedBursts(t *testing.T, listen, dial string) {
 		t.Errorf("%d datagrams each way: %d in, %d out, %d of them as segments; want all, and some segmented", seq, st.DatagramsIn, st.DatagramsOut, st.DatagramsSegmented)
 	}
 }
+
+// TestSendDatagramsFallsBack: sendDatagrams counts what went as segments
+// (runs only, each datagram of a run once), and where the kernel refuses
+// UDP_SEGMENT (here: a socket without UDP checksums, SO_NO_CHECK, which
+// the kernel will not segment for) it sends the same datagrams one by one,
+// and from then on only so.
+func TestSendDatagramsFallsBack(t *testing.T) {
+	rc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	rc.SetDeadline(time.Now().Add(10 * time.Second))
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	to := rc.LocalAddr().(*net.UDPAddr)
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: to.Port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sizes := []int{700, 1400, 1400, 700, 1400, 1400}
+	data := make([]byte, len(sizes)*1400)
+	msgs := make([]unix.Mmsghdr, len(sizes))
+	iov := make([]unix.Iovec, len(sizes))
+	want := 0
+	for k, n := range sizes {
+		data[k*1400] = byte(k)
+		iov[k] = unix.Iovec{Base: &data[k*1400]}
+		iov[k].SetLen(n)
+		msgs[k].Hdr.Iov = &iov[k]
+		msgs[k].Hdr.SetIovlen(1)
+		msgs[k].Len = uint32(n)
+		want += n
+	}
+	l := &loop{s: New(Config{})}
+	receive := func(what string) {
+		t.Helper()
+		buf := make([]byte, 2000)
+		for k, n := range sizes {
+			got, err := rc.Read(buf)
+			if err != nil || got != n || buf[0] != byte(k) {
+				t.Fatalf("%s: datagram %d is %d bytes numbered %d (%v), want %d bytes numbered %d", what, k, got, buf[0], err, n, k)
+			}
+		}
+	}
+	sent, bytes, e := l.sendDatagrams(fd, msgs, true)
+	if sent != len(sizes) || bytes != int64(want) || e != 0 || l.s.dgram.segmented.Load() != 5 || l.flows.noSegments {
+		t.Fatalf("sent %d datagrams, %d bytes, %v; %d as segments; want %d, %d, none; 5 (two runs: 3 and 2)",
+			sent, bytes, e, l.s.dgram.segmented.Load(), len(sizes), want)
+	}
+	receive("segmented")
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); err != nil {
+		t.Fatal(err)
+	}
+	// As sendFlow and flushReplies do: sendmmsg reports the error of a
+	// message only when it is the first of the call.
+	sent, bytes, e = 0, 0, 0
+	for try := 0; try < 3 && sent < len(msgs) && e == 0; try++ {
+		n, b, err := l.sendDatagrams(fd, msgs[sent:], true)
+		sent, bytes, e = sent+n, bytes+b, err
+	}
+	if sent != len(sizes) || bytes != int64(want) || e != 0 || l.s.dgram.segmented.Load() != 5 || !l.flows.noSegments {
+		t.Fatalf("with the kernel refusing: sent %d datagrams, %d bytes, %v; %d as segments, one by one from now on: %v; want %d, %d, none; still 5, true",
+			sent, bytes, e, l.s.dgram.segmented.Load(), l.flows.noSegments, len(sizes), want)
+	}
+	receive("one by one")
+}
