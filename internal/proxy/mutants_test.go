@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -1201,4 +1202,42 @@ func TestRepliesLeaveByTheirListener(t *testing.T) {
 	<-answered
 	armed.Store(true)
 	ask("mixed")
+}
+
+// TestAdoptedResolvingClosesOnlyItsOwn: a connection adopted while still
+// connecting has no backend socket until it connects; one that fails
+// before that (its backend's name never resolves, and the connect
+// deadline passes) closes its client's socket and nothing else, not
+// whatever descriptor a wrong "no socket" marker names (handoff.go, adopt:
+// the backend's -1).
+func TestAdoptedResolvingClosesOnlyItsOwn(t *testing.T) {
+	stdout := func() string {
+		s, err := os.Readlink("/proc/self/fd/1")
+		if err != nil {
+			return "closed: " + err.Error()
+		}
+		return s
+	}
+	before := stdout()
+	st := newStore(t)
+	lnA, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnA.Name = "web"
+	a := startOn(t, lnA, testutil.SilentTCP(t), Config{Store: st.keep, ConnectTimeout: time.Hour})
+	c := dial(t, a.addr)
+	waitFor(t, "the client to be accepted", func() bool { return a.srv.Stats().Active == 1 })
+	r := st.take(t, a)
+	lnB, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB.Name = "web"
+	b := startOn(t, lnB, "never.spx.test:80", Config{Resume: r, Resolver: silentResolver(t), ConnectTimeout: 300 * time.Millisecond})
+	closedWithin(t, c, 10*time.Second)
+	waitFor(t, "the connection to end", func() bool { return b.srv.Stats().Active == 0 })
+	if after := stdout(); after != before {
+		t.Errorf("descriptor 1 was %q, is %q after the adopted connection failed", before, after)
+	}
 }
