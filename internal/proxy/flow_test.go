@@ -311,6 +311,64 @@ func TestUnixDatagramFlows(t *testing.T) {
 	}
 }
 
+// TestReplyToGoneClientDropped: a reply whose client's socket is gone
+// (its unix path removed) is dropped and counted, once: not retried, which
+// would hold the loop (flow.go, flushReplies: "e != unix.EINTR"); the next
+// client is served.
+func TestReplyToGoneClientDropped(t *testing.T) {
+	dir := shortDir(t)
+	be, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "be"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	release := make(chan struct{})
+	go func() { // holds its answer to "later" until released
+		buf := make([]byte, 100)
+		for {
+			n, from, err := be.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == "later" {
+				<-release
+			}
+			be.WriteTo(buf[:n], from)
+		}
+	}()
+	r := startDgram(t, filepath.Join(dir, "px"), be.LocalAddr().String(), Config{})
+	to := &net.UnixAddr{Name: r.addr, Net: "unixgram"}
+	client := func(name string) *net.UnixConn {
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, name), Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c
+	}
+	gone := client("gone")
+	if _, err := gone.WriteTo([]byte("later"), to); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the datagram forwarded", func() bool { return r.srv.Stats().DatagramsIn == 1 })
+	gone.Close()
+	os.Remove(filepath.Join(dir, "gone"))
+	close(release)
+	waitFor(t, "the reply dropped", func() bool { return r.srv.Stats().DatagramsDropped == 1 })
+	next := client("next")
+	if _, err := next.WriteTo([]byte("now"), to); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	if n, _, err := next.ReadFrom(buf); err != nil || string(buf[:n]) != "now" {
+		t.Fatalf("the next client read %q, %v; want its answer", buf[:n], err)
+	}
+	if st := r.srv.Stats(); st.DatagramsDropped != 1 || st.DatagramsOut != 1 {
+		t.Errorf("%d dropped, %d out; want the gone client's reply dropped once, the next one's sent", st.DatagramsDropped, st.DatagramsOut)
+	}
+}
+
 // TestTruncatedDatagramDropped: a datagram larger than the proxy reads is
 // dropped whole and counted, never forwarded in part.
 func TestTruncatedDatagramDropped(t *testing.T) {
@@ -338,10 +396,10 @@ func TestTruncatedDatagramDropped(t *testing.T) {
 	}
 	defer unix.Close(fd)
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20); err != nil {
-		t.Skipf("cannot raise the send buffer (needs CAP_NET_ADMIN): %v", err)
+		testutil.Unavailable(t, "cannot raise the send buffer (needs CAP_NET_ADMIN): %v", err)
 	}
 	if err := unix.Sendto(fd, make([]byte, unixSlot+1), 0, &unix.SockaddrUnix{Name: r.addr}); err != nil {
-		t.Skipf("cannot send a datagram over %d bytes: %v", unixSlot, err)
+		testutil.Unavailable(t, "cannot send a datagram over %d bytes: %v", unixSlot, err)
 	}
 	unix.Sendto(fd, []byte("small"), 0, &unix.SockaddrUnix{Name: r.addr})
 	select {
