@@ -396,19 +396,33 @@ func TestSmallMessagesNoPipe(t *testing.T) {
 	}
 }
 
+// stdoutTarget is what descriptor 1 is: tests of a wrong "no socket"
+// marker see it closed.
+func stdoutTarget() string {
+	s, err := os.Readlink("/proc/self/fd/1")
+	if err != nil {
+		return "closed: " + err.Error()
+	}
+	return s
+}
+
+// listenNamed is a TCP listener on loopback named as a socket unit would.
+func listenNamed(t *testing.T, name string) activation.Listener {
+	t.Helper()
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Name = name
+	return ln
+}
+
 // TestFailedConnectionClosesOnlyItsOwn: a client whose backend is never
 // reached (a host name with no address; a refused backend the client
 // gives up on between two retry rounds) is closed with its own socket and
 // nothing else: a connection without a backend socket must not close
 // whatever descriptor a wrong "no socket" marker names (stdout, here).
 func TestFailedConnectionClosesOnlyItsOwn(t *testing.T) {
-	stdout := func() string {
-		s, err := os.Readlink("/proc/self/fd/1")
-		if err != nil {
-			return "closed: " + err.Error()
-		}
-		return s
-	}
 	t.Run("unresolvable", func(t *testing.T) {
 		noLeak(t)
 		dns := fakeDNS(t) // no address for any name
@@ -416,21 +430,21 @@ func TestFailedConnectionClosesOnlyItsOwn(t *testing.T) {
 			var d net.Dialer
 			return d.DialContext(ctx, "udp", dns)
 		}}
-		before := stdout()
+		before := stdoutTarget()
 		p := start(t, "none.spx.test:80", Config{Resolver: resolver})
 		closedWithin(t, dial(t, p.addr), 10*time.Second)
 		waitFor(t, "the warning", func() bool { return strings.Contains(p.logs.String(), `cannot resolve \"none.spx.test\"`) })
 		if st := p.srv.Stats(); st.BackendErrors != 1 {
 			t.Errorf("BackendErrors %d, want 1", st.BackendErrors)
 		}
-		if after := stdout(); after != before {
+		if after := stdoutTarget(); after != before {
 			t.Errorf("descriptor 1 was %s, is %s after the failed connection", before, after)
 		}
 	})
 	t.Run("client leaves while retrying", func(t *testing.T) {
 		noLeak(t)
 		refused := filepath.Join(shortDir(t), "none.sock")
-		before := stdout()
+		before := stdoutTarget()
 		p := start(t, refused, Config{ConnectTimeout: time.Minute})
 		c := dial(t, p.addr)
 		waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Active == 1 })
@@ -438,7 +452,7 @@ func TestFailedConnectionClosesOnlyItsOwn(t *testing.T) {
 		c.SetLinger(0)
 		c.Close()
 		waitFor(t, "the client to be gone", func() bool { return p.srv.Stats().Active == 0 })
-		if after := stdout(); after != before {
+		if after := stdoutTarget(); after != before {
 			t.Errorf("descriptor 1 was %s, is %s after the client left", before, after)
 		}
 	})

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -343,11 +342,7 @@ func TestStoreCarriesIdleTime(t *testing.T) {
 	const timeout = 4 * time.Second // a sweep each second
 	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
 	st := newStore(t)
-	lnA, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lnA.Name = "web"
+	lnA := listenNamed(t, "web")
 	a := startOn(t, lnA, addr, Config{Store: st.keep, IdleTimeout: timeout})
 	c := dial(t, a.addr)
 	ping := func() {
@@ -370,11 +365,7 @@ func TestStoreCarriesIdleTime(t *testing.T) {
 		closeRecord(r)
 		t.Fatalf("record: %d connections, want one idle for 2 s: %+v", len(r.Conns), r.Conns)
 	}
-	lnB, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lnB.Name = "web"
+	lnB := listenNamed(t, "web")
 	startOn(t, lnB, addr, Config{Resume: r, IdleTimeout: timeout})
 	// Closed at the third sweep, 3 s on; a clock restarted at the resume
 	// would run 5 s, one carried too long 1 s.
@@ -747,20 +738,8 @@ func TestDatagramBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held, hold := make(chan struct{}), make(chan struct{})
-	var once, release sync.Once
-	t.Cleanup(func() { release.Do(func() { close(hold) }) })
-	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, func(s *Server) {
-		s.testBatch = func(events []unix.EpollEvent, n int) int {
-			if n > 0 {
-				once.Do(func() {
-					close(held)
-					<-hold
-				})
-			}
-			return n
-		}
-	})
+	held, unhold := holdFirstBatch(t)
+	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, held.prepare)
 	_, port, _ := net.SplitHostPort(r.addr)
 	c := udpClient(t, "127.0.0.1:0", "")
 	// More than two batches: the edges of the datagrams queued while the
@@ -773,11 +752,11 @@ func TestDatagramBatches(t *testing.T) {
 		}
 	}
 	send(0)
-	recv(t, held, "the loop to be held")
+	recv(t, held.held, "the loop to be held")
 	for i := 1; i < count; i++ {
 		send(i)
 	}
-	release.Do(func() { close(hold) })
+	unhold()
 	seen := make(map[int]bool)
 	buf := make([]byte, 100)
 	for range count {
@@ -804,11 +783,7 @@ func TestStoreWakesTheLoop(t *testing.T) {
 	noLeak(t)
 	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
 	st := newStore(t)
-	ln, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Name = "web"
+	ln := listenNamed(t, "web")
 	a := startOn(t, ln, addr, Config{Store: st.keep, ConnectTimeout: time.Hour})
 	c := dial(t, a.addr)
 	if _, err := c.Write([]byte("x")); err != nil {
@@ -842,20 +817,8 @@ func TestHeldDatagramsInBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held, hold := make(chan struct{}), make(chan struct{})
-	var once, release sync.Once
-	t.Cleanup(func() { release.Do(func() { close(hold) }) })
-	r := startPrepared(t, ln, "one.spx.test:"+port, Config{Resolver: resolver}, func(s *Server) {
-		s.testBatch = func(events []unix.EpollEvent, n int) int {
-			if n > 0 {
-				once.Do(func() {
-					close(held)
-					<-hold
-				})
-			}
-			return n
-		}
-	})
+	held, unhold := holdFirstBatch(t)
+	r := startPrepared(t, ln, "one.spx.test:"+port, Config{Resolver: resolver}, held.prepare)
 	// The loop is held on a first client's datagram; the three that count
 	// are queued meanwhile and read together.
 	first := udpClient(t, "127.0.0.1:0", "")
@@ -863,7 +826,7 @@ func TestHeldDatagramsInBatch(t *testing.T) {
 	if _, err := first.WriteToUDPAddrPort([]byte("first"), dst); err != nil {
 		t.Fatal(err)
 	}
-	recv(t, held, "the loop to be held")
+	recv(t, held.held, "the loop to be held")
 	var clients []*net.UDPConn
 	for i := range 3 {
 		c := udpClient(t, "127.0.0.1:0", "")
@@ -872,7 +835,7 @@ func TestHeldDatagramsInBatch(t *testing.T) {
 		}
 		clients = append(clients, c)
 	}
-	release.Do(func() { close(hold) })
+	unhold()
 	buf := make([]byte, 100)
 	for i, c := range clients {
 		n, _, err := c.ReadFromUDPAddrPort(buf)
@@ -921,11 +884,7 @@ func TestStoreConnecting(t *testing.T) {
 	noLeak(t)
 	silent := testutil.SilentTCP(t)
 	st := newStore(t)
-	ln, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Name = "web"
+	ln := listenNamed(t, "web")
 	a := startOn(t, ln, silent, Config{Store: st.keep, ConnectTimeout: time.Hour})
 	dial(t, a.addr)
 	waitFor(t, "the client to be accepted", func() bool { return a.srv.Stats().Active == 1 })
@@ -956,11 +915,7 @@ func TestStoreKeepsConnectDeadline(t *testing.T) {
 	const timeout, age = time.Second, 500 * time.Millisecond
 	silent := testutil.SilentTCP(t)
 	st := newStore(t)
-	lnA, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lnA.Name = "web"
+	lnA := listenNamed(t, "web")
 	a := startOn(t, lnA, silent, Config{Store: st.keep, ConnectTimeout: timeout})
 	time.Sleep(600 * time.Millisecond)
 	c := dial(t, a.addr)
@@ -971,11 +926,7 @@ func TestStoreKeepsConnectDeadline(t *testing.T) {
 		closeRecord(r)
 		t.Fatalf("record: %d connections, want one of age %v: %+v", len(r.Conns), age, r.Conns)
 	}
-	lnB, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lnB.Name = "web"
+	lnB := listenNamed(t, "web")
 	startOn(t, lnB, silent, Config{Resume: r, ConnectTimeout: timeout})
 	// The deadline comes about timeout-age after the resume.
 	took := closedWithin(t, c, 5*time.Second)
@@ -1048,21 +999,9 @@ func TestReplyBursts(t *testing.T) {
 			close(sent)
 		}
 	})
-	held, hold := make(chan struct{}), make(chan struct{})
-	var armed atomic.Bool
-	var once, release sync.Once
-	t.Cleanup(func() { release.Do(func() { close(hold) }) })
-	r := startPrepared(t, ln4(t), pc.LocalAddr().String(), Config{}, func(s *Server) {
-		s.testBatch = func(events []unix.EpollEvent, n int) int {
-			if armed.Load() && n > 0 {
-				once.Do(func() {
-					close(held)
-					<-hold
-				})
-			}
-			return n
-		}
-	})
+	held, unhold := holdFirstBatch(t)
+	held.armed.Store(false)
+	r := startPrepared(t, ln4(t), pc.LocalAddr().String(), Config{}, held.prepare)
 	dst := netip.MustParseAddrPort(r.addr)
 	clients := []*net.UDPConn{udpClient(t, "127.0.0.1:0", ""), udpClient(t, "127.0.0.1:0", "")}
 	for _, c := range clients {
@@ -1074,15 +1013,15 @@ func TestReplyBursts(t *testing.T) {
 	waitFor(t, "both bursts forwarded", func() bool { return r.srv.Stats().DatagramsIn == 4 })
 	// Hold the loop on a third client's datagram; the replies come
 	// meanwhile.
-	armed.Store(true)
+	held.armed.Store(true)
 	third := udpClient(t, "127.0.0.1:0", "")
 	if _, err := third.WriteToUDPAddrPort([]byte("wake"), dst); err != nil {
 		t.Fatal(err)
 	}
-	recv(t, held, "the loop to be held")
+	recv(t, held.held, "the loop to be held")
 	close(goAhead)
 	recv(t, sent, "the backend to send its replies")
-	release.Do(func() { close(hold) })
+	unhold()
 	for i, c := range clients {
 		seen := make(map[string]bool)
 		buf := make([]byte, 100)
@@ -1211,33 +1150,52 @@ func TestRepliesLeaveByTheirListener(t *testing.T) {
 // whatever descriptor a wrong "no socket" marker names (handoff.go, adopt:
 // the backend's -1).
 func TestAdoptedResolvingClosesOnlyItsOwn(t *testing.T) {
-	stdout := func() string {
-		s, err := os.Readlink("/proc/self/fd/1")
-		if err != nil {
-			return "closed: " + err.Error()
-		}
-		return s
-	}
-	before := stdout()
+	before := stdoutTarget()
 	st := newStore(t)
-	lnA, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lnA.Name = "web"
+	lnA := listenNamed(t, "web")
 	a := startOn(t, lnA, testutil.SilentTCP(t), Config{Store: st.keep, ConnectTimeout: time.Hour})
 	c := dial(t, a.addr)
 	waitFor(t, "the client to be accepted", func() bool { return a.srv.Stats().Active == 1 })
 	r := st.take(t, a)
-	lnB, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lnB.Name = "web"
+	lnB := listenNamed(t, "web")
 	b := startOn(t, lnB, "never.spx.test:80", Config{Resume: r, Resolver: silentResolver(t), ConnectTimeout: 300 * time.Millisecond})
 	closedWithin(t, c, 10*time.Second)
 	waitFor(t, "the connection to end", func() bool { return b.srv.Stats().Active == 0 })
-	if after := stdout(); after != before {
+	if after := stdoutTarget(); after != before {
 		t.Errorf("descriptor 1 was %q, is %q after the adopted connection failed", before, after)
+	}
+}
+
+// batchHold holds the loop, through the test hook, in its first non-empty
+// batch of events once armed (from the start, unless disarmed), until
+// released: what clients send meanwhile is queued, and read together.
+type batchHold struct {
+	armed atomic.Bool
+	held  chan struct{} // closed once the loop is held
+	hold  chan struct{}
+	once  sync.Once
+}
+
+// holdFirstBatch makes a batchHold and the func that releases the loop
+// (also called when the test ends).
+func holdFirstBatch(t *testing.T) (*batchHold, func()) {
+	h := &batchHold{held: make(chan struct{}), hold: make(chan struct{})}
+	h.armed.Store(true)
+	var release sync.Once
+	unhold := func() { release.Do(func() { close(h.hold) }) }
+	t.Cleanup(unhold)
+	return h, unhold
+}
+
+// prepare sets the hook: startPrepared's prepare.
+func (h *batchHold) prepare(s *Server) {
+	s.testBatch = func(events []unix.EpollEvent, n int) int {
+		if h.armed.Load() && n > 0 {
+			h.once.Do(func() {
+				close(h.held)
+				<-h.hold
+			})
+		}
+		return n
 	}
 }
