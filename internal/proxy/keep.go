@@ -73,6 +73,11 @@ func (l *loop) keep(c *conn) bool {
 			c.dir[0].pipe.r, c.dir[0].pipe.w, c.dir[1].pipe.r, c.dir[1].pipe.w})
 	}
 	if err != nil {
+		for d, p := range got {
+			if p != nil {
+				c.dir[d].pipe = nil // the pool's again, not the connection's
+			}
+		}
 		l.giveBack(got)
 		l.warn(warnOther, "cannot keep a connection in the fd store", err.Error(), "client", c.clientString(), "error", err.Error())
 		return false

@@ -4,11 +4,14 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 )
@@ -168,5 +171,86 @@ func TestKeptConnectionEnds(t *testing.T) {
 	})
 	if st := p.srv.Stats(); st.SplicedBytes != st.BytesIn+st.BytesOut {
 		t.Errorf("%d bytes in, %d out, %d spliced: want every byte spliced", st.BytesIn, st.BytesOut, st.SplicedBytes)
+	}
+}
+
+// TestKeepRefusedGivesPipesBack: the pipes a refused keep took go back to
+// the pool and only there: no connection holds a pipe the pool would lend
+// again (checked on the loop's goroutine after every batch of events).
+func TestKeepRefusedGivesPipesBack(t *testing.T) {
+	noLeak(t)
+	k := &fakeKeeper{refuse: true}
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	var srv *Server
+	shared := make(chan string, 1)
+	p := startPrepared(t, listenNamed(t, "web"), addr, Config{Keep: k.keep, Forget: k.forget}, func(s *Server) {
+		srv = s
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if l := srv.loop.Load(); l != nil {
+				if why := poolShared(l); why != "" {
+					select {
+					case shared <- why:
+					default:
+					}
+				}
+			}
+			return n
+		}
+	})
+	c := dial(t, p.addr)
+	for range 3 {
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case why := <-shared:
+		t.Fatal(why)
+	default:
+	}
+}
+
+// poolShared says what is wrong if a pipe is free in the pool twice, or
+// free and held by a connection.
+func poolShared(l *loop) string {
+	free := map[*pipe]bool{}
+	for _, p := range l.pipes.free {
+		if free[p] {
+			return "a pipe is free in the pool twice"
+		}
+		free[p] = true
+	}
+	for _, c := range l.conns {
+		if c == nil {
+			continue
+		}
+		for d := range c.dir {
+			if p := c.dir[d].pipe; p != nil && free[p] {
+				return fmt.Sprintf("a connection's direction %d holds a pipe the pool would lend", d)
+			}
+		}
+	}
+	return ""
+}
+
+// TestNotKept: on a stop, the descriptors of kept connections are left out
+// of what goes to the store under the record (it holds them already, in
+// their capsules: twice, the next instance would refuse the record).
+func TestNotKept(t *testing.T) {
+	r := &handoff.Record{Conns: []handoff.Conn{
+		{FD: [2]int{10, 11}, Kept: true, Dir: [2]handoff.Dir{{Pipe: [2]int{12, 13}}, {Pipe: [2]int{14, 15}}}},
+		{FD: [2]int{20, 21}, Dir: [2]handoff.Dir{{Pipe: [2]int{-1, -1}}, {Pipe: [2]int{22, 23}}}},
+	}}
+	all := []int{3, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23}
+	l := &loop{}
+	if got, want := l.notKept(r, all), []int{3, 20, 21, 22, 23}; !slices.Equal(got, want) {
+		t.Errorf("notKept = %v, want %v", got, want)
+	}
+	r.Conns[0].Kept = false
+	if got := l.notKept(r, all); !slices.Equal(got, all) {
+		t.Errorf("with nothing kept, notKept = %v, want all of %v", got, all)
 	}
 }
