@@ -194,6 +194,14 @@ func TestConnectDeadlineSilentBackend(t *testing.T) {
 	}
 }
 
+// dnsResolver is a Go resolver that asks the DNS server at dns only.
+func dnsResolver(dns string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dns)
+	}}
+}
+
 // fakeDNS answers every A question with addrs, in that order, and every
 // other question with no answer; it serves UDP on 127.0.0.1 until the test
 // ends.
@@ -426,10 +434,7 @@ func TestFailedConnectionClosesOnlyItsOwn(t *testing.T) {
 	t.Run("unresolvable", func(t *testing.T) {
 		noLeak(t)
 		dns := fakeDNS(t) // no address for any name
-		resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "udp", dns)
-		}}
+		resolver := dnsResolver(dns)
 		before := stdoutTarget()
 		p := start(t, "none.spx.test:80", Config{Resolver: resolver})
 		closedWithin(t, dial(t, p.addr), 10*time.Second)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
@@ -365,16 +366,20 @@ func TestStoreCarriesIdleTime(t *testing.T) {
 		closeRecord(r)
 		t.Fatalf("record: %d connections, want one idle for 2 s: %+v", len(r.Conns), r.Conns)
 	}
+	// The record waits a second in the store before the next instance
+	// takes it: that second is idle time too (adopt: "rc.Idle+elapsed").
+	time.Sleep(time.Second)
 	lnB := listenNamed(t, "web")
 	startOn(t, lnB, addr, Config{Resume: r, IdleTimeout: timeout})
-	// Closed at the third sweep, 3 s on; a clock restarted at the resume
-	// would run 5 s, one carried too long 1 s.
+	// Idle 3 s at the resume: closed at the second sweep, 2 s on. A clock
+	// restarted at the resume would run 5 s, one without the time in the
+	// store 3 s (4 s with it taken off), one carried too long 1 s or less.
 	took := closedWithin(t, c, 10*time.Second)
-	if took > 4200*time.Millisecond {
-		t.Errorf("closed %v after the resume, want about 3 s: the idle time before the store was lost", took)
+	if took > 2800*time.Millisecond {
+		t.Errorf("closed %v after the resume, want about 2 s: idle time before or during the store was lost", took)
 	}
-	if took < 1500*time.Millisecond {
-		t.Errorf("closed %v after the resume, want about 3 s: more idle time was carried than passed", took)
+	if took < 1200*time.Millisecond {
+		t.Errorf("closed %v after the resume, want about 2 s: more idle time was carried than passed", took)
 	}
 	t.Logf("closed %v after the resume", took)
 }
@@ -817,10 +822,7 @@ func TestHeldDatagramsInBatch(t *testing.T) {
 	be := udpEcho(t, "udp", "127.0.0.1:0", "")
 	_, port, _ := net.SplitHostPort(be.LocalAddr().String())
 	dns := fakeDNS(t, [4]byte{127, 0, 0, 1})
-	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", dns)
-	}}
+	resolver := dnsResolver(dns)
 	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
 	if err != nil {
 		t.Fatal(err)
@@ -1205,5 +1207,42 @@ func (h *batchHold) prepare(s *Server) {
 			})
 		}
 		return n
+	}
+}
+
+// TestHeldDatagramGoesWithItsHeader: the first datagram of a flow whose
+// backend's name is being resolved waits, and goes once it resolves with
+// its PROXY v2 header, counted as forwarded; an empty one goes as a header
+// alone (flow.go, flowResolved).
+func TestHeldDatagramGoesWithItsHeader(t *testing.T) {
+	dns := fakeDNS(t, [4]byte{127, 0, 0, 1})
+	resolver := dnsResolver(dns)
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	be.SetDeadline(time.Now().Add(10 * time.Second))
+	_, port, _ := net.SplitHostPort(be.LocalAddr().String())
+	r := startDgram(t, "127.0.0.1:0", "one.spx.test:"+port, Config{Resolver: resolver, ProxyProtocol: proxyproto.V2})
+	signature := "\r\n\r\n\x00\r\nQUIT\n"
+	buf := make([]byte, 1000)
+	for _, payload := range []string{"first", ""} {
+		c := udpClient(t, "127.0.0.1:0", "")
+		if _, err := c.WriteToUDPAddrPort([]byte(payload), netip.MustParseAddrPort(r.addr)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := be.Read(buf)
+		if err != nil {
+			t.Fatalf("%q: %v", payload, err)
+		}
+		got := string(buf[:n])
+		if !strings.HasPrefix(got, signature) || !strings.HasSuffix(got, payload) || n <= len(payload)+len(signature) {
+			t.Errorf("the backend got %q for %q, want a PROXY v2 header, then it", got, payload)
+		}
+	}
+	waitFor(t, "both counted", func() bool { return r.srv.Stats().DatagramsIn == 2 })
+	if st := r.srv.Stats(); st.DatagramsDropped != 0 {
+		t.Errorf("%d dropped, want none", st.DatagramsDropped)
 	}
 }
