@@ -1246,3 +1246,40 @@ func TestHeldDatagramGoesWithItsHeader(t *testing.T) {
 		t.Errorf("%d dropped, want none", st.DatagramsDropped)
 	}
 }
+
+// TestStoreCarriesFlowIdleTime: a datagram flow's idle clock goes through
+// the store like a connection's (handoff_flow.go, recordFlows: the tick
+// counted from the clock, "tick-f.seen"): idle for 2 s of a 4 s timeout
+// when stored, it expires about 3 s after the resume, at the third sweep;
+// a clock restarted at the resume would run 5 s.
+func TestStoreCarriesFlowIdleTime(t *testing.T) {
+	noLeak(t)
+	const timeout = 4 * time.Second // a sweep each second
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	st := newStore(t)
+	listen := func() activation.Listener {
+		ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.Name = "dns"
+		return ln
+	}
+	a := startOn(t, listen(), be.LocalAddr().String(), Config{Store: st.keep, FlowIdleTimeout: timeout})
+	exchange(t, udpClient(t, "127.0.0.1:0", ""), a.addr, []byte("x"))
+	time.Sleep(2100 * time.Millisecond)
+	r := st.take(t, a)
+	if len(r.Flows) != 1 || r.Flows[0].Idle < int64(time.Second) {
+		closeRecord(r)
+		t.Fatalf("record: %d flows, want one idle for 2 s: %+v", len(r.Flows), r.Flows)
+	}
+	resumed := time.Now()
+	b := startOn(t, listen(), be.LocalAddr().String(), Config{Resume: r, FlowIdleTimeout: timeout})
+	waitFor(t, "the flow carried", func() bool { return b.srv.Stats().Flows == 1 })
+	waitFor(t, "the flow to expire", func() bool { return b.srv.Stats().Flows == 0 })
+	took := time.Since(resumed)
+	if took > 4200*time.Millisecond || took < 1500*time.Millisecond {
+		t.Errorf("the flow expired %v after the resume, want about 3 s: its idle time before the store was lost, or too much was carried", took)
+	}
+	t.Logf("expired %v after the resume", took)
+}
