@@ -3,13 +3,17 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 )
 
 // TestSegmentsPack: runs of equal-size datagrams to one destination (the
@@ -248,4 +252,49 @@ func TestSendDatagramsFallsBack(t *testing.T) {
 			sent, bytes, e, l.s.dgram.segmented.Load(), l.flows.noSegments, len(sizes), want)
 	}
 	receive("one by one")
+}
+
+// TestBurstWithHeaderNotSegmented: with a PROXY v2 header each datagram
+// needs its own, so a burst of one flow goes datagram by datagram, each
+// with its header (gso.go is not for it: sendFlow's "f.hdr == nil").
+func TestBurstWithHeaderNotSegmented(t *testing.T) {
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	be.SetDeadline(time.Now().Add(10 * time.Second))
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{ProxyProtocol: proxyproto.V2})
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(r.addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const burst, size = 8, 1400
+	data := make([]byte, burst*size)
+	msgs := make([]unix.Mmsghdr, burst)
+	iov := make([]unix.Iovec, burst)
+	for k := range burst {
+		iov[k] = unix.Iovec{Base: &data[k*size]}
+		iov[k].SetLen(size)
+		msgs[k].Hdr.Iov = &iov[k]
+		msgs[k].Hdr.SetIovlen(1)
+	}
+	raw.Write(func(fd uintptr) bool {
+		if n, e := rawMmsg(unix.SYS_SENDMMSG, int(fd), msgs); e != 0 || n != burst {
+			t.Fatalf("sendmmsg: %d of %d, %v", n, burst, e)
+		}
+		return true
+	})
+	buf := make([]byte, 4000)
+	for k := range burst {
+		n, err := be.Read(buf)
+		if err != nil || n <= size || !bytes.HasPrefix(buf[:n], []byte("\r\n\r\n\x00\r\nQUIT\n")) {
+			t.Fatalf("datagram %d at the backend: %d bytes, %v; want a PROXY v2 header and %d bytes", k, n, err, size)
+		}
+	}
 }
