@@ -424,6 +424,12 @@ func TestFDStoreCrash(t *testing.T) {
 			}); err != nil {
 				t.Error(err)
 			}
+			// Still kept once bytes flow again: an adopted kept
+			// connection splices, and so never leaves the store.
+			time.Sleep(300 * time.Millisecond)
+			if n, removed, _ := store.state(); n != streams {
+				t.Errorf("with the streams going on after the restart, the store holds %d descriptors, want the %d capsules; removed %q", n, streams, removed)
+			}
 			endStreams(t, stop, errs)
 			if err := poll(10*time.Second, func() bool {
 				n, _, _ := store.state()
