@@ -572,6 +572,13 @@ func TestPipeBudget(t *testing.T) {
 			t.Errorf("pipeBudget(%d) = %d: pipes would take descriptors the connections need", tt.maxConns, b)
 		}
 	}
+	// A keeping proxy (keep.go) gives each connection two pipes of its
+	// own: the ceiling grows by two per connection, within the limit.
+	if c := 10; limit >= 2*c+64+2*(1024+2*c) {
+		if got, want := pipeBudget(c, true), 1024+2*c; got != want {
+			t.Errorf("pipeBudget(%d, keeping) = %d with RLIMIT_NOFILE %d, want %d", c, got, limit, want)
+		}
+	}
 }
 
 // TestFullUnixBacklogIsRetried: a unix backend whose accept queue is full
