@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1282,4 +1283,44 @@ func TestStoreCarriesFlowIdleTime(t *testing.T) {
 		t.Errorf("the flow expired %v after the resume, want about 3 s: its idle time before the store was lost, or too much was carried", took)
 	}
 	t.Logf("expired %v after the resume", took)
+}
+
+// TestResumedConnectionEndsWithFIN: a connection resumed from the store
+// ends cleanly, its last bytes delivered even when they still wait in the
+// proxy's send queue as it closes. The stopping proxy set its sockets to
+// reset on close (in case the store had dropped them); the next one turns
+// that off (handoff.go, register: "Keep == nil"), or the close would throw
+// the queued bytes away with a reset.
+func TestResumedConnectionEndsWithFIN(t *testing.T) {
+	noLeak(t)
+	const tail = 8 << 10 // more than the client's tiny window lets through
+	goAhead := make(chan struct{})
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		<-goAhead
+		c.Write(bytes.Repeat([]byte("t"), tail))
+		c.Close()
+	})
+	st := newStore(t)
+	a := startOn(t, listenNamed(t, "web"), addr, Config{Store: st.keep})
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 1024) })
+	}}
+	conn, err := d.DialContext(t.Context(), "tcp", a.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := conn.(*net.TCPConn)
+	t.Cleanup(func() { c.Close() })
+	c.CloseWrite() // the client is done; the backend's answer is all that is left
+	waitFor(t, "the connection open", func() bool { return a.srv.Stats().Active == 1 })
+	r := st.take(t, a)
+	b := startOn(t, listenNamed(t, "web"), addr, Config{Resume: r})
+	waitFor(t, "the connection resumed", func() bool { return b.srv.Stats().Active == 1 })
+	close(goAhead)
+	waitFor(t, "the proxy to close it", func() bool { return b.srv.Stats().Active == 0 })
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || len(got) != tail {
+		t.Errorf("the client read %d of the last %d bytes, then %v; want all of them and a clean end", len(got), tail, err)
+	}
 }
