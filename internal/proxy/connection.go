@@ -505,7 +505,7 @@ func (l *loop) abort(c *conn, err error) {
 
 // release closes the sockets and gives the pipes back.
 func (l *loop) release(c *conn, reset bool) {
-	if !l.lettingGo {
+	if !l.stored {
 		l.unkeep(c)
 	}
 	for side, fd := range c.fd {
@@ -515,7 +515,7 @@ func (l *loop) release(c *conn, reset bool) {
 		switch {
 		case reset:
 			resetOnClose(int(fd))
-		case l.s.cfg.Keep != nil && !l.lettingGo:
+		case l.s.cfg.Keep != nil:
 			// A clean end: the FIN went with the last shutdown, and
 			// what is queued must still go out.
 			unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})

@@ -131,7 +131,7 @@ func (l *loop) storeAll() {
 		l.startDrain()
 		return
 	}
-	l.lettingGo = true
+	l.stored = true
 	for fd, c := range l.conns {
 		if c != nil && int(c.fd[0]) == fd {
 			// If the store did not keep a socket after all (systemd
@@ -140,16 +140,10 @@ func (l *loop) storeAll() {
 			// clean end in the middle of a transfer. While the store
 			// holds it, the close does nothing; the next instance
 			// turns lingering back off.
-			for side, s := range c.fd {
-				if s >= 0 && c.tcp[side] {
-					unix.SetsockoptLinger(int(s), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-				}
-			}
-			l.release(c, false)
+			l.release(c, true)
 		}
 	}
 	l.s.log.Info("connections handed to the fd store", "connections", len(r.Conns), "descriptors", len(fds))
-	l.keepFiles = true
 	l.startDrain()
 }
 

@@ -98,8 +98,10 @@ type loop struct {
 
 	idleClocks []idleClock // of connections just resumed; see restoreIdleClocks
 	carried    bool        // the epoll instance came over a reload, registrations and all
-	keepFiles  bool        // the listeners went to the fd store: their files stay
-	lettingGo  bool        // the connections went to the fd store: closing them ends nothing
+	// stored: everything went to the fd store. Closing a connection then
+	// ends nothing (the store holds it, kept or not), and the --listen
+	// sockets' files stay for the next instance.
+	stored bool
 	// flowsResumed counts the datagram flows a handoff carried, for its log line.
 	flowsResumed int
 
@@ -384,7 +386,7 @@ func (l *loop) startDrain() {
 	for _, ln := range l.listeners {
 		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}
-	if l.keepFiles {
+	if l.stored {
 		activation.CloseKeepingFiles(l.s.cfg.Listeners)
 	} else {
 		activation.Close(l.s.cfg.Listeners)
