@@ -143,14 +143,14 @@ func activationListener() (*os.File, string, error) {
 // startActivated starts bin socket-activated: the listener as fd 3, LISTEN_FDS=1,
 // LISTEN_FDNAMES, and LISTEN_PID set by a shell to its own pid just before it execs
 // bin, so the pid is right and is also the pid we measure.
-func startActivated(bin string) func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
+func startActivated(bin string, options ...string) func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
 	return func(l *launcher, dir, backend string, onExit func()) (*proxyProc, error) {
 		f, addr, err := activationListener()
 		if err != nil {
 			return nil, err
 		}
 		defer f.Close() // the child has its own copy
-		argv := []string{bin, "-c", strconv.Itoa(l.connMax), backend}
+		argv := append(append([]string{bin, "-c", strconv.Itoa(l.connMax)}, options...), backend)
 		socks := []testlaunch.Socket{{File: f, Name: "proxybench"}}
 		return l.spawn(dir, filepath.Base(bin), argv, childEnv(), socks, addr, onExit)
 	}
@@ -290,13 +290,17 @@ func buildOurs(dir string) (string, error) {
 
 // findCandidates returns the candidates that are installed, in table order, and a
 // line for each one that is not.
-func findCandidates(ours string, oursErr error, baseline string) (cands []*candidate, skipped []string) {
+func findCandidates(ours string, oursErr error, baseline, busyPoll string) (cands []*candidate, skipped []string) {
 	cands = append(cands, &candidate{name: "direct", version: "no proxy"})
 	if oursErr != nil {
 		skipped = append(skipped, "socket-proxyd: "+oursErr.Error())
 	} else {
 		cands = append(cands, &candidate{name: "socket-proxyd", activated: true,
 			version: versionOf("", ours, "--version"), start: startActivated(ours)})
+		if busyPoll != "" {
+			cands = append(cands, &candidate{name: "busy-poll", activated: true,
+				version: "socket-proxyd --busy-poll=" + busyPoll, start: startActivated(ours, "--busy-poll="+busyPoll)})
+		}
 	}
 	if baseline != "" {
 		cands = append(cands, &candidate{name: "baseline", activated: true,

@@ -32,7 +32,7 @@ import (
 
 const original = "systemd-socket-proxyd" // the ratios' reference
 
-var knownNames = []string{"direct", "socket-proxyd", "baseline", original, "haproxy", "nginx", "socat"}
+var knownNames = []string{"direct", "socket-proxyd", "busy-poll", "baseline", original, "haproxy", "nginx", "socat"}
 
 type config struct {
 	rounds    int
@@ -51,6 +51,7 @@ type config struct {
 	idleLoad  float64
 	proxyd    string
 	baseline  string
+	busyPoll  string // -busy-poll: a span for candidate busy-poll
 	pin       bool
 	proxyCPU  int
 	loadCPU   int
@@ -78,6 +79,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&cfg.udp, "udp", false, "run the datagram workloads (socket-proxyd, nginx udp, socat) instead of the stream ones")
 	fs.BoolVar(&cfg.strace, "strace", false, "also run one bulk transfer per proxy under strace -f -c and print the syscall counts")
 	fs.StringVar(&cfg.proxyd, "proxyd", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
+	fs.StringVar(&cfg.busyPoll, "busy-poll", "", "also run socket-proxyd --busy-poll=SPAN, as candidate \"busy-poll\" (say 50us)")
 	fs.StringVar(&cfg.baseline, "baseline", "", "another socket-proxyd binary (say, main before a change) to run as candidate \"baseline\", interleaved with the others: an A/B in one run")
 	fs.BoolVar(&cfg.pin, "pin", true, "pin the proxy and the load generator to separate CPUs")
 	fs.IntVar(&cfg.proxyCPU, "proxy-cpu", 0, "CPU for the proxy")
@@ -228,7 +230,7 @@ func run() int {
 		b := &bench{cfg: cfg, l: &launcher{pin: cfg.pin, cpu: cfg.proxyCPU, connMax: cfg.connMax}, log: os.Stderr}
 		return b.udpRun(ctx, os.Stdout, ours, oursErr)
 	}
-	all, skipped := findCandidates(ours, oursErr, cfg.baseline)
+	all, skipped := findCandidates(ours, oursErr, cfg.baseline, cfg.busyPoll)
 	var cands []*candidate
 	for _, c := range all {
 		if cfg.only == nil || cfg.only[c.name] {

@@ -25,6 +25,8 @@ type procStat struct {
 	// (all threads) plus that of children it has already waited for, which is how
 	// the CPU of socat's exited per-connection children is counted.
 	cpu int64
+	// waited is cutime+cstime alone, in clock ticks.
+	waited int64
 }
 
 func readStat(pid int) (procStat, error) {
@@ -47,12 +49,15 @@ func readStat(pid int) (procStat, error) {
 	if st.ppid, err = strconv.Atoi(f[1]); err != nil {
 		return procStat{}, err
 	}
-	for _, s := range f[11:15] {
+	for i, s := range f[11:15] {
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			return procStat{}, err
 		}
 		st.cpu += v
+		if i >= 2 {
+			st.waited += v
+		}
 	}
 	return st, nil
 }
@@ -81,9 +86,12 @@ func procTree(root int) []int {
 	return tree
 }
 
-// treeCPU returns the CPU seconds used so far by root and its living descendants.
+// treeCPU returns the CPU seconds used so far by root and its living
+// descendants, and by the children they have waited for. A living thread's
+// time comes from its schedstat, in nanoseconds: /proc/PID/stat counts in
+// ticks of 10 ms, too coarse for a second of light traffic.
 func treeCPU(root int) (float64, error) {
-	var ticks int64
+	var ticks, nsec int64
 	for i, pid := range procTree(root) {
 		st, err := readStat(pid)
 		if err != nil {
@@ -92,9 +100,40 @@ func treeCPU(root int) (float64, error) {
 			}
 			continue // a child that exited meanwhile
 		}
-		ticks += st.cpu
+		if ns, ok := threadsRunTime(pid); ok {
+			nsec += ns
+			ticks += st.waited
+		} else {
+			ticks += st.cpu
+		}
 	}
-	return float64(ticks) / clockTicks, nil
+	return float64(ticks)/clockTicks + float64(nsec)/1e9, nil
+}
+
+// threadsRunTime sums the time on CPU of pid's threads, from the first field
+// of each /proc/PID/task/TID/schedstat; false if the kernel has none.
+func threadsRunTime(pid int) (int64, bool) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, false
+	}
+	var sum int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			continue // a thread that exited meanwhile
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return 0, false
+		}
+		v, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		sum += v
+	}
+	return sum, true
 }
 
 // statusField returns a "Name:   value" line's value from /proc/PID/status.

@@ -33,7 +33,7 @@ type udpCandidate struct {
 	start         func(l *launcher, dir string, backend netip.AddrPort) (*proxyProc, error)
 }
 
-var udpKeys = []string{"p50", "p99", "pps1", "pps64", "bulk", "newflows", "kib", "fds"}
+var udpKeys = []string{"p50", "p99", "pps1", "cpu1", "cpu1k", "pps64", "bulk", "newflows", "kib", "fds"}
 
 var udpColumns = map[string]struct {
 	title string
@@ -42,6 +42,8 @@ var udpColumns = map[string]struct {
 	"p50":      {"1 client 64 B p50 µs", fixed(0)},
 	"p99":      {"p99 µs", fixed(0)},
 	"pps1":     {"1 client pps", kilo},
+	"cpu1":     {"CPU µs per round trip", fixed(1)},
+	"cpu1k":    {"CPU % at 1k/s", fixed(1)},
 	"pps64":    {"64 flows pps", kilo},
 	"bulk":     {"1400 B bulk MB/s", fixed(0)},
 	"newflows": {"new flows/s", kilo},
@@ -49,12 +51,15 @@ var udpColumns = map[string]struct {
 	"fds":      {"fds per idle flow", fixed(2)},
 }
 
-func udpCandidates(ours string, oursErr error, baseline string) (cands []*udpCandidate, skipped []string) {
+func udpCandidates(ours string, oursErr error, baseline, busyPoll string) (cands []*udpCandidate, skipped []string) {
 	cands = append(cands, &udpCandidate{name: "direct", version: "no proxy"})
 	if oursErr != nil {
 		skipped = append(skipped, "socket-proxyd: "+oursErr.Error())
 	} else {
 		cands = append(cands, &udpCandidate{name: "socket-proxyd", version: versionOf("", ours, "--version"), start: startOursUDP(ours)})
+		if busyPoll != "" {
+			cands = append(cands, &udpCandidate{name: "busy-poll", version: "socket-proxyd --busy-poll=" + busyPoll, start: startOursUDP(ours, "--busy-poll="+busyPoll)})
+		}
 	}
 	if baseline != "" {
 		cands = append(cands, &udpCandidate{name: "baseline", version: versionOf("", baseline, "--version"), start: startOursUDP(baseline)})
@@ -82,7 +87,7 @@ func udpCandidates(ours string, oursErr error, baseline string) (cands []*udpCan
 
 // startOursUDP starts socket-proxyd as systemd does for ListenDatagram=:
 // the bound UDP socket as fd 3.
-func startOursUDP(bin string) func(l *launcher, dir string, backend netip.AddrPort) (*proxyProc, error) {
+func startOursUDP(bin string, options ...string) func(l *launcher, dir string, backend netip.AddrPort) (*proxyProc, error) {
 	return func(l *launcher, dir string, backend netip.AddrPort) (*proxyProc, error) {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -95,7 +100,7 @@ func startOursUDP(bin string) func(l *launcher, dir string, backend netip.AddrPo
 		sa, _ := unix.Getsockname(fd)
 		f := os.NewFile(uintptr(fd), "udp")
 		defer f.Close()
-		argv := []string{bin, "-c", strconv.Itoa(l.connMax), backend.String()}
+		argv := append(append([]string{bin, "-c", strconv.Itoa(l.connMax)}, options...), backend.String())
 		socks := []testlaunch.Socket{{File: f, Name: "proxybench"}}
 		return l.spawn(dir, "socket-proxyd", argv, childEnv(), socks, fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port), func() {})
 	}
@@ -140,7 +145,7 @@ func startSocatUDP(bin, listen string) func(l *launcher, dir string, backend net
 // udpRun is -udp: every candidate once per round, interleaved, then the
 // table of medians.
 func (b *bench) udpRun(ctx context.Context, w io.Writer, ours string, oursErr error) int {
-	cands, skipped := udpCandidates(ours, oursErr, b.cfg.baseline)
+	cands, skipped := udpCandidates(ours, oursErr, b.cfg.baseline, b.cfg.busyPoll)
 	for _, s := range skipped {
 		fmt.Fprintf(b.log, "proxybench: skipping %s\n", s)
 	}
@@ -240,10 +245,25 @@ func (b *bench) udpCandidate(ctx context.Context, c *udpCandidate, backend netip
 		}
 		return udpPing(ctx, addr, pings, b.cfg.dur)
 	}
+	cpu0, _ := treeCPU(pid)
+	t0 := time.Now()
 	if p50, p99, pps, err := ping(); err != nil {
 		why["p50"] = err.Error()
 	} else {
 		vals["p50"], vals["p99"], vals["pps1"] = float64(p50.Microseconds()), float64(p99.Microseconds()), pps
+		if cpu1, err := treeCPU(pid); pid != 0 && err == nil {
+			vals["cpu1"] = (cpu1 - cpu0) * 1e6 / (pps * time.Since(t0).Seconds())
+		}
+	}
+	// The same client at a steady 1000 round trips a second: the CPU a
+	// proxy spends on sparse traffic, where a busy poll (--busy-poll) would
+	// cost the most.
+	if probe < 0 {
+		why["cpu1k"] = "no proxy"
+	} else if pct, err := udpPacedCPU(ctx, probe, pid, time.Millisecond, b.cfg.dur); err != nil {
+		why["cpu1k"] = err.Error()
+	} else {
+		vals["cpu1k"] = pct
 	}
 	if c.oneClient {
 		why["pps64"] = "serves one client"

@@ -174,6 +174,35 @@ func udpPingOn(ctx context.Context, fd int, iters int, maxDur time.Duration) (p5
 	return rtts[len(rtts)/2], rtts[len(rtts)*99/100], float64(len(rtts)) / total.Seconds(), nil
 }
 
+// udpPacedCPU sends a 64-byte datagram on fd every interval for dur, each
+// after the last one's reply, and returns the CPU pid's process tree used
+// meanwhile, in percent of one CPU.
+func udpPacedCPU(ctx context.Context, fd, pid int, interval, dur time.Duration) (float64, error) {
+	msg, reply := make([]byte, 64), make([]byte, 2048)
+	cpu0, err := treeCPU(pid)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	lost := 0
+	for next := start; time.Since(start) < dur && ctx.Err() == nil; next = next.Add(interval) {
+		time.Sleep(time.Until(next))
+		if _, err := unix.Write(fd, msg); err != nil {
+			return 0, err
+		}
+		if n, err := unix.Read(fd, reply); err != nil || n != 64 {
+			if lost++; lost > 10 {
+				return 0, fmt.Errorf("%d datagrams lost (%v)", lost, err)
+			}
+		}
+	}
+	cpu1, err := treeCPU(pid)
+	if err != nil {
+		return 0, err
+	}
+	return (cpu1 - cpu0) * 100 / time.Since(start).Seconds(), nil
+}
+
 // udpFlows runs flows clients, each keeping window datagrams of size bytes
 // in flight for dur, and returns the replies per second.
 func udpFlows(ctx context.Context, to netip.AddrPort, flows, window, size int, dur time.Duration) (float64, error) {

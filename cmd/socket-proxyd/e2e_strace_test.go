@@ -63,11 +63,30 @@ func TestSyscallsUnderStrace(t *testing.T) {
 		// the waits in progress (the loop's and the Go runtime's own
 		// poller's, seen: 3-4 in all). A loop that kept waking (its 5 ms
 		// hot wait, say) would show hundreds.
-		calls := straceCount(t, strace, pid, "epoll_wait,epoll_pwait", func() { time.Sleep(2 * time.Second) })
-		if n := calls["epoll_wait"] + calls["epoll_pwait"]; n > 8 {
-			t.Errorf("%d epoll waits in 2s of idleness, want at most 8", n)
-		}
+		idleWaits(t, strace, pid)
 	})
+	t.Run("idle after --busy-poll", func(t *testing.T) {
+		// The busy poll spins on epoll_wait after traffic; once the
+		// traffic has stopped, the loop sleeps as without it.
+		fd, addr := inheritTCP(t, "web")
+		p := start(t, binary, launch{args: []string{"--busy-poll=1ms", backend}, fds: []inherited{fd}})
+		c := dial(t, "tcp", addr)
+		for range 100 {
+			mustEcho(t, c, 100)
+		}
+		c.Close()
+		settle(t, p)
+		idleWaits(t, strace, p.cmd.Process.Pid)
+	})
+}
+
+// idleWaits checks that pid's loop stays asleep for 2s, under strace.
+func idleWaits(t *testing.T, strace string, pid int) {
+	t.Helper()
+	calls := straceCount(t, strace, pid, "epoll_wait,epoll_pwait", func() { time.Sleep(2 * time.Second) })
+	if n := calls["epoll_wait"] + calls["epoll_pwait"]; n > 8 {
+		t.Errorf("%d epoll waits in 2s of idleness, want at most 8", n)
+	}
 }
 
 // straceCount attaches strace -f -c to pid for the given syscalls while

@@ -163,6 +163,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		KeepAlive:       zeroMeansNegative(opts.keepAlive), // infinity is already 0: off
 		ProxyProtocol:   opts.proxyProtocol,
 		ShutdownTimeout: zeroMeansNegative(opts.shutdownTimeout),
+		BusyPoll:        opts.busyPoll,
 		Log:             log,
 	}
 	if opts.fdstore == fdstoreAlways {

@@ -41,6 +41,7 @@ type options struct {
 	shutdownTimeout time.Duration // 0: close at once
 	proxyProtocol   proxyproto.Version
 	fdstore         fdstoreMode
+	busyPoll        time.Duration // 0: off
 
 	help, version bool
 }
@@ -97,6 +98,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              of draining them; always: also keep each one in
                              the store while it is open, so that a crash and
                              Restart= lose none (default: no)
+     --busy-poll=SPAN        After traffic, poll for up to SPAN (at most 1ms)
+                             before sleeping: lower latency for more CPU
+                             time (default: 0)
   -h --help                  Show this help
      --version               Show package version
 
@@ -143,6 +147,7 @@ func parseOptions(args []string) (options, error) {
 		{Long: "shutdown-timeout", Arg: true, Set: span(&opts.shutdownTimeout)},
 		{Long: "proxy-protocol", Arg: true, Set: protocol(&opts.proxyProtocol)},
 		{Long: "fdstore", Arg: true, Set: fdstore(&opts.fdstore)},
+		{Long: "busy-poll", Arg: true, Set: busyPoll(&opts.busyPoll)},
 	}
 	rest, err := getopt.Parse(table, args)
 	if err != nil {
@@ -190,7 +195,7 @@ func splitSpan(rest []getopt.Arg) error {
 
 func isSpanOption(long string) bool {
 	switch long {
-	case "exit-idle-time", "connect-timeout", "idle-timeout", "keepalive", "shutdown-timeout":
+	case "exit-idle-time", "connect-timeout", "idle-timeout", "keepalive", "shutdown-timeout", "busy-poll":
 		return true
 	}
 	return false
@@ -238,6 +243,7 @@ func (o options) commandLine() []string {
 		"--shutdown-timeout=" + timespan.Format(o.shutdownTimeout),
 		"--proxy-protocol=" + o.proxyProtocol.String(),
 		"--fdstore=" + string(o.fdstore),
+		"--busy-poll=" + timespan.Format(o.busyPoll),
 	}
 	if o.idleTimeoutSet {
 		// Only when given: it also sets the flows' timeout (not given,
@@ -300,6 +306,22 @@ func keepAlive(p *time.Duration) func(string) error {
 			d = 0
 		case d > maxKeepAlive: // rounded up, it would be more than 32767 s
 			return fmt.Errorf("above the kernel's limit of %s (32767s); use a shorter span, or 0 or infinity to turn keepalive off", timespan.Format(maxKeepAlive))
+		}
+		*p = d
+		return nil
+	}
+}
+
+// busyPoll takes a span of at most proxy.MaxBusyPoll: past it, a spin
+// costs more CPU than the wake-up it saves, and infinity would never sleep.
+func busyPoll(p *time.Duration) func(string) error {
+	return func(s string) error {
+		d, err := timespan.Parse(s)
+		switch {
+		case err != nil:
+			return err
+		case d > proxy.MaxBusyPoll:
+			return fmt.Errorf("more than %s: a longer spin only burns a CPU; use a span such as 50us, or 0 to turn it off", timespan.Format(proxy.MaxBusyPoll))
 		}
 		*p = d
 		return nil

@@ -133,6 +133,10 @@ func TestParseOptionsIssue12(t *testing.T) {
 		{args: []string{"--socket-mode=0o777", "h:1"}, check: func(o options) bool { return o.socketMode == 0o777 }},
 		{args: []string{"--socket-mode=0", "h:1"}, check: func(o options) bool { return o.socketMode == 0 }},
 		{args: []string{"--connect-=5s", "h:1"}, check: func(o options) bool { return o.connectTimeout == 5*time.Second }},
+		{args: []string{"h:1"}, check: func(o options) bool { return o.busyPoll == 0 }},
+		{args: []string{"--busy-poll=50us", "h:1"}, check: func(o options) bool { return o.busyPoll == 50*time.Microsecond }},
+		{args: []string{"--busy=1ms", "h:1"}, check: func(o options) bool { return o.busyPoll == time.Millisecond }},
+		{args: []string{"--busy-poll=0", "h:1"}, check: func(o options) bool { return o.busyPoll == 0 }},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -155,6 +159,9 @@ func TestParseOptionsIssue12(t *testing.T) {
 		{args: []string{"--socket-mode=666x", "h:1"}, want: `invalid value "666x" for --socket-mode: must be an octal file mode from 0 to 0777, such as 0666 or 0660`},
 		{args: []string{"--socket-mode=1777", "h:1"}, want: `invalid value "1777" for --socket-mode`},
 		{args: []string{"--socket-mode=-1", "h:1"}, want: `invalid value "-1" for --socket-mode`},
+		{args: []string{"--busy-poll=1001us", "h:1"}, want: `invalid value "1001us" for --busy-poll: more than 1ms: a longer spin only burns a CPU; use a span such as 50us, or 0 to turn it off`},
+		{args: []string{"--busy-poll=infinity", "h:1"}, want: `invalid value "infinity" for --busy-poll: more than 1ms`},
+		{args: []string{"--b=1", "h:1"}, want: `option "--b" is ambiguous: it could be --backend, --busy-poll; write more of it`},
 		{args: []string{"--s=1", "h:1"}, want: `option "--s" is ambiguous: it could be --socket-mode, --shutdown-timeout; write more of it`},
 		{args: []string{"--conn=5s", "h:1"}, want: `invalid value "5s" for -c/--connections-max (written "--conn")`},
 		{args: []string{"--exit-idle-time", "5", "minutes", "127.0.0.1:80"},

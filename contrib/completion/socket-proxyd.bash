@@ -24,7 +24,7 @@ _comp_socket_proxyd() {
 		return
 		;;
 	-c | --connections-max | --exit-idle-time | --backend | --connect-timeout | \
-		--idle-timeout | --keepalive | --shutdown-timeout | --socket-mode)
+		--idle-timeout | --keepalive | --shutdown-timeout | --busy-poll | --socket-mode)
 		return # a number, a time span, an octal mode or NAME=ADDRESS: nothing to offer
 		;;
 	esac
@@ -34,7 +34,7 @@ _comp_socket_proxyd() {
 		local opts='-c --connections-max= --exit-idle-time= --listen= --listen-datagram=
 			--listen-sequential-packet= --socket-mode= --backend=
 			--connect-timeout= --idle-timeout= --keepalive= --proxy-protocol=
-			--shutdown-timeout= --fdstore= -h --help --version'
+			--shutdown-timeout= --fdstore= --busy-poll= -h --help --version'
 		mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
 		# No space after "--opt=": the value follows at once.
 		[[ ${#COMPREPLY[@]} == 1 && ${COMPREPLY[0]} == *= ]] && compopt -o nospace

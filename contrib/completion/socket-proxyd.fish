@@ -17,5 +17,6 @@ complete -c socket-proxyd -l keepalive -x -d "TCP keepalive idle time: $span"
 complete -c socket-proxyd -l proxy-protocol -x -a 'none v1 v2' -d 'Send a PROXY protocol header'
 complete -c socket-proxyd -l shutdown-timeout -x -d "On SIGTERM, let connections finish this long: $span"
 complete -c socket-proxyd -l fdstore -x -a 'no on-stop always' -d "Hand connections to systemd's fd store"
+complete -c socket-proxyd -l busy-poll -x -d "After traffic, poll this long before sleeping (at most 1ms): $span"
 complete -c socket-proxyd -s h -l help -d 'Show help'
 complete -c socket-proxyd -l version -d 'Show package version'

@@ -426,8 +426,20 @@ func (l *loop) drained() bool {
 // one CPU) the rest of the program then waits for the loop's P: at most
 // hotWait, or the runtime's 10 ms preemption under constant load; that is a
 // signal or a watchdog ping a few ms late. A host name resolution in flight
-// needs a P at once, so it turns raw waits off.
+// needs a P at once, so it turns raw waits off, and the busy poll
+// (busypoll.go) with them.
 func (l *loop) wait(msec int) int {
+	if l.hot && l.resolving == 0 && msec != 0 && l.s.cfg.BusyPoll > 0 {
+		if n := busySpin(l.epfd, l.events, time.Now(), min(l.s.cfg.BusyPoll, MaxBusyPoll)); n > 0 {
+			l.s.busyPollHits.Add(1)
+			return n
+		}
+	}
+	return l.block(msec)
+}
+
+// block is wait without the busy poll.
+func (l *loop) block(msec int) int {
 	if l.hot && l.resolving == 0 {
 		t := hotWait
 		if msec >= 0 && msec < t {

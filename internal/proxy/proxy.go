@@ -81,6 +81,12 @@ type Config struct {
 	// and accepting has stopped; zero means DefaultShutdownTimeout,
 	// negative closes them at once.
 	ShutdownTimeout time.Duration
+	// BusyPoll, when positive, has the loop spin on epoll_wait without
+	// blocking for up to this long after it had work, before it blocks:
+	// CPU time traded for latency, as a packet that lands while the loop
+	// still polls needs no wake-up (busypoll.go). An idle proxy never
+	// spins. Zero or negative: off. At most MaxBusyPoll.
+	BusyPoll time.Duration
 	// Log receives one line per event; nil discards.
 	Log *slog.Logger
 
@@ -140,6 +146,8 @@ type Stats struct {
 	DatagramsTruncated int64 // datagrams larger than the proxy reads, dropped whole
 	DatagramsSegmented int64 // datagrams sent as segments of one UDP_SEGMENT message (GSO)
 	BackendRefused     int64 // ICMP port unreachable (ECONNREFUSED) on a flow
+
+	BusyPollHits int64 // waits that found an event while spinning (Config.BusyPoll)
 }
 
 // Server is one running proxy.
@@ -154,6 +162,7 @@ type Server struct {
 
 	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
 	pipes, splices, splicedBytes, kept                          atomic.Int64
+	busyPollHits                                                atomic.Int64
 	dgram                                                       dgramCounters
 
 	// testBatch, set by tests only, sees each batch of events before the
@@ -242,5 +251,7 @@ func (s *Server) Stats() Stats {
 		DatagramsTruncated: s.dgram.truncated.Load(),
 		DatagramsSegmented: s.dgram.segmented.Load(),
 		BackendRefused:     s.dgram.refused.Load(),
+
+		BusyPollHits: s.busyPollHits.Load(),
 	}
 }
