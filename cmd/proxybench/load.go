@@ -224,10 +224,10 @@ func downloadStream(ctx context.Context, c *net.TCPConn, pat []byte, n int64) er
 // pingPong sends 64-byte messages one at a time over one connection and returns
 // the 50th and 99th percentile round-trip times, after a warm-up, from at most
 // iters round trips or maxDur, whichever ends first.
-func pingPong(ctx context.Context, addr string, pat []byte, iters int, maxDur time.Duration) (p50, p99 time.Duration, err error) {
+func pingPong(ctx context.Context, addr string, pat []byte, iters int, maxDur time.Duration) (p50, p99 time.Duration, trips int, err error) {
 	c, err := openEcho(ctx, addr, pat, msgLen, 0)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer c.Close()
 	stop := guard(ctx, c)
@@ -240,8 +240,9 @@ func pingPong(ctx context.Context, addr string, pat []byte, iters int, maxDur ti
 		fillMsg(pat, msg, uint64(i+1))
 		t := time.Now()
 		if err := roundTrip(c, msg, reply); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
+		trips++
 		d := time.Since(t)
 		if i == warm-1 {
 			end = time.Now().Add(maxDur)
@@ -254,7 +255,7 @@ func pingPong(ctx context.Context, addr string, pat []byte, iters int, maxDur ti
 		}
 	}
 	slices.Sort(lat)
-	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+	return lat[len(lat)/2], lat[len(lat)*99/100], trips, nil
 }
 
 // requestRate runs conns connections, each sending 64-byte messages one at a time

@@ -92,7 +92,7 @@ func TestBackendDirect(t *testing.T) {
 			t.Errorf("bulk up=%v: %v", up, err)
 		}
 	}
-	if _, _, err := pingPong(ctx, addr, pat, 100, time.Second); err != nil {
+	if _, _, _, err := pingPong(ctx, addr, pat, 100, time.Second); err != nil {
 		t.Errorf("pingPong: %v", err)
 	}
 	if _, err := requestRate(ctx, addr, pat, 4, 50*time.Millisecond); err != nil {

@@ -39,6 +39,7 @@ var columns = []column{
 	{"down32", "32 streams down GB/s", fixed(2), "higher"},
 	{"p50", "ping-pong p50 µs", fixed(0), "lower"},
 	{"p99", "ping-pong p99 µs", fixed(0), "lower"},
+	{"pcpu", "ping-pong CPU µs per round trip", fixed(1), "lower"},
 	{"rps", "64 conns req/s", kilo, "higher"},
 	{"cps", "new conns/s", kilo, "higher"},
 	{"rss", "RSS KiB per idle conn", fixed(2), "lower"},

@@ -51,7 +51,7 @@ type runResult struct {
 	foreign float64 // CPUs' worth of time other processes used during the run
 }
 
-var allKeys = []string{"up1", "down1", "up32", "down32", "p50", "p99", "rps", "cps", "rss", "fds", "kern", "slab", "held", "cpu"}
+var allKeys = []string{"up1", "down1", "up32", "down32", "p50", "p99", "pcpu", "rps", "cps", "rss", "fds", "kern", "slab", "held", "cpu"}
 
 func (r *runResult) fail(key string, err error) {
 	if _, dup := r.errs[key]; !dup {
@@ -189,13 +189,22 @@ func (b *bench) runCandidate(ctx context.Context, c *candidate, idleOnly bool) *
 	if !idleOnly {
 		b.throughput(runCtx, r, c, phase, addr, pid)
 		phase("p50", b.cfg.dur+30*time.Second, func(ctx context.Context) error {
-			p50, p99, err := pingPong(ctx, addr, b.pat, b.cfg.pings, b.cfg.dur)
+			cpu0, cpuErr := treeCPU(pid)
+			p50, p99, trips, err := pingPong(ctx, addr, b.pat, b.cfg.pings, b.cfg.dur)
 			if err != nil {
 				r.fail("p99", err)
+				r.fail("pcpu", err)
 				return err
 			}
 			r.vals["p50"] = float64(p50) / float64(time.Microsecond)
 			r.vals["p99"] = float64(p99) / float64(time.Microsecond)
+			if cpu1, err := treeCPU(pid); pid == 0 {
+				// no proxy: nothing to count
+			} else if err = cmp(cpuErr, err); err != nil {
+				r.fail("pcpu", err)
+			} else {
+				r.vals["pcpu"] = (cpu1 - cpu0) * 1e6 / float64(trips)
+			}
 			return nil
 		})
 		phase("rps", b.cfg.dur+30*time.Second, func(ctx context.Context) error {
