@@ -198,12 +198,12 @@ func (b *bench) runCandidate(ctx context.Context, c *candidate, idleOnly bool) *
 			}
 			r.vals["p50"] = float64(p50) / float64(time.Microsecond)
 			r.vals["p99"] = float64(p99) / float64(time.Microsecond)
-			if cpu1, err := treeCPU(pid); pid == 0 {
-				// no proxy: nothing to count
-			} else if err = cmp(cpuErr, err); err != nil {
-				r.fail("pcpu", err)
-			} else {
-				r.vals["pcpu"] = (cpu1 - cpu0) * 1e6 / float64(trips)
+			if pid != 0 { // direct: no proxy, nothing to count
+				if cpu1, err := treeCPU(pid); cmp(cpuErr, err) != nil {
+					r.fail("pcpu", cmp(cpuErr, err))
+				} else {
+					r.vals["pcpu"] = (cpu1 - cpu0) * 1e6 / float64(trips)
+				}
 			}
 			return nil
 		})
