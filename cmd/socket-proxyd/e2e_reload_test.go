@@ -448,16 +448,20 @@ func startRaw(t *testing.T, files []*os.File, env ...string) *proc {
 	return start(t, binary, launch{args: []string{"127.0.0.1:9"}, env: env, extra: files})
 }
 
-// TestReloadPause measures how long the loop stands still during a reload
-// with SPX_RELOAD_CONNS open connections (docs/ENGINE.md: 1000 and 9000):
-// from the record being written to the new loop's first wait, as the
-// reloaded image logs it. Run without -race for the figures:
+// TestReloadPause: five reloads in a row carry every one of n open
+// connections, each still answering after. With SPX_RELOAD_CONNS it also
+// measures how long the loop stands still during a reload with that many
+// connections (docs/ENGINE.md: 1000 and 9000): from the record being
+// written to the new loop's first wait, as the reloaded image logs it. Run
+// without -race for the figures:
 //
 //	SPX_RELOAD_CONNS=9000 go test -run TestReloadPause -v ./cmd/socket-proxyd/
+//
+// Without it, n is 200: the check runs in every test run, with no skip.
 func TestReloadPause(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("SPX_RELOAD_CONNS"))
 	if n <= 0 {
-		t.Skip("set SPX_RELOAD_CONNS to measure")
+		n = 200
 	}
 	_, backend := echoTCP(t, "127.0.0.1:0")
 	fd, addr := inheritTCP(t, "web")

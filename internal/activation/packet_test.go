@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // unixSocketFile makes a unix socket of type typ bound to path, listening
@@ -98,7 +100,7 @@ func TestListenDatagram(t *testing.T) {
 			l, err := ListenDatagram(tt.addr, DefaultSocketMode)
 			if err != nil {
 				if strings.HasPrefix(tt.addr, "[::1]") {
-					t.Skipf("no IPv6 loopback: %v", err)
+					testutil.Unavailable(t, "no IPv6 loopback: %v", err)
 				}
 				t.Fatal(err)
 			}

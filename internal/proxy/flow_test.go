@@ -158,7 +158,7 @@ func TestUDPReplyFromAddressClientSentTo(t *testing.T) {
 	t.Run("IPv6 wildcard", func(t *testing.T) {
 		pc, err := net.ListenPacket("udp6", "[::1]:0")
 		if err != nil {
-			t.Skipf("no IPv6 loopback: %v", err)
+			testutil.Unavailable(t, "no IPv6 loopback: %v", err)
 		}
 		pc.Close()
 		r := startDgram(t, "[::]:0", be.LocalAddr().String(), Config{})
