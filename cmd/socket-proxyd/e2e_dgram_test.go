@@ -18,7 +18,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -36,28 +35,7 @@ func echoPackets(t *testing.T, network, addr, prefix string) string {
 // the socket's address.
 func replyPackets(t *testing.T, network, addr string, prefix func(from net.Addr) string) string {
 	t.Helper()
-	pc, err := net.ListenPacket(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		pc.Close()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		buf := make([]byte, 70000)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			if err == nil && from != nil && from.String() != "" {
-				pc.WriteTo(append([]byte(prefix(from)), buf[:n]...), from)
-			}
-		}
-	})
-	return pc.LocalAddr().String()
+	return testutil.EchoPackets(t, network, addr, prefix).LocalAddr().String()
 }
 
 // echoMessages sends each message of a seqpacket connection back whole

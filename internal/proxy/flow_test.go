@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -35,32 +34,7 @@ import (
 // to its sender, prefixed by reply, until the test ends.
 func udpEcho(t *testing.T, network, addr string, reply string) net.PacketConn {
 	t.Helper()
-	pc, err := net.ListenPacket(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		pc.Close()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		buf := make([]byte, 1<<20)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				continue
-			}
-			if from == nil || from.String() == "" || from.String() == "@" {
-				continue // an unbound unix client: nowhere to reply
-			}
-			pc.WriteTo(append([]byte(reply), buf[:n]...), from)
-		}
-	})
-	return pc
+	return testutil.EchoPackets(t, network, addr, func(net.Addr) string { return reply })
 }
 
 // startDgram runs a proxy with a datagram listener on addr in front of

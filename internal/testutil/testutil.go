@@ -8,11 +8,13 @@
 package testutil
 
 import (
+	"errors"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -104,4 +106,34 @@ func SilentTCP(t testing.TB) string {
 			t.Fatalf("%d connects to a backlog-0 listener completed: the kernel does not drop SYNs here", i+1)
 		}
 	}
+}
+
+// EchoPackets serves a datagram socket (UDP or unixgram) on addr that sends
+// each datagram back to its sender, after prefix(sender), until the test
+// ends. A sender without an address (an unbound unix socket) gets nothing:
+// there is nowhere to reply.
+func EchoPackets(t testing.TB, network, addr string, prefix func(from net.Addr) string) net.PacketConn {
+	t.Helper()
+	pc, err := net.ListenPacket(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 1<<20) // the largest unix datagram the tests send
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if err == nil && from != nil && from.String() != "" && from.String() != "@" {
+				pc.WriteTo(append([]byte(prefix(from)), buf[:n]...), from)
+			}
+		}
+	})
+	return pc
 }

@@ -76,3 +76,37 @@ func TestSilentTCP(t *testing.T) {
 		t.Fatalf("connect: %v after %v, want a timeout at the deadline", err, time.Since(begin))
 	}
 }
+
+// TestEchoPackets: each datagram comes back whole to its sender, after the
+// prefix its address gives, over UDP and unixgram.
+func TestEchoPackets(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct{ network, server, client string }{
+		{"udp", "127.0.0.1:0", "127.0.0.1:0"},
+		{"unixgram", dir + "/server.sock", dir + "/client.sock"},
+	} {
+		t.Run(tt.network, func(t *testing.T) {
+			pc := EchoPackets(t, tt.network, tt.server, func(from net.Addr) string { return "to " + from.String() + ": " })
+			c, err := net.ListenPacket(tt.network, tt.client)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			msg := make([]byte, 60000)
+			msg[len(msg)-1] = 'z'
+			if _, err := c.WriteTo(msg, pc.LocalAddr()); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 70000)
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := append([]byte("to "+c.LocalAddr().String()+": "), msg...)
+			if string(buf[:n]) != string(want) {
+				t.Errorf("got %d bytes (%q...), want %d (%q...)", n, buf[:min(n, 40)], len(want), want[:40])
+			}
+		})
+	}
+}
