@@ -636,15 +636,21 @@ func hasIPv6() bool {
 // TestDescriptorTableReserved: the loop grows the descriptor table to what
 // -c can use at start-up, so that no new flow (or connection) waits for
 // the kernel to grow it: in a threaded process each doubling waits for an
-// RCU grace period, 8 to 16 ms on the bench VM.
+// RCU grace period, 8 to 16 ms on the bench VM. With an open files limit
+// below what -c asks for, it grows the table up to the limit, where a
+// reserve past it would fail and grow nothing (reserveDescriptors:
+// "Getrlimit(...) == nil", gremlins run 9).
 func TestDescriptorTableReserved(t *testing.T) {
-	if os.Getenv("SPX_FDTABLE_CHILD") == "" {
+	mode := os.Getenv("SPX_FDTABLE_CHILD")
+	if mode == "" {
 		// In a process of its own: the table only grows, and every
 		// proxy the other tests start grows this one's.
-		cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestDescriptorTableReserved$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "SPX_FDTABLE_CHILD=1")
-		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "--- PASS: TestDescriptorTableReserved") {
-			t.Fatalf("in a fresh process: %v\n%s", err, out)
+		for _, mode := range []string{"c", "limit"} {
+			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestDescriptorTableReserved$", "-test.count=1", "-test.v")
+			cmd.Env = append(os.Environ(), "SPX_FDTABLE_CHILD="+mode)
+			if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "--- PASS: TestDescriptorTableReserved") {
+				t.Fatalf("in a fresh process (%s): %v\n%s", mode, err, out)
+			}
 		}
 		return
 	}
@@ -654,6 +660,13 @@ func TestDescriptorTableReserved(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := before // 2c descriptors do not fit in the table as it is
+	if mode == "limit" {
+		rl.Cur = min(rl.Cur, 1000)
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+			t.Fatal(err)
+		}
+		c = int(rl.Cur) // 2c descriptors do not fit under the limit
+	}
 	want := min(2*c+64, int(min(rl.Cur, 1<<30)), maxReserve)
 	if want <= before {
 		testutil.Unavailable(t, "the table has %d slots, as many as a reserve may take (open files limit %d)", before, rl.Cur)
