@@ -376,3 +376,39 @@ func TestKeptConnectionEndsWithFIN(t *testing.T) {
 		t.Errorf("the client read %d of the last %d bytes, then %v; want all of them and a clean end", len(got), tail, err)
 	}
 }
+
+// TestKeptHalfClosedStaysKept: a kept connection whose client has ended
+// its stream stays in the store while the backend still talks: the end
+// is learned by a peek, without leaving the store (keep.go, keptRead:
+// "err == nil && n == 0"), so a crash then resumes it half-closed. It
+// leaves the store when the other way ends too.
+func TestKeptHalfClosedStaysKept(t *testing.T) {
+	noLeak(t)
+	goAhead := make(chan struct{})
+	sawEOF := make(chan struct{})
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		io.Copy(io.Discard, c)
+		close(sawEOF)
+		<-goAhead
+		c.Write([]byte("bye"))
+		c.Close()
+	})
+	k := &fakeKeeper{}
+	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	c := dial(t, p.addr)
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the connection in the store", func() bool { return p.srv.Stats().Kept == 1 })
+	c.CloseWrite()
+	recv(t, sawEOF, "the backend to see the client's end")
+	if st := p.srv.Stats(); st.Kept != 1 {
+		t.Errorf("kept %d once the client's end went through, want 1: half-closed, it must stay in the store", st.Kept)
+	}
+	close(goAhead)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(c); err != nil || string(got) != "bye" {
+		t.Errorf("read %q, %v; want the backend's bye and a clean end", got, err)
+	}
+	waitFor(t, "the connection to leave the store", func() bool { return p.srv.Stats().Kept == 0 })
+}
