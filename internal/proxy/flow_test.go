@@ -456,6 +456,44 @@ func TestProxyProtocolDatagrams(t *testing.T) {
 	}
 }
 
+// TestProxyProtocolDatagramsIPv6: the PROXY v2 header of an IPv6 client's
+// datagram carries its IPv6 address (flow.go, sockaddrAddrPort: the
+// AF_INET6 case, which the IPv4 test above never reaches).
+func TestProxyProtocolDatagramsIPv6(t *testing.T) {
+	if _, err := net.ResolveUDPAddr("udp6", "[::1]:0"); err != nil {
+		testutil.Unavailable(t, "no IPv6: %v", err)
+	}
+	be, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	ln, err := activation.ListenDatagram("[::1]:0", activation.DefaultSocketMode)
+	if err != nil {
+		testutil.Unavailable(t, "no IPv6 loopback: %v", err)
+	}
+	r := startOn(t, ln, be.LocalAddr().String(), Config{ProxyProtocol: 2})
+	c := udpClient(t, "[::1]:0", "")
+	dst := netip.MustParseAddrPort(r.addr)
+	be.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.WriteToUDPAddrPort([]byte("six"), dst)
+	buf := make([]byte, 2000)
+	n, _, err := be.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := pp.Read(bufioReader(buf[:n]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.TransportProtocol != pp.UDPv6 || h.SourceAddr.String() != c.LocalAddr().String() || h.DestinationAddr.String() != dst.String() {
+		t.Fatalf("header %v %s -> %s, want UDPv6 %s -> %s", h.TransportProtocol, h.SourceAddr, h.DestinationAddr, c.LocalAddr(), dst)
+	}
+	if string(buf[n-3:n]) != "six" {
+		t.Fatalf("%d bytes, ending %q", n, buf[n-3:n])
+	}
+}
+
 // TestDatagramsAllocateNothing: forwarding on an existing flow allocates
 // nothing per datagram.
 func TestDatagramsAllocateNothing(t *testing.T) {
