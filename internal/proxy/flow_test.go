@@ -314,6 +314,42 @@ func TestUnixDatagramFlows(t *testing.T) {
 	}
 }
 
+// TestFullBackendDropsTheRest: a flow's backend whose queue is full (a
+// unix datagram socket that reads nothing takes max_dgram_qlen datagrams)
+// refuses the rest of a batch with EAGAIN: those are dropped and counted,
+// not retried (which would hold the loop) and not taken for refusals
+// (flow.go, sendFlow: the cases "len(msgs) == 0", "e == unix.EINTR", "e ==
+// unix.ECONNREFUSED").
+func TestFullBackendDropsTheRest(t *testing.T) {
+	noLeak(t)
+	dir := shortDir(t)
+	be, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "be"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	r := startDgram(t, filepath.Join(dir, "px"), be.LocalAddr().String(), Config{})
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: r.addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	const n = 200
+	for i := range n {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatalf("datagram %d: %v (the proxy no longer reads)", i, err)
+		}
+	}
+	waitFor(t, "every datagram forwarded or dropped", func() bool {
+		st := r.srv.Stats()
+		return st.DatagramsIn+st.DatagramsDropped == n
+	})
+	if st := r.srv.Stats(); st.DatagramsDropped == 0 || st.BackendRefused != 0 {
+		t.Errorf("%d forwarded, %d dropped, %d refusals; want some dropped, no refusal", st.DatagramsIn, st.DatagramsDropped, st.BackendRefused)
+	}
+}
+
 // TestReplyToGoneClientDropped: a reply whose client's socket is gone
 // (its unix path removed) is dropped and counted, once: not retried, which
 // would hold the loop (flow.go, flushReplies: "e != unix.EINTR"); the next
