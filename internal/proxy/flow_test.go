@@ -288,6 +288,42 @@ func TestUnixDatagramFlows(t *testing.T) {
 	}
 }
 
+// TestFullBackendDropsTheRest: a flow's backend whose queue is full (a
+// unix datagram socket that reads nothing takes max_dgram_qlen datagrams)
+// refuses the rest of a batch with EAGAIN: those are dropped and counted,
+// not retried (which would hold the loop) and not taken for refusals
+// (flow.go, sendFlow: the cases "len(msgs) == 0", "e == unix.EINTR", "e ==
+// unix.ECONNREFUSED").
+func TestFullBackendDropsTheRest(t *testing.T) {
+	noLeak(t)
+	dir := shortDir(t)
+	be, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "be"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	r := startDgram(t, filepath.Join(dir, "px"), be.LocalAddr().String(), Config{})
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: r.addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	const n = 200
+	for i := range n {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatalf("datagram %d: %v (the proxy no longer reads)", i, err)
+		}
+	}
+	waitFor(t, "every datagram forwarded or dropped", func() bool {
+		st := r.srv.Stats()
+		return st.DatagramsIn+st.DatagramsDropped == n
+	})
+	if st := r.srv.Stats(); st.DatagramsDropped == 0 || st.BackendRefused != 0 {
+		t.Errorf("%d forwarded, %d dropped, %d refusals; want some dropped, no refusal", st.DatagramsIn, st.DatagramsDropped, st.BackendRefused)
+	}
+}
+
 // TestReplyToGoneClientDropped: a reply whose client's socket is gone
 // (its unix path removed) is dropped and counted, once: not retried, which
 // would hold the loop (flow.go, flushReplies: "e != unix.EINTR"); the next
@@ -427,6 +463,44 @@ func TestProxyProtocolDatagrams(t *testing.T) {
 		if rest := buf[n-len(payload) : n]; string(rest) != payload || n != len(payload)+28 {
 			t.Fatalf("datagram %d: %d bytes, payload %q", i, n, rest)
 		}
+	}
+}
+
+// TestProxyProtocolDatagramsIPv6: the PROXY v2 header of an IPv6 client's
+// datagram carries its IPv6 address (flow.go, sockaddrAddrPort: the
+// AF_INET6 case, which the IPv4 test above never reaches).
+func TestProxyProtocolDatagramsIPv6(t *testing.T) {
+	if _, err := net.ResolveUDPAddr("udp6", "[::1]:0"); err != nil {
+		testutil.Unavailable(t, "no IPv6: %v", err)
+	}
+	be, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	ln, err := activation.ListenDatagram("[::1]:0", activation.DefaultSocketMode)
+	if err != nil {
+		testutil.Unavailable(t, "no IPv6 loopback: %v", err)
+	}
+	r := startOn(t, ln, be.LocalAddr().String(), Config{ProxyProtocol: 2})
+	c := udpClient(t, "[::1]:0", "")
+	dst := netip.MustParseAddrPort(r.addr)
+	be.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.WriteToUDPAddrPort([]byte("six"), dst)
+	buf := make([]byte, 2000)
+	n, _, err := be.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := pp.Read(bufioReader(buf[:n]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.TransportProtocol != pp.UDPv6 || h.SourceAddr.String() != c.LocalAddr().String() || h.DestinationAddr.String() != dst.String() {
+		t.Fatalf("header %v %s -> %s, want UDPv6 %s -> %s", h.TransportProtocol, h.SourceAddr, h.DestinationAddr, c.LocalAddr(), dst)
+	}
+	if string(buf[n-3:n]) != "six" {
+		t.Fatalf("%d bytes, ending %q", n, buf[n-3:n])
 	}
 }
 
@@ -610,15 +684,21 @@ func hasIPv6() bool {
 // TestDescriptorTableReserved: the loop grows the descriptor table to what
 // -c can use at start-up, so that no new flow (or connection) waits for
 // the kernel to grow it: in a threaded process each doubling waits for an
-// RCU grace period, 8 to 16 ms on the bench VM.
+// RCU grace period, 8 to 16 ms on the bench VM. With an open files limit
+// below what -c asks for, it grows the table up to the limit, where a
+// reserve past it would fail and grow nothing (reserveDescriptors:
+// "Getrlimit(...) == nil", gremlins run 9).
 func TestDescriptorTableReserved(t *testing.T) {
-	if os.Getenv("SPX_FDTABLE_CHILD") == "" {
+	mode := os.Getenv("SPX_FDTABLE_CHILD")
+	if mode == "" {
 		// In a process of its own: the table only grows, and every
 		// proxy the other tests start grows this one's.
-		cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestDescriptorTableReserved$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "SPX_FDTABLE_CHILD=1")
-		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "--- PASS: TestDescriptorTableReserved") {
-			t.Fatalf("in a fresh process: %v\n%s", err, out)
+		for _, mode := range []string{"c", "limit"} {
+			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestDescriptorTableReserved$", "-test.count=1", "-test.v")
+			cmd.Env = append(os.Environ(), "SPX_FDTABLE_CHILD="+mode)
+			if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "--- PASS: TestDescriptorTableReserved") {
+				t.Fatalf("in a fresh process (%s): %v\n%s", mode, err, out)
+			}
 		}
 		return
 	}
@@ -628,6 +708,13 @@ func TestDescriptorTableReserved(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := before // 2c descriptors do not fit in the table as it is
+	if mode == "limit" {
+		rl.Cur = min(rl.Cur, 1000)
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+			t.Fatal(err)
+		}
+		c = int(rl.Cur) // 2c descriptors do not fit under the limit
+	}
 	want := min(2*c+64, int(min(rl.Cur, 1<<30)), maxReserve)
 	if want <= before {
 		testutil.Unavailable(t, "the table has %d slots, as many as a reserve may take (open files limit %d)", before, rl.Cur)

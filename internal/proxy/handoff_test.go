@@ -20,8 +20,19 @@ import (
 // TestStoreHandsOverEveryByte: one proxy stores a connection whose backend
 // reads nothing, with bytes in flight in its pipe; a second proxy takes it
 // back from the record and the stored descriptors (here: duplicates, as
-// systemd's store holds them) and delivers every byte exactly once.
+// systemd's store holds them) and delivers every byte exactly once. A
+// second proxy that keeps its connections (--fdstore=always) keeps this one
+// too, bytes in its pipe and all (keep.go, keep: "p.r < 0" is a pipe in
+// memory, which cannot be kept).
 func TestStoreHandsOverEveryByte(t *testing.T) {
+	for _, keeping := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "keeping"}[keeping], func(t *testing.T) {
+			storeHandsOverEveryByte(t, keeping)
+		})
+	}
+}
+
+func storeHandsOverEveryByte(t *testing.T, keeping bool) {
 	noLeak(t)
 	release := make(chan struct{})
 	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
@@ -103,7 +114,15 @@ func TestStoreHandsOverEveryByte(t *testing.T) {
 		t.Fatal(err)
 	}
 	lnB.Name = "web"
-	startOn(t, lnB, addr, Config{Resume: r})
+	cfgB := Config{Resume: r}
+	k := &fakeKeeper{}
+	if keeping {
+		cfgB.Keep, cfgB.Forget = k.keep, k.forget
+	}
+	next := startOn(t, lnB, addr, cfgB)
+	if keeping {
+		waitFor(t, "the resumed connection kept", func() bool { return next.srv.Stats().Kept == 1 })
+	}
 
 	unblock()
 	select {
@@ -119,5 +138,41 @@ func TestStoreHandsOverEveryByte(t *testing.T) {
 	want := sha256.Sum256(payload)
 	if err != nil || !bytes.Equal(got, want[:]) {
 		t.Fatalf("the backend got other bytes than were sent (SHA-256 %x, want %x), %v", got, want, err)
+	}
+}
+
+// TestResumeDeliversBytesInMemory: a record may carry a direction's bytes
+// in memory (Dir.Mem: a write cut short when no kernel pipe was to be
+// had; the test puts them in the record, as making the pool run dry would
+// take the whole process's descriptors). The proxy that resumes the
+// connection writes them first (handoff.go, adopt: "rd.Mem != nil").
+func TestResumeDeliversBytesInMemory(t *testing.T) {
+	noLeak(t)
+	got := make(chan string, 1)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c) // until the client's end
+		got <- string(b)
+	})
+	st := newStore(t)
+	a := startOn(t, listenNamed(t, "web"), addr, Config{Store: st.keep})
+	c := dial(t, a.addr)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first byte delivered", func() bool { return a.srv.Stats().BytesIn == 1 })
+	r := st.take(t, a)
+	if len(r.Conns) != 1 || r.Conns[0].State != handoff.Open || r.Conns[0].Dir[0].InPipe != 0 || r.Conns[0].Dir[0].Mem != nil {
+		closeRecord(r)
+		t.Fatalf("record: want one open connection with nothing in flight: %+v", r.Conns)
+	}
+	r.Conns[0].Dir[0].Mem = []byte(" parked")
+	startOn(t, listenNamed(t, "web"), addr, Config{Resume: r})
+	if _, err := c.Write([]byte(" then more")); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	if b := recv(t, got, "the backend's read"); b != "x parked then more" {
+		t.Errorf("the backend read %q, want %q", b, "x parked then more")
 	}
 }

@@ -7,12 +7,19 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 )
 
@@ -106,6 +113,11 @@ func TestKeptConnectionSplicesEveryByte(t *testing.T) {
 		_, forgot := k.names()
 		return len(forgot) == 1 && forgot[0] == kept[0] && p.srv.Stats().Kept == 0
 	})
+	// Nothing was in the store at the start: nothing to recover, and no
+	// line saying so (proxy.go, Run: "len(s.cfg.Recover) > 0").
+	if strings.Contains(p.logs.String(), "recovered connections") {
+		t.Errorf("a start with an empty store logged a recovery:\n%s", p.logs)
+	}
 }
 
 // TestKeptConnectionLeavesStoreForUrgentData: an urgent byte must be read
@@ -253,4 +265,150 @@ func TestNotKept(t *testing.T) {
 	if got := l.notKept(r, all); !slices.Equal(got, all) {
 		t.Errorf("with nothing kept, notKept = %v, want all of %v", got, all)
 	}
+}
+
+// TestKeptUrgentByteSpliced: keptRead's EAGAIN (an urgent mark reported
+// when the byte is gone already). A unix socket with SO_OOBINLINE takes an
+// urgent byte (MSG_OOB) inline, and splice takes it with the rest when it
+// starts there; so when an earlier event of the same batch has spliced it
+// (here a copy of the client's event without EPOLLPRI, put before it by
+// the testBatch hook), the EPOLLPRI that follows finds nothing to peek.
+// The byte never entered the process: the connection stays in the store.
+// Its direction never splices again (urgent is sticky), so it leaves the
+// store before its next byte is read, as after any urgent data.
+func TestKeptUrgentByteSpliced(t *testing.T) {
+	noLeak(t)
+	k := &fakeKeeper{}
+	dir := shortDir(t)
+	back := listenBackend(t, "unix", filepath.Join(dir, "b"), echo)
+	ln, err := activation.Listen(filepath.Join(dir, "p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var injected atomic.Bool
+	p := startPrepared(t, ln, back, Config{Keep: k.keep, Forget: k.forget}, func(s *Server) {
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			for i := range n {
+				if events[i].Events&unix.EPOLLPRI == 0 || n == len(events) || injected.Load() {
+					continue
+				}
+				copy(events[i+1:n+1], events[i:n])
+				events[i].Events &^= unix.EPOLLPRI
+				injected.Store(true)
+				return n + 1
+			}
+			return n
+		}
+	})
+	c := edgeDial(t, "unix", p.addr)
+	got := make([]byte, 9)
+	if _, err := c.Write([]byte("AAAA")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, got[:4]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the connection in the store", func() bool { return p.srv.Stats().Kept == 1 })
+	sendUrgent(t, c, 'U')
+	// The echo comes in a batch after the one that spliced the byte to
+	// the backend: that one, with its EPOLLPRI, is done.
+	if _, err := io.ReadFull(c, got[4:5]); err != nil {
+		t.Fatal(err)
+	}
+	if !injected.Load() {
+		t.Fatal("no EPOLLPRI for the urgent byte")
+	}
+	waitFor(t, "5 bytes counted each way", func() bool {
+		st := p.srv.Stats()
+		return st.BytesIn == 5 && st.BytesOut == 5
+	})
+	if st := p.srv.Stats(); st.Kept != 1 || st.SplicedBytes != 10 {
+		t.Errorf("after an urgent byte that was spliced: kept %d, %d bytes spliced; want it kept, all 10 spliced", st.Kept, st.SplicedBytes)
+	}
+	if _, err := c.Write([]byte("CCCC")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, got[5:]); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "AAAAUCCCC" {
+		t.Errorf("echoed %q, want AAAAUCCCC", got)
+	}
+	if st := p.srv.Stats(); st.Kept != 0 {
+		t.Errorf("kept %d after bytes behind urgent data, want it out of the store", st.Kept)
+	}
+}
+
+// TestKeptConnectionEndsWithFIN: every TCP socket of a keeping proxy
+// lingers 0 until its clean end (keep.go), and the clean end turns that
+// off (connection.go, release: "Keep != nil"): a kept connection's last
+// bytes, still queued in the proxy's send queue as it closes (the client's
+// tiny window holds them back), arrive, then a clean end.
+// TestKeptConnectionEnds sees the mutant only when its close races the
+// last bytes.
+func TestKeptConnectionEndsWithFIN(t *testing.T) {
+	noLeak(t)
+	const tail = 8 << 10 // more than the client's tiny window lets through
+	goAhead := make(chan struct{})
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		<-goAhead
+		c.Write(bytes.Repeat([]byte("t"), tail))
+		c.Close()
+	})
+	k := &fakeKeeper{}
+	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 1024) })
+	}}
+	conn, err := d.DialContext(t.Context(), "tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := conn.(*net.TCPConn)
+	t.Cleanup(func() { c.Close() })
+	c.CloseWrite() // the client is done; the backend's answer is all that is left
+	waitFor(t, "the connection in the store", func() bool { return p.srv.Stats().Kept == 1 })
+	close(goAhead)
+	waitFor(t, "the proxy to close it", func() bool { return p.srv.Stats().Active == 0 })
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || len(got) != tail {
+		t.Errorf("the client read %d of the last %d bytes, then %v; want all of them and a clean end", len(got), tail, err)
+	}
+}
+
+// TestKeptHalfClosedStaysKept: a kept connection whose client has ended
+// its stream stays in the store while the backend still talks: the end
+// is learned by a peek, without leaving the store (keep.go, keptRead:
+// "err == nil && n == 0"), so a crash then resumes it half-closed. It
+// leaves the store when the other way ends too.
+func TestKeptHalfClosedStaysKept(t *testing.T) {
+	noLeak(t)
+	goAhead := make(chan struct{})
+	sawEOF := make(chan struct{})
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		io.Copy(io.Discard, c)
+		close(sawEOF)
+		<-goAhead
+		c.Write([]byte("bye"))
+		c.Close()
+	})
+	k := &fakeKeeper{}
+	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
+	c := dial(t, p.addr)
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the connection in the store", func() bool { return p.srv.Stats().Kept == 1 })
+	c.CloseWrite()
+	recv(t, sawEOF, "the backend to see the client's end")
+	if st := p.srv.Stats(); st.Kept != 1 {
+		t.Errorf("kept %d once the client's end went through, want 1: half-closed, it must stay in the store", st.Kept)
+	}
+	close(goAhead)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(c); err != nil || string(got) != "bye" {
+		t.Errorf("read %q, %v; want the backend's bye and a clean end", got, err)
+	}
+	waitFor(t, "the connection to leave the store", func() bool { return p.srv.Stats().Kept == 0 })
 }

@@ -143,7 +143,8 @@ func TestConnectDoneHangupWithoutError(t *testing.T) {
 // connected backend socket, and the proxy that takes it back forwards the
 // client's next datagram through that socket, so the backend sees the same
 // source address (handoff_flow.go: recordFlows and resumeFlows; the e2e
-// TestReloadEveryKind does the same across a real reload).
+// TestReloadEveryKind does the same across a real reload), and its log
+// line counts it.
 func TestStoreCarriesFlows(t *testing.T) {
 	noLeak(t)
 	back, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -185,13 +186,19 @@ func TestStoreCarriesFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 	lnB.Name = "dns"
-	p := startOn(t, lnB, back.LocalAddr().String(), Config{Resume: r})
+	// Flows that never expire (--idle-timeout=infinity): the resumed flow
+	// has no idle clock to set (adoptFlow: "l.flows.every > 0").
+	p := startOn(t, lnB, back.LocalAddr().String(), Config{Resume: r, FlowIdleTimeout: -1})
 	after, _ := exchange(t, c, p.addr, []byte("2"))
 	if string(after) != string(before) {
 		t.Errorf("the backend saw the flow come from %s, then from %s: the flow was not carried\n%s", before, after, p.logs)
 	}
 	if st := p.srv.Stats(); st.Flows != 1 || st.FlowsOpened != 0 {
 		t.Errorf("Flows %d, FlowsOpened %d after the resume; want 1 and 0 (the carried flow, none new)", st.Flows, st.FlowsOpened)
+	}
+	// The log line counts it (resumeFlows: "adopted++").
+	if !strings.Contains(p.logs.String(), `msg="resumed connections" connections=0 reset=0 flows=1 `) {
+		t.Errorf("the log does not say one flow was resumed:\n%s", p.logs)
 	}
 }
 
@@ -1249,15 +1256,18 @@ func TestHeldDatagramGoesWithItsHeader(t *testing.T) {
 }
 
 // TestStoreCarriesFlowIdleTime: a datagram flow's idle clock goes through
-// the store like a connection's (handoff_flow.go, recordFlows: the tick
-// counted from the clock, "tick-f.seen"): idle for 2 s of a 4 s timeout
-// when stored, it expires about 3 s after the resume, at the third sweep;
-// a clock restarted at the resume would run 5 s.
+// the store like a connection's, time in the store included. A flow idle
+// for I whole seconds (ticks of a 4 s timeout) when stored, and taken back
+// when I and the time in the store make 4.5 s, is idle for exactly 4 ticks
+// in the next proxy, as a record of that one says (taken before its clock
+// reaches its first tick). handoff_flow.go: recordFlows, the tick counted
+// from the clock, "tick-f.seen" (the flow starts after the first tick of the
+// proxy's clock, or "tick+f.seen" would give the same), "* l.flows.every";
+// adoptFlow, "rf.Idle+elapsed" and the clamp at "ticks+1" (4 ticks, not 3).
 func TestStoreCarriesFlowIdleTime(t *testing.T) {
 	noLeak(t)
-	const timeout = 4 * time.Second // a sweep each second
+	const timeout = 4 * time.Second // ticks of a second
 	be := udpEcho(t, "udp", "127.0.0.1:0", "")
-	st := newStore(t)
 	listen := func() activation.Listener {
 		ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
 		if err != nil {
@@ -1266,23 +1276,29 @@ func TestStoreCarriesFlowIdleTime(t *testing.T) {
 		ln.Name = "dns"
 		return ln
 	}
+	st := newStore(t)
 	a := startOn(t, listen(), be.LocalAddr().String(), Config{Store: st.keep, FlowIdleTimeout: timeout})
+	time.Sleep(1100 * time.Millisecond) // past the first tick
+	sent := time.Now()
 	exchange(t, udpClient(t, "127.0.0.1:0", ""), a.addr, []byte("x"))
-	time.Sleep(2100 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond)
 	r := st.take(t, a)
-	if len(r.Flows) != 1 || r.Flows[0].Idle < int64(time.Second) {
+	idle := time.Since(sent) // at least the flow's idle time, by less than a tick
+	if len(r.Flows) != 1 || r.Flows[0].Idle < int64(time.Second) || r.Flows[0].Idle >= int64(idle+time.Second) ||
+		r.Flows[0].Idle%int64(time.Second) != 0 {
 		closeRecord(r)
-		t.Fatalf("record: %d flows, want one idle for 2 s: %+v", len(r.Flows), r.Flows)
+		t.Fatalf("record: %d flows, want one idle for 1 or 2 whole seconds (less than %v): %+v", len(r.Flows), idle+time.Second, r.Flows)
 	}
-	resumed := time.Now()
-	b := startOn(t, listen(), be.LocalAddr().String(), Config{Resume: r, FlowIdleTimeout: timeout})
+	// In the store until I and the time there make 4.5 s.
+	time.Sleep(time.Duration(int64(4500*time.Millisecond) - r.Flows[0].Idle - (handoff.Monotonic() - r.Written)))
+	st2 := newStore(t)
+	b := startOn(t, listen(), be.LocalAddr().String(), Config{Resume: r, Store: st2.keep, FlowIdleTimeout: timeout})
 	waitFor(t, "the flow carried", func() bool { return b.srv.Stats().Flows == 1 })
-	waitFor(t, "the flow to expire", func() bool { return b.srv.Stats().Flows == 0 })
-	took := time.Since(resumed)
-	if took > 4200*time.Millisecond || took < 1500*time.Millisecond {
-		t.Errorf("the flow expired %v after the resume, want about 3 s: its idle time before the store was lost, or too much was carried", took)
+	r2 := st2.take(t, b)
+	defer closeRecord(r2)
+	if len(r2.Flows) != 1 || r2.Flows[0].Idle != 4*int64(time.Second) {
+		t.Errorf("taken back after 4.5 s idle, the flow is idle for %+v, want 4 s", r2.Flows)
 	}
-	t.Logf("expired %v after the resume", took)
 }
 
 // TestResumedConnectionEndsWithFIN: a connection resumed from the store
