@@ -226,10 +226,29 @@ func TestListenRefusesUnsafeDirectory(t *testing.T) {
 			t.Errorf("refused, but %s was created", p)
 		}
 	}
+	// Group-writable: safe for root's own group, not for another's.
+	rootGroup, otherGroup := filepath.Join(base, "rootgroup"), filepath.Join(base, "othergroup")
+	for d, gid := range map[string]int{rootGroup: 0, otherGroup: 1} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, 0o775); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(d, 0, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, err := Listen(filepath.Join(otherGroup, "x.sock")); err == nil {
+		l.Close()
+		t.Errorf("Listen as root accepted %s, writable by group 1", otherGroup)
+	} else if !strings.Contains(err.Error(), "writable by other users") {
+		t.Errorf("error %q does not say why", err)
+	}
 	if err := os.Symlink(safe, filepath.Join(base, "alias")); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{filepath.Join(sticky, "x.sock"), filepath.Join(base, "alias", "y.sock")} {
+	for _, p := range []string{filepath.Join(sticky, "x.sock"), filepath.Join(base, "alias", "y.sock"), filepath.Join(rootGroup, "x.sock")} {
 		l, err := Listen(p)
 		if err != nil {
 			t.Errorf("Listen(%q): %v", p, err)

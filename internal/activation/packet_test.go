@@ -168,9 +168,15 @@ func TestListenSequentialPacket(t *testing.T) {
 	}
 	again.Close()
 	for _, bad := range []string{"", "127.0.0.1:5"} {
-		if l, err := ListenSequentialPacket(bad, DefaultSocketMode); err == nil {
+		l, err := ListenSequentialPacket(bad, DefaultSocketMode)
+		if err == nil {
 			l.Close()
 			t.Errorf("ListenSequentialPacket(%q, DefaultSocketMode) succeeded", bad)
+			continue
+		}
+		// Sequential packets are unix only: the hint offers no HOST:PORT.
+		if strings.Contains(err.Error(), "HOST:PORT") {
+			t.Errorf("ListenSequentialPacket(%q): %q offers HOST:PORT", bad, err)
 		}
 	}
 }

@@ -134,3 +134,18 @@ func TestParseHints(t *testing.T) {
 		}
 	}
 }
+
+// TestHostNameCharacters: the edges of each class of characters a host name
+// may hold, and their neighbours in ASCII, which it may not.
+func TestHostNameCharacters(t *testing.T) {
+	for _, c := range "azAZ09.-_" {
+		if !isHostName("x" + string(c) + "y") {
+			t.Errorf("%q refused in a host name", c)
+		}
+	}
+	for _, c := range "`{@[/:+,~ " {
+		if isHostName("x" + string(c) + "y") {
+			t.Errorf("%q accepted in a host name", c)
+		}
+	}
+}

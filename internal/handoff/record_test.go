@@ -178,6 +178,7 @@ func TestRejectsInconsistentEntries(t *testing.T) {
 		{"both over", open(func(c *Conn) { c.Dir[0].Flags, c.Dir[1].Flags = EOF|Shut, EOF|Shut }), "both directions"},
 		{"unknown flag", open(func(c *Conn) { c.Dir[1].Flags = 0x80 }), "unknown flags"},
 		{"header outbound", open(func(c *Conn) { c.Dir[1].Flags, c.Dir[1].Mem = Header, []byte("x") }), "PROXY header"},
+		{"header with no bytes", open(func(c *Conn) { c.Dir[0].Flags = Header }), "PROXY header"},
 		{"connecting with bytes", open(func(c *Conn) { c.State, c.FD[1], c.Dir[0].Bytes = Connecting, -1, 5 }), "traffic before"},
 		{"backend while connecting", open(func(c *Conn) { c.State = Connecting }), "backend socket while connecting"},
 		{"empty pipe", open(func(c *Conn) { c.Dir[0].Pipe, c.Dir[0].InPipe = [2]int{d[3], fds(t, 1)[0]}, 0 }), "0 bytes in a pipe"},

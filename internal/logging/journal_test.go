@@ -316,6 +316,9 @@ func TestFieldName(t *testing.T) {
 		{"client", "CLIENT"}, {"bytes_in", "BYTES_IN"}, {"exit-idle.time", "EXIT_IDLE_TIME"},
 		{"__x", "X"}, {"2xx", "XX"}, {"_9_a", "A"}, {"", ""}, {"___", ""}, {"ü", ""}, {"Ünï", "N_"}, {"a→b", "A_B"},
 		{strings.Repeat("a", 65), strings.Repeat("A", 64)},
+		// The edges of each class, and their ASCII neighbours.
+		{"az", "AZ"}, {"AZ", "AZ"}, {"x09", "X09"}, {"9x", "X"},
+		{"x`{", "X__"}, {"x@[", "X__"}, {"x/:", "X__"},
 	} {
 		if got := fieldName(tt.key); got != tt.want {
 			t.Errorf("fieldName(%q) = %q, want %q", tt.key, got, tt.want)
