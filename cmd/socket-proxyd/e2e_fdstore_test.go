@@ -458,7 +458,7 @@ func TestFDStoreCrashStates(t *testing.T) {
 	dir := shortDir(t)
 	late, live := filepath.Join(dir, "late.sock"), filepath.Join(dir, "live.sock")
 	release := make(chan struct{})
-	serve(t, listenUnix(t, live), headerEchoBye(release))
+	serve(t, listenUnix(t, live), headerEchoBye(t, release))
 	web, webAddr := inheritTCP(t, "web")
 	api, apiAddr := inheritTCP(t, "api")
 	store := newFakeStore(t)

@@ -222,7 +222,7 @@ func TestReloadStates(t *testing.T) {
 	dir := shortDir(t)
 	late, live := filepath.Join(dir, "late.sock"), filepath.Join(dir, "live.sock")
 	release := make(chan struct{})
-	handle := headerEchoBye(release)
+	handle := headerEchoBye(t, release)
 	serve(t, listenUnix(t, live), handle)
 	web, webAddr := inheritTCP(t, "web")
 	api, apiAddr := inheritTCP(t, "api")
@@ -280,8 +280,11 @@ func TestReloadKeepsIdleClock(t *testing.T) {
 
 // headerEchoBye is a backend that reads a PROXY v1 header line, echoes
 // until the client's EOF, then, once released, sends "bye" and ends: so a
-// connection stays half-closed for as long as the test wants.
-func headerEchoBye(release <-chan struct{}) func(net.Conn) {
+// connection stays half-closed for as long as the test wants. It gives up
+// when t ends, so that a test that fails before releasing it does not hang
+// in serve's cleanup, which waits for every handler.
+func headerEchoBye(t *testing.T, release <-chan struct{}) func(net.Conn) {
+	ctx := t.Context() // canceled before the cleanups run
 	return func(c net.Conn) {
 		var hdr []byte
 		for len(hdr) == 0 || hdr[len(hdr)-1] != '\n' {
@@ -296,7 +299,11 @@ func headerEchoBye(release <-chan struct{}) func(net.Conn) {
 			return
 		}
 		io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
-		<-release
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return
+		}
 		c.Write([]byte("bye"))
 		closeWrite(c)
 	}
