@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -348,33 +347,14 @@ func TestKeptUrgentByteSpliced(t *testing.T) {
 // last bytes.
 func TestKeptConnectionEndsWithFIN(t *testing.T) {
 	noLeak(t)
-	const tail = 8 << 10 // more than the client's tiny window lets through
-	goAhead := make(chan struct{})
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
-		<-goAhead
-		c.Write(bytes.Repeat([]byte("t"), tail))
-		c.Close()
-	})
+	addr, goAhead := tailBackend(t)
 	k := &fakeKeeper{}
 	p := start(t, addr, Config{Keep: k.keep, Forget: k.forget})
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 1024) })
-	}}
-	conn, err := d.DialContext(t.Context(), "tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := conn.(*net.TCPConn)
-	t.Cleanup(func() { c.Close() })
-	c.CloseWrite() // the client is done; the backend's answer is all that is left
+	c := dialTinyWindow(t, p.addr)
 	waitFor(t, "the connection in the store", func() bool { return p.srv.Stats().Kept == 1 })
 	close(goAhead)
 	waitFor(t, "the proxy to close it", func() bool { return p.srv.Stats().Active == 0 })
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	got, err := io.ReadAll(c)
-	if err != nil || len(got) != tail {
-		t.Errorf("the client read %d of the last %d bytes, then %v; want all of them and a clean end", len(got), tail, err)
-	}
+	readWholeTail(t, c)
 }
 
 // TestKeptHalfClosedStaysKept: a kept connection whose client has ended

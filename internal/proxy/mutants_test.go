@@ -1309,34 +1309,59 @@ func TestStoreCarriesFlowIdleTime(t *testing.T) {
 // the queued bytes away with a reset.
 func TestResumedConnectionEndsWithFIN(t *testing.T) {
 	noLeak(t)
-	const tail = 8 << 10 // more than the client's tiny window lets through
-	goAhead := make(chan struct{})
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
-		<-goAhead
-		c.Write(bytes.Repeat([]byte("t"), tail))
-		c.Close()
-	})
+	addr, goAhead := tailBackend(t)
 	st := newStore(t)
 	a := startOn(t, listenNamed(t, "web"), addr, Config{Store: st.keep})
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 1024) })
-	}}
-	conn, err := d.DialContext(t.Context(), "tcp", a.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := conn.(*net.TCPConn)
-	t.Cleanup(func() { c.Close() })
-	c.CloseWrite() // the client is done; the backend's answer is all that is left
+	c := dialTinyWindow(t, a.addr)
 	waitFor(t, "the connection open", func() bool { return a.srv.Stats().Active == 1 })
 	r := st.take(t, a)
 	b := startOn(t, listenNamed(t, "web"), addr, Config{Resume: r})
 	waitFor(t, "the connection resumed", func() bool { return b.srv.Stats().Active == 1 })
 	close(goAhead)
 	waitFor(t, "the proxy to close it", func() bool { return b.srv.Stats().Active == 0 })
+	readWholeTail(t, c)
+}
+
+// tinyWindowTail is more than a client with a 1 KiB receive buffer lets
+// through: the last of it still waits in the proxy's send queue as the
+// proxy closes the connection.
+const tinyWindowTail = 8 << 10
+
+// tailBackend is a backend that sends tinyWindowTail bytes and closes once
+// goAhead is closed.
+func tailBackend(t *testing.T) (addr string, goAhead chan struct{}) {
+	goAhead = make(chan struct{})
+	addr = listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		<-goAhead
+		c.Write(bytes.Repeat([]byte("t"), tinyWindowTail))
+		c.Close()
+	})
+	return addr, goAhead
+}
+
+// dialTinyWindow connects a client with a 1 KiB receive buffer to addr and
+// ends its own stream: the backend's answer is all that is left.
+func dialTinyWindow(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 1024) })
+	}}
+	conn, err := d.DialContext(t.Context(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := conn.(*net.TCPConn)
+	t.Cleanup(func() { c.Close() })
+	c.CloseWrite()
+	return c
+}
+
+// readWholeTail checks that c gets the whole tail, then a clean end.
+func readWholeTail(t *testing.T, c *net.TCPConn) {
+	t.Helper()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(c)
-	if err != nil || len(got) != tail {
-		t.Errorf("the client read %d of the last %d bytes, then %v; want all of them and a clean end", len(got), tail, err)
+	if err != nil || len(got) != tinyWindowTail {
+		t.Errorf("the client read %d of the last %d bytes, then %v; want all of them and a clean end", len(got), tinyWindowTail, err)
 	}
 }
