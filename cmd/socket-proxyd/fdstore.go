@@ -217,8 +217,12 @@ func fromStore(socket string, stored []activation.Stored) (*handoff.Record, map[
 	}
 	unused = append(unused, left()...)
 	handoff.Reset(unused)
+	reset := make(map[int]bool, len(unused))
+	for _, fd := range unused {
+		reset[fd] = true
+	}
 	for name, group := range kept {
-		if slices.ContainsFunc(group, func(fd int) bool { return slices.Contains(unused, fd) }) {
+		if slices.ContainsFunc(group, func(fd int) bool { return reset[fd] }) {
 			notify.RemoveFDs(socket, name) // the record did not have it whole
 		}
 	}

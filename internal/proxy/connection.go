@@ -509,21 +509,17 @@ func (l *loop) release(c *conn, reset bool) {
 		l.unkeep(c)
 	}
 	for side, fd := range c.fd {
-		if fd < 0 || !c.tcp[side] {
+		if fd < 0 {
 			continue
 		}
 		switch {
+		case !c.tcp[side]: // lingering is TCP's
 		case reset:
 			resetOnClose(int(fd))
 		case l.s.cfg.Keep != nil:
 			// A clean end: the FIN went with the last shutdown, and
 			// what is queued must still go out.
 			unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
-		}
-	}
-	for side, fd := range c.fd {
-		if fd < 0 {
-			continue
 		}
 		l.conns[fd] = nil
 		unix.Close(int(fd))

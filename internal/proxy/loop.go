@@ -92,7 +92,8 @@ type loop struct {
 	bursts [warnKinds]burst
 	warnAt int64
 
-	hot bool // the last wait found work: wait raw
+	hot      bool          // the last wait found work: wait raw
+	busyPoll time.Duration // Config.BusyPoll, at most MaxBusyPoll
 
 	flows flowState // datagram flows (flow.go)
 
@@ -154,10 +155,11 @@ func newLoop(s *Server) (*loop, error) {
 	}
 	l := &loop{
 		s: s, epfd: epfd, wakefd: wakefd,
-		events: make([]unix.EpollEvent, maxEvents),
-		buf:    make([]byte, bufSize),
-		epoch:  time.Now(),
-		bursts: newBursts(),
+		events:   make([]unix.EpollEvent, maxEvents),
+		buf:      make([]byte, bufSize),
+		epoch:    time.Now(),
+		busyPoll: min(s.cfg.BusyPoll, MaxBusyPoll),
+		bursts:   newBursts(),
 	}
 	l.resolveCtx, l.resolveStop = context.WithCancel(context.Background())
 	l.connectTimeout, l.retries = s.cfg.ConnectTimeout, true
@@ -429,8 +431,8 @@ func (l *loop) drained() bool {
 // needs a P at once, so it turns raw waits off, and the busy poll
 // (busypoll.go) with them.
 func (l *loop) wait(msec int) int {
-	if l.hot && l.resolving == 0 && msec != 0 && l.s.cfg.BusyPoll > 0 {
-		if n := busySpin(l.epfd, l.events, time.Now(), min(l.s.cfg.BusyPoll, MaxBusyPoll)); n > 0 {
+	if l.hot && l.resolving == 0 && msec != 0 && l.busyPoll > 0 {
+		if n := busySpin(l.epfd, l.events, time.Now(), l.busyPoll); n > 0 {
 			l.s.busyPollHits.Add(1)
 			return n
 		}
