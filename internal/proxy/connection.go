@@ -114,6 +114,9 @@ func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
 	_, isUnix := sa.(*unix.SockaddrUnix)
 	c.tcp[0] = !isUnix
 	l.streamSocket(fd, c.tcp[0])
+	if c.packets {
+		passCredentials(fd)
+	}
 	if err := l.add(fd, connEvents, c.gen[0]); err != nil {
 		unix.Close(fd)
 		l.warn(warnOther, "cannot watch client, closing it", err.Error(), "client", c.clientString(), "error", err.Error())

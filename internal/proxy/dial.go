@@ -227,6 +227,10 @@ func (l *loop) startConnect(c *conn, sa unix.Sockaddr) unix.Errno {
 	c.fd[1] = int32(fd)
 	l.track(fd, c)
 	err = unix.Connect(fd, sa)
+	if c.packets {
+		// After connect, which would otherwise autobind the socket.
+		passCredentials(fd)
+	}
 	switch err {
 	case nil:
 		return 0

@@ -53,7 +53,11 @@ type flow struct {
 	listener uint16
 	nameLen  uint16 // the client's sockaddr is key[:nameLen]
 	seen     uint32 // loop flow tick of the last datagram either way
-	refused  bool   // an ECONNREFUSED was logged for this flow
+	// prev and next link the flow into the list of its state
+	// (flowbudget.go).
+	prev, next flowRef
+	state      uint8 // flowsWaiting or flowsAnswered
+	refused    bool  // an ECONNREFUSED was logged for this flow
 	// resolving: the backend's host name is being looked up for this
 	// flow; its socket is not connected yet (flowResolved does it).
 	resolving bool
@@ -61,12 +65,12 @@ type flow struct {
 	// sent to, the flow's key in its listener's map.
 	key string
 	// oob is the IP_PKTINFO/IPV6_PKTINFO message replies carry so that
-	// they leave from the address the client sent to; nil when the
+	// they leave from the address the client sent to; empty when the
 	// listener is bound to one address.
-	oob []byte
+	oob string
 	// hdr is the PROXY v2 header each datagram to the backend starts
-	// with; nil without --proxy-protocol.
-	hdr   []byte
+	// with; empty without --proxy-protocol.
+	hdr   string
 	start int64
 }
 
@@ -110,6 +114,10 @@ type replies struct {
 // flowState is the loop's datagram state.
 type flowState struct {
 	table   []*flow // by backend descriptor
+	// lru orders the flows by activity, by the state of their exchange;
+	// max is the budget (Config.MaxFlows), evict past it (flowbudget.go).
+	lru     [2]flowList
+	max     int
 	bufs    [2]*dgramBuf
 	count   int // flows open
 	every   int64
@@ -150,6 +158,12 @@ func (l *loop) dgramBuf(slot int) *dgramBuf {
 func (l *loop) setupDatagram(ln *listenerFD) {
 	d := &dgramListener{flows: make(map[string]*flow), slot: udpSlot}
 	ln.dgram = d
+	if l.flows.max == 0 {
+		l.flows.max = l.s.cfg.MaxFlows
+		if l.flows.max <= 0 {
+			l.flows.max = flowBudget(l.s.cfg.MaxConnections, l.pipes.max)
+		}
+	}
 	if t := l.s.cfg.FlowIdleTimeout; l.flows.every == 0 && t >= 0 {
 		if t == 0 {
 			t = DefaultFlowIdleTimeout
@@ -183,6 +197,7 @@ func (l *loop) datagrams(i int) {
 	ln := &l.listeners[i]
 	d := ln.dgram
 	b := l.dgramBuf(d.slot)
+	errs := 0
 	for {
 		for k := range b.msgs {
 			m := &b.msgs[k].Hdr
@@ -199,10 +214,20 @@ func (l *loop) datagrams(i int) {
 		}
 		n, e := rawMmsg(unix.SYS_RECVMMSG, ln.fd, b.msgs[:])
 		switch {
-		case e == unix.EINTR:
-			continue
+		case e == unix.EAGAIN:
+			return // empty: a new datagram is a new edge
 		case e != 0:
-			return // EAGAIN: empty; anything else: nothing to read now either
+			// EINTR, or a pending error of the socket (an ICMP error
+			// queued by IP_RECVERR, ENOMEM, ...), which the failed read
+			// took off the socket: datagrams may still be queued behind
+			// it, and under edge-triggered epoll nothing would tell us
+			// again. Read on, a bounded number of times; past that, ask
+			// epoll to look at the socket afresh.
+			if errs++; errs > dgramBatch {
+				l.rearm(ln.fd, listenerEvents, 0)
+				return
+			}
+			continue
 		}
 		l.forwardIn(ln, i, b, n)
 		if n < dgramBatch {
@@ -222,15 +247,25 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 			l.s.dgram.truncated.Add(1) // never forward a part of a datagram
 			continue
 		}
-		f := l.flowOf(ln, i, b, k)
+		f, key, nameLen, local := l.flowOf(ln, b, k)
 		if f == nil {
-			continue
+			// A new client. Its flow may take the place of another,
+			// evicted, whose descriptor a new socket may reuse at
+			// once: the run for the current flow goes first.
+			if run > 0 {
+				l.sendFlow(cur, b, run)
+				run = 0
+			}
+			if f = l.newFlow(ln, i, key, nameLen, local); f == nil {
+				continue
+			}
 		}
 		if f.resolving {
 			l.hold(f, b.data[k*b.slot:k*b.slot+int(m.Len)])
 			continue
 		}
 		f.seen = l.flows.tick
+		l.touch(f, flowsWaiting)
 		if f != cur && run > 0 {
 			l.sendFlow(cur, b, run)
 			run = 0
@@ -239,8 +274,8 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 		o := &b.out[run].Hdr
 		*o = unix.Msghdr{}
 		b.iov[2*k+1].SetLen(int(m.Len))
-		if f.hdr != nil {
-			b.iov[2*k] = unix.Iovec{Base: unsafe.SliceData(f.hdr)}
+		if f.hdr != "" {
+			b.iov[2*k] = unix.Iovec{Base: unsafe.StringData(f.hdr)}
 			b.iov[2*k].SetLen(len(f.hdr))
 			o.Iov, o.Iovlen = &b.iov[2*k], 2
 		} else {
@@ -257,34 +292,72 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 // sendFlow sends the first run messages of b.out on f's backend socket. A
 // datagram the socket refuses is dropped and counted: nothing is queued.
 func (l *loop) sendFlow(f *flow, b *dgramBuf, run int) {
-	msgs := b.out[:run]
-	segment := f.hdr == nil && !l.listeners[f.listener].dgram.unix
+	segment := f.hdr == "" && !l.listeners[f.listener].dgram.unix
+	sent, bytes := l.sendOrDrop(int(f.fd), b.out[:run], segment, f)
+	l.s.bytesIn.Add(bytes)
+	l.s.dgram.in.Add(sent)
+}
+
+// sendOrDrop sends msgs on fd, segmented where it can be when segment is
+// set, and reports how many went and their bytes. Only a full socket buffer
+// drops the rest (they would meet the same full buffer); any other error
+// belongs to the one datagram the send stopped at, which is dropped alone,
+// and the send goes on with the next. f is the flow whose backend fd is,
+// nil for replies.
+func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment bool, f *flow) (sent, bytes int64) {
 	for len(msgs) > 0 {
-		sent, bytes, e := l.sendDatagrams(int(f.fd), msgs, segment)
-		if sent > 0 {
-			l.s.bytesIn.Add(bytes)
-			l.s.dgram.in.Add(int64(sent))
-		}
-		msgs = msgs[sent:]
+		n, b, e := l.sendDatagrams(fd, msgs, segment)
+		sent += int64(n)
+		bytes += b
+		msgs = msgs[n:]
 		switch {
 		case len(msgs) == 0:
-		case e == unix.EINTR:
-		case e == unix.ECONNREFUSED:
-			// An ICMP port unreachable from an earlier datagram: the
-			// kernel reports it on this send, which then did not go.
-			l.flowRefused(f)
-			l.s.dgram.dropped.Add(1)
-			msgs = msgs[1:]
+		case e == 0 || e == unix.EINTR:
+			// sendmmsg stops without an error at the first datagram
+			// that fails after one went: the next call reports it.
+		case e == unix.EMSGSIZE && segment:
+			// The failed send may have been a run of segments: send
+			// one by one from here, to find the one datagram too big.
+			segment = false
+		case e == unix.EAGAIN || e == unix.ENOBUFS:
+			l.drop(&l.s.dgram.full, len(msgs))
+			return sent, bytes
 		default:
-			// EAGAIN (socket buffer full) and the like: drop the rest.
-			l.s.dgram.dropped.Add(int64(len(msgs)))
-			return
+			l.dropOne(f, e)
+			msgs = msgs[1:]
 		}
+	}
+	return sent, bytes
+}
+
+// drop counts n datagrams dropped for the reason counted by why.
+func (l *loop) drop(why *atomic.Int64, n int) {
+	why.Add(int64(n))
+	l.s.dgram.dropped.Add(int64(n))
+}
+
+// dropOne counts the datagram a send refused with e. ECONNREFUSED on a
+// flow is an ICMP port unreachable from an earlier datagram, which the
+// kernel reports on this send; EMSGSIZE a datagram larger than the socket
+// takes (a 65527-byte IPv6 datagram to an IPv4 backend, or the largest one
+// with a PROXY header before it).
+func (l *loop) dropOne(f *flow, e unix.Errno) {
+	switch {
+	case e == unix.ECONNREFUSED && f != nil:
+		l.flowRefused(f)
+		l.s.dgram.dropped.Add(1)
+	case e == unix.EMSGSIZE:
+		l.drop(&l.s.dgram.tooBig, 1)
+	default:
+		l.drop(&l.s.dgram.sendErrors, 1)
 	}
 }
 
-// flowOf finds or makes the flow of datagram k of b.
-func (l *loop) flowOf(ln *listenerFD, i int, b *dgramBuf, k int) *flow {
+// flowOf finds the flow of datagram k of b; when there is none, it returns
+// what newFlow needs to open one: the flow's key (which allocates only
+// then), the length of the client's address in it, and the local address
+// the client sent to.
+func (l *loop) flowOf(ln *listenerFD, b *dgramBuf, k int) (*flow, string, int, netip.Addr) {
 	d := ln.dgram
 	m := &b.msgs[k].Hdr
 	nameLen := int(m.Namelen)
@@ -302,25 +375,25 @@ func (l *loop) flowOf(ln *listenerFD, i int, b *dgramBuf, k int) *flow {
 		}
 	}
 	if f := d.flows[string(key)]; f != nil { // no allocation: the compiler sees the conversion
-		return f
+		return f, "", 0, netip.Addr{}
 	}
-	return l.newFlow(ln, i, string(key), nameLen, local)
+	return nil, string(key), nameLen, local
 }
 
 // newFlow opens a flow: a socket connected to the listener's backend,
-// registered in the loop. At the limit (-c counts flows with connections)
-// or when the backend cannot be reached, the datagram is dropped; the next
-// one from the client tries again.
+// registered in the loop. With the flow budget spent, it evicts a flow
+// first (flowbudget.go). When the backend cannot be reached, or there are
+// no descriptors, the datagram is dropped; the next one from the client
+// tries again.
 func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local netip.Addr) *flow {
 	d := ln.dgram
 	if l.draining {
 		return nil
 	}
-	if l.active >= l.s.cfg.MaxConnections {
-		l.s.refused.Add(1)
-		l.s.dgram.dropped.Add(1)
-		l.warn(warnRefused, "connection limit reached, dropping datagrams of new clients", "", "listener", ln.name, "max", l.s.cfg.MaxConnections)
-		return nil
+	if l.flows.count >= l.flows.max {
+		l.evictFlow()
+		l.warn(warnFlows, "flow limit reached, closing the least recently active flows to make room for new clients", "",
+			"listener", ln.name, "max_flows", l.flows.max, "hint", "raise it with --flows-max")
 	}
 	// A host name is looked up for each flow, as for each connection:
 	// the socket is an IPv6 one, which reaches IPv4 addresses too
@@ -355,7 +428,7 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 		if fd >= 0 {
 			unix.Close(fd)
 		}
-		l.s.dgram.dropped.Add(1)
+		l.drop(&l.s.dgram.noFlow, 1)
 		kind := warnBackend
 		if err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM {
 			kind = warnDescriptors
@@ -371,7 +444,7 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	f := &flow{fd: int32(fd), gen: l.nextGen(), listener: uint16(i), nameLen: uint16(nameLen), key: key, seen: l.flows.tick, start: l.now()}
 	if err := l.add(fd, flowEvents, f.gen); err != nil {
 		unix.Close(fd)
-		l.s.dgram.dropped.Add(1)
+		l.drop(&l.s.dgram.noFlow, 1)
 		return nil
 	}
 	l.insertFlow(ln, f, local)
@@ -393,14 +466,14 @@ func (l *loop) insertFlow(ln *listenerFD, f *flow, local netip.Addr) {
 	d := ln.dgram
 	fd := int(f.fd)
 	if d.pktinfo != 0 && local.IsValid() {
-		f.oob = pktinfoReply(d.pktinfo, local)
+		f.oob = string(pktinfoReply(d.pktinfo, local))
 	}
 	if v := l.s.cfg.ProxyProtocol; v == proxyproto.V2 {
 		dst := d.local
 		if local.IsValid() {
 			dst = netip.AddrPortFrom(local.Unmap(), d.local.Port())
 		}
-		f.hdr = proxyproto.DatagramHeader(sockaddrAddrPort(f.name()), dst)
+		f.hdr = string(proxyproto.DatagramHeader(sockaddrAddrPort(f.name()), dst))
 	}
 	if fd >= len(l.flows.table) {
 		table := make([]*flow, max(2*len(l.flows.table), fd+1, 64))
@@ -409,6 +482,8 @@ func (l *loop) insertFlow(ln *listenerFD, f *flow, local netip.Addr) {
 	}
 	l.flows.table[fd] = f
 	d.flows[f.key] = f
+	f.state = flowsWaiting
+	l.link(f)
 	l.flows.count++
 	l.active++
 	l.idleAt = 0
@@ -436,6 +511,7 @@ func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 	r.listener = f.listener
 	b := r.b
 	f.seen = l.flows.tick
+	l.touch(f, flowsAnswered)
 	for {
 		if r.used == dgramBatch {
 			l.flushReplies(r)
@@ -488,7 +564,7 @@ func (l *loop) replyBatch(slot int) *replies {
 // messages for f's client.
 func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
 	if f.nameLen <= 2 {
-		l.s.dgram.dropped.Add(int64(n)) // the client has no address to reply to
+		l.drop(&l.s.dgram.noAddress, n) // the client has no address to reply to
 		return
 	}
 	b := r.b
@@ -502,8 +578,8 @@ func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
 		o.Hdr = unix.Msghdr{Name: unsafe.StringData(f.key), Namelen: uint32(f.nameLen)}
 		b.iov[k].SetLen(int(m.Len))
 		o.Hdr.Iov, o.Hdr.Iovlen = &b.iov[k], 1
-		if f.oob != nil {
-			o.Hdr.Control = &f.oob[0]
+		if f.oob != "" {
+			o.Hdr.Control = unsafe.StringData(f.oob)
 			o.Hdr.SetControllen(len(f.oob))
 		}
 		o.Len = m.Len
@@ -517,25 +593,11 @@ func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
 // client's socket is gone (ECONNREFUSED on unix), or the listener's buffer
 // is full.
 func (l *loop) flushReplies(r *replies) {
-	msgs := r.b.out[:r.out]
 	ln := l.listeners[r.listener]
+	sent, bytes := l.sendOrDrop(ln.fd, r.b.out[:r.out], !ln.dgram.unix, nil)
 	r.used, r.out = 0, 0
-	for len(msgs) > 0 {
-		sent, bytes, e := l.sendDatagrams(ln.fd, msgs, !ln.dgram.unix)
-		if sent > 0 {
-			l.s.bytesOut.Add(bytes)
-			l.s.dgram.out.Add(int64(sent))
-		}
-		msgs = msgs[sent:]
-		if len(msgs) > 0 && e != unix.EINTR {
-			l.s.dgram.dropped.Add(1)
-			msgs = msgs[1:]
-			if e == unix.EAGAIN {
-				l.s.dgram.dropped.Add(int64(len(msgs)))
-				return
-			}
-		}
-	}
+	l.s.bytesOut.Add(bytes)
+	l.s.dgram.out.Add(sent)
 }
 
 // sendReplies flushes every reply batch; the loop calls it once it has
@@ -576,6 +638,7 @@ func (l *loop) closeFlow(f *flow, why string) {
 		}
 		delete(l.flows.held, f.fd)
 	}
+	l.unlink(f)
 	l.flows.table[f.fd] = nil
 	delete(l.listeners[f.listener].dgram.flows, f.key)
 	unix.Close(int(f.fd))
@@ -697,6 +760,11 @@ func sockaddrAddrPort(b []byte) netip.AddrPort {
 // dgramCounters are the datagram totals behind Stats.
 type dgramCounters struct {
 	flows, opened, in, out, dropped, truncated, refused, segmented atomic.Int64
+	// The reasons behind dropped (refused is one too): a full socket
+	// buffer, a datagram too big for the backend's socket, another error
+	// of a send, a new client that got no flow, a reply for a client with
+	// no address; and the flows evicted to make room for new ones.
+	full, tooBig, sendErrors, noFlow, noAddress, evicted atomic.Int64
 }
 
 // flowWaiter is the flow an entry of a lookup's list stands for (at < 0),
@@ -716,7 +784,7 @@ func (l *loop) flowWaiter(d deadline) *flow {
 // ones are dropped (the client retries, as over any lossy path).
 func (l *loop) hold(f *flow, payload []byte) {
 	if _, ok := l.flows.held[f.fd]; ok {
-		l.s.dgram.dropped.Add(1)
+		l.drop(&l.s.dgram.noFlow, 1)
 		return
 	}
 	if l.flows.held == nil {
@@ -748,7 +816,7 @@ func (l *loop) flowResolved(f *flow, r resolution) {
 	if err != nil {
 		l.s.backendErrors.Add(1)
 		if ok {
-			l.s.dgram.dropped.Add(1)
+			l.drop(&l.s.dgram.noFlow, 1)
 		}
 		l.warn(warnBackend, "cannot reach the backend of a flow, dropping its datagrams", err.Error(),
 			"client", flowClient(f), "backend", ln.backend.String(), "error", err.Error())
@@ -761,8 +829,8 @@ func (l *loop) flowResolved(f *flow, r resolution) {
 	iov := [2]unix.Iovec{}
 	msg := [1]unix.Mmsghdr{}
 	n := 0
-	if f.hdr != nil {
-		iov[0] = unix.Iovec{Base: unsafe.SliceData(f.hdr)}
+	if f.hdr != "" {
+		iov[0] = unix.Iovec{Base: unsafe.StringData(f.hdr)}
 		iov[0].SetLen(len(f.hdr))
 		n++
 	}
@@ -779,6 +847,6 @@ func (l *loop) flowResolved(f *flow, r resolution) {
 		l.s.bytesIn.Add(int64(len(held)))
 		l.s.dgram.in.Add(1)
 	} else {
-		l.s.dgram.dropped.Add(1)
+		l.drop(&l.s.dgram.sendErrors, 1)
 	}
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
@@ -187,25 +188,189 @@ func TestFlowKeptWhileActive(t *testing.T) {
 
 // TestFlowLimit: -c counts flows; past it, datagrams of new clients are
 // dropped with one warning, and a client gets in once a flow expires.
-func TestFlowLimit(t *testing.T) {
-	be := udpEcho(t, "udp", "127.0.0.1:0", "")
-	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{MaxConnections: 2, FlowIdleTimeout: 500 * time.Millisecond})
-	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("1"))
-	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("2"))
-	late := udpClient(t, "127.0.0.1:0", "")
+// TestFlowLimitEvictsAnsweredFirst: past the flow budget a new client is
+// served, in the place of the least recently active flow that was
+// answered; a flow still waiting for its reply keeps its place, and gets
+// the reply when it comes.
+func TestFlowLimitEvictsAnsweredFirst(t *testing.T) {
+	// The backend answers at once, but a "wait" datagram only when a
+	// "release" one comes.
+	be, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { be.Close(); wg.Wait() })
+	wg.Go(func() {
+		var waiting net.Addr
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := be.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			switch string(buf[:n]) {
+			case "wait":
+				waiting = from
+			case "release":
+				be.WriteTo([]byte("late"), waiting)
+				be.WriteTo([]byte("released"), from)
+			default:
+				be.WriteTo(buf[:n], from)
+			}
+		}
+	})
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{MaxFlows: 2})
 	dst := netip.MustParseAddrPort(r.addr)
-	for range 5 {
-		late.WriteToUDPAddrPort([]byte("3"), dst)
+	answered := udpClient(t, "127.0.0.1:0", "")
+	exchange(t, answered, r.addr, []byte("1"))
+	waiting := udpClient(t, "127.0.0.1:0", "")
+	waiting.WriteToUDPAddrPort([]byte("wait"), dst)
+	waitFor(t, "the waiting flow", func() bool { return r.srv.Stats().DatagramsIn == 2 })
+	late := udpClient(t, "127.0.0.1:0", "")
+	if got, _ := exchange(t, late, r.addr, []byte("release")); string(got) != "released" {
+		t.Fatalf("third client: reply %q", got)
 	}
-	waitFor(t, "5 datagrams refused", func() bool { return r.srv.Stats().Refused == 5 })
-	if s := r.srv.Stats(); s.Flows != 2 || s.DatagramsDropped != 5 {
-		t.Fatalf("stats %+v: want 2 flows and 5 dropped", s)
+	buf := make([]byte, 64)
+	n, _, err := waiting.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "late" {
+		t.Fatalf("the waiting client: %q, %v; its flow was evicted instead of the answered one", buf[:n], err)
 	}
-	if n := strings.Count(r.logs.String(), `level=WARN msg="connection limit reached, dropping datagrams`); n != 1 {
-		t.Errorf("%d warnings for 5 dropped datagrams, want 1:\n%s", n, r.logs)
+	if s := r.srv.Stats(); s.Flows != 2 || s.FlowsEvicted != 1 || s.DatagramsDropped != 0 || s.Refused != 0 {
+		t.Fatalf("stats %+v: want 2 flows, 1 evicted, nothing dropped or refused", s)
 	}
-	waitFor(t, "the flows to expire", func() bool { return r.srv.Stats().Flows == 0 })
-	exchange(t, late, r.addr, []byte("3"))
+	if !strings.Contains(r.logs.String(), "hint=\"raise it with --flows-max\"") {
+		t.Errorf("the warning does not say which option raises the limit:\n%s", r.logs)
+	}
+	// The evicted client is served again, in a new flow.
+	exchange(t, answered, r.addr, []byte("4"))
+}
+
+// TestFlowFloodKeepsServingEveryone: one datagram from each of thousands
+// of source addresses, far past a small connection limit and the flow
+// budget, keeps out neither stream clients of the same proxy nor a new
+// datagram client.
+func TestFlowFloodKeepsServingEveryone(t *testing.T) {
+	noLeak(t)
+	// One port for the UDP and the TCP echo backend.
+	var be net.PacketConn
+	var port string
+	for attempt := 0; ; attempt++ {
+		be = udpEcho(t, "udp", "127.0.0.1:0", "")
+		_, port, _ = net.SplitHostPort(be.LocalAddr().String())
+		if tcp, err := net.Listen("tcp", "127.0.0.1:"+port); err == nil {
+			serveBackend(t, tcp, echo)
+			break
+		}
+		if attempt == 5 {
+			t.Fatal("no port free for both UDP and TCP")
+		}
+	}
+	stream, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const maxConns, maxFlows = 4, 64
+	r := startDgram(t, "127.0.0.1:0", "127.0.0.1:"+port, Config{MaxConnections: maxConns, MaxFlows: maxFlows,
+		Listeners: []activation.Listener{stream}})
+	dst := netip.MustParseAddrPort(r.addr)
+	const sources = 2000
+	for i := range sources {
+		src := netip.AddrFrom4([4]byte{127, 0, byte(1 + i/250), byte(2 + i%250)})
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
+			unix.Close(fd)
+			t.Fatalf("bind %s: %v", src, err)
+		}
+		err = unix.Sendto(fd, []byte("q"), 0, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
+		unix.Close(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (i+1)%100 == 0 { // in bursts the listener's receive buffer holds
+			waitFor(t, "the burst forwarded or dropped", func() bool {
+				s := r.srv.Stats()
+				return s.DatagramsIn+s.DatagramsDropped >= int64(i+1)
+			})
+		}
+	}
+	if s := r.srv.Stats(); s.Flows > maxFlows || s.FlowsEvicted < sources-maxFlows || s.DatagramsDropped != 0 {
+		t.Fatalf("stats %+v: want at most %d flows, at least %d evicted, none dropped", s, maxFlows, sources-maxFlows)
+	}
+	for range maxConns {
+		roundTrip(t, stream.Addr().String(), []byte("stream clients are served"))
+	}
+	if got, _ := exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("new")); string(got) != "new" {
+		t.Fatalf("a new datagram client: reply %q", got)
+	}
+}
+
+// TestOversizedDatagramDropsAlone: a datagram the backend's socket
+// refuses for its size (EMSGSIZE) is dropped and counted alone; the ones
+// read in the same batch after it are forwarded, in order. The datagrams
+// are queued on the listener before the proxy starts, so that they are
+// read in one batch.
+func TestOversizedDatagramDropsAlone(t *testing.T) {
+	for _, tt := range []struct {
+		name, listen, client string
+		big                  int
+		cfg                  Config
+	}{
+		// Legal over IPv6, too big for an IPv4 socket.
+		{name: "IPv6 client, IPv4 backend", listen: "[::1]:0", client: "[::1]:0", big: 65527},
+		// The largest IPv4 datagram, with a PROXY header before it.
+		{name: "PROXY header", listen: "127.0.0.1:0", client: "127.0.0.1:0", big: 65507, cfg: Config{ProxyProtocol: proxyproto.V2}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if strings.HasPrefix(tt.listen, "[") && !hasIPv6() {
+				testutil.Unavailable(t, "no ::1")
+			}
+			got := make(chan string, 16)
+			be, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			t.Cleanup(func() { be.Close(); wg.Wait() })
+			wg.Go(func() {
+				buf := make([]byte, 70000)
+				for {
+					n, _, err := be.ReadFrom(buf)
+					if err != nil {
+						return
+					}
+					got <- string(buf[max(0, n-1):n]) // the payload's last byte, after any header
+				}
+			})
+			ln, err := activation.ListenDatagram(tt.listen, activation.DefaultSocketMode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := udpClient(t, tt.client, "")
+			dst := netip.MustParseAddrPort(ln.Addr().String())
+			want := "abcdef"
+			c.WriteToUDPAddrPort([]byte("a"), dst)
+			if _, err := c.WriteToUDPAddrPort(bytes.Repeat([]byte("X"), tt.big), dst); err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range want[1:] {
+				c.WriteToUDPAddrPort([]byte{byte(b)}, dst)
+			}
+			r := startOn(t, ln, be.LocalAddr().String(), tt.cfg)
+			for i := range want {
+				if b := recv(t, got, "datagram "+want[i:i+1]); b != want[i:i+1] {
+					t.Fatalf("backend got %q, want %q", b, want[i:i+1])
+				}
+			}
+			waitFor(t, "the count", func() bool { return r.srv.Stats().DatagramsDropped == 1 })
+			if s := r.srv.Stats(); s.DroppedTooBig != 1 || s.DatagramsIn != int64(len(want)) {
+				t.Fatalf("stats %+v: want %d forwarded, 1 dropped as too big", s, len(want))
+			}
+		})
+	}
 }
 
 // TestFlowBackendRefused: an ICMP port unreachable is counted and logged

@@ -68,7 +68,7 @@ func (l *loop) handoff() {
 		}
 		err = l.s.cfg.Reload(b, fds)
 		for _, ln := range l.listeners {
-			l.add(ln.fd, unix.EPOLLIN|unix.EPOLLET, 0)
+			l.add(ln.fd, listenerEvents, 0)
 		}
 	}
 	if err != nil && b == nil {
@@ -318,6 +318,13 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	c.tcp = rc.TCP
 	if err := carriedSocket(rc.FD[0], "client"); err != nil {
 		return err
+	}
+	if c.packets {
+		// Carried from an image that did not set it, perhaps.
+		passCredentials(rc.FD[0])
+		if rc.State == handoff.Open {
+			passCredentials(rc.FD[1])
+		}
 	}
 	var pipes [2]*pipe
 	var err error

@@ -23,6 +23,9 @@ const (
 	bufSize = 16 << 10
 	// maxEvents is how many events one wait returns at most.
 	maxEvents = 256
+	// listenerEvents: a listener is read (accepted from) until EAGAIN
+	// after each edge.
+	listenerEvents = unix.EPOLLIN | unix.EPOLLET
 	// trimInterval is how long a free pipe may stay unused before it is
 	// closed.
 	trimInterval = time.Second
@@ -193,7 +196,7 @@ func newLoop(s *Server) (*loop, error) {
 	for _, ln := range s.cfg.Listeners {
 		fd, err := listenerFDOf(ln.Listener)
 		if err == nil {
-			err = l.add(fd, unix.EPOLLIN|unix.EPOLLET, 0)
+			err = l.add(fd, listenerEvents, 0)
 		}
 		if err != nil {
 			l.close()
@@ -288,6 +291,14 @@ func reserveDescriptors(fd, n int) {
 func (l *loop) add(fd int, events uint32, gen uint32) error {
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: int32(gen)}
 	return unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+}
+
+// rearm has epoll look at fd afresh: modifying an edge-triggered
+// registration checks the socket's readiness again, and queues an event if
+// it is ready, as if a new edge had come.
+func (l *loop) rearm(fd int, events uint32, gen uint32) {
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: int32(gen)}
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
 }
 
 func (l *loop) now() int64 { return int64(time.Since(l.epoch)) }
@@ -689,7 +700,7 @@ func (l *loop) accept(i int) {
 			l.warn(warnOther, "cannot accept", err.Error(), "listener", l.listeners[i].name, "error", err.Error())
 			return
 		}
-		if l.active >= l.s.cfg.MaxConnections {
+		if l.active-l.flows.count >= l.s.cfg.MaxConnections {
 			l.refuse() // counted before the client can see the close
 			unix.Close(nfd)
 			continue
@@ -727,7 +738,7 @@ func (l *loop) resumeAccepting() {
 // the warning is rate-limited so a flood cannot fill the journal.
 func (l *loop) refuse() {
 	l.s.refused.Add(1)
-	l.warn(warnRefused, "connection limit reached, refusing clients", "", "max", l.s.cfg.MaxConnections)
+	l.warn(warnRefused, "connection limit reached, refusing clients", "", "max_connections", l.s.cfg.MaxConnections, "hint", "raise it with -c/--connections-max")
 }
 
 // track records the connection's descriptor in the table.

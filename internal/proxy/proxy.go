@@ -48,9 +48,16 @@ type Config struct {
 	// Resolver looks up backend host names; nil means net.DefaultResolver.
 	// ConnectTimeout bounds each lookup.
 	Resolver *net.Resolver
-	// MaxConnections is the most clients proxied at once; zero means
-	// DefaultMaxConnections. Client MaxConnections+1 is accepted and closed.
+	// MaxConnections is the most connections (stream and sequential-packet
+	// clients) proxied at once; zero means DefaultMaxConnections. Client
+	// MaxConnections+1 is accepted and closed. Datagram flows do not count.
 	MaxConnections int
+	// MaxFlows is the most datagram flows open at once, over every
+	// listener; zero means a share of the open files limit (at most
+	// MaxFlowsCap). Past it, a new client's flow takes the place of the
+	// least recently active one, an answered one first: a new client is
+	// never kept out (flowbudget.go).
+	MaxFlows int
 	// ExitIdleTime ends Run after this long without a connection, counted
 	// from start-up too; zero or negative means never.
 	ExitIdleTime time.Duration
@@ -138,14 +145,21 @@ type Stats struct {
 
 	// Datagram listeners (flow.go): Active, Accepted and Refused count
 	// connections only; BytesIn and BytesOut count datagrams' bytes too.
-	Flows              int64 // datagram flows open now (they count against -c)
+	Flows              int64 // datagram flows open now (Config.MaxFlows bounds them)
 	FlowsOpened        int64 // flows opened since start
 	DatagramsIn        int64 // datagrams forwarded client to backend
 	DatagramsOut       int64 // datagrams forwarded backend to client
-	DatagramsDropped   int64 // datagrams not forwarded: limit, backend down, buffer full
+	DatagramsDropped   int64 // datagrams not forwarded, for any of the reasons below (truncated aside)
 	DatagramsTruncated int64 // datagrams larger than the proxy reads, dropped whole
 	DatagramsSegmented int64 // datagrams sent as segments of one UDP_SEGMENT message (GSO)
-	BackendRefused     int64 // ICMP port unreachable (ECONNREFUSED) on a flow
+	BackendRefused     int64 // ICMP port unreachable (ECONNREFUSED) on a flow: dropped
+	// The other reasons a datagram is dropped.
+	DroppedBufferFull int64 // a socket buffer full (EAGAIN, ENOBUFS)
+	DroppedTooBig     int64 // larger than the backend's socket takes (EMSGSIZE)
+	DroppedSendError  int64 // another error of the send (EPERM from a firewall, unreachable, ...)
+	DroppedNoFlow     int64 // no flow could be opened for a new client (limit, descriptors, backend)
+	DroppedNoAddress  int64 // a reply for a unix client without an address
+	FlowsEvicted      int64 // flows closed to make room for a new client's
 
 	BusyPollHits int64 // waits that found an event while spinning (Config.BusyPoll)
 }
@@ -251,6 +265,12 @@ func (s *Server) Stats() Stats {
 		DatagramsTruncated: s.dgram.truncated.Load(),
 		DatagramsSegmented: s.dgram.segmented.Load(),
 		BackendRefused:     s.dgram.refused.Load(),
+		DroppedBufferFull:  s.dgram.full.Load(),
+		DroppedTooBig:      s.dgram.tooBig.Load(),
+		DroppedSendError:   s.dgram.sendErrors.Load(),
+		DroppedNoFlow:      s.dgram.noFlow.Load(),
+		DroppedNoAddress:   s.dgram.noAddress.Load(),
+		FlowsEvicted:       s.dgram.evicted.Load(),
 
 		BusyPollHits: s.busyPollHits.Load(),
 	}

@@ -60,7 +60,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
 		}
-		n, flags, e := rawRecvmsg(src, buf)
+		n, flags, message, e := recvMessage(src, buf)
 		if flags&unix.MSG_CTRUNC != 0 {
 			l.descriptorsDropped(c, d) // the message itself goes on whole
 		}
@@ -76,7 +76,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 		case flags&unix.MSG_TRUNC != 0:
 			l.abort(c, errMessageTooBig)
 			return false
-		case n == 0 && peerShut(src):
+		case n == 0 && !message:
 			dir.flags |= srcEOF
 			continue
 		}
@@ -94,13 +94,35 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 	}
 }
 
-// peerShut tells an end of stream from a message of zero bytes, which
-// read alike: only the first comes with the peer's shutdown. (A zero-byte
-// message sent just before the peer's shutdown is taken for the end.)
-func peerShut(fd int) bool {
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-	n, err := unix.Poll(fds, 0)
-	return err != nil || (n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0)
+// passCredentials asks the kernel to attach the sender's credentials to
+// each message read from a sequential-packet socket. They are how a
+// message of zero bytes is told from the end of the stream, which read
+// alike, even with messages queued behind the empty one when the peer shuts
+// down: only a message comes with credentials.
+func passCredentials(fd int) {
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+}
+
+// credSpace is room for the SCM_CREDENTIALS message each read carries, and
+// no more: descriptors a client sends along (SCM_RIGHTS) find no room, so
+// the kernel closes them instead of installing them here, and says so with
+// MSG_CTRUNC.
+var credSpace = unix.CmsgSpace(unix.SizeofUcred)
+
+// recvMessage reads one message into p. message says a message was read,
+// perhaps an empty one, rather than the end of the stream: it came with
+// the credentials passCredentials asked for.
+func recvMessage(fd int, p []byte) (n, flags int, message bool, e unix.Errno) {
+	var oob [64]byte
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	msg := unix.Msghdr{Iov: &iov, Iovlen: 1, Control: &oob[0]}
+	msg.SetControllen(credSpace)
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
+	if e != 0 {
+		return 0, 0, false, e
+	}
+	return int(r), int(msg.Flags), r > 0 || msg.Controllen > 0, 0
 }
 
 // rawWriteMsg sends b as one message (a zero-length one too, which write

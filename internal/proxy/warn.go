@@ -37,6 +37,7 @@ const (
 	warnBackend
 	warnDescriptors
 	warnOther
+	warnFlows
 	warnKinds
 )
 
@@ -46,6 +47,7 @@ func newBursts() [warnKinds]burst {
 		warnBackend:     {summary: "%d more clients could not reach the backend in the last %s: %s"},
 		warnDescriptors: {summary: "%d more times out of descriptors in the last %s: %s"},
 		warnOther:       {summary: "%d more client errors in the last %s: %s"},
+		warnFlows:       {summary: "%d more flows were evicted at the flow limit in the last %s"},
 	}
 }
 
