@@ -113,7 +113,7 @@ type replies struct {
 
 // flowState is the loop's datagram state.
 type flowState struct {
-	table   []*flow // by backend descriptor
+	table []*flow // by backend descriptor
 	// lru orders the flows by activity, by the state of their exchange;
 	// max is the budget (Config.MaxFlows), evict past it (flowbudget.go).
 	lru     [2]flowList
