@@ -10,6 +10,7 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
 )
 
 // checkBackends makes sure every listener has somewhere to go, its own
@@ -17,11 +18,11 @@ import (
 // NAME is a listener's (systemd #15599): a typo in a name would otherwise
 // send that socket's clients to the default backend.
 func checkBackends(listeners []activation.Listener, def backend.Address, named map[string]backend.Address) error {
-	have := make(map[string]bool, len(listeners))
+	have := make(map[string]bool, 2*len(listeners))
 	for _, l := range listeners {
-		have[l.Name] = true
-		if _, ok := named[l.Name]; !ok && def.Network == "" {
-			return fmt.Errorf("socket %s has no backend: add --backend %s=ADDRESS, or give a default backend address", describe(l), l.Name)
+		have[l.Name], have[l.Label()] = true, true
+		if _, ok := proxy.NamedBackend(named, l); !ok && def.Network == "" {
+			return fmt.Errorf("socket %s has no backend: add --backend %s=ADDRESS, or give a default backend address", describe(l), l.Label())
 		}
 	}
 	var unknown []string
@@ -36,7 +37,7 @@ func checkBackends(listeners []activation.Listener, def backend.Address, named m
 		for _, l := range listeners {
 			names = append(names, describe(l))
 		}
-		return fmt.Errorf("--backend names no socket %q: the sockets are %s (set FileDescriptorName= in the .socket unit)",
+		return fmt.Errorf("--backend names no socket %q: the sockets are %s, each known by its name or by NAME/TYPE (set FileDescriptorName= in the .socket unit)",
 			unknown[0], strings.Join(names, ", "))
 	}
 	return nil
@@ -45,9 +46,9 @@ func checkBackends(listeners []activation.Listener, def backend.Address, named m
 // describe names a listener the way the user set it up.
 func describe(l activation.Listener) string {
 	if l.FD < 0 {
-		return fmt.Sprintf("%q (--listen)", l.Name)
+		return fmt.Sprintf("%q (--listen)", l.Label())
 	}
-	return fmt.Sprintf("%q (fd %d)", l.Name, l.FD)
+	return fmt.Sprintf("%q (fd %d)", l.Label(), l.FD)
 }
 
 // announce logs one line per listener at start-up: what it is (its name,
@@ -55,11 +56,11 @@ func describe(l activation.Listener) string {
 // of --listen 127.0.0.1:0 can be found, and where its clients go.
 func announce(log *slog.Logger, listeners []activation.Listener, def backend.Address, named map[string]backend.Address) {
 	for _, l := range listeners {
-		b, ok := named[l.Name]
+		b, ok := proxy.NamedBackend(named, l)
 		if !ok {
 			b = def
 		}
-		attrs := []any{"listener", l.Name}
+		attrs := []any{"listener", l.Label()}
 		if l.FD >= 0 {
 			attrs = append(attrs, "fd", l.FD)
 		}

@@ -412,23 +412,23 @@ func TestStartupNamesListeners(t *testing.T) {
 	_, backend := echoTCP(t, "127.0.0.1:0")
 	fd, inhAddr := inheritTCP(t, "web")
 	p := start(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", backend}, fds: []inherited{fd}})
-	if err := p.waitStderr("listening listener=127.0.0.1:0 ", 10*time.Second); err != nil {
+	if err := p.waitStderr("listening listener=127.0.0.1:0/tcp ", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`listening listener=127\.0\.0\.1:0 address=(127\.0\.0\.1:[0-9]+) backend=` + regexp.QuoteMeta(backend) + `\n`).
+	m := regexp.MustCompile(`listening listener=127\.0\.0\.1:0/tcp address=(127\.0\.0\.1:[0-9]+) backend=` + regexp.QuoteMeta(backend) + `\n`).
 		FindStringSubmatch(p.stderr.String())
 	if m == nil {
 		t.Fatalf("no line names the --listen port and the backend:\n%s", p.stderr.String())
 	}
 	mustEcho(t, dial(t, "tcp", m[1]), 1000)
-	if want := "listening listener=web fd=3 address=" + inhAddr + " backend=" + backend + "\n"; !strings.Contains(p.stderr.String(), want) {
+	if want := "listening listener=web/tcp fd=3 address=" + inhAddr + " backend=" + backend + "\n"; !strings.Contains(p.stderr.String(), want) {
 		t.Errorf("no line %q:\n%s", want, p.stderr.String())
 	}
 
 	// Only LISTEN_FDS and LISTEN_FDNAMES, as a shell that inherited them
 	// from a unit might: not for us, so --listen alone serves.
 	q := start(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", backend}, env: []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=web"}})
-	if err := q.waitStderr("listening listener=127.0.0.1:0 ", 10*time.Second); err != nil {
+	if err := q.waitStderr("listening listener=127.0.0.1:0/tcp ", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(q.stderr.String(), "web") {

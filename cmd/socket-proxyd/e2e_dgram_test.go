@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +149,52 @@ func TestEveryKindOfSocket(t *testing.T) {
 	}
 	if s := p.stderr.String(); strings.Contains(s, "level=WARN") || strings.Contains(s, "<4>") {
 		t.Errorf("warnings:\n%s", s)
+	}
+}
+
+// TestSameNameTCPAndUDPTakeOwnBackends: a socket unit with ListenStream=53
+// and ListenDatagram=53 names both descriptors after itself, and --listen
+// and --listen-datagram of one address name both after it: NAME/tcp and
+// NAME/udp send each to a backend of its own, and the log lines say which
+// socket is which.
+func TestSameNameTCPAndUDPTakeOwnBackends(t *testing.T) {
+	t.Parallel()
+	udpBackend := echoPackets(t, "udp", "127.0.0.1:0", "udp:")
+	_, tcpBackend := echoTCP(t, "127.0.0.1:0")
+	_, otherTCP := echoTCP(t, "127.0.0.1:0")
+	udp := listenUDP(t)
+	tcpFD, tcpAddr := inheritTCP(t, "dns.socket")
+	p := start(t, binary, launch{
+		args: []string{otherTCP, "--backend", "dns.socket/udp=" + udpBackend, "--backend", "dns.socket/tcp=" + tcpBackend,
+			"--listen", "127.0.0.1:0", "--listen-datagram", "127.0.0.1:0", "--backend", "127.0.0.1:0/udp=" + udpBackend},
+		fds: []inherited{{file: fileOf(t, udp), name: "dns.socket"}, tcpFD},
+	})
+	for _, want := range []string{
+		"listening listener=dns.socket/udp fd=3 address=" + udp.LocalAddr().String() + " backend=" + udpBackend + "\n",
+		"listening listener=dns.socket/tcp fd=4 address=" + tcpAddr + " backend=" + tcpBackend + "\n",
+		"listening listener=127.0.0.1:0/tcp ",
+		"listening listener=127.0.0.1:0/udp ",
+	} {
+		if err := p.waitStderr(want, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := askDatagram(t, c, udp.LocalAddr(), "hello"); got != "udp:hello" {
+		t.Errorf("UDP reply %q", got)
+	}
+	mustEcho(t, dial(t, "tcp", tcpAddr), 1000)
+	m := regexp.MustCompile(`listener=127\.0\.0\.1:0/udp address=(127\.0\.0\.1:[0-9]+) `).FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		t.Fatalf("no line names the --listen-datagram port:\n%s", p.stderr.String())
+	}
+	to, _ := net.ResolveUDPAddr("udp", m[1])
+	if got := askDatagram(t, c, to, "again"); got != "udp:again" {
+		t.Errorf("--listen-datagram reply %q", got)
 	}
 }
 

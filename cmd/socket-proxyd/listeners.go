@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
 )
@@ -47,7 +48,7 @@ func listenPackets(listeners []activation.Listener, opts options) ([]activation.
 // a line for streams.
 func checkKinds(listeners []activation.Listener, opts options) error {
 	for _, l := range listeners {
-		b, ok := opts.named[l.Name]
+		b, ok := proxy.NamedBackend(opts.named, l)
 		if !ok {
 			b = opts.backend
 		}

@@ -155,6 +155,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Listeners:       listeners,
 		Backend:         opts.backend,
 		MaxConnections:  opts.maxConnections,
+		MaxFlows:        opts.maxFlows,
 		ExitIdleTime:    exitIdleTime(opts.exitIdleTime),
 		Backends:        opts.named,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),

@@ -24,6 +24,7 @@ type options struct {
 	backend        backend.Address            // zero when only --backend is given
 	named          map[string]backend.Address // --backend NAME=ADDRESS
 	maxConnections int
+	maxFlows       int // 0: the proxy's default, from the open files limit
 	exitIdleTime   time.Duration // timespan.Infinity: never; 0: as soon as nothing is open
 	listen         []string
 	socketMode     os.FileMode // of --listen unix socket files
@@ -57,7 +58,12 @@ socket-proxyd [OPTIONS...] SOCKET
 Bidirectionally proxy local sockets to another (possibly remote) socket.
 
   -c --connections-max=N     Set the maximum number of connections to be
-                             accepted (default: 256)
+                             accepted (default: 256); datagram flows do not
+                             count, see --flows-max
+     --flows-max=N           Keep at most N datagram flows open; past it a
+                             new client's flow replaces the least recently
+                             active one, an answered one first (default:
+                             from the open files limit, at most 16384)
      --exit-idle-time=SPAN   Exit when without a connection for this duration;
                              0 exits as soon as none is open. See the
                              systemd.time(7) man page for time span format
@@ -76,7 +82,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              (default: 0666)
      --backend=NAME=ADDRESS  Forward the socket named NAME (its
                              FileDescriptorName=, or the --listen ADDRESS) to
-                             ADDRESS instead; may be repeated
+                             ADDRESS instead; NAME/TYPE (tcp, udp, unix,
+                             unixgram, unixpacket) picks one of two sockets
+                             of one name; may be repeated
      --connect-timeout=SPAN  Keep retrying a refused or missing backend for
                              up to SPAN; 0 tries once (default: 10s)
      --idle-timeout=SPAN     Close a connection without traffic either way
@@ -97,7 +105,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              systemd's fd store for the next instance instead
                              of draining them; always: also keep each one in
                              the store while it is open, so that a crash and
-                             Restart= lose none (default: no)
+                             Restart= lose no stream connection (datagram
+                             flows and sequential-packet connections are
+                             kept on stop only) (default: no)
      --busy-poll=SPAN        After traffic, poll for up to SPAN (at most 1ms)
                              before sleeping: lower latency for more CPU
                              time (default: 0)
@@ -130,6 +140,7 @@ func parseOptions(args []string) (options, error) {
 	var named []string
 	table := []getopt.Option{
 		{Long: "connections-max", Short: 'c', Arg: true, Original: true, Set: positiveInt(&opts.maxConnections)},
+		{Long: "flows-max", Arg: true, Set: positiveInt(&opts.maxFlows)},
 		{Long: "exit-idle-time", Arg: true, Original: true, Set: span(&opts.exitIdleTime)},
 		{Long: "help", Short: 'h', Original: true, Stop: true, Set: flag(&opts.help)},
 		{Long: "version", Original: true, Stop: true, Set: flag(&opts.version)},
@@ -244,6 +255,9 @@ func (o options) commandLine() []string {
 		"--proxy-protocol=" + o.proxyProtocol.String(),
 		"--fdstore=" + string(o.fdstore),
 		"--busy-poll=" + timespan.Format(o.busyPoll),
+	}
+	if o.maxFlows > 0 {
+		args = append(args, "--flows-max="+strconv.Itoa(o.maxFlows))
 	}
 	if o.idleTimeoutSet {
 		// Only when given: it also sets the flows' timeout (not given,

@@ -30,6 +30,16 @@ type Listener struct {
 	FD int
 }
 
+// Network is the listener's type as Go's net names it: tcp, udp, unix
+// (stream), unixgram or unixpacket.
+func (l Listener) Network() string { return l.Addr().Network() }
+
+// Label is the listener's name and type, as in "dns.socket/udp": a TCP
+// and a UDP socket on one port (both named ":53", or both named after
+// their socket unit) are told apart by it, in log lines and in
+// --backend NAME/TYPE=ADDRESS.
+func (l Listener) Label() string { return l.Name + "/" + l.Network() }
+
 // maxInherited bounds LISTEN_FDS, so that a garbage count cannot make us
 // wrap thousands of descriptors that were never passed.
 const maxInherited = 4096

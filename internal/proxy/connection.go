@@ -560,15 +560,12 @@ func (l *loop) logClosed(c *conn, err error) {
 }
 
 func (l *loop) listenerName(c *conn) string {
-	return l.s.cfg.Listeners[c.listener].Name
+	return l.listeners[c.listener].label
 }
 
 // backendOf is where c's listener forwards to.
 func (l *loop) backendOf(c *conn) backend.Address {
-	if b, ok := l.s.cfg.Backends[l.listenerName(c)]; ok {
-		return b
-	}
-	return l.s.cfg.Backend
+	return l.listeners[c.listener].backend
 }
 
 // clientString is the client's address as Go's net prints it; a client on

@@ -393,7 +393,7 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	if l.flows.count >= l.flows.max {
 		l.evictFlow()
 		l.warn(warnFlows, "flow limit reached, closing the least recently active flows to make room for new clients", "",
-			"listener", ln.name, "max_flows", l.flows.max, "hint", "raise it with --flows-max")
+			"listener", ln.label, "max_flows", l.flows.max, "hint", "raise it with --flows-max")
 	}
 	// A host name is looked up for each flow, as for each connection:
 	// the socket is an IPv6 one, which reaches IPv4 addresses too
@@ -435,7 +435,7 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 		} else {
 			l.s.backendErrors.Add(1)
 		}
-		l.warn(kind, "cannot open a flow to the backend, dropping the datagram", err.Error(), "listener", ln.name, "backend", t.name, "error", err.Error())
+		l.warn(kind, "cannot open a flow to the backend, dropping the datagram", err.Error(), "listener", ln.label, "backend", t.name, "error", err.Error())
 		return nil
 	}
 	if l.flows.every > 0 {
@@ -455,7 +455,7 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	}
 	if nameLen <= 2 && d.unix && !d.unbound {
 		d.unbound = true
-		l.s.log.Debug("a unix client without an address cannot get replies: bind its socket to get them; its datagrams are forwarded", "listener", ln.name)
+		l.s.log.Debug("a unix client without an address cannot get replies: bind its socket to get them; its datagrams are forwarded", "listener", ln.label)
 	}
 	return f
 }
@@ -617,7 +617,7 @@ func (l *loop) flowRefused(f *flow) {
 	if !f.refused {
 		f.refused = true
 		if l.s.log.Enabled(context.Background(), slog.LevelDebug) {
-			l.s.log.Debug("backend refused a datagram", "client", flowClient(f), "listener", l.listeners[f.listener].name,
+			l.s.log.Debug("backend refused a datagram", "client", flowClient(f), "listener", l.listeners[f.listener].label,
 				"backend", l.listeners[f.listener].backend.String())
 		}
 	}
@@ -649,7 +649,7 @@ func (l *loop) closeFlow(f *flow, why string) {
 		l.idleAt = l.now() + int64(l.s.cfg.ExitIdleTime)
 	}
 	if l.s.log.Enabled(context.Background(), slog.LevelDebug) && !l.stopping {
-		l.s.log.Debug("flow closed", "client", flowClient(f), "listener", l.listeners[f.listener].name, "reason", why,
+		l.s.log.Debug("flow closed", "client", flowClient(f), "listener", l.listeners[f.listener].label, "reason", why,
 			"duration", time.Duration(l.now()-f.start).Round(time.Millisecond).String())
 	}
 }

@@ -125,7 +125,8 @@ type loop struct {
 
 type listenerFD struct {
 	fd      int
-	name    string
+	name    string // in the handoff record
+	label   string // in log lines: name and type
 	backend backend.Address
 	// static holds the backend's addresses when it is numeric or a unix
 	// socket, resolved once at start-up; nil for a host name.
@@ -202,11 +203,11 @@ func newLoop(s *Server) (*loop, error) {
 			l.close()
 			return nil, fmt.Errorf("listener %q: %v", ln.Name, err)
 		}
-		b, ok := s.cfg.Backends[ln.Name]
+		b, ok := NamedBackend(s.cfg.Backends, ln)
 		if !ok {
 			b = s.cfg.Backend
 		}
-		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, backend: b, static: staticAddrs(b), kind: ln.Kind})
+		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, label: ln.Label(), backend: b, static: staticAddrs(b), kind: ln.Kind})
 		if ln.Kind == activation.Datagram {
 			l.setupDatagram(&l.listeners[len(l.listeners)-1])
 		}
@@ -694,10 +695,10 @@ func (l *loop) accept(i int) {
 			// Out of descriptors: the pending clients stay in the
 			// backlog, and their event is consumed. Accept again when
 			// a connection closes, or after acceptRetry.
-			l.pauseAccepting("cannot accept, pausing until a connection closes", l.listeners[i].name, err)
+			l.pauseAccepting("cannot accept, pausing until a connection closes", l.listeners[i].label, err)
 			return
 		default:
-			l.warn(warnOther, "cannot accept", err.Error(), "listener", l.listeners[i].name, "error", err.Error())
+			l.warn(warnOther, "cannot accept", err.Error(), "listener", l.listeners[i].label, "error", err.Error())
 			return
 		}
 		if l.active-l.flows.count >= l.s.cfg.MaxConnections {

@@ -61,8 +61,9 @@ type Config struct {
 	// ExitIdleTime ends Run after this long without a connection, counted
 	// from start-up too; zero or negative means never.
 	ExitIdleTime time.Duration
-	// Backends gives listeners a backend of their own, by Listener.Name
-	// (--backend NAME=ADDRESS); the others use Backend.
+	// Backends gives listeners a backend of their own, by Listener.Label
+	// or Listener.Name (--backend NAME=ADDRESS, NamedBackend); the others
+	// use Backend.
 	Backends map[string]backend.Address
 	// ConnectTimeout bounds connecting to the backend, retries included: a
 	// refused or missing backend (ECONNREFUSED, ENOENT, EAGAIN) is retried
@@ -127,6 +128,16 @@ type Config struct {
 	// them (handoff.Recover); a group that does not add up is reset and
 	// forgotten.
 	Recover map[string][]int
+}
+
+// NamedBackend is the backend that named (--backend) gives listener l: by
+// its label, name and type ("dns.socket/udp"), or else by its name alone.
+func NamedBackend(named map[string]backend.Address, l activation.Listener) (backend.Address, bool) {
+	if b, ok := named[l.Label()]; ok {
+		return b, true
+	}
+	b, ok := named[l.Name]
+	return b, ok
 }
 
 // Stats are running totals, safe to read while the proxy runs.

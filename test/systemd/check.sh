@@ -249,9 +249,9 @@ scenario_notify() { # Type=notify, --listen, watchdog, journal
 		echo "$json"
 		[[ $(wc -l <<<"$json") == 1 ]] || exit 1
 		for want in "\"CLIENT\":\"127.0.0.1:41234\"" "\"BACKEND\":\"/run/nowhere.sock\"" "\"PRIORITY\":\"4\"" \
-			"\"LISTENER\":\"127.0.0.1:8099\"" \
+			"\"LISTENER\":\"127.0.0.1:8099/tcp\"" \
 			"\"SYSLOG_IDENTIFIER\":\"socket-proxyd\"" "\"ERRNO\":\"2\"" "\"_TRANSPORT\":\"journal\"" \
-			"\"MESSAGE\":\"cannot connect to backend, closing client client=127.0.0.1:41234 listener=127.0.0.1:8099 backend=/run/nowhere.sock "; do
+			"\"MESSAGE\":\"cannot connect to backend, closing client client=127.0.0.1:41234 listener=127.0.0.1:8099/tcp backend=/run/nowhere.sock "; do
 			grep -qF "$want" <<<"$json" || { echo "missing $want"; exit 1; }
 		done'
 	systemctl stop spx-journal.service
