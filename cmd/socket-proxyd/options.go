@@ -24,7 +24,7 @@ type options struct {
 	backend        backend.Address            // zero when only --backend is given
 	named          map[string]backend.Address // --backend NAME=ADDRESS
 	maxConnections int
-	maxFlows       int // 0: the proxy's default, from the open files limit
+	maxFlows       int           // 0: the proxy's default, from the open files limit
 	exitIdleTime   time.Duration // timespan.Infinity: never; 0: as soon as nothing is open
 	listen         []string
 	socketMode     os.FileMode // of --listen unix socket files
