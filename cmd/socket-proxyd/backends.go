@@ -22,7 +22,7 @@ func checkBackends(listeners []activation.Listener, def backend.Address, named m
 	for _, l := range listeners {
 		have[l.Name], have[l.Label()] = true, true
 		if _, ok := proxy.NamedBackend(named, l); !ok && def.Network == "" {
-			return fmt.Errorf("socket %s has no backend: add --backend %s=ADDRESS, or give a default backend address", describe(l), l.Label())
+			return fmt.Errorf("socket %s has no backend: add --backend %s=ADDRESS, or give a default backend address", describe(l), l.Name)
 		}
 	}
 	var unknown []string
@@ -46,9 +46,9 @@ func checkBackends(listeners []activation.Listener, def backend.Address, named m
 // describe names a listener the way the user set it up.
 func describe(l activation.Listener) string {
 	if l.FD < 0 {
-		return fmt.Sprintf("%q (--listen)", l.Label())
+		return fmt.Sprintf("%q (--listen)", l.Name)
 	}
-	return fmt.Sprintf("%q (fd %d)", l.Label(), l.FD)
+	return fmt.Sprintf("%q (fd %d)", l.Name, l.FD)
 }
 
 // announce logs one line per listener at start-up: what it is (its name,

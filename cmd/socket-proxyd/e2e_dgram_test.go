@@ -272,13 +272,11 @@ func TestDatagramStartupErrors(t *testing.T) {
 	}
 }
 
-// TestDigThroughProxy: a real resolver and a real server. dnsmasq answers
-// on 127.0.0.1 at a high port; one proxy process holds a stream socket and
-// a datagram socket on one port, as a .socket unit with ListenStream=53
-// and ListenDatagram=53 passes them; dig asks through it over UDP and TCP.
-func TestDigThroughProxy(t *testing.T) {
-	t.Parallel()
-	dig := testutil.RequireTool(t, "dig", "bind9-dnsutils")
+// startDnsmasq runs a real DNS server on 127.0.0.1, TCP and UDP on one
+// port, that answers A and AAAA for *.example.test (192.0.2.1,
+// 2001:db8::1), until the test ends; it returns its address.
+func startDnsmasq(t *testing.T) string {
+	t.Helper()
 	dnsmasq := testutil.RequireTool(t, "dnsmasq", "dnsmasq-base")
 	// dnsmasq binds its own port for both protocols: find one free for both.
 	var server string
@@ -322,6 +320,18 @@ func TestDigThroughProxy(t *testing.T) {
 		break
 	}
 
+	return server
+}
+
+// TestDigThroughProxy: a real resolver and a real server. dnsmasq answers
+// on 127.0.0.1 at a high port; one proxy process holds a stream socket and
+// a datagram socket on one port, as a .socket unit with ListenStream=53
+// and ListenDatagram=53 passes them; dig asks through it over UDP and TCP.
+func TestDigThroughProxy(t *testing.T) {
+	t.Parallel()
+	dig := testutil.RequireTool(t, "dig", "bind9-dnsutils")
+	server := startDnsmasq(t)
+
 	// One port, both kinds, as systemd passes them.
 	var tcpLn *net.TCPListener
 	var udpConn *net.UDPConn
@@ -351,53 +361,42 @@ func TestDigThroughProxy(t *testing.T) {
 	}
 }
 
-// TestFlowLimitAndExpiry: -c counts flows; a second client past it is
-// dropped with one warning however many datagrams it sends, and served once
-// the first flow has expired after --idle-timeout.
+// TestFlowLimitAndExpiry: -c counts connections, not flows: at -c 1 a
+// second datagram client is served, and a TCP client too; past
+// --flows-max a new client's flow takes the place of the oldest answered
+// one, with one warning that names the option; a flow expires after
+// --idle-timeout.
 func TestFlowLimitAndExpiry(t *testing.T) {
 	t.Parallel()
 	backend := echoPackets(t, "udp", "127.0.0.1:0", "re:")
 	udp := listenUDP(t)
-	p := start(t, binary, launch{args: []string{"-c", "1", "--idle-timeout=1s", backend},
-		fds: []inherited{{file: fileOf(t, udp), name: "dns"}}})
-	first, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
+	p := start(t, binary, launch{args: []string{"-c", "1", "--flows-max=1", "--idle-timeout=1s", backend},
+		fds: []inherited{{file: fileOf(t, udp), name: "dns"}}, env: []string{"SYSTEMD_LOG_LEVEL=debug"}})
+	var clients []net.PacketConn
+	for i := range 3 {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got := askDatagram(t, c, udp.LocalAddr(), "a"); got != "re:a" {
+			t.Fatalf("client %d: reply %q", i, got)
+		}
+		clients = append(clients, c)
+	}
+	if err := p.waitStderr(`flow limit reached, closing the least recently active flows to make room for new clients listener=dns/udp max_flows=1 hint="raise it with --flows-max"`, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	defer first.Close()
-	if got := askDatagram(t, first, udp.LocalAddr(), "a"); got != "re:a" {
+	if n := strings.Count(p.stderr.String(), "warning flow limit reached"); n != 1 {
+		t.Errorf("%d warnings for 2 evictions, want 1:\n%s", n, p.stderr)
+	}
+	// The first client's flow was evicted: it is served in a new one.
+	if got := askDatagram(t, clients[0], udp.LocalAddr(), "b"); got != "re:b" {
 		t.Fatalf("reply %q", got)
 	}
-	second, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
+	// Idle for 1s (plus the sweep's granularity), the flow expires.
+	if err := p.waitStderr("flow closed client="+clients[0].LocalAddr().String()+" listener=dns/udp reason=idle", 10*time.Second); err != nil {
 		t.Fatal(err)
-	}
-	defer second.Close()
-	for range 5 {
-		second.WriteTo([]byte("b"), udp.LocalAddr())
-	}
-	if err := p.waitStderr("dropping datagrams of new clients", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	// Once the first flow expires (1s, plus the sweep's granularity), the
-	// second client gets in.
-	var got string
-	err = poll(10*time.Second, func() bool {
-		second.SetDeadline(time.Now().Add(300 * time.Millisecond))
-		second.WriteTo([]byte("b"), udp.LocalAddr())
-		buf := make([]byte, 10)
-		n, _, err := second.ReadFrom(buf)
-		got = string(buf[:max(n, 0)])
-		return err == nil
-	}, func() string { return "the second client never got in:\n" + p.stderr.String() })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != "re:b" {
-		t.Fatalf("reply %q", got)
-	}
-	if n := strings.Count(p.stderr.String(), "dropping datagrams of new clients"); n != 1 {
-		t.Errorf("%d warnings for the dropped datagrams, want 1:\n%s", n, p.stderr)
 	}
 }
 

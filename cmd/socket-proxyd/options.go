@@ -140,10 +140,10 @@ func parseOptions(args []string) (options, error) {
 	var named []string
 	table := []getopt.Option{
 		{Long: "connections-max", Short: 'c', Arg: true, Original: true, Set: positiveInt(&opts.maxConnections)},
-		{Long: "flows-max", Arg: true, Set: positiveInt(&opts.maxFlows)},
 		{Long: "exit-idle-time", Arg: true, Original: true, Set: span(&opts.exitIdleTime)},
 		{Long: "help", Short: 'h', Original: true, Stop: true, Set: flag(&opts.help)},
 		{Long: "version", Original: true, Stop: true, Set: flag(&opts.version)},
+		{Long: "flows-max", Arg: true, Set: positiveInt(&opts.maxFlows)},
 		{Long: "listen", Arg: true, Set: appendTo(&opts.listen)},
 		{Long: "listen-datagram", Arg: true, Set: appendTo(&opts.listenDatagram)},
 		{Long: "listen-sequential-packet", Arg: true, Set: appendTo(&opts.listenPacket)},

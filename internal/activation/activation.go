@@ -31,14 +31,24 @@ type Listener struct {
 }
 
 // Network is the listener's type as Go's net names it: tcp, udp, unix
-// (stream), unixgram or unixpacket.
-func (l Listener) Network() string { return l.Addr().Network() }
+// (stream), unixgram or unixpacket; "" without a socket.
+func (l Listener) Network() string {
+	if l.Listener == nil {
+		return ""
+	}
+	return l.Addr().Network()
+}
 
 // Label is the listener's name and type, as in "dns.socket/udp": a TCP
 // and a UDP socket on one port (both named ":53", or both named after
 // their socket unit) are told apart by it, in log lines and in
 // --backend NAME/TYPE=ADDRESS.
-func (l Listener) Label() string { return l.Name + "/" + l.Network() }
+func (l Listener) Label() string {
+	if n := l.Network(); n != "" {
+		return l.Name + "/" + n
+	}
+	return l.Name
+}
 
 // maxInherited bounds LISTEN_FDS, so that a garbage count cannot make us
 // wrap thousands of descriptors that were never passed.
