@@ -21,7 +21,7 @@
 # Installed files (PREFIX=/usr/local; the .deb uses PREFIX=/usr):
 #   $(BINDIR)/socket-proxyd                        BINDIR=$(PREFIX)/bin
 #   $(MANDIR)/man8/socket-proxyd.8                 MANDIR=$(PREFIX)/share/man
-#   $(UNITDIR)/proxy-to-nginx*.{socket,service}    UNITDIR=$(PREFIX)/lib/systemd/system
+#   $(UNITDIR)/*.{socket,service} of contrib/systemd UNITDIR=$(PREFIX)/lib/systemd/system
 #   $(PRESETDIR)/90-socket-proxyd.preset           PRESETDIR=$(PREFIX)/lib/systemd/system-preset
 #   $(DOCDIR)/examples/nginx/*.conf                DOCDIR=$(PREFIX)/share/doc/socket-proxyd
 #   $(BASHCOMPDIR)/socket-proxyd                   BASHCOMPDIR=$(PREFIX)/share/bash-completion/completions
@@ -29,7 +29,7 @@
 #   $(FISHCOMPDIR)/socket-proxyd.fish              FISHCOMPDIR=$(PREFIX)/share/fish/vendor_completions.d
 # systemd reads units from /usr/local/lib/systemd/system as well as
 # /usr/lib/systemd/system, and presets from both lib/systemd/system-preset.
-# The units are installed disabled, and the preset says they stay so; their
+# The units are installed disabled, and the preset disables every one; their
 # ExecStart= is rewritten to $(BINDIR)/socket-proxyd. The completion
 # directories are where bash-completion, zsh and fish look (fish under
 # /usr/local only when XDG_DATA_DIRS names /usr/local/share, as most sessions do).

@@ -7,7 +7,9 @@
 #     man page compressed, zsh's file where that distribution's zsh looks,
 #     and the licence: Debian's copyright file, the rpm's %license and tag;
 #   - neither package's scripts enable or start anything, and "systemctl
-#     preset-all" leaves the units disabled (the preset file);
+#     preset-all" on a scratch root with either package's files enables none
+#     of the units (the preset file); removal stops and disables every one;
+#   - the .deb suggests bash-completion;
 #   - the maintainer scripts do what they should for each argument dpkg and
 #     rpm pass (a stub systemctl records it);
 #   - the rpm installs into a scratch root with "rpm --root", its binary runs
@@ -84,7 +86,21 @@ done
 # says configure/remove/purge/upgrade, rpm 1 (install), 2 (upgrade), 0
 # (erase). Run in a mount namespace with /run/systemd/system made up.
 mkdir -p "$tmp/stub"
-printf '#!/bin/sh\necho "systemctl $*" >>"$SPX_LOG"\n' >"$tmp/stub/systemctl"
+# The unit names of each call sorted, so that the test does not depend on
+# the order the script lists them in.
+cat >"$tmp/stub/systemctl" <<'STUB'
+#!/bin/sh
+head= units=
+for a; do
+	case $a in
+	*.socket | *.service) units="$units $a" ;;
+	*) head="$head $a" ;;
+	esac
+done
+# shellcheck disable=SC2086
+[ -z "$units" ] || units=$(printf ' %s\n' $units | LC_ALL=C sort | tr -d '\n')
+echo "systemctl$head$units" >>"$SPX_LOG"
+STUB
 chmod 0755 "$tmp/stub/systemctl"
 rpm -qp --qf '%{POSTIN}' "$rpm" >"$tmp/rpm-postinst" 2>/dev/null
 rpm -qp --qf '%{PREUN}' "$rpm" >"$tmp/rpm-prerm" 2>/dev/null
@@ -95,12 +111,18 @@ calls() { # SCRIPT ARG: what the script asked systemctl to do, on one line
 		'mount -t tmpfs spx /run && mkdir -p /run/systemd/system && sh "$0" "$1"' "$1" "$2" || echo "exit $?"
 	paste -sd';' "$tmp/calls"
 }
-stop="systemctl stop proxy-to-nginx*.socket;systemctl stop proxy-to-nginx*.service"
+# Removal stops every unit the package ships, sockets first, and disables
+# them all: the list in the script must name every unit in contrib/systemd.
+sockets=$(cd contrib/systemd && printf ' %s\n' *.socket | LC_ALL=C sort | tr -d '\n')
+services=$(cd contrib/systemd && printf ' %s\n' *.service | LC_ALL=C sort | tr -d '\n')
+all=$(cd contrib/systemd && printf ' %s\n' *.socket *.service | LC_ALL=C sort | tr -d '\n')
+stop="systemctl stop$sockets;systemctl stop$services;systemctl --no-reload disable$all"
 while read -r script arg want; do
 	[[ $want == - ]] && want=
-	[[ $want == stop ]] && want=$stop
-	check "$script $arg: ${want:-systemctl not called}" eval '
-		got=$(calls "$tmp/$script" "$arg"); [[ $got == "$want" ]] || { echo "got: $got"; exit 1; }'
+	label=${want:-systemctl not called}
+	[[ $want == stop ]] && want=$stop label="stops every unit, sockets first, and disables them all"
+	check "$script $arg: $label" eval '
+		got=$(calls "$tmp/$script" "$arg"); [[ $got == "$want" ]] || { echo "got:  $got"; echo "want: $want"; exit 1; }'
 done <<SCRIPTS
 deb-control/postinst configure systemctl daemon-reload
 deb-control/prerm remove stop
@@ -116,6 +138,28 @@ rpm-postrm 0 systemctl daemon-reload
 rpm-postrm 1 -
 SCRIPTS
 
+# preset_enables_nothing ROOT: ROOT holds every unit of contrib/systemd
+# and "systemctl --root=ROOT preset-all" (no running systemd needed) enables
+# none of them. systemd enables a unit that no preset line names, so this
+# fails for a unit the preset file does not cover.
+preset_enables_nothing() {
+	local u links
+	for u in contrib/systemd/*.socket contrib/systemd/*.service; do
+		[[ -f $1/usr/lib/systemd/system/${u##*/} ]] || { echo "not installed: ${u##*/}"; return 1; }
+	done
+	mkdir -p "$1/etc/systemd/system"
+	systemctl --root="$1" preset-all || return 1
+	links=$(find "$1/etc/systemd" ! -type d)
+	[[ -z $links ]] || { echo "enabled: $links"; return 1; }
+}
+
+# The .deb's files in a scratch root (dpkg-deb -x: no dpkg database
+# needed for what systemctl reads).
+check "deb: systemctl preset-all enables none of the units" eval '
+	dpkg-deb -x "$deb" "$tmp/deb-root" && preset_enables_nothing "$tmp/deb-root"'
+check "deb: Suggests: bash-completion (the bash completion needs it)" eval '
+	s=$(dpkg-deb -f "$deb" Suggests); [[ $s == *bash-completion* ]] || { echo "Suggests: $s"; exit 1; }'
+
 # The rpm into a scratch root. Its scriptlets need /bin/sh and systemd
 # inside the root, which a scratch root has not: --noscripts (they are the
 # .deb's, run under real systemd by make deb-test).
@@ -126,12 +170,7 @@ check "rpm --root -i" rpm --root "$root" -i --noscripts --nodeps "$rpm"
 check "rpm --root -q: installed" rpm --root "$root" -q socket-proxyd
 check "every file of the rpm is in the root" eval 'while read -r f; do [[ -e $root$f ]] || { echo "missing: $f"; exit 1; }; done <"$tmp/rpm.list"'
 check "the installed binary runs" "$root/usr/bin/socket-proxyd" --version
-# With the preset file, preset-all enables none of the units (without it,
-# systemd's default for units no preset names is "enable").
-check "systemctl preset-all leaves the units disabled" eval '
-	systemctl --root="$root" preset-all >/dev/null 2>&1
-	links=$(find "$root/etc/systemd" -name "proxy-to-nginx*" 2>/dev/null)
-	[[ -z $links ]] || { echo "enabled: $links"; exit 1; }'
+check "rpm: systemctl preset-all enables none of the units" preset_enables_nothing "$root"
 check "rpm --root -e" rpm --root "$root" -e --noscripts socket-proxyd
 check "every file of the rpm is gone" eval 'while read -r f; do [[ ! -e $root$f ]] || { echo "left: $f"; exit 1; }; done <"$tmp/rpm.list"'
 

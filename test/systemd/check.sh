@@ -109,7 +109,10 @@ install_nginx() {
 	for d in "$@"; do cp "$contrib/nginx/$d" /etc/systemd/system/nginx.service.d/; done
 }
 
-install_units() { for u in "$@"; do cp "$contrib/$u" /etc/systemd/system/; done; }
+install_units() {
+	local u
+	for u in "$@"; do cp "$contrib/$u" /etc/systemd/system/; done
+}
 
 # record_exit UNIT: a test-only drop-in that records how each run of the
 # unit's main process ended; "systemctl show" cannot tell once the stopped
@@ -270,14 +273,51 @@ download_ok() {
 	[[ $size == "$2" && $sum == "$3" ]] || { echo "got $size bytes, sha256 $sum; want $2, $3"; return 1; }
 }
 
-scenario_handoff() { # issue 10: reload in place and restart through the fd store, mid-download
+# big_file MIB: /var/www/html/big.bin, MIB MiB of random bytes, for nginx
+# to serve; its size and SHA-256 in $big_size and $big_sum.
+big_file() {
+	head -c "$1M" /dev/urandom >/var/www/html/big.bin
+	big_size=$(stat -c %s /var/www/html/big.bin)
+	big_sum=$(sha256sum </var/www/html/big.bin | cut -d" " -f1)
+}
+
+# start_download URL RATE: curl fetches URL (big.bin) into /tmp/big.bin at
+# RATE bytes a second, in the background: a long-lived connection for a
+# hand-over to happen in the middle of. Its PID in $download.
+start_download() {
+	rm -f /tmp/big.bin
+	curl -fsS --limit-rate "$2" -o /tmp/big.bin "$1" &
+	download=$!
+}
+
+# downloading: the download is still going on (so an event now is in its
+# middle).
+downloading() { kill -0 "$download" 2>/dev/null || { echo "the download has already ended"; return 1; }; }
+
+# download_whole: two checks once the download ends: curl succeeded, and
+# the file is big.bin, every byte.
+download_whole() {
+	local rc=0
+	wait "$download" || rc=$?
+	check "the download finished" eval "[[ $rc == 0 ]] || { echo 'curl exited with status $rc'; exit 1; }"
+	check "its size and SHA-256 are the file's" download_ok /tmp/big.bin "$big_size" "$big_sum"
+}
+
+# journal_count UNIT TEXT: how many lines of the unit's journal hold TEXT.
+journal_count() { journalctl -q -b -u "$1" -o cat | grep -cF "$2"; }
+
+# store_holds UNIT N: the unit's fd store holds N descriptors.
+store_holds() {
+	local n
+	n=$(systemctl show -P NFileDescriptorStore "$1")
+	[[ $n == "$2" ]] || { echo "the fd store of $1 holds $n descriptors, want $2"; return 1; }
+}
+
+scenario_handoff() { # reload in place and restart through the fd store, mid-download, with --listen
 	install_nginx unix-socket.conf runtime-directory.conf
 	systemctl daemon-reload
 	check "nginx restarts on its unix socket" systemctl restart nginx.service
-	head -c 300M /dev/urandom >/var/www/html/big.bin
-	local size sum
-	size=$(stat -c %s /var/www/html/big.bin)
-	sum=$(sha256sum </var/www/html/big.bin | cut -d" " -f1)
+	big_file 300
 	# systemd 252: no Type=notify-reload yet, so ExecReload= sends SIGHUP.
 	printf '%s\n' '[Service]' 'Type=notify' \
 		'ExecStart=/usr/bin/socket-proxyd --fdstore=on-stop --listen 127.0.0.1:8090 /run/nginx/socket' \
@@ -286,8 +326,8 @@ scenario_handoff() { # issue 10: reload in place and restart through the fd stor
 	systemctl daemon-reload
 	check "systemctl start spx-handoff (Type=notify, --fdstore=on-stop)" timeout 20 systemctl start spx-handoff.service
 	# A download at 30 MB/s takes 10 s: both hand-overs happen in its middle.
-	curl -fsS --limit-rate 30M -o /tmp/big.bin http://127.0.0.1:8090/big.bin &
-	local curl=$! pid
+	start_download http://127.0.0.1:8090/big.bin 30M
+	local pid
 	sleep 2
 	pid=$(systemctl show -P MainPID spx-handoff.service)
 	check "systemctl reload during the download" timeout 20 systemctl reload spx-handoff.service
@@ -300,12 +340,9 @@ scenario_handoff() { # issue 10: reload in place and restart through the fd stor
 	check "restarted: a new PID took the connection from the fd store" wait_for 10 eval '
 		[[ $(systemctl show -P MainPID spx-handoff.service) != '"$pid"' ]] &&
 		journalctl -q -b -u spx-handoff -o cat | grep -q "connections handed to the fd store connections=1" &&
-		[[ $(journalctl -q -b -u spx-handoff -o cat | grep -c "resumed connections connections=1 reset=0") == 2 ]]'
-	check "the fd store is empty again" eval '[[ $(systemctl show -P NFileDescriptorStore spx-handoff.service) == 0 ]]'
-	local rc=0
-	wait "$curl" || rc=$?
-	check "the download finished" eval "[[ $rc == 0 ]] || { echo 'curl exited with status $rc'; exit 1; }"
-	check "its size and SHA-256 are the file's" download_ok /tmp/big.bin "$size" "$sum"
+		[[ $(journal_count spx-handoff "resumed connections connections=1 reset=0") == 2 ]]'
+	check "the fd store is empty again" store_holds spx-handoff.service 0
+	download_whole
 	check "a new connection is served" get_page http://127.0.0.1:8090/
 	check "no error lines in its journal" no_errors spx-handoff.service
 
@@ -317,23 +354,87 @@ scenario_handoff() { # issue 10: reload in place and restart through the fd stor
 		>/etc/systemd/system/spx-crash.service
 	systemctl daemon-reload
 	check "systemctl start spx-crash.socket (--fdstore=always, Restart=always)" systemctl start spx-crash.socket
-	rm -f /tmp/big.bin
-	curl -fsS --limit-rate 30M -o /tmp/big.bin http://127.0.0.1:8091/big.bin &
-	curl=$!
-	check "the download's connection is in the fd store (one capsule)" wait_for 10 eval '
-		[[ $(systemctl show -P NFileDescriptorStore spx-crash.service) == 1 ]]'
+	start_download http://127.0.0.1:8091/big.bin 30M
+	check "the download's connection is in the fd store (one capsule)" wait_for 10 store_holds spx-crash.service 1
 	sleep 2
 	pid=$(systemctl show -P MainPID spx-crash.service)
 	check "kill -9 the proxy during the download" kill -9 "$pid"
 	check "restarted: a new PID recovered the connection from the fd store" wait_for 15 eval '
 		p=$(systemctl show -P MainPID spx-crash.service) && [[ $p != 0 && $p != '"$pid"' ]] &&
 		journalctl -q -b -u spx-crash -o cat | grep -q "recovered connections after a crash connections=1 reset=0"'
-	rc=0
-	wait "$curl" || rc=$?
-	check "the download finished" eval "[[ $rc == 0 ]] || { echo 'curl exited with status $rc'; exit 1; }"
-	check "its size and SHA-256 are the file's" download_ok /tmp/big.bin "$size" "$sum"
-	check "the fd store is empty once it ended" wait_for 10 eval '[[ $(systemctl show -P NFileDescriptorStore spx-crash.service) == 0 ]]'
+	download_whole
+	check "the fd store is empty once it ended" wait_for 10 store_holds spx-crash.service 0
 	check "a new connection is served" get_page http://127.0.0.1:8091/
+}
+
+# shipped_handoff UNIT: the shipped UNIT.socket and UNIT.service, installed
+# as an administrator would, in front of nginx's unix socket; a 24 MiB file
+# to download through it at 8 MB/s (3 s: the mode's event comes 1 s in).
+# The first connection, the download, starts the proxy.
+shipped_handoff() {
+	install_nginx unix-socket.conf runtime-directory.conf
+	install_units "$1.socket" "$1.service"
+	systemctl daemon-reload
+	big_file 24
+	check "nginx restarts on its unix socket" systemctl restart nginx.service
+	check "systemctl enable --now $1.socket" systemctl enable --now "$1.socket"
+	start_download http://127.0.0.1:80/big.bin 8M
+	check "the download starts $1.service" wait_for 10 running "$1.service"
+	check "proxy runs under DynamicUser=yes" dynamic_user "$1.service"
+	check "PrivateUsers=, MemoryMax=, TasksMax=, IPAddressDeny= in effect" hardened "$1.service"
+	sleep 1
+}
+
+scenario_reload() { # contrib/systemd/proxy-to-nginx-reload.*: systemctl reload, twice at once
+	local u=proxy-to-nginx-reload pid
+	shipped_handoff $u
+	pid=$(systemctl show -P MainPID $u.service)
+	check "two systemctl reloads in quick succession, mid-download" eval '
+		downloading && timeout 20 systemctl reload '$u' && timeout 20 systemctl reload '$u' && downloading'
+	check "reloaded in place: same PID, the connection resumed" wait_for 10 eval '
+		running '$u'.service && [[ $(systemctl show -P MainPID '$u'.service) == '"$pid"' ]] &&
+		(($(journal_count '$u' "resumed connections connections=1 reset=0") >= 1))'
+	download_whole
+	check "active (running), same PID, after the download" eval '
+		running '$u'.service && [[ $(systemctl show -P MainPID '$u'.service) == '"$pid"' ]]'
+	check "a new connection is served" get_page http://127.0.0.1:80/
+	check "a third reload, with no connection open" timeout 20 systemctl reload $u
+	check "reloaded again: resumed with no connection" wait_for 10 eval '
+		(($(journal_count '$u' "resumed connections connections=0") >= 1)) && running '$u'.service'
+	check "no error lines in its journal" no_errors $u.service
+}
+
+scenario_fdstore() { # contrib/systemd/proxy-to-nginx-fdstore.*: systemctl restart
+	local u=proxy-to-nginx-fdstore pid n
+	shipped_handoff $u
+	pid=$(systemctl show -P MainPID $u.service)
+	check "systemctl restart, mid-download" eval 'downloading && timeout 20 systemctl restart '$u'.service && downloading'
+	check "restarted: a new PID took the connection from the fd store" wait_for 10 eval '
+		p=$(systemctl show -P MainPID '$u'.service) && [[ $p != 0 && $p != '"$pid"' ]] &&
+		(($(journal_count '$u' "connections handed to the fd store connections=1 ") == 1)) &&
+		(($(journal_count '$u' "resumed connections connections=1 reset=0") == 1))'
+	# The unit's FileDescriptorStoreMax= allows 6 per connection and one.
+	n=$(journalctl -q -b -u $u -o cat | sed -n 's/.*connections handed to the fd store connections=1 descriptors=\([0-9]*\).*/\1/p')
+	check "the store took ${n:-?} descriptors for the connection (the unit allows 6, and 1 for the record)" eval '[[ -n "'"$n"'" ]] && (("'"$n"'" <= 6))'
+	check "the fd store is empty again" store_holds $u.service 0
+	download_whole
+	check "a new connection is served" get_page http://127.0.0.1:80/
+	check "no error lines in its journal" no_errors $u.service
+}
+
+scenario_fdstore_always() { # contrib/systemd/proxy-to-nginx-fdstore-always.*: kill -9
+	local u=proxy-to-nginx-fdstore-always pid
+	shipped_handoff $u
+	check "the download's connection is in the fd store (one capsule)" wait_for 10 store_holds $u.service 1
+	pid=$(systemctl show -P MainPID $u.service)
+	check "kill -9 the proxy, mid-download" eval 'downloading && kill -9 '"$pid"' && downloading'
+	check "Restart=always: a new PID recovered the connection from the fd store" wait_for 15 eval '
+		p=$(systemctl show -P MainPID '$u'.service) && [[ $p != 0 && $p != '"$pid"' ]] &&
+		journalctl -q -b -u '$u' -o cat | grep -q "recovered connections after a crash connections=1 reset=0"'
+	check "restarted once" eval '[[ $(systemctl show -P NRestarts '$u'.service) == 1 ]]'
+	download_whole
+	check "the fd store is empty once it ended" wait_for 10 store_holds $u.service 0
+	check "a new connection is served" get_page http://127.0.0.1:80/
 }
 
 scenario_deb() { # the Debian package: install, use, remove
@@ -347,9 +448,12 @@ scenario_deb() { # the Debian package: install, use, remove
 			[[ $(systemctl is-enabled "$u") == @(disabled|static) ]] || { echo "$u is $(systemctl is-enabled "$u")"; exit 1; }
 			[[ $(state "$u") == inactive ]] || { echo "$u is $(state "$u")"; exit 1; }
 		done'
-	check "systemctl preset keeps the units disabled (90-socket-proxyd.preset)" eval '
-		systemctl preset proxy-to-nginx.socket proxy-to-nginx-listen.service &&
-		[[ $(systemctl is-enabled proxy-to-nginx.socket)/$(systemctl is-enabled proxy-to-nginx-listen.service) == disabled/disabled ]]'
+	check "systemctl preset keeps every unit disabled (90-socket-proxyd.preset)" eval '
+		units=$(cd "$contrib" && ls -- *.socket *.service) &&
+		systemctl preset $units || exit 1
+		for u in $units; do
+			[[ $(systemctl is-enabled "$u") == @(disabled|static) ]] || { echo "$u is $(systemctl is-enabled "$u")"; exit 1; }
+		done'
 	check "copyright file and completions installed" test -f /usr/share/doc/socket-proxyd/copyright \
 		-a -f /usr/share/bash-completion/completions/socket-proxyd \
 		-a -f /usr/share/zsh/vendor-completions/_socket-proxyd \
@@ -363,6 +467,8 @@ scenario_deb() { # the Debian package: install, use, remove
 	check "package lists its files" test -n "$files"
 	check "dpkg -r socket-proxyd" dpkg -r socket-proxyd
 	check "removal stopped the proxy and its socket" eval 'inactive proxy-to-nginx.service && ! systemctl is-active -q proxy-to-nginx.socket'
+	check "removal disabled it: no link left in /etc/systemd/system" eval '
+		links=$(find /etc/systemd/system -name "proxy-to-nginx*" -type l); [[ -z $links ]] || { echo "left: $links"; exit 1; }'
 	check "every file of the package is gone" eval 'left=0; while read -r f; do [[ -e $f ]] && { echo "left: $f"; left=1; }; done <<<"$files"; exit $left'
 	check "dpkg -P socket-proxyd" dpkg -P socket-proxyd
 	check "package no longer known to dpkg" eval '! dpkg -s socket-proxyd'
@@ -474,7 +580,8 @@ scenario_dns() { # Examples 12 and 13: ListenStream=53 and ListenDatagram=53
 }
 
 case $scenario in
-simple | namespace | idle | notify | handoff | deb | dns) "scenario_$scenario" ;;
+simple | namespace | idle | notify | handoff | reload | fdstore | deb | dns) "scenario_$scenario" ;;
+fdstore-always) scenario_fdstore_always ;;
 fdstore-cost) scenario_fdstore_cost ;;
 *) fail setup "unknown scenario $scenario" ;;
 esac

@@ -7,8 +7,10 @@
 # script prints the results and fails if any check failed.
 #
 # Usage: test/systemd/run.sh [SCENARIO...]
-#   scenarios: simple namespace idle notify handoff dns deb (default: all; deb only when
-#   SOCKET_PROXYD_DEB is set); fdstore-cost (measures --fdstore=always, only when named)
+#   scenarios: simple namespace idle notify handoff reload fdstore fdstore-always dns deb
+#   (default: all; deb only when SOCKET_PROXYD_DEB is set); fdstore-cost (measures
+#   --fdstore=always, only when named). reload, fdstore and fdstore-always run the
+#   shipped proxy-to-nginx-SCENARIO units.
 # Environment:
 #   SOCKET_PROXYD_BIN   the binary to test (default ./socket-proxyd)
 #   SOCKET_PROXYD_DEB   the .deb for the deb scenario (make deb)
@@ -26,7 +28,9 @@ here=$top/test/systemd
 bin=${SOCKET_PROXYD_BIN:-$top/socket-proxyd}
 deb=${SOCKET_PROXYD_DEB:-}
 suite=bookworm
-include=systemd,systemd-sysv,dbus,curl,nginx-light
+# procps: /bin/kill, which the shipped units' ExecReload= runs, as on any
+# Debian installed with its default ("important") packages; minbase has none.
+include=systemd,systemd-sysv,dbus,curl,nginx-light,procps
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 cache=${SOCKET_PROXYD_TEST_CACHE:-${XDG_CACHE_HOME:-/var/cache}/socket-proxyd-systemd-test}
 
@@ -39,12 +43,12 @@ done
 [[ -x $bin ]] || die "$bin: no socket-proxyd binary (run make build, or set SOCKET_PROXYD_BIN)"
 
 if (($# == 0)); then
-	set -- simple namespace idle notify handoff dns
+	set -- simple namespace idle notify handoff reload fdstore fdstore-always dns
 	if [[ -n $deb ]]; then set -- "$@" deb; else echo "systemd-test: SKIP deb (SOCKET_PROXYD_DEB not set)"; fi
 fi
 for s in "$@"; do
 	case $s in
-	simple | namespace | idle | notify | handoff | dns | fdstore-cost) ;;
+	simple | namespace | idle | notify | handoff | reload | fdstore | fdstore-always | dns | fdstore-cost) ;;
 	deb) [[ -f $deb ]] || die "deb scenario: SOCKET_PROXYD_DEB=$deb is not a file (run make deb)" ;;
 	*) die "unknown scenario $s" ;;
 	esac

@@ -7,7 +7,9 @@
 # reports unknown keys and bad values only as warnings. Then
 # "systemd-analyze security --offline=true" on every service: an overall
 # exposure above 1.0 fails (issue 13; contrib/systemd/README.md says why each
-# remaining point stays).
+# remaining point stays). Last, "systemctl preset-all" on a scratch root that
+# holds the units and 90-socket-proxyd.preset: it must enable none of them, so
+# a unit added to contrib/systemd without a line in the preset file fails.
 #
 # Usage: test/systemd/verify-units.sh [SOCKET_PROXYD_BINARY]   (default ./socket-proxyd)
 set -euo pipefail
@@ -54,3 +56,19 @@ for u in "$tmp"/units/*.service; do
 done
 ((bad == 0)) || { echo "verify-units: a unit's exposure is above 1.0 (systemd-analyze security)" >&2; exit 1; }
 echo "verify-units: security: every service at exposure 1.0 or below"
+
+# The preset file: systemd enables a unit that no preset line names, so
+# preset-all on a root with nothing but our units and our preset file shows
+# any unit it does not cover. systemctl --root needs no running systemd.
+preset=$tmp/preset-root
+mkdir -p "$preset/usr/lib/systemd/system" "$preset/usr/lib/systemd/system-preset" "$preset/etc/systemd/system"
+cp "$top"/contrib/systemd/*.socket "$top"/contrib/systemd/*.service "$preset/usr/lib/systemd/system/"
+cp "$top/contrib/systemd/90-socket-proxyd.preset" "$preset/usr/lib/systemd/system-preset/"
+out=$(systemctl --root="$preset" preset-all 2>&1) || { echo "$out" >&2; echo "verify-units: systemctl preset-all failed" >&2; exit 1; }
+enabled=$(cd "$preset/etc/systemd/system" && find . -type l | sed 's|^\./||')
+if [[ -n $enabled ]]; then
+	echo "$enabled" >&2
+	echo "verify-units: systemctl preset-all enabled the units above: add them to contrib/systemd/90-socket-proxyd.preset" >&2
+	exit 1
+fi
+echo "verify-units: preset: systemctl preset-all enables none of the units"
