@@ -81,6 +81,13 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			continue
 		}
 		w, e := rawWriteMsg(dst, buf[:n])
+		if e == unix.EMSGSIZE && n > 0 {
+			// A message larger than dst's send buffer takes, which a
+			// sender that raised its own may send: raise dst's (up to
+			// wmem_max) and send it again; past that it cannot go whole.
+			unix.SetsockoptInt(dst, unix.SOL_SOCKET, unix.SO_SNDBUF, packetSlot)
+			w, e = rawWriteMsg(dst, buf[:n])
+		}
 		switch {
 		case e == unix.EAGAIN:
 			c.ready[1-d] &^= canWrite

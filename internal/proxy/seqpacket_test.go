@@ -242,3 +242,31 @@ func TestEmptyMessageKeepsWhatFollows(t *testing.T) {
 		}
 	}
 }
+
+// TestLargestMessageGoesWhole: a message of packetSlot bytes, which a
+// client that raised its send buffer can send, goes on whole, though the
+// proxy's socket to the backend starts with the default send buffer, which
+// is smaller.
+func TestLargestMessageGoesWhole(t *testing.T) {
+	got := make(chan []string, 1)
+	_, path := startPackets(t, func(c net.Conn) { got <- readMessages(t, c) }, Config{})
+	c := dialPackets(t, path)
+	if err := c.SetWriteBuffer(2 * packetSlot); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{strings.Repeat("x", packetSlot), "after"}
+	for _, m := range want {
+		if _, _, err := c.WriteMsgUnix([]byte(m), nil, nil); err != nil {
+			t.Fatalf("client write of %d bytes: %v", len(m), err)
+		}
+	}
+	c.CloseWrite()
+	msgs := recv(t, got, "the backend's messages")
+	if len(msgs) != len(want) || msgs[0] != want[0] || msgs[1] != want[1] {
+		var sizes []int
+		for _, m := range msgs {
+			sizes = append(sizes, len(m))
+		}
+		t.Fatalf("backend read messages of %v bytes, want %d and %d", sizes, len(want[0]), len(want[1]))
+	}
+}
