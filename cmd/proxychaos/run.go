@@ -43,6 +43,8 @@ type harness struct {
 	addrs          map[string]string // listener name: address clients use
 	open           atomic.Int64      // streams open now
 	servingRuns    int
+	restarting     atomic.Bool // a sigterm event: the proxy ends on purpose
+	deadSeen       atomic.Bool
 	out            io.Writer
 	vlog           func(string, ...any)
 }
@@ -112,12 +114,18 @@ func run(cfg config, out io.Writer) int {
 	evDone.Go(func() {
 		for _, e := range events {
 			time.Sleep(time.Until(start.Add(e.At)))
+			if h.dead() {
+				return
+			}
 			h.event(e)
 		}
 	})
 	for _, o := range ops {
 		if o.event {
 			continue
+		}
+		if h.dead() {
+			break
 		}
 		time.Sleep(time.Until(start.Add(o.At)))
 		traffic.Go(func() { h.traffic(o) })
@@ -136,8 +144,8 @@ func run(cfg config, out io.Writer) int {
 
 	// Afterwards: still serving, and back to where it started.
 	end := &op{Kind: "after"}
-	if h.p.current().Exited() {
-		h.rep.fail(end, "the proxy exited: %v", h.p.current().Err())
+	if h.dead() {
+		// recorded
 	} else if err := h.serving(); err != nil {
 		h.rep.fail(end, "the proxy no longer serves: %v", err)
 	}
@@ -317,6 +325,20 @@ func (h *harness) serving() error {
 		return fmt.Errorf("%s", strings.Join(h.rep.failures[before:], "; "))
 	}
 	return nil
+}
+
+// dead says whether the proxy exited when no event stopped it, and
+// records it as a failure the first time: the run stops starting
+// operations, whose failures would only repeat it.
+func (h *harness) dead() bool {
+	if h.restarting.Load() || !h.p.current().Exited() {
+		return false
+	}
+	if h.deadSeen.CompareAndSwap(false, true) {
+		h.rep.fail(&op{Kind: "proxy"}, "the proxy exited: %v; events just before: %v", h.p.current().Err(),
+			h.tl.during(time.Now().Add(-2*time.Second), time.Now(), 0, eventKinds...))
+	}
+	return true
 }
 
 // Which events allow what (see oracle.go).
@@ -644,6 +666,8 @@ func nofile(pid int) (soft, hard string, err error) {
 // restart sends SIGTERM, waits for the proxy to end, and starts it again
 // with its listeners (and what it left in the fd store).
 func (h *harness) restart(e *op) {
+	h.restarting.Store(true)
+	defer h.restarting.Store(false)
 	proc := h.p.current()
 	proc.Signal(syscall.SIGTERM)
 	select {
