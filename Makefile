@@ -4,6 +4,7 @@
 #   make                 build ./socket-proxyd (version and commit from git)
 #   make test            go test -race ./...   (what the README and .ci/run run)
 #   make bench           the benchmark harness: go run ./cmd/proxybench
+#   make chaos           seeded chaos: go run ./cmd/proxychaos (DURATION=1h, SEED=N, CHAOSFLAGS=...)
 #   make install         install into $(DESTDIR)$(PREFIX) (PREFIX=/usr/local)
 #   make uninstall       remove what make install installed (same PREFIX/DESTDIR)
 #   make deb             build/socket-proxyd_VERSION_ARCH.deb  } with nfpm, from one
@@ -75,7 +76,7 @@ SOURCE_DATE_EPOCH := $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 endif
 export SOURCE_DATE_EPOCH
 
-.PHONY: all build test bench vet mutants mutants-case fmt-check man-check verify-units install uninstall deb rpm package-test deb-test systemd-test clean
+.PHONY: all build test bench chaos vet mutants mutants-case fmt-check man-check verify-units install uninstall deb rpm package-test deb-test systemd-test clean
 
 all: build
 
@@ -114,6 +115,13 @@ mutants:
 # covered and never runs it (docs/RELIABILITY.md): this runs those.
 mutants-case:
 	@for p in $(MUTANTS_PKGS); do echo "=== casemutants $$p"; $(GO) run ./test/mutants/casemutants -run $$p || exit 1; done
+
+# Seeded chaos against the built proxy (docs/RELIABILITY.md, "Chaos"): the
+# seed is printed first; SEED=N replays it.
+DURATION ?= 10m
+SEED ?= 0
+chaos:
+	$(GO) run ./cmd/proxychaos -duration $(DURATION) -seed $(SEED) $(CHAOSFLAGS)
 
 vet:
 	$(GO) vet ./...
