@@ -149,6 +149,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	reload := newReloader(selfExe(), os.Args, log, reloadAgain && resuming, hup, signals)
+	if resuming {
+		nameProcess(reload.exe)
+	}
 	cfg := proxy.Config{
 		Reload:          reload.exec,
 		Store:           storeFunc(opts.fdstore, notifySocket, os.Getenv("FDSTORE")),

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -126,6 +127,13 @@ func selfExe() string {
 	}
 	exe, _ := os.Executable()
 	return exe
+}
+
+// nameProcess gives a reloaded image the name of its file again: executed
+// by /proc/self/fd/N, it is called "N" (what ps, top, pidof and killall
+// read). The kernel keeps 15 bytes of it, as at any exec.
+func nameProcess(exe string) {
+	os.WriteFile(fmt.Sprintf("/proc/self/task/%d/comm", os.Getpid()), []byte(filepath.Base(exe)), 0)
 }
 
 // check runs the open file exe in its check mode, as a child, with the
