@@ -56,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	carried, resuming := os.LookupEnv(handoff.EnvVar)
 	os.Unsetenv(handoff.EnvVar)
+	_, reloadAgain := os.LookupEnv(againVar)
+	os.Unsetenv(againVar)
 	notifySocket := os.Getenv("NOTIFY_SOCKET")
 	journal := logging.StreamIsJournal(os.Getenv("JOURNAL_STREAM"), stderr)
 	fail := func(err error) int {
@@ -146,7 +148,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	reload := &reloader{exe: executable(os.Args[0]), argv: os.Args, log: log, stopping: func() bool { return ctx.Err() != nil }}
+	reload := newReloader(selfExe(), os.Args, log, reloadAgain && resuming, hup, signals)
+	if resuming {
+		nameProcess(reload.exe)
+	}
 	cfg := proxy.Config{
 		Reload:          reload.exec,
 		Store:           storeFunc(opts.fdstore, notifySocket, os.Getenv("FDSTORE")),
@@ -186,25 +191,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var background sync.WaitGroup
 	defer background.Wait()
 	defer done()
-	background.Go(func() {
-		select {
-		case sig := <-signals:
-			stopping(sig.String())
-			if opts.fdstore != fdstoreNo {
-				srv.Store() // before cancel: the loop stores first, then stops
-			}
-			cancel()
-		case <-alive.Done():
-			return
+	reload.handOver = srv.Reload
+	reload.stop = func(sig os.Signal) {
+		stopping(sig.String())
+		if opts.fdstore != fdstoreNo {
+			srv.Store() // before cancel: the loop stores first, then stops
 		}
-		select {
-		case sig := <-signals:
-			log.Info("closing the open connections at once", "reason", sig.String())
-			srv.CloseConnections()
-		case <-alive.Done():
-		}
-	})
-	background.Go(func() { reload.watch(alive, hup, srv.Reload) })
+		cancel()
+	}
+	reload.kill = func(sig os.Signal) {
+		log.Info("closing the open connections at once", "reason", sig.String())
+		srv.CloseConnections()
+	}
+	background.Go(func() { reload.watch(alive) })
 	background.Go(func() { notify.Watchdog(alive, notify.WatchdogInterval()) })
 	background.Go(func() { status.Report(alive, status.Interval, srv.Stats, notify.Status) })
 	notify.Ready()

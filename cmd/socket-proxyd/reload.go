@@ -11,9 +11,12 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
@@ -34,8 +37,18 @@ const checkFlag = "--check-handoff="
 // socket-proxyd (or a truncated one) cannot print it by chance.
 const checkReply = "socket-proxyd reads handoff record version "
 
-// checkTimeout bounds the check of the binary on disk.
-const checkTimeout = 10 * time.Second
+// checkTimeout bounds the check of the binary on disk; a variable so that
+// tests can shorten it.
+var checkTimeout = 10 * time.Second
+
+// checkWaitDelay bounds the wait for the check's output once it has
+// exited or been killed: a process it left behind may hold the pipe.
+const checkWaitDelay = time.Second
+
+// againVar, in the environment of the image a reload executes, says that
+// another SIGHUP came during that reload: the new image reloads once more
+// when it is up. It is read once at start-up and unset.
+const againVar = "SOCKET_PROXYD_RELOAD_AGAIN"
 
 // checkMode answers the check before a reload: exit 0 and checkReply when
 // this build reads record version want and takes the command line.
@@ -53,59 +66,124 @@ func checkMode(want string, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// reloader executes the next image.
+// reloader is SIGHUP, SIGTERM and SIGINT: one goroutine (watch) hears all
+// three, so that a reload and a stop never cross, and the loop's goroutine
+// executes the next image (exec).
+//
+// A SIGHUP that comes while a reload is under way (its check running, the
+// loop stopping to hand over) is merged into one more reload once this one
+// is over; if the exec comes first, the next image does it (againVar). From
+// just before the exec until the next image has called signal.Notify,
+// SIGHUP is ignored: the kernel keeps an ignored disposition across execve
+// and the Go runtime respects an inherited SIG_IGN for SIGHUP, whereas a
+// SIGHUP caught or blocked there kills the new image before any of its code
+// runs (the runtime unblocks it in minit and its default action is to
+// exit). A SIGHUP in that window is lost, never fatal. SIGTERM cannot be
+// treated so (the runtime installs its own handler for it whatever it
+// inherits, and a lost SIGTERM is a service that does not stop): one that
+// comes in the window kills the process, and the loop armed a reset on
+// every carried TCP connection beforehand, so that none ends as if whole.
 type reloader struct {
-	// exe is the binary to execute: the path the proxy was started from,
-	// taken at start-up. /proc/self/exe would name the old inode after a
-	// package upgrade replaced the file, and the upgrade would not take.
+	// exe is the file a reload executes: the running image's path,
+	// read from /proc/self/exe at start-up (not argv[0], which the
+	// caller chooses, nor PATH). Each reload opens it once, checks that
+	// open file and executes the very same, so that what runs is what
+	// was checked; a file an upgrade puts at the path later is what the
+	// next reload runs.
 	exe  string
 	argv []string
 	log  *slog.Logger
-	// stopping says a SIGTERM came meanwhile: the stop goes first, as the
-	// next image would never hear of it.
-	stopping func() bool
+	// again says the image before asked for one more reload.
+	again bool
+
+	hup, term chan os.Signal
+	// handOver asks the loop to hand over at its next safe point
+	// (proxy.Server.Reload); stop is the first SIGTERM or SIGINT, kill
+	// the second.
+	handOver   func()
+	stop, kill func(os.Signal)
+
+	hold chan chan held // exec asks watch for what came before the exec
+	over chan error     // exec did not happen: the reload is over
+
+	mu   sync.Mutex
+	file *os.File // the checked file, while the loop hands over
 }
 
-// executable is the path argv0 was started from: as given when it has a
-// slash (systemd gives ExecStart='s absolute path), else looked up in PATH
-// as the shell did; os.Executable when neither works.
-func executable(argv0 string) string {
-	path := argv0
-	if !strings.Contains(path, "/") {
-		if p, err := exec.LookPath(path); err == nil {
-			path = p
-		}
-	}
-	if abs, err := filepath.Abs(path); err == nil && strings.Contains(path, "/") {
-		return abs
+// held is what watch answers exec: another reload is wanted, or a stop.
+type held struct{ again, stopping bool }
+
+func newReloader(exe string, argv []string, log *slog.Logger, again bool, hup, term chan os.Signal) *reloader {
+	return &reloader{exe: exe, argv: argv, log: log, again: again, hup: hup, term: term,
+		hold: make(chan chan held), over: make(chan error, 1)}
+}
+
+// selfExe is the path of the running image. After a package upgrade
+// replaced the file, the kernel names the old inode "PATH (deleted)":
+// the path is what the next reload runs.
+func selfExe() string {
+	if p, err := os.Readlink("/proc/self/exe"); err == nil {
+		return strings.TrimSuffix(p, " (deleted)")
 	}
 	exe, _ := os.Executable()
 	return exe
 }
 
-// check runs the binary on disk in its check mode, as a child, with the
+// nameProcess gives a reloaded image the name of its file again: executed
+// by /proc/self/fd/N, it is called "N" (what ps, top, pidof and killall
+// read). The kernel keeps 15 bytes of it, as at any exec.
+func nameProcess(exe string) {
+	os.WriteFile(fmt.Sprintf("/proc/self/task/%d/comm", os.Getpid()), []byte(filepath.Base(exe)), 0)
+}
+
+// check runs the open file exe in its check mode, as a child, with the
 // same command line: a file that is missing, broken, too old for this
 // record version or no longer takes these options fails here, before
-// anything is stopped.
-func (r *reloader) check(ctx context.Context) error {
+// anything is stopped. The child runs in a process group of its own, which
+// is killed whole at the deadline (or when ctx ends: a SIGTERM), and the
+// wait for its output is bounded too: a hung binary, or one that leaves a
+// process holding its output, costs checkTimeout and checkWaitDelay at
+// most. It inherits exe as descriptor 3 and nothing else: every other
+// descriptor is close-on-exec, and no check runs while the loop executes.
+func (r *reloader) check(ctx context.Context, exe *os.File) error {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, r.exe, append([]string{checkFlag + strconv.Itoa(handoff.Version)}, r.argv[1:]...)...)
-	cmd.Env = withoutVars(os.Environ(), "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", handoff.EnvVar)
+	// /proc/self/fd/3 in the child is exe; it works for a script too,
+	// whose interpreter opens that path.
+	cmd := exec.CommandContext(ctx, "/proc/self/fd/3", append([]string{checkFlag + strconv.Itoa(handoff.Version)}, r.argv[1:]...)...)
+	cmd.Args[0] = r.exe
+	cmd.ExtraFiles = []*os.File{exe}
+	cmd.Env = withoutVars(os.Environ(), "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", handoff.EnvVar, againVar)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = checkWaitDelay
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
-	want := checkReply + strconv.Itoa(handoff.Version) + "\n"
-	if err != nil || stdout.String() != want {
-		why := strings.TrimSpace(stderr.String())
-		if why == "" && err != nil {
-			why = err.Error()
-		} else if why == "" {
-			why = fmt.Sprintf("it answered %q to %s", truncate(stdout.String(), 80), checkFlag)
-		}
-		return fmt.Errorf("%q cannot take over: %s", r.exe, truncate(why, 400))
+	if cmd.Process != nil {
+		// Whatever the check left behind in its group goes too.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
-	return nil
+	want := checkReply + strconv.Itoa(handoff.Version) + "\n"
+	if err == nil && stdout.String() == want {
+		return nil
+	}
+	var why string
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		why = fmt.Sprintf("it did not answer within %v, and was killed", checkTimeout)
+	case ctx.Err() != nil:
+		why = "the check was cut short: stopping"
+	case strings.TrimSpace(stderr.String()) != "":
+		why = strings.TrimSpace(stderr.String())
+	case errors.Is(err, exec.ErrWaitDelay):
+		why = "it left a process behind that held its output"
+	case err != nil:
+		why = err.Error()
+	default:
+		why = fmt.Sprintf("it answered %q to %s", truncate(stdout.String(), 80), checkFlag)
+	}
+	return fmt.Errorf("%q cannot take over: %s", r.exe, truncate(why, 400))
 }
 
 func truncate(s string, n int) string {
@@ -129,51 +207,165 @@ next:
 	return out
 }
 
-// exec is proxy.Config.Reload: it does not return when the exec works.
-// When it fails the loop goes on, and READY=1 tells systemd the reload is
-// over.
+// exec is proxy.Config.Reload, on the loop's goroutine: it does not return
+// when the exec works. When it fails the loop goes on, and READY=1 tells
+// systemd the reload is over.
 func (r *reloader) exec(rec []byte, fds []int) error {
 	if rec == nil {
 		notify.Ready() // the engine could not write the record
+		r.over <- nil
 		return nil
 	}
-	if r.stopping() {
-		return errors.New("a SIGTERM came first: stopping instead")
+	// From here on a SIGHUP is ignored, and a SIGTERM or SIGINT takes its
+	// default action; Stop waits for one already caught to be in its
+	// channel, so watch sees every one that came before.
+	signal.Ignore(syscall.SIGHUP)
+	signal.Stop(r.term)
+	reply := make(chan held, 1)
+	r.hold <- reply
+	h := <-reply
+	var err error
+	if h.stopping {
+		err = errors.New("a SIGTERM came first: stopping instead")
+	} else {
+		env := os.Environ()
+		if h.again {
+			env = append(env, againVar+"=1")
+		}
+		r.mu.Lock()
+		exe := r.file
+		r.mu.Unlock()
+		err = handoff.Exec(exe, r.argv, env, rec, fds)
 	}
-	err := handoff.Exec(r.exe, r.argv, os.Environ(), rec, fds)
+	signal.Notify(r.hup, syscall.SIGHUP)
+	signal.Notify(r.term, syscall.SIGTERM, syscall.SIGINT)
 	notify.Ready()
+	r.over <- err
 	return err
 }
 
-// watch reloads at each SIGHUP until alive ends. One that comes while
-// stopping is ignored: systemd would wait for a READY=1 that never comes.
-func (r *reloader) watch(alive context.Context, hup <-chan os.Signal, stop func()) {
+// checked is the end of a check.
+type checked struct {
+	file *os.File
+	err  error
+}
+
+// watch hears the signals until alive ends, and runs each reload: the
+// check (on a goroutine of its own, which watch waits for), then the
+// handover by the loop, which ends in exec. It never blocks but in its
+// select, so that exec always has its answer.
+func (r *reloader) watch(alive context.Context) {
+	var (
+		cancelCheck context.CancelFunc // a check runs
+		done        = make(chan checked, 1)
+		handing     bool // the loop was asked to hand over
+		pending     bool // a SIGHUP came during this reload
+		stopping    bool
+		terms       int
+	)
+	start := func() {
+		f, err := os.Open(r.exe)
+		if err != nil {
+			r.log.Error("cannot reload, going on serving", "error", fmt.Sprintf("%q cannot take over: %v", r.exe, err))
+			return
+		}
+		ctx, cancel := context.WithCancel(alive)
+		cancelCheck = cancel
+		go func() { done <- checked{f, r.check(ctx, f)} }()
+	}
+	request := func() {
+		switch {
+		case stopping:
+			r.log.Info("not reloading: stopping")
+		case cancelCheck != nil || handing:
+			if !pending {
+				r.log.Info("reload requested during a reload: reloading again once it is done")
+			}
+			pending = true
+		default:
+			start()
+		}
+	}
+	terminate := func(sig os.Signal) {
+		terms++
+		if terms > 1 {
+			r.kill(sig)
+			return
+		}
+		stopping = true
+		if cancelCheck != nil {
+			cancelCheck()
+		}
+		r.stop(sig)
+	}
+	again := func() {
+		if pending && !stopping {
+			pending = false
+			start()
+		}
+	}
+	if r.again {
+		r.log.Info("reloading again: a reload was requested during the last one")
+		start()
+	}
 	for {
 		select {
-		case <-hup:
-			if r.stopping() {
+		case <-r.hup:
+			request()
+		case sig := <-r.term:
+			terminate(sig)
+		case c := <-done:
+			cancelCheck()
+			cancelCheck = nil
+			switch {
+			case stopping:
+				c.file.Close()
 				r.log.Info("not reloading: stopping")
-				continue
+			case c.err != nil:
+				c.file.Close()
+				r.log.Error("cannot reload, going on serving", "error", c.err.Error())
+				again()
+			default:
+				r.mu.Lock()
+				r.file = c.file
+				r.mu.Unlock()
+				handing = true
+				notify.Reloading()
+				r.log.Info("reloading", "executable", r.exe)
+				r.handOver()
 			}
-			r.reload(alive, stop)
+		case <-r.over:
+			handing = false
+			r.mu.Lock()
+			if r.file != nil {
+				r.file.Close()
+				r.file = nil
+			}
+			r.mu.Unlock()
+			again()
+		case reply := <-r.hold:
+			// Nothing more comes in either channel until exec
+			// restores them: what is there came before.
+			for drained := false; !drained; {
+				select {
+				case <-r.hup:
+					request()
+				case sig := <-r.term:
+					terminate(sig)
+				default:
+					drained = true
+				}
+			}
+			reply <- held{again: pending, stopping: stopping}
 		case <-alive.Done():
+			if cancelCheck != nil {
+				cancelCheck()
+				c := <-done
+				c.file.Close()
+			}
 			return
 		}
 	}
-}
-
-// reload is SIGHUP: check the binary, then have the loop stop at its next
-// safe point and execute it. A binary that fails the check changes
-// nothing: one error, and the proxy goes on serving.
-func (r *reloader) reload(ctx context.Context, stop func()) bool {
-	if err := r.check(ctx); err != nil {
-		r.log.Error("cannot reload, going on serving", "error", err.Error())
-		return false
-	}
-	notify.Reloading()
-	r.log.Info("reloading", "executable", r.exe)
-	stop()
-	return true
 }
 
 // resume reads the record a reload carried: the listeners it names (each

@@ -57,27 +57,44 @@ func ReadFD(fd int) ([]byte, error) {
 	return b, nil
 }
 
-// Exec executes path with the record and its descriptors carried over:
-// close-on-exec is cleared on each, the record goes into a memfd named by
-// EnvVar. It returns only when the exec failed, with every descriptor as
-// it was, so the caller goes on serving.
-func Exec(path string, argv, env []string, rec []byte, fds []int) error {
+// Exec executes the open file exe with the record and its descriptors
+// carried over: close-on-exec is cleared on each, the record goes into a
+// memfd named by EnvVar. It runs that very file, by /proc/self/fd, not a
+// path that an upgrade may have given another file since exe was opened
+// and checked. It returns only when the exec failed, with every descriptor
+// as it was, so the caller goes on serving.
+func Exec(exe *os.File, argv, env []string, rec []byte, fds []int) error {
 	mfd, err := Memfd(rec)
 	if err != nil {
 		return err
 	}
 	carried := append(fds, mfd)
+	efd := int(exe.Fd())
+	if isScript(efd) {
+		// The kernel hands a script's interpreter the path
+		// /proc/self/fd/N, which it opens after the exec: N must stay
+		// open. The ELF binary needs nothing after the exec, and
+		// leaves nothing open in the next image.
+		carried = append(carried, efd)
+	}
 	for _, fd := range carried {
 		// Raw: one call per descriptor while the loop stands still.
 		unix.RawSyscall(unix.SYS_FCNTL, uintptr(fd), unix.F_SETFD, 0)
 	}
 	env = append(withoutVar(env, EnvVar), EnvVar+"="+strconv.Itoa(mfd))
-	err = syscall.Exec(path, argv, env)
+	err = syscall.Exec("/proc/self/fd/"+strconv.Itoa(efd), argv, env)
 	for _, fd := range carried {
 		unix.CloseOnExec(fd)
 	}
 	unix.Close(mfd)
-	return fmt.Errorf("cannot execute %q: %v", path, err)
+	return fmt.Errorf("cannot execute %q: %v", exe.Name(), err)
+}
+
+// isScript says whether the file starts with "#!".
+func isScript(fd int) bool {
+	var b [2]byte
+	n, _ := unix.Pread(fd, b[:], 0)
+	return n == 2 && string(b[:]) == "#!"
 }
 
 func withoutVar(env []string, name string) []string {

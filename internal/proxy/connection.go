@@ -86,6 +86,11 @@ const (
 	fdsDropped                   // descriptors (SCM_RIGHTS) arrived and were closed; logged
 )
 
+// armed marks, in c.dir[1].flags, a connection whose TCP sockets reset on
+// close since a reload or the fd store handed them over (armResets): a
+// clean end clears that first.
+const armed = 1 << 7
+
 // connEvents: every socket is registered once, for everything,
 // edge-triggered; interest is never toggled. EPOLLPRI says urgent data came.
 const connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLPRI | unix.EPOLLET
@@ -519,7 +524,7 @@ func (l *loop) release(c *conn, reset bool) {
 		case !c.tcp[side]: // lingering is TCP's
 		case reset:
 			resetOnClose(int(fd))
-		case l.s.cfg.Keep != nil:
+		case l.s.cfg.Keep != nil || c.dir[1].flags&armed != 0:
 			// A clean end: the FIN went with the last shutdown, and
 			// what is queued must still go out.
 			unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})

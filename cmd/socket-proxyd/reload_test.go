@@ -1,0 +1,52 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCheckKillsAHungBinary: a binary that never answers the check, and
+// leaves a process behind that holds its output, costs the check's
+// deadline and its wait delay at most; the whole process group is killed
+// and the error names the file and the reason.
+func TestCheckKillsAHungBinary(t *testing.T) {
+	old := checkTimeout
+	checkTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { checkTimeout = old })
+	dir := t.TempDir()
+	exe, gc := filepath.Join(dir, "hangs"), filepath.Join(dir, "grandchild")
+	script := "#!/bin/sh\nsleep 100 &\necho $! >" + gc + "\nsleep 100\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := newReloader(exe, []string{exe, "127.0.0.1:9"}, slog.New(slog.DiscardHandler), false, nil, nil)
+	began := time.Now()
+	err = r.check(context.Background(), f)
+	took := time.Since(began)
+	if err == nil || !strings.Contains(err.Error(), exe) || !strings.Contains(err.Error(), "did not answer within 300ms") {
+		t.Errorf("check: %v; want an error naming %q and the deadline", err, exe)
+	}
+	if took > checkTimeout+checkWaitDelay+2*time.Second {
+		t.Errorf("the check took %v, past its deadline and wait delay", took.Round(time.Millisecond))
+	}
+	b, err := os.ReadFile(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strings.TrimSpace(string(b))
+	if st, err := os.ReadFile("/proc/" + pid + "/stat"); err == nil && !strings.Contains(string(st), ") Z ") {
+		t.Errorf("the check's grandchild %s outlived it: %s", pid, st)
+	}
+}
