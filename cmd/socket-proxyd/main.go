@@ -161,6 +161,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Backend:         opts.backend,
 		MaxConnections:  opts.maxConnections,
 		MaxFlows:        opts.maxFlows,
+		MaxPerSource:    opts.maxPerSource,
 		ExitIdleTime:    exitIdleTime(opts.exitIdleTime),
 		Backends:        opts.named,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),

@@ -25,6 +25,7 @@ type options struct {
 	named          map[string]backend.Address // --backend NAME=ADDRESS
 	maxConnections int
 	maxFlows       int           // 0: the proxy's default, from the open files limit
+	maxPerSource   int           // 0: no limit
 	exitIdleTime   time.Duration // timespan.Infinity: never; 0: as soon as nothing is open
 	listen         []string
 	socketMode     os.FileMode // of --listen unix socket files
@@ -64,6 +65,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              new client's flow replaces the least recently
                              active one, an answered one first (default:
                              from the open files limit, at most 16384)
+     --per-source-max=N      Let one client address hold at most N
+                             connections, and N datagram flows
+                             (default: no limit)
      --exit-idle-time=SPAN   Exit when without a connection for this duration;
                              0 exits as soon as none is open. See the
                              systemd.time(7) man page for time span format
@@ -144,6 +148,7 @@ func parseOptions(args []string) (options, error) {
 		{Long: "help", Short: 'h', Original: true, Stop: true, Set: flag(&opts.help)},
 		{Long: "version", Original: true, Stop: true, Set: flag(&opts.version)},
 		{Long: "flows-max", Arg: true, Set: positiveInt(&opts.maxFlows)},
+		{Long: "per-source-max", Arg: true, Set: positiveInt(&opts.maxPerSource)},
 		{Long: "listen", Arg: true, Set: appendTo(&opts.listen)},
 		{Long: "listen-datagram", Arg: true, Set: appendTo(&opts.listenDatagram)},
 		{Long: "listen-sequential-packet", Arg: true, Set: appendTo(&opts.listenPacket)},
@@ -258,6 +263,9 @@ func (o options) commandLine() []string {
 	}
 	if o.maxFlows > 0 {
 		args = append(args, "--flows-max="+strconv.Itoa(o.maxFlows))
+	}
+	if o.maxPerSource > 0 {
+		args = append(args, "--per-source-max="+strconv.Itoa(o.maxPerSource))
 	}
 	if o.idleTimeoutSet {
 		// Only when given: it also sets the flows' timeout (not given,

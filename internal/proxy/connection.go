@@ -129,6 +129,7 @@ func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
 	}
 	l.track(fd, c)
 	l.opened()
+	l.sourceAdd(c.client.Addr(), false, 1)
 	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: after(c.start, l.connectTimeout)})
 	if l.listeners[listener].static != nil {
 		l.connect(c)
@@ -547,6 +548,7 @@ func (l *loop) release(c *conn, reset bool) {
 		l.leaveLookup(c)
 	}
 	c.state = 0
+	l.sourceAdd(c.client.Addr(), false, -1)
 	l.closed()
 }
 

@@ -390,6 +390,13 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	if l.draining {
 		return nil
 	}
+	if src := keySource(key, nameLen, l.s.cfg.MaxPerSource); l.sourceFull(src, true) && !l.evictSourceFlow(src) {
+		// Its flows are all too recent to be found: the datagram goes.
+		l.drop(&l.s.dgram.noFlow, 1)
+		l.warn(warnFlows, "flow limit per client address reached, dropping a datagram", "",
+			"listener", ln.label, "source", src.String(), "max_per_source", l.s.cfg.MaxPerSource, "hint", "raise it with --per-source-max")
+		return nil
+	}
 	if l.flows.count >= l.flows.max {
 		l.evictFlow()
 		l.warn(warnFlows, "flow limit reached, closing the least recently active flows to make room for new clients", "",
@@ -484,6 +491,9 @@ func (l *loop) insertFlow(ln *listenerFD, f *flow, local netip.Addr) {
 	d.flows[f.key] = f
 	f.state = flowsWaiting
 	l.link(f)
+	if l.s.cfg.MaxPerSource > 0 {
+		l.sourceAdd(flowSource(f), true, 1)
+	}
 	l.flows.count++
 	l.active++
 	l.idleAt = 0
@@ -639,6 +649,9 @@ func (l *loop) closeFlow(f *flow, why string) {
 		delete(l.flows.held, f.fd)
 	}
 	l.unlink(f)
+	if l.s.cfg.MaxPerSource > 0 {
+		l.sourceAdd(flowSource(f), true, -1)
+	}
 	l.flows.table[f.fd] = nil
 	delete(l.listeners[f.listener].dgram.flows, f.key)
 	unix.Close(int(f.fd))

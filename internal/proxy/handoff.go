@@ -388,6 +388,7 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 		return err
 	}
 	l.track(rc.FD[0], c)
+	l.sourceAdd(c.client.Addr(), false, 1)
 	l.active++
 	l.s.active.Add(1)
 	l.idleAt = 0

@@ -115,7 +115,10 @@ type loop struct {
 	resolving int
 	// lookups are the host name lookups in flight, one per backend
 	// name, each with the connections waiting for it.
-	lookups     map[string]*lookup
+	lookups map[string]*lookup
+	// sources counts what each client address holds, under
+	// Config.MaxPerSource (persource.go); nil without it.
+	sources     map[netip.Addr]perSource
 	resolveWG   sync.WaitGroup
 	reserveWG   sync.WaitGroup // reserveDescriptors, which duplicates epfd
 	resolveCtx  context.Context
@@ -706,6 +709,11 @@ func (l *loop) accept(i int) {
 			unix.Close(nfd)
 			continue
 		}
+		if l.s.cfg.MaxPerSource > 0 && l.sourceFull(clientAddr(sa).Addr(), false) {
+			l.refuseSource(clientAddr(sa).Addr())
+			unix.Close(nfd)
+			continue
+		}
 		l.open(nfd, sa, i)
 	}
 }
@@ -740,6 +748,14 @@ func (l *loop) resumeAccepting() {
 func (l *loop) refuse() {
 	l.s.refused.Add(1)
 	l.warn(warnRefused, "connection limit reached, refusing clients", "", "max_connections", l.s.cfg.MaxConnections, "hint", "raise it with -c/--connections-max")
+}
+
+// refuseSource counts a client closed at the limit per source address.
+func (l *loop) refuseSource(addr netip.Addr) {
+	l.s.refused.Add(1)
+	l.s.refusedPerSource.Add(1)
+	l.warn(warnRefused, "connection limit per client address reached, refusing its clients", "",
+		"source", addr.String(), "max_per_source", l.s.cfg.MaxPerSource, "hint", "raise it with --per-source-max")
 }
 
 // track records the connection's descriptor in the table.

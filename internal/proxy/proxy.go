@@ -58,6 +58,10 @@ type Config struct {
 	// least recently active one, an answered one first: a new client is
 	// never kept out (flowbudget.go).
 	MaxFlows int
+	// MaxPerSource, when positive, is the most connections, and the most
+	// flows, one client address holds at once (persource.go); zero means
+	// no limit. Unix clients are not limited.
+	MaxPerSource int
 	// ExitIdleTime ends Run after this long without a connection, counted
 	// from start-up too; zero or negative means never.
 	ExitIdleTime time.Duration
@@ -142,12 +146,14 @@ func NamedBackend(named map[string]backend.Address, l activation.Listener) (back
 
 // Stats are running totals, safe to read while the proxy runs.
 type Stats struct {
-	Active        int64 // connections open now
-	Accepted      int64 // connections proxied since start
-	Refused       int64 // clients closed because the limit was reached
-	BackendErrors int64 // clients closed because the backend could not be reached
-	BytesIn       int64 // client to backend, counted as they are delivered
-	BytesOut      int64 // backend to client, counted as they are delivered
+	Active   int64 // connections open now
+	Accepted int64 // connections proxied since start
+	Refused  int64 // clients closed because a limit was reached
+	// RefusedPerSource counts those of Refused closed at MaxPerSource.
+	RefusedPerSource int64
+	BackendErrors    int64 // clients closed because the backend could not be reached
+	BytesIn          int64 // client to backend, counted as they are delivered
+	BytesOut         int64 // backend to client, counted as they are delivered
 
 	Kept         int64 // connections in systemd's fd store now (Config.Keep)
 	Pipes        int64 // kernel pipes open now, lent out or pooled
@@ -186,6 +192,7 @@ type Server struct {
 	store  atomic.Bool          // Store was called
 
 	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
+	refusedPerSource                                            atomic.Int64
 	pipes, splices, splicedBytes, kept                          atomic.Int64
 	busyPollHits                                                atomic.Int64
 	dgram                                                       dgramCounters
@@ -257,16 +264,17 @@ func (s *Server) CloseConnections() {
 // Stats returns the running totals.
 func (s *Server) Stats() Stats {
 	return Stats{
-		Active:        s.active.Load(),
-		Accepted:      s.accepted.Load(),
-		Refused:       s.refused.Load(),
-		BackendErrors: s.backendErrors.Load(),
-		BytesIn:       s.bytesIn.Load(),
-		BytesOut:      s.bytesOut.Load(),
-		Kept:          s.kept.Load(),
-		Pipes:         s.pipes.Load(),
-		Splices:       s.splices.Load(),
-		SplicedBytes:  s.splicedBytes.Load(),
+		Active:           s.active.Load(),
+		Accepted:         s.accepted.Load(),
+		Refused:          s.refused.Load(),
+		RefusedPerSource: s.refusedPerSource.Load(),
+		BackendErrors:    s.backendErrors.Load(),
+		BytesIn:          s.bytesIn.Load(),
+		BytesOut:         s.bytesOut.Load(),
+		Kept:             s.kept.Load(),
+		Pipes:            s.pipes.Load(),
+		Splices:          s.splices.Load(),
+		SplicedBytes:     s.splicedBytes.Load(),
 
 		Flows:              s.dgram.flows.Load(),
 		FlowsOpened:        s.dgram.opened.Load(),
