@@ -911,3 +911,45 @@ func fdTableSize(t *testing.T) int {
 	t.Fatal("no FDSize in /proc/self/status")
 	return 0
 }
+
+// TestDatagramListenerBufferRaised: a datagram listener gets a receive
+// buffer that holds a reload's pause at a high rate, as far as the kernel
+// lets the proxy raise it, and one larger already is left as it is.
+func TestDatagramListenerBufferRaised(t *testing.T) {
+	rmemMax := 212992
+	if b, err := os.ReadFile("/proc/sys/net/core/rmem_max"); err == nil {
+		rmemMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	want := 2 * min(listenerRcvbuf, rmemMax)
+	if unix.Geteuid() == 0 {
+		want = 2 * listenerRcvbuf // SO_RCVBUFFORCE
+	}
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := listenerFDOf(ln.Listener)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startOn(t, ln, be.LocalAddr().String(), Config{})
+	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("x")) // the loop is running
+	if got, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF); got < want {
+		t.Fatalf("listener's receive buffer %d bytes, want %d", got, want)
+	}
+
+	big, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigFD, _ := listenerFDOf(big.Listener)
+	if err := unix.SetsockoptInt(bigFD, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4*listenerRcvbuf); err != nil {
+		testutil.Unavailable(t, "cannot set a receive buffer past rmem_max (needs CAP_NET_ADMIN): %v", err)
+	}
+	r = startOn(t, big, be.LocalAddr().String(), Config{})
+	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("x"))
+	if got, _ := unix.GetsockoptInt(bigFD, unix.SOL_SOCKET, unix.SO_RCVBUF); got != 8*listenerRcvbuf {
+		t.Fatalf("a larger receive buffer was changed to %d bytes", got)
+	}
+}
