@@ -545,14 +545,16 @@ PERL
 	printf '%s\n' '[Service]' "ExecStart=/usr/bin/perl $t/dns-backend.pl" >/etc/systemd/system/spx-dns-backend.service
 }
 
-# ask_udp FROM_ADDR: a datagram to port 53 from a socket bound to FROM_ADDR
-# gets "re:" and itself back, from the address it was sent to.
+# ask_udp FROM_ADDR TO_ADDR [WAIT]: a datagram to port 53 from a socket
+# bound to FROM_ADDR gets "re:" and itself back, from the address it was
+# sent to, within WAIT seconds (2; the first query, which starts the
+# service, may take longer on a loaded machine).
 ask_udp() {
 	perl -MIO::Socket::INET -e '
 		$s = IO::Socket::INET->new(LocalAddr => "$ARGV[0]:0", PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $!";
 		$s->send("q") or die "send: $!";
-		$r = ""; eval { local $SIG{ALRM} = sub { die "no reply in 2s\n" }; alarm 2; $s->recv($r, 100); alarm 0; };
-		die $@ if $@; $r eq "re:q" or die "reply \"$r\"\n";' "$1" "$2"
+		$r = ""; eval { local $SIG{ALRM} = sub { die "no reply in $ARGV[2]s\n" }; alarm $ARGV[2]; $s->recv($r, 100); alarm 0; };
+		die $@ if $@; $r eq "re:q" or die "reply \"$r\"\n";' "$1" "$2" "${3:-2}"
 }
 
 ask_tcp() {
@@ -571,12 +573,52 @@ scenario_dns() { # Examples 12 and 13: ListenStream=53 and ListenDatagram=53
 	check "it answers on TCP" wait_for 5 eval 'exec 3<>/dev/tcp/127.0.0.1/5353' 
 	check "systemctl enable --now dns-proxy.socket" systemctl enable --now dns-proxy.socket
 	check "systemd listens on TCP and UDP port 53" eval 'systemctl show -P Listen dns-proxy.socket | grep -q "53 (Stream)" && systemctl show -P Listen dns-proxy.socket | grep -q "53 (Datagram)"'
-	check "a UDP query starts the proxy and gets its answer" ask_udp 127.0.0.1 127.0.0.1
+	check "a UDP query starts the proxy and gets its answer" ask_udp 127.0.0.1 127.0.0.1 20
 	check "dns-proxy.service is running" running dns-proxy.service
 	check "a TCP query is answered by the same proxy" ask_tcp
 	check "a client of 127.0.0.2 gets its answer from 127.0.0.2" ask_udp 127.0.0.1 127.0.0.2
 	check "STATUS= counts the flows" wait_for 5 status_has dns-proxy.service " flows, "
+	# A real DNS server in the stand-in's place, and real clients at full
+	# rate, with the shipped units as they are.
+	systemctl stop spx-dns-backend.service
+	check "dnsmasq on 127.0.0.1:5353" systemd-run --unit=spx-dnsmasq /usr/sbin/dnsmasq --keep-in-foreground --conf-file=/dev/null \
+		--no-resolv --no-hosts --listen-address=127.0.0.1 --bind-interfaces --port=5353 --user=root --address=/example.test/192.0.2.1
+	check "dnsmasq answers" wait_for 5 eval 'exec 3<>/dev/tcp/127.0.0.1/5353'
+	check "3000 queries, each from a new port as a stub resolver asks, 32 at a time: all answered" stub_queries 3000 32
+	check "dnsperf over UDP, 100 queries in flight: none lost" dnsperf_lost_none udp
 	check "no errors in the journal" no_errors dns-proxy.service
+}
+
+# stub_queries N P: N queries for *.example.test to 127.0.0.1:53, P at a
+# time, each from a socket of its own (a new source port), asked once with
+# a 2 s wait: every one must be answered.
+stub_queries() {
+	perl -MIO::Socket::INET -MIO::Select -e '
+		my ($n, $p) = @ARGV; my ($sent, $ok) = (0, 0); my %q;
+		my $sel = IO::Select->new;
+		my $ask = sub { my $id = $sent++ & 0xffff;
+			my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:53", Proto => "udp") or die "socket: $!";
+			my $name = join "", map { chr(length $_) . $_ } ("q$sent", "example", "test");
+			$s->send(pack("n n n n n n", $id, 0x0100, 1, 0, 0, 0) . $name . "\0" . pack("n n", 1, 1));
+			$q{$s} = [$s, time + 2]; $sel->add($s); };
+		$ask->() while $sent < $p && $sent < $n;
+		while ($sel->count) {
+			for my $s ($sel->can_read(0.2)) { my $r; $s->recv($r, 512); $ok++ if length $r >= 12;
+				$sel->remove($s); delete $q{$s}; close $s; $ask->() if $sent < $n; }
+			for my $e (values %q) { next if $e->[1] > time; $sel->remove($e->[0]); delete $q{$e->[0]}; close $e->[0]; $ask->() if $sent < $n; }
+		}
+		print "$ok of $n answered\n"; exit($ok == $n ? 0 : 1);' "$1" "$2"
+}
+
+# dnsperf_lost_none MODE: dnsperf for 3 s over MODE through port 53 loses
+# no query.
+dnsperf_lost_none() {
+	local out
+	for i in $(seq 0 99); do echo "q$i.example.test A"; done >"$t/queries"
+	out=$(dnsperf -s 127.0.0.1 -p 53 -m "$1" -d "$t/queries" -c 64 -l 3 -t 5 2>&1) || { echo "$out"; return 1; }
+	grep -E "Queries (sent|lost)|per second" <<<"$out"
+	systemctl show -P StatusText dns-proxy.service
+	grep -qE "Queries lost:[[:space:]]+0 " <<<"$out"
 }
 
 case $scenario in

@@ -30,7 +30,7 @@ deb=${SOCKET_PROXYD_DEB:-}
 suite=bookworm
 # procps: /bin/kill, which the shipped units' ExecReload= runs, as on any
 # Debian installed with its default ("important") packages; minbase has none.
-include=systemd,systemd-sysv,dbus,curl,nginx-light,procps
+include=systemd,systemd-sysv,dbus,curl,nginx-light,procps,dnsmasq-base,dnsperf
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 cache=${SOCKET_PROXYD_TEST_CACHE:-${XDG_CACHE_HOME:-/var/cache}/socket-proxyd-systemd-test}
 
