@@ -3,6 +3,8 @@
 package main_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 const hintLine = "socket-proxyd: run 'socket-proxyd --help' for usage"
@@ -316,6 +320,44 @@ func TestBadInheritedFD(t *testing.T) {
 					}
 				}
 			})
+		})
+	}
+}
+
+// TestConnectionsMaxLikeOriginal: -c takes every value the original
+// takes ("010", "0x10", " 5", "0b101") and refuses every value it refuses
+// ("4294967296", "5 ", "08"), side by side with the original (systemd's
+// package installs it); the values themselves are checked by
+// TestParseAtouLikeSystemd, from the same table.
+func TestConnectionsMaxLikeOriginal(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("testdata/connections-max.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []struct {
+		In    string
+		OK    bool
+		Value uint64
+	}
+	if err := json.Unmarshal(b, &cases); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range cases {
+		t.Run(fmt.Sprintf("%q", tt.In), func(t *testing.T) {
+			t.Parallel()
+			for _, im := range []impl{{name: "ours", path: binary}, {name: "original", path: originalBinary, original: true}} {
+				if im.original {
+					if _, err := os.Stat(im.path); err != nil {
+						testutil.Unavailable(t, "the original is not installed: %v", err)
+					}
+				}
+				_, _, stderr := run(t, im.path, launch{args: []string{"-c", tt.In, "127.0.0.1:80"}})
+				parsed := stderr == noSocketsLine+"\n" || stderr == "Didn't get any sockets passed in.\n"
+				if want := tt.OK && tt.Value >= 1; parsed != want {
+					t.Errorf("%s: -c %q: taken %v, want %v; stderr %q", im.name, tt.In, parsed, want, stderr)
+				}
+			}
 		})
 	}
 }

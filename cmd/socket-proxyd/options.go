@@ -143,7 +143,7 @@ func parseOptions(args []string) (options, error) {
 	}
 	var named []string
 	table := []getopt.Option{
-		{Long: "connections-max", Short: 'c', Arg: true, Original: true, Set: positiveInt(&opts.maxConnections)},
+		{Long: "connections-max", Short: 'c', Arg: true, Original: true, Set: connectionsMax(&opts.maxConnections)},
 		{Long: "exit-idle-time", Arg: true, Original: true, Set: span(&opts.exitIdleTime)},
 		{Long: "help", Short: 'h', Original: true, Stop: true, Set: flag(&opts.help)},
 		{Long: "version", Original: true, Stop: true, Set: flag(&opts.version)},
@@ -346,6 +346,19 @@ func busyPoll(p *time.Duration) func(string) error {
 			return fmt.Errorf("more than %s: a longer spin only burns a CPU; use a span such as 50us, or 0 to turn it off", timespan.Format(proxy.MaxBusyPoll))
 		}
 		*p = d
+		return nil
+	}
+}
+
+// connectionsMax reads -c as systemd-socket-proxyd does (parseAtou):
+// "010" is 8, "0x10" 16, " 5" 5, and "4294967296" is refused.
+func connectionsMax(p *int) func(string) error {
+	return func(s string) error {
+		n, err := parseAtou(s)
+		if err != nil || n < 1 {
+			return errors.New("must be a whole number of at least 1 (as in systemd-socket-proxyd, 0x10 is hexadecimal and 010 octal)")
+		}
+		*p = int(n)
 		return nil
 	}
 }
