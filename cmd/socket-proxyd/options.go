@@ -356,7 +356,7 @@ func connectionsMax(p *int) func(string) error {
 	return func(s string) error {
 		n, err := parseAtou(s)
 		if err != nil || n < 1 {
-			return errors.New("must be a whole number of at least 1 (as in systemd-socket-proxyd, 0x10 is hexadecimal and 010 octal)")
+			return errors.New("must be a whole number of at least 1")
 		}
 		*p = int(n)
 		return nil
