@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -561,5 +562,21 @@ func TestExitIdleZero(t *testing.T) {
 	}
 	if strings.Contains(stderr, "1ns") {
 		t.Errorf("a message calls --exit-idle-time=0 1ns:\n%s", stderr)
+	}
+}
+
+// TestCheckHandoffNotByHand: the check mode a reload runs on the next
+// binary refuses to run from a terminal, saying what it is; from a pipe,
+// as a reload runs it, it answers.
+func TestCheckHandoffNotByHand(t *testing.T) {
+	t.Parallel()
+	script := testutil.RequireTool(t, "script", "util-linux")
+	out, err := exec.Command(script, "-qec", binary+" --check-handoff=1 127.0.0.1:9", "/dev/null").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--check-handoff is internal to reloads") {
+		t.Errorf("from a terminal: %v, %q; want it refused", err, out)
+	}
+	code, stdout, _ := run(t, binary, launch{args: []string{"--check-handoff=1", "127.0.0.1:9"}})
+	if code != 0 || stdout != "socket-proxyd reads handoff record version 1\n" {
+		t.Errorf("from a pipe: exit %d, %q; want the answer", code, stdout)
 	}
 }

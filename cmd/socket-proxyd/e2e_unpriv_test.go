@@ -113,3 +113,22 @@ func TestUnprivilegedListen(t *testing.T) {
 	mustEcho(t, dial(t, "tcp", addrs[0]), 256<<10)
 	checkRunsAs(t, p)
 }
+
+// TestUnprivilegedLowPortSaysHow: --listen on a port below 1024 as nobody
+// fails with permission denied and says how to get the port: from
+// systemd, or with the capability.
+func TestUnprivilegedLowPortSaysHow(t *testing.T) {
+	t.Parallel()
+	setpriv, bin := unprivilegedBinary(t)
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+	if err == nil && strings.TrimSpace(string(b)) == "0" {
+		testutil.Unavailable(t, "every port is unprivileged here (net.ipv4.ip_unprivileged_port_start=0)")
+	}
+	for _, flag := range []string{"--listen", "--listen-datagram"} {
+		code, _, stderr := run(t, setpriv, launch{args: asNobody(bin, flag, "127.0.0.1:80", "127.0.0.1:9")})
+		if code != 1 || !strings.Contains(stderr, `cannot listen on "127.0.0.1:80": permission denied: ports below 1024 need privilege: `+
+			`let systemd bind it (a .socket unit, or systemd-socket-activate -l), or give the service AmbientCapabilities=CAP_NET_BIND_SERVICE`) {
+			t.Errorf("%s 127.0.0.1:80 as nobody: exit %d, stderr %q", flag, code, stderr)
+		}
+	}
+}

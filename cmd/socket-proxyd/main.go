@@ -52,6 +52,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(signals)
 	if len(args) > 0 && strings.HasPrefix(args[0], checkFlag) {
+		if byHand(os.Stdin, os.Stdout) {
+			fmt.Fprintf(stderr, "socket-proxyd: %s is internal to reloads: a running socket-proxyd runs it on the binary it is about to execute; it is not for use by hand\n", strings.TrimSuffix(checkFlag, "="))
+			return 1
+		}
 		return checkMode(strings.TrimPrefix(args[0], checkFlag), args[1:], stdout, stderr)
 	}
 	carried, resuming := os.LookupEnv(handoff.EnvVar)

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 	"github.com/socket-proxyd/socket-proxyd/internal/notify"
@@ -32,6 +34,18 @@ import (
 // nothing else. It is the first argument, so that no option parser (this
 // build's or the next) sees it as an option of the proxy.
 const checkFlag = "--check-handoff="
+
+// byHand says the check mode was started from a terminal: a reload runs
+// it with its input from /dev/null and its output into a pipe (every
+// version has, so a newer binary still answers an older one's reload).
+func byHand(in, out *os.File) bool {
+	for _, f := range []*os.File{in, out} {
+		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+			return true
+		}
+	}
+	return false
+}
 
 // checkReply is what the check mode prints: a binary that is not a
 // socket-proxyd (or a truncated one) cannot print it by chance.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -41,11 +42,45 @@ func ListenMode(addr string, mode os.FileMode) (Listener, error) {
 	if err := tcpMistake(addr); err != nil {
 		return Listener{}, err
 	}
+	if err := checkListenPort("--listen", addr); err != nil {
+		return Listener{}, err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return Listener{}, fmt.Errorf("cannot listen on %q: %v", addr, unwrap(err))
+		return Listener{}, listenError(addr, err)
 	}
 	return Listener{Listener: ln, Name: addr, FD: -1}, nil
+}
+
+// checkListenPort refuses a HOST:PORT whose port is neither a number from
+// 0 to 65535 nor a service name, saying so, where Go would say "lookup
+// tcp/80x: unknown port".
+func checkListenPort(flag, addr string) error {
+	_, port, _ := cutLast(addr, ":")
+	if n, err := strconv.Atoi(port); err == nil {
+		if n < 0 || n > 65535 {
+			return fmt.Errorf("%s address %q: port %d is out of range: use 1 to 65535 (0 picks a free one)", flag, addr, n)
+		}
+		return nil
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil || port == "" {
+		return fmt.Errorf("%s address %q: %q is not a port number or known service name: use 1 to 65535 (0 picks a free one)", flag, addr, port)
+	}
+	return nil
+}
+
+// listenError is a failed bind of addr, with what to do about a port
+// below 1024 that an unprivileged process may not bind.
+func listenError(addr string, err error) error {
+	err = unwrap(err)
+	if errors.Is(err, syscall.EACCES) {
+		if _, port, ok := cutLast(addr, ":"); ok {
+			if n, perr := strconv.Atoi(port); perr == nil && n > 0 && n < 1024 {
+				return fmt.Errorf("cannot listen on %q: %v: ports below 1024 need privilege: let systemd bind it (a .socket unit, or systemd-socket-activate -l), or give the service AmbientCapabilities=CAP_NET_BIND_SERVICE", addr, err)
+			}
+		}
+	}
+	return fmt.Errorf("cannot listen on %q: %v", addr, err)
 }
 
 // tcpMistake says what to write instead of a --listen address that is not

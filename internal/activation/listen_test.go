@@ -285,3 +285,29 @@ func TestListenHints(t *testing.T) {
 		}
 	}
 }
+
+// TestListenPortMistakes: a --listen or --listen-datagram port that is no
+// port says so and what to use, naming the option.
+func TestListenPortMistakes(t *testing.T) {
+	for _, tt := range []struct {
+		listen func(string) (Listener, error)
+		addr   string
+		want   string
+	}{
+		{Listen, "127.0.0.1:80x", `--listen address "127.0.0.1:80x": "80x" is not a port number or known service name: use 1 to 65535`},
+		{Listen, "127.0.0.1:65536", `--listen address "127.0.0.1:65536": port 65536 is out of range: use 1 to 65535`},
+		{Listen, "127.0.0.1:", `--listen address "127.0.0.1:": "" is not a port number`},
+		{func(a string) (Listener, error) { return ListenDatagram(a, DefaultSocketMode) }, "[::1]:5x3",
+			`--listen-datagram address "[::1]:5x3": "5x3" is not a port number`},
+	} {
+		l, err := tt.listen(tt.addr)
+		if err == nil {
+			l.Close()
+			t.Errorf("%q: listening", tt.addr)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: %v; want %q", tt.addr, err, tt.want)
+		}
+	}
+}

@@ -116,11 +116,14 @@ func ListenDatagram(addr string, mode os.FileMode) (Listener, error) {
 		return listenUnixPathOf(addr, mode, unix.SOCK_DGRAM)
 	}
 	if network == "udp" {
+		if err := checkListenPort("--listen-datagram", addr); err != nil {
+			return Listener{}, err
+		}
 		network = udpFamily(addr)
 	}
 	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
-		return Listener{}, fmt.Errorf("cannot listen on %q: %v", addr, unwrap(err))
+		return Listener{}, listenError(addr, err)
 	}
 	return Listener{Listener: &packetListener{PacketConn: pc}, Name: addr, FD: -1, Kind: Datagram}, nil
 }
