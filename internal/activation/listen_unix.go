@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -62,6 +63,48 @@ func (f *boundFile) remove() {
 	}
 	unix.Close(f.dir)
 	f.dir = -1
+}
+
+// beforeChmod, set by tests only, runs between the check that the name
+// is the socket just bound and the chmod: where a symlink swapped in would
+// be followed by a chmod by name.
+var beforeChmod func()
+
+// chmodBound gives the socket file just bound at name in dir its mode,
+// and returns its device and inode. It never follows a symlink: a file
+// swapped in for the socket (in a directory another user may write) is
+// refused, not chmodded. It opens the name itself with O_PATH|O_NOFOLLOW,
+// checks that it is a socket, and changes the mode of that very inode
+// through /proc/self/fd; without /proc, fchmodat2 with
+// AT_SYMLINK_NOFOLLOW (Linux 6.6) does it by name, or it fails.
+func chmodBound(dir int, name string, mode os.FileMode) (dev, ino uint64, err error) {
+	changed := errors.New("the directory changed while binding: the socket file is gone or was replaced")
+	fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, 0, changed
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return 0, 0, changed
+	}
+	if beforeChmod != nil {
+		beforeChmod()
+	}
+	err = unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(mode.Perm()))
+	if errors.Is(err, unix.ENOENT) {
+		p, perr := unix.BytePtrFromString(name)
+		if perr != nil {
+			return 0, 0, perr
+		}
+		_, _, e := unix.Syscall6(unix.SYS_FCHMODAT2, uintptr(dir), uintptr(unsafe.Pointer(p)),
+			uintptr(mode.Perm()), unix.AT_SYMLINK_NOFOLLOW, 0, 0)
+		err = nil
+		if e != 0 {
+			err = fmt.Errorf("cannot set its mode without following a symlink (no /proc, and fchmodat2: %v)", e)
+		}
+	}
+	return st.Dev, st.Ino, err
 }
 
 // listenUnixPath binds a unix stream socket at the absolute path p with
@@ -124,15 +167,7 @@ func listenUnixPathOf(p string, mode os.FileMode, typ int) (Listener, error) {
 		return fail(fmt.Errorf("cannot listen on %q: %v", p, err))
 	}
 	file := boundFile{dir: dir, name: name}
-	var st unix.Stat_t
-	err = unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW)
-	if err == nil && st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		err = errors.New("the directory changed while binding")
-	}
-	if err == nil {
-		file.dev, file.ino = st.Dev, st.Ino
-		err = unix.Fchmodat(dir, name, uint32(mode.Perm()), 0)
-	}
+	file.dev, file.ino, err = chmodBound(dir, name, mode)
 	if err == nil && typ != unix.SOCK_DGRAM {
 		err = unix.Listen(fd, unix.SOMAXCONN)
 	}
