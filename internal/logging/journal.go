@@ -127,7 +127,45 @@ func (j *Journal) send(priority int, message string, attrs iter.Seq[slog.Attr]) 
 		return err
 	}
 	_, err := j.conn.Write(b)
+	if errors.Is(err, unix.EMSGSIZE) || errors.Is(err, unix.ENOBUFS) {
+		err = j.sendSealed(b)
+	}
 	return err
+}
+
+// sendSealed sends an entry too large for one datagram as journald takes
+// it: written to a memfd, sealed against any change, and the descriptor
+// passed in an empty datagram (systemd.io/JOURNAL_NATIVE_PROTOCOL).
+func (j *Journal) sendSealed(b []byte) error {
+	fd, err := unix.MemfdCreate("socket-proxyd-journal-entry", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	for rest := b; len(rest) > 0; {
+		n, err := unix.Write(fd, rest)
+		if err != nil {
+			return err
+		}
+		rest = rest[n:]
+	}
+	seals := unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE | unix.F_SEAL_SEAL
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+		return err
+	}
+	// Go refuses WriteMsgUnix on a connected datagram socket.
+	rc, err := j.conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var sendErr error
+	if err := rc.Write(func(s uintptr) bool {
+		sendErr = unix.Sendmsg(int(s), nil, unix.UnixRights(fd), nil, 0)
+		return sendErr != unix.EAGAIN
+	}); err != nil {
+		return err
+	}
+	return sendErr
 }
 
 // appendField encodes one field in the native protocol: KEY=value and a

@@ -415,3 +415,60 @@ func TestNativeConcurrent(t *testing.T) {
 		t.Errorf("stderr got %q", stderr.String())
 	}
 }
+
+// sealedEntry reads the next datagram, which must be empty and carry one
+// descriptor, a sealed memfd, and decodes the entry in it.
+func (f *fakeJournal) sealedEntry() map[string][]string {
+	f.t.Helper()
+	if err := f.conn.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		f.t.Fatal(err)
+	}
+	buf, oob := make([]byte, 16), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := f.conn.ReadMsgUnix(buf, oob)
+	if err != nil || n != 0 {
+		f.t.Fatalf("read %d bytes, %v; want an empty datagram", n, err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		f.t.Fatalf("control messages %v, %v; want one", msgs, err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		f.t.Fatalf("descriptors %v, %v; want one", fds, err)
+	}
+	memfd := os.NewFile(uintptr(fds[0]), "memfd")
+	defer memfd.Close()
+	seals, err := unix.FcntlInt(uintptr(fds[0]), unix.F_GET_SEALS, 0)
+	if want := unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE | unix.F_SEAL_SEAL; err != nil || seals&want != want {
+		f.t.Errorf("seals %#x, %v; journald takes only a sealed memfd", seals, err)
+	}
+	b, err := io.ReadAll(io.NewSectionReader(memfd, 0, 1<<30)) // from the start, as journald maps it
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	fields, err := decodeEntry(b)
+	if err != nil {
+		f.t.Fatalf("%v in an entry of %d bytes", err, len(b))
+	}
+	return fields
+}
+
+// TestLargeEntryThroughMemfd: an entry larger than a datagram can be (a
+// field over 200 KiB) reaches the journal whole, in a sealed memfd, as
+// journald's protocol says; stderr gets nothing.
+func TestLargeEntryThroughMemfd(t *testing.T) {
+	f := newFakeJournal(t)
+	log, stderr := f.logger()
+	big := strings.Repeat("0123456789abcdef", 16<<10) + "\nand a second line"
+	log.Warn("a large entry", "detail", big)
+	fields := f.sealedEntry()
+	if got := one(t, fields, "DETAIL"); got != big {
+		t.Fatalf("DETAIL of %d bytes arrived, want %d", len(got), len(big))
+	}
+	if got := one(t, fields, "PRIORITY"); got != "4" {
+		t.Errorf("PRIORITY %q", got)
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("stderr got %d bytes", stderr.Len())
+	}
+}
