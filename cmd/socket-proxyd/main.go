@@ -166,6 +166,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		MaxConnections:  opts.maxConnections,
 		MaxFlows:        opts.maxFlows,
 		MaxPerSource:    opts.maxPerSource,
+		SocketBuffer:    opts.socketBuffer,
 		ExitIdleTime:    exitIdleTime(opts.exitIdleTime),
 		Backends:        opts.named,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),

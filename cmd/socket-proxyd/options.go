@@ -26,6 +26,7 @@ type options struct {
 	maxConnections int
 	maxFlows       int           // 0: the proxy's default, from the open files limit
 	maxPerSource   int           // 0: no limit
+	socketBuffer   int           // bytes; 0: the kernel's autotuning
 	exitIdleTime   time.Duration // timespan.Infinity: never; 0: as soon as nothing is open
 	listen         []string
 	socketMode     os.FileMode // of --listen unix socket files
@@ -68,6 +69,10 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
      --per-source-max=N      Let one client address hold at most N
                              connections, and N datagram flows
                              (default: no limit)
+     --socket-buffer=SIZE    Give both sockets of each connection buffers of
+                             SIZE bytes (K, M suffixes), bounding the kernel
+                             memory a client that never reads holds
+                             (default: the kernel's autotuning)
      --exit-idle-time=SPAN   Exit when without a connection for this duration;
                              0 exits as soon as none is open. See the
                              systemd.time(7) man page for time span format
@@ -149,6 +154,7 @@ func parseOptions(args []string) (options, error) {
 		{Long: "version", Original: true, Stop: true, Set: flag(&opts.version)},
 		{Long: "flows-max", Arg: true, Set: positiveInt(&opts.maxFlows)},
 		{Long: "per-source-max", Arg: true, Set: positiveInt(&opts.maxPerSource)},
+		{Long: "socket-buffer", Arg: true, Set: byteSize(&opts.socketBuffer)},
 		{Long: "listen", Arg: true, Set: appendTo(&opts.listen)},
 		{Long: "listen-datagram", Arg: true, Set: appendTo(&opts.listenDatagram)},
 		{Long: "listen-sequential-packet", Arg: true, Set: appendTo(&opts.listenPacket)},
@@ -267,6 +273,9 @@ func (o options) commandLine() []string {
 	if o.maxPerSource > 0 {
 		args = append(args, "--per-source-max="+strconv.Itoa(o.maxPerSource))
 	}
+	if o.socketBuffer > 0 {
+		args = append(args, "--socket-buffer="+strconv.Itoa(o.socketBuffer))
+	}
 	if o.idleTimeoutSet {
 		// Only when given: it also sets the flows' timeout (not given,
 		// they expire after a minute).
@@ -359,6 +368,23 @@ func connectionsMax(p *int) func(string) error {
 			return errors.New("must be a whole number of at least 1")
 		}
 		*p = int(n)
+		return nil
+	}
+}
+
+// byteSize reads a buffer size as systemd's ReceiveBuffer= does, in bytes
+// or with a K, M or G suffix (1024-based), from 4K to 1G.
+func byteSize(p *int) func(string) error {
+	return func(s string) error {
+		num, mult := s, 1
+		if i := strings.IndexAny(s, "KMGkmg"); i >= 0 && i == len(s)-1 {
+			num, mult = s[:i], 1<<(10*(1+strings.IndexByte("KMG", s[i]&^0x20)))
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil || n < 0 || n > (1<<30)/mult || n*mult < 4096 {
+			return errors.New("must be a size from 4K to 1G, in bytes or with a K, M or G suffix, such as 64K")
+		}
+		*p = n * mult
 		return nil
 	}
 }

@@ -162,7 +162,7 @@ func TestParseOptionsIssue12(t *testing.T) {
 		{args: []string{"--busy-poll=1001us", "h:1"}, want: `invalid value "1001us" for --busy-poll: more than 1ms: a longer spin only burns a CPU; use a span such as 50us, or 0 to turn it off`},
 		{args: []string{"--busy-poll=infinity", "h:1"}, want: `invalid value "infinity" for --busy-poll: more than 1ms`},
 		{args: []string{"--b=1", "h:1"}, want: `option "--b" is ambiguous: it could be --backend, --busy-poll; write more of it`},
-		{args: []string{"--s=1", "h:1"}, want: `option "--s" is ambiguous: it could be --socket-mode, --shutdown-timeout; write more of it`},
+		{args: []string{"--s=1", "h:1"}, want: `option "--s" is ambiguous: it could be --socket-buffer, --socket-mode, --shutdown-timeout; write more of it`},
 		{args: []string{"--conn=5s", "h:1"}, want: `invalid value "5s" for -c/--connections-max (written "--conn")`},
 		{args: []string{"--exit-idle-time", "5", "minutes", "127.0.0.1:80"},
 			want: `argument "minutes" follows --exit-idle-time "5": quote a span with spaces, --exit-idle-time="5 minutes"`},
@@ -241,4 +241,25 @@ func FuzzParseOptions(f *testing.F) {
 			t.Fatalf("parseOptions(%q) = %+v, printed as %q, read back as %+v", args, o, canon, again)
 		}
 	})
+}
+
+// TestSocketBufferSizes: --socket-buffer takes bytes or a K, M or G
+// suffix, as ReceiveBuffer= does, from 4K to 1G, and refuses the rest
+// naming the range.
+func TestSocketBufferSizes(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int
+	}{
+		{"65536", 65536}, {"64K", 64 << 10}, {"64k", 64 << 10}, {"1M", 1 << 20}, {"1G", 1 << 30}, {"4K", 4096},
+		{"4095", -1}, {"2G", -1}, {"0", -1}, {"-1K", -1}, {"64KB", -1}, {"K", -1}, {"1.5M", -1}, {"", -1},
+	} {
+		opts, err := parseOptions([]string{"--socket-buffer=" + tt.in, "h:1"})
+		switch {
+		case tt.want < 0 && (err == nil || !strings.Contains(err.Error(), "from 4K to 1G")):
+			t.Errorf("%q: %d, %v; want it refused with the range", tt.in, opts.socketBuffer, err)
+		case tt.want >= 0 && (err != nil || opts.socketBuffer != tt.want):
+			t.Errorf("%q: %d, %v; want %d", tt.in, opts.socketBuffer, err, tt.want)
+		}
+	}
 }

@@ -23,7 +23,7 @@ _comp_socket_proxyd() {
 		_filedir # a unix socket path, or HOST:PORT typed by hand
 		return
 		;;
-	-c | --connections-max | --flows-max | --per-source-max | --exit-idle-time | --backend | --connect-timeout | \
+	-c | --connections-max | --flows-max | --per-source-max | --socket-buffer | --exit-idle-time | --backend | --connect-timeout | \
 		--idle-timeout | --keepalive | --shutdown-timeout | --busy-poll | --socket-mode)
 		return # a number, a time span, an octal mode or NAME=ADDRESS: nothing to offer
 		;;
@@ -31,7 +31,7 @@ _comp_socket_proxyd() {
 	$split && return
 
 	if [[ $cur == -* ]]; then
-		local opts='-c --connections-max= --flows-max= --per-source-max= --exit-idle-time= --listen= --listen-datagram=
+		local opts='-c --connections-max= --flows-max= --per-source-max= --socket-buffer= --exit-idle-time= --listen= --listen-datagram=
 			--listen-sequential-packet= --socket-mode= --backend=
 			--connect-timeout= --idle-timeout= --keepalive= --proxy-protocol=
 			--shutdown-timeout= --fdstore= --busy-poll= -h --help --version'

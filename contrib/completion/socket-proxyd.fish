@@ -7,6 +7,7 @@ set -l span 'time span (e.g. 30s, 5min, infinity)'
 complete -c socket-proxyd -s c -l connections-max -x -d 'Maximum number of connections'
 complete -c socket-proxyd -l flows-max -x -d 'Maximum number of datagram flows'
 complete -c socket-proxyd -l per-source-max -x -d 'Maximum connections and flows of one client address'
+complete -c socket-proxyd -l socket-buffer -x -d 'Socket buffer size of each connection (e.g. 64K)'
 complete -c socket-proxyd -l exit-idle-time -x -d "Exit when idle this long: $span"
 complete -c socket-proxyd -l listen -r -d 'Also listen on HOST:PORT, a socket path or @name'
 complete -c socket-proxyd -l listen-datagram -r -d 'Also listen for datagrams on HOST:PORT, a socket path or @name'

@@ -102,6 +102,13 @@ const connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLPR
 // goes on as a normal one), as nothing after a proxy could rely on it.
 func (l *loop) streamSocket(fd int, tcp bool) {
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
+	if b := l.s.cfg.SocketBuffer; b > 0 {
+		// Fixed buffers instead of the kernel's autotuning, which lets
+		// a client that never reads hold megabytes (socket-proxyd(8),
+		// --socket-buffer).
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, b)
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, b)
+	}
 	if tcp {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		l.keepAlive(fd)

@@ -58,6 +58,13 @@ type Config struct {
 	// least recently active one, an answered one first: a new client is
 	// never kept out (flowbudget.go).
 	MaxFlows int
+	// SocketBuffer, when positive, sets the send and receive buffers of
+	// both sockets of every connection (SO_SNDBUF, SO_RCVBUF; the kernel
+	// doubles the value for its bookkeeping), in place of the kernel's
+	// autotuning: it bounds what a client that never reads holds in the
+	// kernel, at a cost in throughput over long fat paths. Zero means the
+	// kernel's autotuning.
+	SocketBuffer int
 	// MaxPerSource, when positive, is the most connections, and the most
 	// flows, one client address holds at once (persource.go); zero means
 	// no limit. Unix clients are not limited.
