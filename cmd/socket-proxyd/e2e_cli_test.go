@@ -534,7 +534,7 @@ func TestHints(t *testing.T) {
 		{args: []string{"--exit-idle-time", "5", "minutes", "127.0.0.1:80"},
 			want: `argument "minutes" follows --exit-idle-time "5": quote a span with spaces, --exit-idle-time="5 minutes"`},
 		{args: []string{"--keepalive=10h", "127.0.0.1:80"}, want: `invalid value "10h" for --keepalive: above the kernel's limit of 9h 6min 7s (32767s); use a shorter span, or 0 or infinity to turn keepalive off`},
-		{args: []string{"--s=1", "127.0.0.1:80"}, want: `option "--s" is ambiguous: it could be --socket-mode, --shutdown-timeout; write more of it`},
+		{args: []string{"--s=1", "127.0.0.1:80"}, want: `option "--s" is ambiguous: it could be --socket-buffer, --socket-mode, --shutdown-timeout; write more of it`},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			t.Parallel()
