@@ -9,7 +9,7 @@
 #   - neither package's scripts enable or start anything, and "systemctl
 #     preset-all" on a scratch root with either package's files enables none
 #     of the units (the preset file); removal stops and disables every one;
-#   - the .deb suggests bash-completion;
+#   - both packages recommend bash-completion (the bash completion needs it);
 #   - the maintainer scripts do what they should for each argument dpkg and
 #     rpm pass (a stub systemctl records it);
 #   - the rpm installs into a scratch root with "rpm --root", its binary runs
@@ -157,8 +157,10 @@ preset_enables_nothing() {
 # needed for what systemctl reads).
 check "deb: systemctl preset-all enables none of the units" eval '
 	dpkg-deb -x "$deb" "$tmp/deb-root" && preset_enables_nothing "$tmp/deb-root"'
-check "deb: Suggests: bash-completion (the bash completion needs it)" eval '
-	s=$(dpkg-deb -f "$deb" Suggests); [[ $s == *bash-completion* ]] || { echo "Suggests: $s"; exit 1; }'
+check "deb: Recommends: bash-completion (the bash completion needs it)" eval '
+	s=$(dpkg-deb -f "$deb" Recommends); [[ $s == *bash-completion* ]] || { echo "Recommends: $s"; exit 1; }'
+check "rpm: Recommends: bash-completion" eval '
+	s=$(rpm -qp --recommends "$rpm" 2>/dev/null); [[ $s == *bash-completion* ]] || { echo "Recommends: $s"; exit 1; }'
 
 # The rpm into a scratch root. Its scriptlets need /bin/sh and systemd
 # inside the root, which a scratch root has not: --noscripts (they are the
