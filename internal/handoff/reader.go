@@ -143,11 +143,15 @@ func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners, vers
 				return c, fmt.Errorf("%d bytes in a pipe", dir.InPipe)
 			}
 		case 2:
+			// An empty message of a sequential-packet connection waits
+			// as a spill of zero bytes (version 4).
 			n := int(e.u32())
-			if n <= 0 || n > MaxMem {
+			if n < 0 || n > MaxMem || (n == 0 && version < 4) {
 				return c, fmt.Errorf("%d bytes in memory", n)
 			}
-			dir.Mem = e.take(n)
+			if dir.Mem = e.take(n); dir.Mem == nil && e.err == nil {
+				dir.Mem = []byte{}
+			}
 		default:
 			return c, fmt.Errorf("pipe kind %d", kind)
 		}

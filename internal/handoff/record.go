@@ -26,7 +26,9 @@ import (
 // reader takes every version from 1 up to its own; a new entry kind (a
 // datagram flow, say) bumps it, so that an older build refuses the record
 // in the check before exec (--check-handoff) instead of misreading it.
-const Version = 3
+// Version 4: a memory spill may hold zero bytes (an empty message of a
+// sequential-packet connection, waiting to be sent).
+const Version = 4
 
 // Bounds: a record past them is refused, whatever it says.
 const (
@@ -141,7 +143,8 @@ type Dir struct {
 	Bytes int64 // delivered so far
 	Flags uint8
 	// Pipe is a kernel pipe holding InPipe bytes not yet written; -1
-	// when there is none. Mem holds a memory spill instead.
+	// when there is none. Mem holds a memory spill instead: non-nil, even
+	// empty, when there is one.
 	Pipe   [2]int
 	InPipe int
 	Mem    []byte

@@ -129,11 +129,6 @@ func TestRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resum := func(b []byte) []byte {
-		b = bytes.Clone(b)
-		binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.Checksum(b[:len(b)-4], crc))
-		return b
-	}
 	tests := []struct {
 		name string
 		b    []byte
@@ -268,5 +263,43 @@ func TestRejectsFlowOnStreamListener(t *testing.T) {
 	}
 	if _, _, err := Decode(b, sameNumbers); err == nil || !strings.Contains(err.Error(), "not a datagram listener") {
 		t.Errorf("Decode: %v, want a flow on a stream listener refused", err)
+	}
+}
+
+// resum puts the right checksum on a record a test changed.
+func resum(b []byte) []byte {
+	b = bytes.Clone(b)
+	binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.Checksum(b[:len(b)-4], crc))
+	return b
+}
+
+// TestEmptySpillRoundTrip: an empty message waiting in memory (a
+// sequential-packet connection's, version 4) is a spill of zero bytes, and
+// comes back as one, not as nothing; a record of an earlier version with
+// such a spill is refused, as that version could not write one.
+func TestEmptySpillRoundTrip(t *testing.T) {
+	d := fds(t, 3)
+	r := &Record{Written: 1, Epoll: -1,
+		Listeners: []Listener{{FD: d[0], Name: "pkt", Kind: ListenSequentialPacket}},
+		Conns: []Conn{{Listener: 0, State: Open, FD: [2]int{d[1], d[2]},
+			Dir: [2]Dir{{Pipe: [2]int{-1, -1}, Mem: []byte{}}, {Pipe: [2]int{-1, -1}}}}},
+	}
+	b, _, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := Decode(b, sameNumbers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := got.Conns[0].Dir[0].Mem; m == nil || len(m) != 0 {
+		t.Fatalf("the empty spill came back as %#v", m)
+	}
+	if m := got.Conns[0].Dir[1].Mem; m != nil {
+		t.Fatalf("no spill came back as %#v", m)
+	}
+	old := resum(append(append(bytes.Clone(b[:8]), 3, 0), b[10:]...))
+	if _, _, err := Decode(old, sameNumbers); err == nil || !strings.Contains(err.Error(), "0 bytes in memory") {
+		t.Fatalf("a version 3 record with an empty spill: %v; want it refused", err)
 	}
 }

@@ -3,6 +3,7 @@
 package proxy
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"strconv"
@@ -239,7 +240,8 @@ func recordDir(dir *direction, kept bool) handoff.Dir {
 			rd.Flags |= f[1]
 		}
 	}
-	if p := dir.pipe; p != nil && (p.n > 0 || kept && p.r >= 0) {
+	// A memory spill is a whole message, even an empty one.
+	if p := dir.pipe; p != nil && (p.n > 0 || p.r < 0 || kept && p.r >= 0) {
 		if p.r >= 0 {
 			rd.Pipe, rd.InPipe = [2]int{p.r, p.w}, p.n
 		} else {
@@ -372,7 +374,7 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 					return err
 				}
 			case rd.Mem != nil:
-				pipes[d] = &pipe{r: -1, w: -1, n: len(rd.Mem), mem: append([]byte(nil), rd.Mem...)}
+				pipes[d] = &pipe{r: -1, w: -1, n: len(rd.Mem), mem: bytes.Clone(rd.Mem)} // non-nil, even empty
 			}
 		}
 	}

@@ -91,7 +91,8 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 		switch {
 		case e == unix.EAGAIN:
 			c.ready[1-d] &^= canWrite
-			dir.pipe = &pipe{r: -1, w: -1, n: n, mem: append([]byte(nil), buf[:n]...)}
+			// Non-nil even when empty: a parked message, not none.
+			dir.pipe = &pipe{r: -1, w: -1, n: n, mem: append(make([]byte, 0, n), buf[:n]...)}
 		case e != 0:
 			l.abort(c, e)
 			return false

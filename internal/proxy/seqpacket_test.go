@@ -270,3 +270,48 @@ func TestLargestMessageGoesWhole(t *testing.T) {
 		t.Fatalf("backend read messages of %v bytes, want %d and %d", sizes, len(want[0]), len(want[1]))
 	}
 }
+
+// TestStoreKeepsParkedEmptyMessage: an empty message parked for a full
+// backend is recorded as a spill of zero bytes, not as nothing, and the
+// next instance delivers it as a message before the ones that follow:
+// none is lost to a reload or a restart through the fd store (the record
+// itself carries an empty spill: TestEmptySpillRoundTrip).
+func TestStoreKeepsParkedEmptyMessage(t *testing.T) {
+	parked := &direction{pipe: &pipe{r: -1, w: -1, n: 0, mem: []byte{}}}
+	if rd := recordDir(parked, false); rd.Mem == nil || len(rd.Mem) != 0 {
+		t.Fatalf("a parked empty message is recorded as %#v, want an empty spill", rd.Mem)
+	}
+
+	dir := shortDir(t)
+	got := make(chan []string, 1)
+	be := listenBackend(t, "unixpacket", filepath.Join(dir, "be"), func(c net.Conn) { got <- readMessages(t, c) })
+	listen := func(name string) activation.Listener {
+		ln, err := activation.ListenSequentialPacket(filepath.Join(dir, name), activation.DefaultSocketMode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.Name = "pkt"
+		return ln
+	}
+	st := newStore(t)
+	a := startOn(t, listen("px1"), be, Config{Store: st.keep})
+	c := dialPackets(t, filepath.Join(dir, "px1"))
+	if _, err := c.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first message delivered", func() bool { return a.srv.Stats().BytesIn == 6 })
+	r := st.take(t, a)
+	if len(r.Conns) != 1 || r.Conns[0].Dir[0].Mem != nil {
+		closeRecord(r)
+		t.Fatalf("record: want one connection with nothing parked: %+v", r.Conns)
+	}
+	r.Conns[0].Dir[0].Mem = []byte{} // as recordDir writes a parked empty message
+	startOn(t, listen("px2"), be, Config{Resume: r})
+	if _, _, err := c.WriteMsgUnix([]byte("after"), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	if msgs, want := recv(t, got, "the backend's messages"), []string{"before", "", "after"}; !slices.Equal(msgs, want) {
+		t.Fatalf("the backend read %q, want %q", msgs, want)
+	}
+}
