@@ -171,7 +171,7 @@ func (l *loop) setupDatagram(ln *listenerFD) {
 		l.flows.every = int64(min(max(t/4, time.Millisecond), sweepMax))
 		l.flows.ticks = uint32((int64(t) + l.flows.every - 1) / l.flows.every)
 	}
-	raiseReceiveBuffer(ln.fd)
+	raiseBuffer(ln.fd, unix.SO_RCVBUF, unix.SO_RCVBUFFORCE)
 	sa, err := unix.Getsockname(ln.fd)
 	if err != nil {
 		return
@@ -179,6 +179,11 @@ func (l *loop) setupDatagram(ln *listenerFD) {
 	switch sa := sa.(type) {
 	case *unix.SockaddrUnix:
 		d.unix, d.slot = true, unixSlot
+		// Replies wait in their clients' queues charged to the
+		// listener's send buffer: one client that does not read must
+		// not fill it for all (its own queue, net.unix.max_dgram_qlen
+		// datagrams, fills first).
+		raiseBuffer(ln.fd, unix.SO_SNDBUF, unix.SO_SNDBUFFORCE)
 	case *unix.SockaddrInet4:
 		d.local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
 		if d.local.Addr().IsUnspecified() && unix.SetsockoptInt(ln.fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1) == nil {
@@ -200,18 +205,19 @@ func (l *loop) setupDatagram(ln *listenerFD) {
 // kernel memory). Only what is queued takes memory.
 const listenerRcvbuf = 8 << 20
 
-// raiseReceiveBuffer gives a datagram listener listenerRcvbuf, never less
-// than it has (a .socket unit's ReceiveBuffer= may have given more):
-// SO_RCVBUFFORCE where the proxy may (CAP_NET_ADMIN), else SO_RCVBUF,
-// which the kernel caps at net.core.rmem_max (ReceiveBuffer= is not
-// capped, as systemd sets it).
-func raiseReceiveBuffer(fd int) {
+// raiseBuffer gives a datagram listener's buffer opt (SO_RCVBUF or
+// SO_SNDBUF) listenerRcvbuf bytes, never less than it has (a .socket
+// unit's ReceiveBuffer= may have given more): with force (SO_RCVBUFFORCE,
+// SO_SNDBUFFORCE) where the proxy may (CAP_NET_ADMIN), else with opt,
+// which the kernel caps at net.core.rmem_max or wmem_max (ReceiveBuffer=
+// is not capped, as systemd sets it).
+func raiseBuffer(fd, opt, force int) {
 	// The kernel reports twice what was set (its bookkeeping overhead).
-	if have, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF); err != nil || have >= 2*listenerRcvbuf {
+	if have, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, opt); err != nil || have >= 2*listenerRcvbuf {
 		return
 	}
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, listenerRcvbuf) != nil {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, listenerRcvbuf)
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, listenerRcvbuf) != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, listenerRcvbuf)
 	}
 }
 
@@ -317,18 +323,23 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 // datagram the socket refuses is dropped and counted: nothing is queued.
 func (l *loop) sendFlow(f *flow, b *dgramBuf, run int) {
 	segment := f.hdr == "" && !l.listeners[f.listener].dgram.unix
-	sent, bytes := l.sendOrDrop(int(f.fd), b.out[:run], segment, f)
+	sent, bytes := l.sendOrDrop(int(f.fd), b.out[:run], segment, false, f)
 	l.s.bytesIn.Add(bytes)
 	l.s.dgram.in.Add(sent)
 }
 
 // sendOrDrop sends msgs on fd, segmented where it can be when segment is
-// set, and reports how many went and their bytes. Only a full socket buffer
-// drops the rest (they would meet the same full buffer); any other error
-// belongs to the one datagram the send stopped at, which is dropped alone,
-// and the send goes on with the next. f is the flow whose backend fd is,
-// nil for replies.
-func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment bool, f *flow) (sent, bytes int64) {
+// set, and reports how many went and their bytes. A full socket buffer
+// drops the rest (they would meet the same full buffer), unless each
+// message goes to a queue of its own (perDestination: a unix datagram
+// socket's replies, each to its client's socket, where EAGAIN says that
+// one client's queue is full); any other error belongs to the one datagram
+// the send stopped at, which is dropped alone, and the send goes on with
+// the next. A unix datagram larger than the socket's send buffer (which
+// the kernel sets below the 256 KiB the proxy reads) raises the buffer
+// once and goes again. f is the flow whose backend fd is, nil for replies.
+func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment, perDestination bool, f *flow) (sent, bytes int64) {
+	raised := false
 	for len(msgs) > 0 {
 		n, b, e := l.sendDatagrams(fd, msgs, segment)
 		sent += int64(n)
@@ -343,6 +354,14 @@ func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment bool, f *flow) (s
 			// The failed send may have been a run of segments: send
 			// one by one from here, to find the one datagram too big.
 			segment = false
+		case e == unix.EMSGSIZE && !raised && msgs[0].Len > udpSlot:
+			// Only a unix datagram is this large (msgs' Len is the
+			// payload read): its socket's buffer may take it raised.
+			raised = true
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 2*unixSlot)
+		case (e == unix.EAGAIN || e == unix.ENOBUFS) && perDestination:
+			l.drop(&l.s.dgram.full, 1)
+			msgs = msgs[1:]
 		case e == unix.EAGAIN || e == unix.ENOBUFS:
 			l.drop(&l.s.dgram.full, len(msgs))
 			return sent, bytes
@@ -628,7 +647,9 @@ func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
 // is full.
 func (l *loop) flushReplies(r *replies) {
 	ln := l.listeners[r.listener]
-	sent, bytes := l.sendOrDrop(ln.fd, r.b.out[:r.out], !ln.dgram.unix, nil)
+	// Replies through a unix listener go each to its client's own
+	// socket, whose queue may be full when the others' are not.
+	sent, bytes := l.sendOrDrop(ln.fd, r.b.out[:r.out], !ln.dgram.unix, ln.dgram.unix, nil)
 	r.used, r.out = 0, 0
 	l.s.bytesOut.Add(bytes)
 	l.s.dgram.out.Add(sent)

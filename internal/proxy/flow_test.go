@@ -953,3 +953,111 @@ func TestDatagramListenerBufferRaised(t *testing.T) {
 		t.Fatalf("a larger receive buffer was changed to %d bytes", got)
 	}
 }
+
+// TestUnixReplyToAFullClientDropsAlone: replies through a unix datagram
+// listener go each to its client's socket; one client that never reads
+// fills its own queue, and its replies are dropped and counted, while the
+// replies of another client in the same batch are delivered.
+func TestUnixReplyToAFullClientDropsAlone(t *testing.T) {
+	dir := shortDir(t)
+	be, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "be"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	be.SetDeadline(time.Now().Add(20 * time.Second))
+	ln, err := activation.ListenDatagram(filepath.Join(dir, "px"), activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, unhold := holdFirstBatch(t)
+	held.armed.Store(false)
+	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, held.prepare)
+	client := func(name string) *net.UnixConn {
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, name), Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		return c
+	}
+	px := &net.UnixAddr{Name: r.addr, Net: "unixgram"}
+	buf := make([]byte, 100)
+	forward := func(c *net.UnixConn, msg string) *net.UnixAddr { // client -> proxy -> backend; the flow's address
+		if _, err := c.WriteToUnix([]byte(msg), px); err != nil {
+			t.Fatal(err)
+		}
+		_, from, err := be.ReadFromUnix(buf)
+		if err != nil {
+			t.Fatalf("the backend got nothing: %v", err)
+		}
+		return from
+	}
+	// A never reads: its queue (net.unix.max_dgram_qlen, 512) fills.
+	a := client("a")
+	var flowA *net.UnixAddr
+	const many = 600
+	for range many {
+		flowA = forward(a, "a")
+		be.WriteToUnix([]byte("to a"), flowA)
+	}
+	waitFor(t, "every reply to A sent or dropped", func() bool {
+		s := r.srv.Stats()
+		return s.DatagramsOut+s.DatagramsDropped == many
+	})
+	b := client("b")
+	flowB := forward(b, "b")
+	// Hold the loop, answer A once and B five times, release: the loop
+	// reads both flows in one wait, and sends their replies in one batch.
+	held.armed.Store(true)
+	if _, err := b.WriteToUnix([]byte("wake"), px); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, held.held, "the loop to be held")
+	be.WriteToUnix([]byte("to a"), flowA)
+	for i := range 5 {
+		be.WriteToUnix([]byte{'0' + byte(i)}, flowB)
+	}
+	unhold()
+	for i := range 5 {
+		n, err := b.Read(buf)
+		if err != nil || string(buf[:n]) != string(rune('0'+i)) {
+			t.Fatalf("B's reply %d: %q, %v; stats %+v", i, buf[:max(n, 0)], err, r.srv.Stats())
+		}
+	}
+	if s := r.srv.Stats(); s.DroppedBufferFull == 0 {
+		t.Errorf("stats %+v: want A's replies dropped and counted", s)
+	}
+}
+
+// TestLargestUnixDatagramGoesWhole: a unix datagram up to the 256 KiB the
+// proxy reads, from a client that raised its send buffer, goes to the
+// backend whole, and so does a reply that large, though the kernel gives
+// the proxy's sockets smaller send buffers by default.
+func TestLargestUnixDatagramGoesWhole(t *testing.T) {
+	dir := shortDir(t)
+	be := udpEcho(t, "unixgram", filepath.Join(dir, "be"), "")
+	if err := be.(*net.UnixConn).SetWriteBuffer(2 * unixSlot); err != nil { // to send the reply back
+		t.Fatal(err)
+	}
+	r := startDgram(t, filepath.Join(dir, "px"), be.LocalAddr().String(), Config{})
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "c"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := c.SetWriteBuffer(2 * unixSlot); err != nil {
+		t.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("y"), unixSlot)
+	if _, err := c.WriteToUnix(msg, &net.UnixAddr{Name: r.addr, Net: "unixgram"}); err != nil {
+		t.Fatalf("client write of %d bytes: %v", len(msg), err)
+	}
+	buf := make([]byte, 2*unixSlot)
+	n, err := c.Read(buf)
+	if err != nil || n != len(msg) {
+		t.Fatalf("reply of %d bytes, %v; want %d; stats %+v", n, err, len(msg), r.srv.Stats())
+	}
+}
