@@ -2,7 +2,11 @@
 
 package proxy
 
-import "golang.org/x/sys/unix"
+import (
+	"iter"
+
+	"golang.org/x/sys/unix"
+)
 
 // Flows have a budget of their own, apart from the connection limit (-c):
 // a flow costs its client nothing (no handshake, and its source address
@@ -95,6 +99,22 @@ func (l *loop) touch(f *flow, state uint8) {
 	l.unlink(f)
 	f.state = state
 	l.link(f)
+}
+
+// flowsByEviction yields every flow in the order evictFlow would take
+// them.
+func (l *loop) flowsByEviction() iter.Seq[*flow] {
+	return func(yield func(*flow) bool) {
+		for _, state := range []uint8{flowsAnswered, flowsWaiting} {
+			for r := l.flows.lru[state].head; r != 0; {
+				f := l.flowAt(r)
+				r = f.next
+				if !yield(f) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // evictFlow closes the flow least recently active, an answered one first,

@@ -21,7 +21,10 @@ var listenerKinds = [...]uint8{
 	activation.SequentialPacket: handoff.ListenSequentialPacket,
 }
 
-// recordFlows adds every flow to r.
+// recordFlows adds every flow to r, in the order a new client would
+// evict them (flowbudget.go): the answered ones, least recently active
+// first, then those waiting for a reply. The next image adopts them in
+// this order into one list, so its evictions follow the same order.
 func (l *loop) recordFlows(r *handoff.Record, now int64) {
 	if l.flows.count == 0 {
 		return
@@ -30,8 +33,8 @@ func (l *loop) recordFlows(r *handoff.Record, now int64) {
 	if l.flows.every > 0 {
 		tick = uint32(now / l.flows.every)
 	}
-	for _, f := range l.flows.table {
-		if f == nil || f.resolving {
+	for f := range l.flowsByEviction() {
+		if f.resolving {
 			// Not connected yet: it goes, and the client's next
 			// datagram opens a new one.
 			continue
