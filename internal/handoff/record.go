@@ -27,7 +27,8 @@ import (
 // datagram flow, say) bumps it, so that an older build refuses the record
 // in the check before exec (--check-handoff) instead of misreading it.
 // Version 4: a memory spill may hold zero bytes (an empty message of a
-// sequential-packet connection, waiting to be sent).
+// sequential-packet connection, waiting to be sent), and the record
+// carries the engine's running totals (Totals).
 const Version = 4
 
 // Bounds: a record past them is refused, whatever it says.
@@ -63,7 +64,16 @@ type Record struct {
 	// fstat per descriptor while the loop stands still. Otherwise (the fd
 	// store) each is recorded with its identity.
 	ByNumber bool
+	// Totals are the engine's running totals (connections accepted,
+	// bytes, datagrams dropped by reason...), in the engine's own order,
+	// so that the counts a reload or a restart carries on from are the
+	// process's since its start (version 4). A reader takes the ones it
+	// knows, the first ones; a writer only ever appends new ones.
+	Totals []uint64
 }
+
+// MaxTotals bounds Record.Totals.
+const MaxTotals = 1024
 
 // Listener is one listening socket.
 type Listener struct {
@@ -177,7 +187,8 @@ const (
 	kindConn
 	kindEnd
 	kindLoop
-	kindFlow // version 2
+	kindFlow   // version 2
+	kindTotals // version 4
 )
 
 var magic = [8]byte{'S', 'P', 'X', 'H', 'O', 'F', 'F', 0}
@@ -267,6 +278,17 @@ func Encode(r *Record) ([]byte, []int, error) {
 			default:
 				body = append(body, 0)
 			}
+		}
+		end(at)
+	}
+	if len(r.Totals) > 0 {
+		if len(r.Totals) > MaxTotals {
+			return nil, nil, fmt.Errorf("handoff record: %d totals, more than %d", len(r.Totals), MaxTotals)
+		}
+		at := entry(kindTotals)
+		body = le.AppendUint16(body, uint16(len(r.Totals)))
+		for _, v := range r.Totals {
+			body = le.AppendUint64(body, v)
 		}
 		end(at)
 	}
@@ -472,6 +494,18 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 				return bad("loop: %v", err)
 			}
 			r.Gen = e.u32()
+		case kindTotals:
+			if v < 4 || r.Totals != nil {
+				return bad("totals in a version %d record, or twice", v)
+			}
+			n := int(e.u16())
+			if n > MaxTotals {
+				return bad("%d totals, more than %d", n, MaxTotals)
+			}
+			r.Totals = make([]uint64, n)
+			for i := range r.Totals {
+				r.Totals[i] = e.u64()
+			}
 		case kindEnd:
 			done = true
 		default:

@@ -47,7 +47,7 @@ func sample(t testing.TB) *Record {
 	d := fds(t, 8)
 	none := [2]int{-1, -1}
 	return &Record{
-		Written: 123456789, Epoll: -1, Gen: 77,
+		Written: 123456789, Epoll: -1, Gen: 77, Totals: []uint64{1, 0, 1 << 60},
 		Listeners: []Listener{
 			{FD: d[0], Name: "web", Backend: "127.0.0.1:80"},
 			{FD: d[1], Name: "/run/x.sock", Backend: "/run/backend", Bound: true},

@@ -670,11 +670,13 @@ func (l *loop) sendReplies() {
 func (l *loop) flowRefused(f *flow) {
 	l.s.dgram.refused.Add(1)
 	if !f.refused {
+		// Once per flow, and rate-limited with the connections' backend
+		// warnings: a backend that is down is as loud for datagrams as
+		// for streams.
 		f.refused = true
-		if l.s.log.Enabled(context.Background(), slog.LevelDebug) {
-			l.s.log.Debug("backend refused a datagram", "client", flowClient(f), "listener", l.listeners[f.listener].label,
-				"backend", l.listeners[f.listener].backend.String())
-		}
+		ln := &l.listeners[f.listener]
+		l.warn(warnBackend, "backend refused datagrams (ICMP port unreachable): is it running?", "connection refused",
+			"client", flowClient(f), "listener", ln.label, "backend", ln.backend.String())
 	}
 }
 

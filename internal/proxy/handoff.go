@@ -182,7 +182,7 @@ func (l *loop) storeAll() {
 
 // record describes the loop.
 func (l *loop) record() *handoff.Record {
-	r := &handoff.Record{Written: handoff.Monotonic(), Conns: make([]handoff.Conn, 0, l.active), Epoll: -1}
+	r := &handoff.Record{Written: handoff.Monotonic(), Conns: make([]handoff.Conn, 0, l.active), Epoll: -1, Totals: l.s.totals()}
 	for _, ln := range l.listeners {
 		bound := false
 		for _, cl := range l.s.cfg.Listeners {
@@ -258,6 +258,7 @@ func recordDir(dir *direction, kept bool) handoff.Dir {
 // the record says); a connection that fails a check is reset, never
 // forwarded. It reports how many were adopted.
 func (l *loop) resume(r *handoff.Record) (adopted, reset int) {
+	l.s.addTotals(r.Totals)
 	elapsed := max(handoff.Monotonic()-r.Written, 0)
 	if l.epfd == r.Epoll {
 		// Registrations, generations and unread edges came along; new

@@ -176,3 +176,23 @@ func TestResumeDeliversBytesInMemory(t *testing.T) {
 		t.Errorf("the backend read %q, want %q", b, "x parked then more")
 	}
 }
+
+// TestStoreCarriesTotals: the running totals (connections since start,
+// bytes, datagrams and their drops) go on from where the last image left
+// them, so that STATUS= and the metrics count since the process started,
+// not since the last reload.
+func TestStoreCarriesTotals(t *testing.T) {
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	st := newStore(t)
+	a := startOn(t, listenNamed(t, "web"), addr, Config{Store: st.keep})
+	roundTrip(t, a.addr, []byte("twelve bytes"))
+	waitFor(t, "the bytes counted", func() bool { s := a.srv.Stats(); return s.BytesIn == 12 && s.BytesOut == 12 })
+	before := a.srv.Stats()
+	r := st.take(t, a)
+	b := startOn(t, listenNamed(t, "web"), addr, Config{Resume: r})
+	roundTrip(t, b.addr, []byte("four"))
+	waitFor(t, "the totals carried and counted on", func() bool {
+		s := b.srv.Stats()
+		return s.Accepted == before.Accepted+1 && s.BytesIn == before.BytesIn+4 && s.BytesOut == before.BytesOut+4
+	})
+}

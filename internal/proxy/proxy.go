@@ -268,6 +268,39 @@ func (s *Server) CloseConnections() {
 	}
 }
 
+// totalCounters are the counters that only grow, in the order the handoff
+// record carries them (Record.Totals): a new one goes at the end, and none
+// is ever taken out or moved, so that images of different builds agree.
+func (s *Server) totalCounters() []*atomic.Int64 {
+	d := &s.dgram
+	return []*atomic.Int64{
+		&s.accepted, &s.refused, &s.backendErrors, &s.bytesIn, &s.bytesOut, &s.splices, &s.splicedBytes,
+		&s.busyPollHits, &d.opened, &d.in, &d.out, &d.dropped, &d.truncated, &d.refused, &d.segmented,
+		&d.full, &d.tooBig, &d.sendErrors, &d.noFlow, &d.noAddress, &d.evicted, &s.refusedPerSource,
+	}
+}
+
+// totals is the running totals, for the handoff record.
+func (s *Server) totals() []uint64 {
+	cs := s.totalCounters()
+	out := make([]uint64, len(cs))
+	for i, c := range cs {
+		out[i] = uint64(c.Load())
+	}
+	return out
+}
+
+// addTotals takes over the running totals a previous image counted: the
+// process's counts go on from where they were, across reloads and
+// restarts. Those this build does not know are left.
+func (s *Server) addTotals(totals []uint64) {
+	for i, c := range s.totalCounters() {
+		if i < len(totals) {
+			c.Add(int64(totals[i]))
+		}
+	}
+}
+
 // Stats returns the running totals.
 func (s *Server) Stats() Stats {
 	return Stats{

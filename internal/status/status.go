@@ -26,7 +26,7 @@ func Line(s proxy.Stats) string {
 		plural(s.Active, "connection"),
 		fmt.Sprintf("%d since start", s.Accepted),
 		Bytes(s.BytesIn+s.BytesOut) + " forwarded",
-		plural(s.BackendErrors, "backend error"),
+		plural(s.BackendErrors+s.BackendRefused, "backend error"), // refused datagrams too
 	}
 	if s.FlowsOpened > 0 {
 		// Only once a datagram socket has had a client: a stream-only
