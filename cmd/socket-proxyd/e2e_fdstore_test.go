@@ -27,6 +27,9 @@ type fakeStore struct {
 	// full drops every descriptor sent to it, as systemd 252 does past
 	// FileDescriptorStoreMax= (with a line in its journal, no answer).
 	full bool
+	// max, when not zero, is FileDescriptorStoreMax=: systemd 252 keeps
+	// descriptors in the order they come, and closes those past it.
+	max int
 	// synced hears each SYNC=1 the store receives (see take).
 	synced chan struct{}
 
@@ -87,10 +90,10 @@ func (s *fakeStore) receive() {
 		case fields["SYNC"] == "1":
 			s.synced <- struct{}{}
 		case fields["FDSTORE"] == "1" && !s.full:
-			for _, fd := range fds {
-				s.stored = append(s.stored, inherited{file: os.NewFile(uintptr(fd), name), name: name})
+			for len(fds) > 0 && (s.max == 0 || len(s.stored) < s.max) {
+				s.stored = append(s.stored, inherited{file: os.NewFile(uintptr(fds[0]), name), name: name})
+				fds = fds[1:]
 			}
-			fds = nil
 		case fields["FDSTOREREMOVE"] == "1":
 			kept := s.stored[:0]
 			for _, f := range s.stored {
@@ -297,6 +300,53 @@ func TestFDStoreBadRecord(t *testing.T) {
 	}
 	if _, removed, _ := store.state(); len(removed) != 2 {
 		t.Errorf("FDSTOREREMOVE=1 for %q, want both names", removed)
+	}
+}
+
+// TestFDStoreTooSmallKeepsWhatFits: a store too small for every
+// connection (systemd 252 does not say its size, and closes what comes
+// past it) still holds the record, which goes first: the next instance
+// resumes the connection that fits, resets the others, and says how to
+// size the store.
+func TestFDStoreTooSmallKeepsWhatFits(t *testing.T) {
+	t.Parallel()
+	bl := listenTCP(t, "127.0.0.1:0")
+	serve(t, bl, echo)
+	front, addr := inheritTCP(t, "web")
+	store := newFakeStore(t)
+	store.mu.Lock()
+	store.max = 1 + 2 // the record, and one idle connection's two sockets
+	store.mu.Unlock()
+	args := []string{"--fdstore=on-stop", bl.Addr().String()}
+	a := start(t, binary, launch{args: args, fds: []inherited{front}, env: []string{"NOTIFY_SOCKET=" + store.path}})
+	var conns []net.Conn
+	for range 3 {
+		c := dial(t, "tcp", addr)
+		mustEcho(t, c, 100) // idle now: nothing in flight, two descriptors
+		conns = append(conns, c)
+	}
+	a.signal(syscall.SIGTERM)
+	if code := a.waitExit(20 * time.Second); code != 0 {
+		t.Fatalf("the first instance exited with %d, want 0:\n%s", code, a.stderr.String())
+	}
+	stored := store.take(t)
+	b := start(t, binary, launch{args: args, fds: append([]inherited{front}, stored...), env: []string{"NOTIFY_SOCKET=" + store.path}})
+	for _, want := range []string{"resumed connections connections=1 reset=2", "if FileDescriptorStoreMax= is below 6 per connection plus 1, raise it"} {
+		if err := b.waitStderr(want, 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range stored {
+		f.file.Close()
+	}
+	served := 0
+	for _, c := range conns {
+		if echoRoundTrip(c, 100) == nil {
+			served++
+		}
+	}
+	if served != 1 {
+		t.Errorf("%d connections served after the restart, want the one the store held", served)
 	}
 }
 

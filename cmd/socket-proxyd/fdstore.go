@@ -41,9 +41,12 @@ func fdstore(p *fdstoreMode) func(string) error {
 	}
 }
 
-// storer is proxy.Config.Store: the descriptors under handoff.StoreName,
-// then the record, in a memfd, under handoff.RecordName, so that a record
-// in the store always comes with its descriptors.
+// storer is proxy.Config.Store: the record, in a memfd, under
+// handoff.RecordName, then the descriptors under handoff.StoreName. The
+// record goes first: a store too small for all (systemd 252 does not say
+// its size, and closes what does not fit, the last ones first) then keeps
+// the record, and the next instance resets only the connections whose
+// descriptors are missing, instead of all of them for want of a record.
 type storer struct {
 	socket string // NOTIFY_SOCKET
 	// capacity is FileDescriptorStoreMax= as systemd >= 254 tells it
@@ -80,12 +83,13 @@ func (s *storer) store(rec []byte, fds []int) error {
 		return err
 	}
 	defer unix.Close(mfd)
-	if err := notify.StoreFDs(s.socket, handoff.StoreName, fds); err != nil {
-		notify.RemoveFDs(s.socket, handoff.StoreName) // no half a store
+	if err := notify.StoreFDs(s.socket, handoff.RecordName, []int{mfd}); err != nil {
+		notify.RemoveFDs(s.socket, handoff.RecordName)
 		return err
 	}
-	if err := notify.StoreFDs(s.socket, handoff.RecordName, []int{mfd}); err != nil {
-		notify.RemoveFDs(s.socket, handoff.StoreName)
+	if err := notify.StoreFDs(s.socket, handoff.StoreName, fds); err != nil {
+		notify.RemoveFDs(s.socket, handoff.StoreName) // no half a store
+		notify.RemoveFDs(s.socket, handoff.RecordName)
 		return err
 	}
 	return nil
@@ -198,7 +202,7 @@ func fromStore(socket string, stored []activation.Stored) (*handoff.Record, map[
 	if record < 0 {
 		if len(plain) > 0 {
 			handoff.Reset(plain)
-			return nil, kept, fmt.Errorf("the fd store holds %d descriptors but no record of them: they were reset", len(plain))
+			return nil, kept, fmt.Errorf("the fd store holds %d descriptors but no record of them: they were reset (was FileDescriptorStoreMax= too small? a connection needs up to 6, and the record 1)", len(plain))
 		}
 		return nil, kept, nil // a crash: only kept connections
 	}

@@ -506,4 +506,9 @@ func (l *loop) restoreIdleClocks() {
 func (l *loop) resumed(r *handoff.Record, adopted, reset int) {
 	l.s.log.Info("resumed connections", "connections", adopted, "reset", reset, "flows", l.flowsResumed, "listeners", len(l.listeners),
 		"paused", time.Duration(handoff.Monotonic()-r.Written).Round(10*time.Microsecond).String())
+	if reset > 0 && !r.ByNumber {
+		// From the fd store: the likely cause is one it did not keep.
+		l.s.log.Warn("connections the fd store did not hold whole were reset: if FileDescriptorStoreMax= is below 6 per connection plus 1, raise it",
+			"reset", reset)
+	}
 }
