@@ -160,6 +160,19 @@ func nameProcess(exe string) {
 // most. It inherits exe as descriptor 3 and nothing else: every other
 // descriptor is close-on-exec, and no check runs while the loop executes.
 func (r *reloader) check(ctx context.Context, exe *os.File) error {
+	for attempt := 1; ; attempt++ {
+		hup, err := r.checkOnce(ctx, exe)
+		// "systemctl kill -s HUP" signals every process of the unit,
+		// the check too, which dies of it if it comes before its own
+		// signal.Notify: the signal asked for a reload, not against it.
+		if !hup || attempt == 3 {
+			return err
+		}
+	}
+}
+
+// checkOnce is one run of the check; hup says it died of a SIGHUP.
+func (r *reloader) checkOnce(ctx context.Context, exe *os.File) (hup bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	// /proc/self/fd/3 in the child is exe; it works for a script too,
@@ -173,14 +186,18 @@ func (r *reloader) check(ctx context.Context, exe *os.File) error {
 	cmd.WaitDelay = checkWaitDelay
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	err = cmd.Run()
 	if cmd.Process != nil {
 		// Whatever the check left behind in its group goes too.
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	want := checkReply + strconv.Itoa(handoff.Version) + "\n"
 	if err == nil && stdout.String() == want {
-		return nil
+		return false, nil
+	}
+	if cmd.ProcessState != nil && ctx.Err() == nil {
+		ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+		hup = ok && ws.Signaled() && ws.Signal() == syscall.SIGHUP
 	}
 	var why string
 	switch {
@@ -195,9 +212,9 @@ func (r *reloader) check(ctx context.Context, exe *os.File) error {
 	case err != nil:
 		why = err.Error()
 	default:
-		why = fmt.Sprintf("it answered %q to %s", truncate(stdout.String(), 80), checkFlag)
+		why = fmt.Sprintf("it is not a socket-proxyd that reads this build's handoff record: asked, it answered %q", truncate(stdout.String(), 80))
 	}
-	return fmt.Errorf("%q cannot take over: %s", r.exe, truncate(why, 400))
+	return hup, fmt.Errorf("%q cannot take over: %s", r.exe, truncate(why, 400))
 }
 
 func truncate(s string, n int) string {

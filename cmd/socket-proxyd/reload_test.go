@@ -7,9 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 )
 
 // TestCheckKillsAHungBinary: a binary that never answers the check, and
@@ -48,5 +51,31 @@ func TestCheckKillsAHungBinary(t *testing.T) {
 	pid := strings.TrimSpace(string(b))
 	if st, err := os.ReadFile("/proc/" + pid + "/stat"); err == nil && !strings.Contains(string(st), ") Z ") {
 		t.Errorf("the check's grandchild %s outlived it: %s", pid, st)
+	}
+}
+
+// TestCheckAgainAfterASIGHUP: "systemctl kill -s HUP" signals the check
+// too, which dies of it when it comes before its own signal.Notify; that
+// signal asked for a reload, so the check runs again instead of failing
+// the reload. A check that keeps failing otherwise still fails.
+func TestCheckAgainAfterASIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	exe, mark := filepath.Join(dir, "socket-proxyd"), filepath.Join(dir, "signalled")
+	script := "#!/bin/sh\nif [ ! -e " + mark + " ]; then touch " + mark + "; kill -HUP $$; fi\n" +
+		"echo '" + checkReply + strconv.Itoa(handoff.Version) + "'\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := newReloader(exe, []string{exe, "127.0.0.1:9"}, slog.New(slog.DiscardHandler), false, nil, nil)
+	if err := r.check(context.Background(), f); err != nil {
+		t.Fatalf("check after a SIGHUP that killed its first run: %v", err)
+	}
+	if _, err := os.Stat(mark); err != nil {
+		t.Fatalf("the first run was not signalled: %v", err)
 	}
 }
