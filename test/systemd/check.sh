@@ -586,6 +586,7 @@ scenario_dns() { # Examples 12 and 13: ListenStream=53 and ListenDatagram=53
 	check "dnsmasq answers" wait_for 5 eval 'exec 3<>/dev/tcp/127.0.0.1/5353'
 	check "3000 queries, each from a new port as a stub resolver asks, 32 at a time: all answered" stub_queries 3000 32
 	check "dnsperf over UDP, 100 queries in flight: none lost" dnsperf_lost_none udp
+	check "dnsperf over UDP with two systemctl reload during it: none lost, the same PID" dnsperf_reloads_lose_none
 	check "no errors in the journal" no_errors dns-proxy.service
 }
 
@@ -608,6 +609,26 @@ stub_queries() {
 			for my $e (values %q) { next if $e->[1] > time; $sel->remove($e->[0]); delete $q{$e->[0]}; close $e->[0]; $ask->() if $sent < $n; }
 		}
 		print "$ok of $n answered\n"; exit($ok == $n ? 0 : 1);' "$1" "$2"
+}
+
+# dnsperf_reloads_lose_none: dnsperf for 3 s over UDP while the service is
+# reloaded twice, 1 s apart (the binary re-executed, flows carried): no
+# query lost, and the PID is the same.
+dnsperf_reloads_lose_none() {
+	local pid out
+	pid=$(systemctl show -P MainPID dns-proxy.service)
+	dnsperf -s 127.0.0.1 -p 53 -m udp -d "$t/queries" -c 64 -l 3 -t 5 >"$t/dnsperf-reload" 2>&1 &
+	local perf=$!
+	sleep 1
+	systemctl reload dns-proxy.service || { kill $perf; wait $perf; return 1; }
+	sleep 1
+	systemctl reload dns-proxy.service || { kill $perf; wait $perf; return 1; }
+	wait $perf || { cat "$t/dnsperf-reload"; return 1; }
+	out=$(<"$t/dnsperf-reload")
+	grep -E "Queries (sent|lost)" <<<"$out"
+	[[ $(systemctl show -P MainPID dns-proxy.service) == "$pid" ]] || { echo "the PID changed"; return 1; }
+	journalctl -q --no-pager -b -u dns-proxy.service -o cat | grep -c "resumed connections" | grep -qx 2 || { echo "not two resumes"; return 1; }
+	grep -qE "Queries lost:[[:space:]]+0 " <<<"$out"
 }
 
 # dnsperf_lost_none MODE: dnsperf for 3 s over MODE through port 53 loses
