@@ -57,7 +57,7 @@ COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --q
 endif
 ifeq ($(origin VERSION),undefined)
 VERSION := $(shell v=$$(git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null) && echo $${v\#v} || \
-	echo 0.0.0~git$$(git log -1 --format=%cd --date=format:%Y%m%d 2>/dev/null || echo 0).$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown))
+	echo 0.0.0~git$$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y%m%d%H%M%S 2>/dev/null || echo 0).$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown))
 endif
 
 GOBUILDFLAGS ?= -trimpath
@@ -82,8 +82,16 @@ all: build
 
 build: socket-proxyd
 
+# The version and commit the binary is stamped with: a change of either
+# (a new commit, a dirty tree) rebuilds it, as no source file may have
+# changed. Left alone when git cannot tell (root in another user's clone).
+VERSION_STAMP := build/version.stamp
+ifneq ($(COMMIT),)
+$(shell mkdir -p build && (echo '$(VERSION) $(COMMIT)' | cmp -s - $(VERSION_STAMP) || echo '$(VERSION) $(COMMIT)' >$(VERSION_STAMP)))
+endif
+
 # A file target, so "make && sudo make install" does not build again as root.
-socket-proxyd: $(SOURCES)
+socket-proxyd: $(SOURCES) $(wildcard $(VERSION_STAMP))
 	$(GO) build $(GOBUILDFLAGS) -ldflags '$(LDFLAGS)' -o $@ ./cmd/socket-proxyd
 
 test:
