@@ -46,7 +46,14 @@ func checkBackends(listeners []activation.Listener, def backend.Address, named m
 // describe names a listener the way the user set it up.
 func describe(l activation.Listener) string {
 	if l.FD < 0 {
-		return fmt.Sprintf("%q (--listen)", l.Name)
+		flag := "--listen"
+		switch l.Kind {
+		case activation.Datagram:
+			flag = "--listen-datagram"
+		case activation.SequentialPacket:
+			flag = "--listen-sequential-packet"
+		}
+		return fmt.Sprintf("%q (%s)", l.Name, flag)
 	}
 	return fmt.Sprintf("%q (fd %d)", l.Name, l.FD)
 }
