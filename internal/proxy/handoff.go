@@ -390,7 +390,7 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	l.track(rc.FD[0], c)
 	l.sourceAdd(c.client.Addr(), false, 1)
 	l.active++
-	l.s.active.Add(1)
+	l.listeners[listener].n.active.Add(1)
 	l.idleAt = 0
 	if rc.State != handoff.Open {
 		l.connectQ = append(l.connectQ, deadline{fd: c.fd[0], gen: c.gen[0], at: after(c.start, l.connectTimeout)})

@@ -191,11 +191,13 @@ type Server struct {
 	reload atomic.Bool          // Reload was called
 	store  atomic.Bool          // Store was called
 
-	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
-	refusedPerSource                                            atomic.Int64
-	pipes, splices, splicedBytes, kept                          atomic.Int64
-	busyPollHits                                                atomic.Int64
-	dgram                                                       dgramCounters
+	// per are each listener's counters (counters.go), by index in
+	// Config.Listeners; labels and backends name them.
+	per              []listenerCounters
+	labels, backends []string
+
+	pipes, splices, splicedBytes, kept atomic.Int64
+	busyPollHits, segmented            atomic.Int64
 
 	// testBatch, set by tests only, sees each batch of events before the
 	// loop handles it and may add to it (a stale event, deterministically).
@@ -211,7 +213,16 @@ func New(cfg Config) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: log}
+	s := &Server{cfg: cfg, log: log, per: make([]listenerCounters, len(cfg.Listeners))}
+	for _, ln := range cfg.Listeners {
+		b, ok := NamedBackend(cfg.Backends, ln)
+		if !ok {
+			b = cfg.Backend
+		}
+		s.labels = append(s.labels, ln.Label())
+		s.backends = append(s.backends, b.String())
+	}
+	return s
 }
 
 // Run serves until ctx ends or the proxy has been idle for ExitIdleTime,
@@ -261,36 +272,41 @@ func (s *Server) CloseConnections() {
 	}
 }
 
-// Stats returns the running totals.
+// Stats returns the running totals: the sums of ListenerStats.
 func (s *Server) Stats() Stats {
-	return Stats{
-		Active:           s.active.Load(),
-		Accepted:         s.accepted.Load(),
-		Refused:          s.refused.Load(),
-		RefusedPerSource: s.refusedPerSource.Load(),
-		BackendErrors:    s.backendErrors.Load(),
-		BytesIn:          s.bytesIn.Load(),
-		BytesOut:         s.bytesOut.Load(),
-		Kept:             s.kept.Load(),
-		Pipes:            s.pipes.Load(),
-		Splices:          s.splices.Load(),
-		SplicedBytes:     s.splicedBytes.Load(),
-
-		Flows:              s.dgram.flows.Load(),
-		FlowsOpened:        s.dgram.opened.Load(),
-		DatagramsIn:        s.dgram.in.Load(),
-		DatagramsOut:       s.dgram.out.Load(),
-		DatagramsDropped:   s.dgram.dropped.Load(),
-		DatagramsTruncated: s.dgram.truncated.Load(),
-		DatagramsSegmented: s.dgram.segmented.Load(),
-		BackendRefused:     s.dgram.refused.Load(),
-		DroppedBufferFull:  s.dgram.full.Load(),
-		DroppedTooBig:      s.dgram.tooBig.Load(),
-		DroppedSendError:   s.dgram.sendErrors.Load(),
-		DroppedNoFlow:      s.dgram.noFlow.Load(),
-		DroppedNoAddress:   s.dgram.noAddress.Load(),
-		FlowsEvicted:       s.dgram.evicted.Load(),
-
-		BusyPollHits: s.busyPollHits.Load(),
+	st := Stats{
+		Kept:               s.kept.Load(),
+		Pipes:              s.pipes.Load(),
+		Splices:            s.splices.Load(),
+		SplicedBytes:       s.splicedBytes.Load(),
+		DatagramsSegmented: s.segmented.Load(),
+		BusyPollHits:       s.busyPollHits.Load(),
 	}
+	var o ListenerStats
+	for i := range s.per {
+		s.per[i].snapshot(&o)
+		st.Active += o.Active
+		st.Accepted += o.Accepted
+		st.Refused += o.Refused[RefusedLimit] + o.Refused[RefusedPerSource]
+		st.RefusedPerSource += o.Refused[RefusedPerSource]
+		for _, n := range o.ConnectFailed {
+			st.BackendErrors += n
+		}
+		st.BytesIn += o.BytesIn
+		st.BytesOut += o.BytesOut
+		st.Flows += o.Flows
+		st.FlowsOpened += o.FlowsOpened
+		st.FlowsEvicted += o.FlowsEvicted
+		st.DatagramsIn += o.DatagramsIn
+		st.DatagramsOut += o.DatagramsOut
+		st.DatagramsTruncated += o.Dropped[DropTruncated]
+		st.BackendRefused += o.Dropped[DropBackendRefused]
+		st.DroppedBufferFull += o.Dropped[DropBufferFull]
+		st.DroppedTooBig += o.Dropped[DropTooBig]
+		st.DroppedSendError += o.Dropped[DropSendError]
+		st.DroppedNoFlow += o.Dropped[DropNoFlow]
+		st.DroppedNoAddress += o.Dropped[DropNoAddress]
+	}
+	st.DatagramsDropped = st.BackendRefused + st.DroppedBufferFull + st.DroppedTooBig + st.DroppedSendError + st.DroppedNoFlow + st.DroppedNoAddress
+	return st
 }
