@@ -501,6 +501,8 @@ func (l *loop) restoreIdleClocks() {
 // resumed logs the end of a handoff, with how long the loop stood still:
 // from the old image's record to this loop's first wait.
 func (l *loop) resumed(r *handoff.Record, adopted, reset int) {
+	l.s.resumed.Add(int64(adopted + l.flowsResumed))
+	l.s.paused.Store(max(handoff.Monotonic()-r.Written, 0))
 	l.s.log.Info("resumed connections", "connections", adopted, "reset", reset, "flows", l.flowsResumed, "listeners", len(l.listeners),
 		"paused", time.Duration(handoff.Monotonic()-r.Written).Round(10*time.Microsecond).String())
 }

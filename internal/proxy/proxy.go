@@ -179,6 +179,11 @@ type Stats struct {
 	FlowsEvicted      int64 // flows closed to make room for a new client's
 
 	BusyPollHits int64 // waits that found an event while spinning (Config.BusyPoll)
+
+	// Resumed counts the connections and flows adopted at start-up
+	// (Config.Resume, Config.Recover); Paused is how long the loop stood
+	// still for the handoff that carried them, in ns (the record's age).
+	Resumed, Paused int64
 }
 
 // Server is one running proxy.
@@ -198,6 +203,7 @@ type Server struct {
 
 	pipes, splices, splicedBytes, kept atomic.Int64
 	busyPollHits, segmented            atomic.Int64
+	resumed, paused                    atomic.Int64
 
 	// testBatch, set by tests only, sees each batch of events before the
 	// loop handles it and may add to it (a stale event, deterministically).
@@ -281,6 +287,8 @@ func (s *Server) Stats() Stats {
 		SplicedBytes:       s.splicedBytes.Load(),
 		DatagramsSegmented: s.segmented.Load(),
 		BusyPollHits:       s.busyPollHits.Load(),
+		Resumed:            s.resumed.Load(),
+		Paused:             s.paused.Load(),
 	}
 	var o ListenerStats
 	for i := range s.per {
