@@ -14,6 +14,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 	"github.com/socket-proxyd/socket-proxyd/internal/getopt"
+	"github.com/socket-proxyd/socket-proxyd/internal/logging"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
@@ -44,8 +45,14 @@ type options struct {
 	proxyProtocol   proxyproto.Version
 	fdstore         fdstoreMode
 	busyPoll        time.Duration // 0: off
+	// metrics is --metrics: where to serve /metrics; "" is off.
+	metrics string
+	// logLevel is --log-level as given ("" when not), which overrides
+	// SYSTEMD_LOG_LEVEL.
+	logLevel string
 
-	help, version bool
+	// check is --check: print the plan and exit, starting nothing.
+	help, version, check bool
 }
 
 // maxKeepAlive is the largest TCP_KEEPIDLE the kernel takes (MAX_TCP_KEEPIDLE,
@@ -115,6 +122,16 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
      --busy-poll=SPAN        After traffic, poll for up to SPAN (at most 1ms)
                              before sleeping: lower latency for more CPU
                              time (default: 0)
+     --metrics=ADDRESS       Serve Prometheus metrics over HTTP at /metrics
+                             on ADDRESS: HOST:PORT, a unix socket path (its
+                             mode from --socket-mode) or @abstract-name
+                             (default: off)
+     --log-level=LEVEL       Log at LEVEL and above: debug, info, notice,
+                             warning or err; overrides SYSTEMD_LOG_LEVEL
+                             (default: info)
+     --check                 Check the command line, resolve or stat every
+                             backend, print the plan and exit: 0 when it
+                             would start, 1 and the reason when not
   -h --help                  Show this help
      --version               Show package version
 
@@ -164,6 +181,9 @@ func parseOptions(args []string) (options, error) {
 		{Long: "proxy-protocol", Arg: true, Set: protocol(&opts.proxyProtocol)},
 		{Long: "fdstore", Arg: true, Set: fdstore(&opts.fdstore)},
 		{Long: "busy-poll", Arg: true, Set: busyPoll(&opts.busyPoll)},
+		{Long: "metrics", Arg: true, Set: metricsAddress(&opts.metrics)},
+		{Long: "log-level", Arg: true, Set: logLevel(&opts.logLevel)},
+		{Long: "check", Set: flag(&opts.check)},
 	}
 	rest, err := getopt.Parse(table, args)
 	if err != nil {
@@ -267,6 +287,15 @@ func (o options) commandLine() []string {
 	if o.maxPerSource > 0 {
 		args = append(args, "--per-source-max="+strconv.Itoa(o.maxPerSource))
 	}
+	if o.metrics != "" {
+		args = append(args, "--metrics="+o.metrics)
+	}
+	if o.logLevel != "" {
+		args = append(args, "--log-level="+o.logLevel)
+	}
+	if o.check {
+		args = append(args, "--check")
+	}
 	if o.idleTimeoutSet {
 		// Only when given: it also sets the flows' timeout (not given,
 		// they expire after a minute).
@@ -346,6 +375,28 @@ func busyPoll(p *time.Duration) func(string) error {
 			return fmt.Errorf("more than %s: a longer spin only burns a CPU; use a span such as 50us, or 0 to turn it off", timespan.Format(proxy.MaxBusyPoll))
 		}
 		*p = d
+		return nil
+	}
+}
+
+// metricsAddress takes what --listen takes; it is bound later.
+func metricsAddress(p *string) func(string) error {
+	return func(s string) error {
+		if s == "" {
+			return errors.New("empty address: give HOST:PORT, a unix socket path or @name, such as 127.0.0.1:9560")
+		}
+		*p = s
+		return nil
+	}
+}
+
+// logLevel takes systemd's level names (and numbers), as SYSTEMD_LOG_LEVEL.
+func logLevel(p *string) func(string) error {
+	return func(s string) error {
+		if _, err := logging.ParseLevel(s); err != nil {
+			return errors.New("must be debug, info, notice, warning or err (or a syslog level number, 0 to 7)")
+		}
+		*p = s
 		return nil
 	}
 }

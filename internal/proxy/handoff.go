@@ -192,6 +192,11 @@ func (l *loop) record() *handoff.Record {
 		r.Listeners = append(r.Listeners, handoff.Listener{FD: ln.fd, Name: ln.name, Backend: ln.backend.String(), Bound: bound,
 			Kind: listenerKinds[ln.kind]})
 	}
+	for _, cl := range l.s.cfg.Carry {
+		if fd, err := listenerFDOf(cl.Listener); err == nil {
+			r.Listeners = append(r.Listeners, handoff.Listener{FD: fd, Name: cl.Name, Bound: cl.FD < 0, Kind: handoff.ListenCarried})
+		}
+	}
 	now := l.now()
 	l.recordFlows(r, now)
 	none := [2]int{-1, -1}

@@ -101,6 +101,11 @@ type Config struct {
 	BusyPoll time.Duration
 	// Log receives one line per event; nil discards.
 	Log *slog.Logger
+	// Carry are listening sockets the proxy does not serve but hands
+	// over with its own at a reload, or to the fd store (the --metrics
+	// socket): the next image finds them in the record as
+	// handoff.ListenCarried. The caller keeps owning them.
+	Carry []activation.Listener
 
 	// Reload, when set, is called on the loop's goroutine after
 	// Server.Reload, with the loop stopped between two batches of events:
