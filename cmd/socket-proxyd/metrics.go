@@ -88,7 +88,7 @@ func metricsListener(listeners []activation.Listener, rec *handoff.Record, opts 
 // serveMetrics answers scrapes until alive ends; a failure to serve is
 // logged, and the proxy goes on without its metrics.
 func serveMetrics(alive context.Context, ln activation.Listener, e *metrics.Exporter, log *slog.Logger) {
-	log.Debug("serving metrics", "address", ln.Addr().String())
+	log.Info("serving metrics", "address", ln.Addr().String())
 	if err := metrics.Serve(alive, ln, e, log); err != nil {
 		log.Error("cannot serve metrics, going on without them", "address", ln.Name, "error", err.Error())
 	}
