@@ -2,17 +2,12 @@
 
 // Package metrics serves the proxy's counters in the Prometheus text
 // exposition format (version 0.0.4) over HTTP at /metrics, for
-// --metrics. It reads the engine's own counters from its own goroutine:
+// --metrics (serve.go). It reads the engine's own counters from its own goroutine:
 // the loop never waits for a scrape, and a scrape allocates nothing once
 // its buffers have grown.
 package metrics
 
 import (
-	"context"
-	"errors"
-	"log/slog"
-	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -52,31 +47,8 @@ type Exporter struct {
 	mu  sync.Mutex // one scrape at a time: they share the buffers
 	buf []byte
 	ls  []proxy.ListenerStats
+	hdr [20]byte
 }
-
-// ServeHTTP answers GET /metrics (and HEAD).
-func (e *Exporter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/metrics" {
-		http.NotFound(w, r)
-		return
-	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.buf = e.Append(e.buf[:0])
-	h := w.Header()
-	h["Content-Type"] = contentType
-	h["Content-Length"] = []string{strconv.Itoa(len(e.buf))}
-	if r.Method == http.MethodGet {
-		w.Write(e.buf)
-	}
-}
-
-var contentType = []string{"text/plain; version=0.0.4; charset=utf-8"}
 
 // Append appends every metric to b. It is not safe for concurrent use
 // (ServeHTTP holds a lock around it).
@@ -340,27 +312,4 @@ func appendQuoted(b []byte, s string) []byte {
 		}
 	}
 	return append(b, '"')
-}
-
-// Serve answers scrapes on ln until ctx ends, then closes it. A scrape
-// has 10 seconds to send its request and read the answer; what goes
-// wrong with one (a client that goes away, a bad request) is logged at
-// debug level, as it concerns no proxied client.
-func Serve(ctx context.Context, ln net.Listener, e *Exporter, log *slog.Logger) error {
-	srv := &http.Server{
-		Handler:           e,
-		ReadHeaderTimeout: 10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		IdleTimeout:       time.Minute,
-		MaxHeaderBytes:    8 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
-	stop := context.AfterFunc(ctx, func() { srv.Close() })
-	defer stop()
-	err := srv.Serve(ln)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
 }

@@ -119,7 +119,9 @@ func TestScrapeAllocatesNothing(t *testing.T) {
 }
 
 // TestServeAnswersAndStops: GET /metrics answers with the format's
-// content type, another path is 404, and Serve returns once ctx ends.
+// content type and the body's length, again and again; HEAD the header;
+// another path is 404, another method 405, garbage 400; and Serve
+// returns once ctx ends.
 func TestServeAnswersAndStops(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -138,13 +140,33 @@ func TestServeAnswersAndStops(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp, string(b)
 	}
-	resp, body := get("/metrics")
-	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/plain; version=0.0.4; charset=utf-8" || !strings.Contains(body, "socket_proxyd_build_info") {
-		t.Errorf("GET /metrics: %s, %q, %d bytes", resp.Status, resp.Header.Get("Content-Type"), len(body))
+	for range 3 { // the buffer it keeps, reused
+		resp, body := get("/metrics?x=1")
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/plain; version=0.0.4; charset=utf-8" ||
+			!strings.HasSuffix(body, "} 1\n") || resp.ContentLength != int64(len(body)) {
+			t.Errorf("GET /metrics: %s, %q, %d bytes of %d", resp.Status, resp.Header.Get("Content-Type"), len(body), resp.ContentLength)
+		}
 	}
 	if resp, _ := get("/"); resp.StatusCode != 404 {
 		t.Errorf("GET /: %s, want 404", resp.Status)
 	}
+	resp, err := http.Head("http://" + ln.Addr().String() + "/metrics")
+	if err != nil || resp.StatusCode != 200 || resp.ContentLength <= 0 {
+		t.Errorf("HEAD /metrics: %v, %v", resp, err)
+	}
+	resp, err = http.Post("http://"+ln.Addr().String()+"/metrics", "text/plain", strings.NewReader("x"))
+	if err != nil || resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST /metrics: %v, %v", resp, err)
+	}
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Write([]byte("garbage\r\n\r\n"))
+	if b, _ := io.ReadAll(raw); !strings.HasPrefix(string(b), "HTTP/1.1 400 ") {
+		t.Errorf("a bad request answered %q", b)
+	}
+	raw.Close()
 	cancel()
 	wg.Wait()
 	if serveErr != nil {
