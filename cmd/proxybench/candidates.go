@@ -290,7 +290,7 @@ func buildOurs(dir string) (string, error) {
 
 // findCandidates returns the candidates that are installed, in table order, and a
 // line for each one that is not.
-func findCandidates(ours string, oursErr error, baseline, busyPoll string) (cands []*candidate, skipped []string) {
+func findCandidates(ours string, oursErr error, baseline, busyPoll string, metrics bool) (cands []*candidate, skipped []string) {
 	cands = append(cands, &candidate{name: "direct", version: "no proxy"})
 	if oursErr != nil {
 		skipped = append(skipped, "socket-proxyd: "+oursErr.Error())
@@ -300,6 +300,10 @@ func findCandidates(ours string, oursErr error, baseline, busyPoll string) (cand
 		if busyPoll != "" {
 			cands = append(cands, &candidate{name: "busy-poll", activated: true,
 				version: "socket-proxyd --busy-poll=" + busyPoll, start: startActivated(ours, "--busy-poll="+busyPoll)})
+		}
+		if metrics {
+			cands = append(cands, &candidate{name: "metrics", activated: true,
+				version: "socket-proxyd --metrics", start: startActivated(ours, "--metrics="+metricsAddr)})
 		}
 	}
 	if baseline != "" {

@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,7 +33,7 @@ import (
 
 const original = "systemd-socket-proxyd" // the ratios' reference
 
-var knownNames = []string{"direct", "socket-proxyd", "busy-poll", "baseline", original, "haproxy", "nginx", "socat"}
+var knownNames = []string{"direct", "socket-proxyd", "busy-poll", "metrics", "baseline", original, "haproxy", "nginx", "socat"}
 
 type config struct {
 	rounds    int
@@ -52,6 +53,7 @@ type config struct {
 	proxyd    string
 	baseline  string
 	busyPoll  string // -busy-poll: a span for candidate busy-poll
+	metrics   bool   // -metrics: candidate metrics
 	pin       bool
 	proxyCPU  int
 	loadCPU   int
@@ -80,6 +82,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&cfg.strace, "strace", false, "also run one bulk transfer per proxy under strace -f -c and print the syscall counts")
 	fs.StringVar(&cfg.proxyd, "proxyd", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
 	fs.StringVar(&cfg.busyPoll, "busy-poll", "", "also run socket-proxyd --busy-poll=SPAN, as candidate \"busy-poll\" (say 50us)")
+	fs.BoolVar(&cfg.metrics, "metrics", false, "also run socket-proxyd --metrics (an abstract socket, scraped every 100ms by this process), as candidate \"metrics\"")
 	fs.StringVar(&cfg.baseline, "baseline", "", "another socket-proxyd binary (say, main before a change) to run as candidate \"baseline\", interleaved with the others: an A/B in one run")
 	fs.BoolVar(&cfg.pin, "pin", true, "pin the proxy and the load generator to separate CPUs")
 	fs.IntVar(&cfg.proxyCPU, "proxy-cpu", 0, "CPU for the proxy")
@@ -226,11 +229,18 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "proxybench: building ./cmd/socket-proxyd")
 		ours, oursErr = buildOurs(tmp)
 	}
+	if cfg.metrics {
+		var wg sync.WaitGroup
+		scrapeCtx, stop := context.WithCancel(ctx)
+		defer wg.Wait()
+		defer stop()
+		wg.Go(func() { scrapeMetrics(scrapeCtx, metricsAddr, 100*time.Millisecond) })
+	}
 	if cfg.udp {
 		b := &bench{cfg: cfg, l: &launcher{pin: cfg.pin, cpu: cfg.proxyCPU, connMax: cfg.connMax}, log: os.Stderr}
 		return b.udpRun(ctx, os.Stdout, ours, oursErr)
 	}
-	all, skipped := findCandidates(ours, oursErr, cfg.baseline, cfg.busyPoll)
+	all, skipped := findCandidates(ours, oursErr, cfg.baseline, cfg.busyPoll, cfg.metrics)
 	var cands []*candidate
 	for _, c := range all {
 		if cfg.only == nil || cfg.only[c.name] {

@@ -51,7 +51,7 @@ var udpColumns = map[string]struct {
 	"fds":      {"fds per idle flow", fixed(2)},
 }
 
-func udpCandidates(ours string, oursErr error, baseline, busyPoll string) (cands []*udpCandidate, skipped []string) {
+func udpCandidates(ours string, oursErr error, baseline, busyPoll string, metrics bool) (cands []*udpCandidate, skipped []string) {
 	cands = append(cands, &udpCandidate{name: "direct", version: "no proxy"})
 	if oursErr != nil {
 		skipped = append(skipped, "socket-proxyd: "+oursErr.Error())
@@ -59,6 +59,9 @@ func udpCandidates(ours string, oursErr error, baseline, busyPoll string) (cands
 		cands = append(cands, &udpCandidate{name: "socket-proxyd", version: versionOf("", ours, "--version"), start: startOursUDP(ours)})
 		if busyPoll != "" {
 			cands = append(cands, &udpCandidate{name: "busy-poll", version: "socket-proxyd --busy-poll=" + busyPoll, start: startOursUDP(ours, "--busy-poll="+busyPoll)})
+		}
+		if metrics {
+			cands = append(cands, &udpCandidate{name: "metrics", version: "socket-proxyd --metrics", start: startOursUDP(ours, "--metrics="+metricsAddr)})
 		}
 	}
 	if baseline != "" {
@@ -145,7 +148,7 @@ func startSocatUDP(bin, listen string) func(l *launcher, dir string, backend net
 // udpRun is -udp: every candidate once per round, interleaved, then the
 // table of medians.
 func (b *bench) udpRun(ctx context.Context, w io.Writer, ours string, oursErr error) int {
-	cands, skipped := udpCandidates(ours, oursErr, b.cfg.baseline, b.cfg.busyPoll)
+	cands, skipped := udpCandidates(ours, oursErr, b.cfg.baseline, b.cfg.busyPoll, b.cfg.metrics)
 	for _, s := range skipped {
 		fmt.Fprintf(b.log, "proxybench: skipping %s\n", s)
 	}

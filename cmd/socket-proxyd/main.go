@@ -23,6 +23,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 	"github.com/socket-proxyd/socket-proxyd/internal/logging"
+	"github.com/socket-proxyd/socket-proxyd/internal/metrics"
 	"github.com/socket-proxyd/socket-proxyd/internal/notify"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
 	"github.com/socket-proxyd/socket-proxyd/internal/status"
@@ -62,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	os.Unsetenv(handoff.EnvVar)
 	_, reloadAgain := os.LookupEnv(againVar)
 	os.Unsetenv(againVar)
+	reloads := carriedReloads(os.Getenv(reloadsVar), resuming)
+	os.Unsetenv(reloadsVar)
 	notifySocket := os.Getenv("NOTIFY_SOCKET")
 	journal := logging.StreamIsJournal(os.Getenv("JOURNAL_STREAM"), stderr)
 	fail := func(err error) int {
@@ -86,6 +89,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, versionString())
 		return 0
 	}
+	if opts.check {
+		return checkPlan(opts, stdout, stderr)
+	}
 
 	logOpts := logging.Options{Journal: journal, Level: slog.LevelInfo}
 	if journal {
@@ -101,6 +107,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if s := os.Getenv("SYSTEMD_LOG_LEVEL"); s != "" {
 		logOpts.Level, levelErr = logging.ParseLevel(s)
 	}
+	if opts.logLevel != "" {
+		logOpts.Level, _ = logging.ParseLevel(opts.logLevel) // checked by parseOptions
+		levelErr = nil
+	}
 	log := logging.New(stderr, logOpts)
 	if levelErr != nil {
 		log.Warn(levelErr.Error())
@@ -113,29 +123,44 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
+	listeners, metricsLn, err := metricsListener(listeners, resumed, opts)
+	if err != nil {
+		activation.Close(listeners)
+		return fail(err)
+	}
+	closeAll := func() {
+		activation.Close(listeners)
+		if metricsLn != nil {
+			metricsLn.Close()
+		}
+	}
 	for _, addr := range opts.listen {
 		if slices.ContainsFunc(listeners, func(l activation.Listener) bool { return l.Name == addr && l.Kind == activation.Stream }) {
 			continue // carried over a reload
 		}
 		l, err := activation.ListenMode(addr, opts.socketMode)
 		if err != nil {
-			activation.Close(listeners)
+			closeAll()
 			return fail(err)
 		}
 		listeners = append(listeners, l)
 	}
 	if listeners, err = listenPackets(listeners, opts); err != nil {
+		if metricsLn != nil {
+			metricsLn.Close()
+		}
 		return fail(err)
 	}
 	if len(listeners) == 0 {
+		closeAll()
 		return fail(fmt.Errorf("no listening sockets: start it from a .socket unit, under systemd-socket-activate -l ADDRESS, or with --listen ADDRESS (--listen-datagram, --listen-sequential-packet)"))
 	}
 	if err := checkBackends(listeners, opts.backend, opts.named); err != nil {
-		activation.Close(listeners)
+		closeAll()
 		return fail(err)
 	}
 	if err := checkKinds(listeners, opts); err != nil {
-		activation.Close(listeners)
+		closeAll()
 		return fail(err)
 	}
 	announce(log, listeners, opts.backend, opts.named)
@@ -153,6 +178,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	reload := newReloader(selfExe(), os.Args, log, reloadAgain && resuming, hup, signals)
+	reload.counts = reloads
 	if resuming {
 		nameProcess(reload.exe)
 	}
@@ -178,10 +204,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		BusyPoll:        opts.busyPoll,
 		Log:             log,
 	}
+	if metricsLn != nil {
+		cfg.Carry = []activation.Listener{*metricsLn}
+	}
 	if opts.fdstore == fdstoreAlways {
 		k, err := newKeeper(notifySocket, os.Getenv("FDSTORE"), len(recovered), log)
 		if err != nil {
-			activation.Close(listeners)
+			closeAll()
 			return fail(err)
 		}
 		cfg.Keep, cfg.Forget = k.keep, k.forget
@@ -212,6 +241,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	background.Go(func() { reload.watch(alive) })
 	background.Go(func() { notify.Watchdog(alive, notify.WatchdogInterval()) })
 	background.Go(func() { status.Report(alive, status.Interval, srv.Stats, notify.Status) })
+	if metricsLn != nil {
+		v, c := buildInfo()
+		e := &metrics.Exporter{Listeners: srv.ListenerStats, Stats: srv.Stats, Reloads: reloads, Resumed: resuming,
+			Build: metrics.Build{Version: v, Commit: c, GoVersion: runtime.Version()}}
+		background.Go(func() { serveMetrics(alive, *metricsLn, e, log) })
+	}
 	notify.Ready()
 	log.Debug("ready", "listeners", len(listeners), "backend", opts.backend.String(), "connections_max", opts.maxConnections)
 
@@ -255,6 +290,12 @@ func infinityMeansZero(d time.Duration) time.Duration {
 }
 
 func versionString() string {
+	v, c := buildInfo()
+	return fmt.Sprintf("socket-proxyd %s (commit %s, %s)", v, c, runtime.Version())
+}
+
+// buildInfo is the version and commit: the Makefile's, or the module's.
+func buildInfo() (string, string) {
 	v, c := version, commit
 	if info, ok := debug.ReadBuildInfo(); ok {
 		if v == "" {
@@ -272,5 +313,5 @@ func versionString() string {
 	if c == "" {
 		c = "unknown"
 	}
-	return fmt.Sprintf("socket-proxyd %s (commit %s, %s)", v, c, runtime.Version())
+	return v, c
 }

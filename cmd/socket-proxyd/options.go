@@ -14,6 +14,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 	"github.com/socket-proxyd/socket-proxyd/internal/getopt"
+	"github.com/socket-proxyd/socket-proxyd/internal/logging"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
@@ -45,8 +46,14 @@ type options struct {
 	proxyProtocol   proxyproto.Version
 	fdstore         fdstoreMode
 	busyPoll        time.Duration // 0: off
+	// metrics is --metrics: where to serve /metrics; "" is off.
+	metrics string
+	// logLevel is --log-level as given ("" when not), which overrides
+	// SYSTEMD_LOG_LEVEL.
+	logLevel string
 
-	help, version bool
+	// check is --check: print the plan and exit, starting nothing.
+	help, version, check bool
 }
 
 // maxKeepAlive is the largest TCP_KEEPIDLE the kernel takes (MAX_TCP_KEEPIDLE,
@@ -120,6 +127,16 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
      --busy-poll=SPAN        After traffic, poll for up to SPAN (at most 1ms)
                              before sleeping: lower latency for more CPU
                              time (default: 0)
+     --metrics=ADDRESS       Serve Prometheus metrics over HTTP at /metrics
+                             on ADDRESS: HOST:PORT, a unix socket path (its
+                             mode from --socket-mode) or @abstract-name
+                             (default: off)
+     --log-level=LEVEL       Log at LEVEL and above: debug, info, notice,
+                             warning or err; overrides SYSTEMD_LOG_LEVEL
+                             (default: info)
+     --check                 Check the command line, resolve or stat every
+                             backend, print the plan and exit: 0 when it
+                             would start, 1 and the reason when not
   -h --help                  Show this help
      --version               Show package version
 
@@ -170,6 +187,9 @@ func parseOptions(args []string) (options, error) {
 		{Long: "proxy-protocol", Arg: true, Set: protocol(&opts.proxyProtocol)},
 		{Long: "fdstore", Arg: true, Set: fdstore(&opts.fdstore)},
 		{Long: "busy-poll", Arg: true, Set: busyPoll(&opts.busyPoll)},
+		{Long: "metrics", Arg: true, Set: metricsAddress(&opts.metrics)},
+		{Long: "log-level", Arg: true, Set: logLevel(&opts.logLevel)},
+		{Long: "check", Set: flag(&opts.check)},
 	}
 	rest, err := getopt.Parse(table, args)
 	if err != nil {
@@ -276,6 +296,15 @@ func (o options) commandLine() []string {
 	if o.socketBuffer > 0 {
 		args = append(args, "--socket-buffer="+strconv.Itoa(o.socketBuffer))
 	}
+	if o.metrics != "" {
+		args = append(args, "--metrics="+o.metrics)
+	}
+	if o.logLevel != "" {
+		args = append(args, "--log-level="+o.logLevel)
+	}
+	if o.check {
+		args = append(args, "--check")
+	}
 	if o.idleTimeoutSet {
 		// Only when given: it also sets the flows' timeout (not given,
 		// they expire after a minute).
@@ -372,6 +401,17 @@ func connectionsMax(p *int) func(string) error {
 	}
 }
 
+// metricsAddress takes what --listen takes; it is bound later.
+func metricsAddress(p *string) func(string) error {
+	return func(s string) error {
+		if s == "" {
+			return errors.New("empty address: give HOST:PORT, a unix socket path or @name, such as 127.0.0.1:9560")
+		}
+		*p = s
+		return nil
+	}
+}
+
 // byteSize reads a buffer size as systemd's ReceiveBuffer= does, in bytes
 // or with a K, M or G suffix (1024-based), from 4K to 1G.
 func byteSize(p *int) func(string) error {
@@ -385,6 +425,17 @@ func byteSize(p *int) func(string) error {
 			return errors.New("must be a size from 4K to 1G, in bytes or with a K, M or G suffix, such as 64K")
 		}
 		*p = n * mult
+		return nil
+	}
+}
+
+// logLevel takes systemd's level names (and numbers), as SYSTEMD_LOG_LEVEL.
+func logLevel(p *string) func(string) error {
+	return func(s string) error {
+		if _, err := logging.ParseLevel(s); err != nil {
+			return errors.New("must be debug, info, notice, warning or err (or a syslog level number, 0 to 7)")
+		}
+		*p = s
 		return nil
 	}
 }

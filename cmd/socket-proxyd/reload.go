@@ -23,6 +23,7 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
+	"github.com/socket-proxyd/socket-proxyd/internal/metrics"
 	"github.com/socket-proxyd/socket-proxyd/internal/notify"
 )
 
@@ -109,6 +110,9 @@ type reloader struct {
 	log  *slog.Logger
 	// again says the image before asked for one more reload.
 	again bool
+	// counts are the reloads done and failed, carried to the next image
+	// (reloadsVar); nil: not counted.
+	counts *metrics.Reloads
 
 	hup, term chan os.Signal
 	// handOver asks the loop to hand over at its next safe point
@@ -244,6 +248,7 @@ next:
 func (r *reloader) exec(rec []byte, fds []int) error {
 	if rec == nil {
 		notify.Ready() // the engine could not write the record
+		r.failed()
 		r.over <- nil
 		return nil
 	}
@@ -263,16 +268,27 @@ func (r *reloader) exec(rec []byte, fds []int) error {
 		if h.again {
 			env = append(env, againVar+"=1")
 		}
+		if r.counts != nil {
+			env = append(withoutVars(env, reloadsVar), reloadsVar+"="+reloadsValue(r.counts))
+		}
 		r.mu.Lock()
 		exe := r.file
 		r.mu.Unlock()
 		err = handoff.Exec(exe, r.argv, env, rec, fds)
+		r.failed()
 	}
 	signal.Notify(r.hup, syscall.SIGHUP)
 	signal.Notify(r.term, syscall.SIGTERM, syscall.SIGINT)
 	notify.Ready()
 	r.over <- err
 	return err
+}
+
+// failed counts a reload that did not happen, the proxy serving on.
+func (r *reloader) failed() {
+	if r.counts != nil {
+		r.counts.Failed.Add(1)
+	}
 }
 
 // checked is the end of a check.
@@ -297,6 +313,7 @@ func (r *reloader) watch(alive context.Context) {
 	start := func() {
 		f, err := os.Open(r.exe)
 		if err != nil {
+			r.failed()
 			r.log.Error("cannot reload, going on serving", "error", fmt.Sprintf("%q cannot take over: %v", r.exe, err))
 			return
 		}
@@ -354,6 +371,7 @@ func (r *reloader) watch(alive context.Context) {
 				r.log.Info("not reloading: stopping")
 			case c.err != nil:
 				c.file.Close()
+				r.failed()
 				r.log.Error("cannot reload, going on serving", "error", c.err.Error())
 				again()
 			default:

@@ -19,7 +19,11 @@ _comp_socket_proxyd() {
 		mapfile -t COMPREPLY < <(compgen -W 'no on-stop always' -- "$cur")
 		return
 		;;
-	--listen | --listen-datagram | --listen-sequential-packet)
+	--log-level)
+		mapfile -t COMPREPLY < <(compgen -W 'debug info notice warning err' -- "$cur")
+		return
+		;;
+	--listen | --listen-datagram | --listen-sequential-packet | --metrics)
 		_filedir # a unix socket path, or HOST:PORT typed by hand
 		return
 		;;
@@ -34,7 +38,8 @@ _comp_socket_proxyd() {
 		local opts='-c --connections-max= --flows-max= --per-source-max= --socket-buffer= --exit-idle-time= --listen= --listen-datagram=
 			--listen-sequential-packet= --socket-mode= --backend=
 			--connect-timeout= --idle-timeout= --keepalive= --proxy-protocol=
-			--shutdown-timeout= --fdstore= --busy-poll= -h --help --version'
+			--shutdown-timeout= --fdstore= --busy-poll= --metrics= --log-level= --check
+			-h --help --version'
 		mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
 		# No space after "--opt=": the value follows at once.
 		[[ ${#COMPREPLY[@]} == 1 && ${COMPREPLY[0]} == *= ]] && compopt -o nospace

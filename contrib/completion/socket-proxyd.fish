@@ -21,5 +21,8 @@ complete -c socket-proxyd -l proxy-protocol -x -a 'none v1 v2' -d 'Send a PROXY 
 complete -c socket-proxyd -l shutdown-timeout -x -d "On SIGTERM, let connections finish this long: $span"
 complete -c socket-proxyd -l fdstore -x -a 'no on-stop always' -d "Hand connections to systemd's fd store"
 complete -c socket-proxyd -l busy-poll -x -d "After traffic, poll this long before sleeping (at most 1ms): $span"
+complete -c socket-proxyd -l metrics -r -d 'Serve Prometheus metrics at /metrics on HOST:PORT, a socket path or @name'
+complete -c socket-proxyd -l log-level -x -a 'debug info notice warning err' -d 'Log at LEVEL and above'
+complete -c socket-proxyd -l check -d 'Check the command line and backends, print the plan and exit'
 complete -c socket-proxyd -s h -l help -d 'Show help'
 complete -c socket-proxyd -l version -d 'Show package version'

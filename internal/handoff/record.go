@@ -27,8 +27,9 @@ import (
 // datagram flow, say) bumps it, so that an older build refuses the record
 // in the check before exec (--check-handoff) instead of misreading it.
 // Version 4: a memory spill may hold zero bytes (an empty message of a
-// sequential-packet connection, waiting to be sent), and the record
-// carries the engine's running totals (Totals).
+// sequential-packet connection, waiting to be sent), the record carries
+// the engine's running totals (Totals), and listeners of kind
+// ListenCarried.
 const Version = 4
 
 // Bounds: a record past them is refused, whatever it says.
@@ -81,7 +82,7 @@ type Listener struct {
 	Name    string // activation name: FileDescriptorName= or the --listen address
 	Backend string // where it forwarded to, for messages; the reader uses its own configuration
 	Bound   bool   // bound by --listen (a unix path is the proxy's to unlink), not inherited
-	Kind    uint8  // ListenStream, ListenDatagram or ListenSequentialPacket (version 2)
+	Kind    uint8  // ListenStream, ListenDatagram or ListenSequentialPacket (version 2); ListenCarried (version 4)
 }
 
 // Listener kinds: a datagram listener has flows, the others connections.
@@ -89,6 +90,10 @@ const (
 	ListenStream uint8 = iota
 	ListenDatagram
 	ListenSequentialPacket
+	// ListenCarried is a listening socket the engine does not serve but
+	// carries for the program (the --metrics socket), so that it stays
+	// open across a reload as the served ones do. No entry refers to it.
+	ListenCarried
 )
 
 // Flow is one client of a datagram listener (version 2): its connected
@@ -469,7 +474,7 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 			}
 			l.Name, l.Backend, l.Bound = e.str(), e.str(), e.u8() == 1
 			if v >= 2 {
-				if l.Kind = e.u8(); l.Kind > ListenSequentialPacket {
+				if l.Kind = e.u8(); l.Kind > ListenCarried || l.Kind == ListenCarried && v < 4 {
 					return bad("listener kind %d", l.Kind)
 				}
 			}

@@ -52,6 +52,7 @@ func sample(t testing.TB) *Record {
 			{FD: d[0], Name: "web", Backend: "127.0.0.1:80"},
 			{FD: d[1], Name: "/run/x.sock", Backend: "/run/backend", Bound: true},
 			{FD: fds(t, 1)[0], Name: "dns", Backend: "127.0.0.1:53", Kind: ListenDatagram},
+			{FD: fds(t, 1)[0], Name: "127.0.0.1:9100", Bound: true, Kind: ListenCarried}, // --metrics
 		},
 		Flows: []Flow{{Listener: 2, FD: fds(t, 1)[0], Gen: 9, Key: []byte{2, 0, 0, 53, 127, 0, 0, 1}, NameLen: 8, Age: 3e9, Idle: 1e9}},
 		Conns: []Conn{{
@@ -87,8 +88,8 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(carried) != 17 {
-		t.Errorf("carried %d descriptors, want 17", len(carried))
+	if len(carried) != 18 {
+		t.Errorf("carried %d descriptors, want 18", len(carried))
 	}
 	got, unused, err := Decode(b, sameNumbers)
 	if err != nil {
@@ -129,6 +130,14 @@ func TestRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Without the carried listener and the totals, which a version 2
+	// reader refuses first.
+	older := sample(t)
+	older.Listeners, older.Totals = older.Listeners[:3], nil
+	good2, _, err := Encode(older)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		b    []byte
@@ -136,7 +145,8 @@ func TestRejects(t *testing.T) {
 	}{
 		{"empty", nil, "not a socket-proxyd handoff record"},
 		{"other magic", append([]byte("SPXHOFFX"), good[8:]...), "not a socket-proxyd"},
-		{"kept in version 2", resum(append(append(bytes.Clone(good[:8]), 2, 0), good[10:]...)), "socket kinds 0x4"},
+		{"kept in version 2", resum(append(append(bytes.Clone(good2[:8]), 2, 0), good2[10:]...)), "socket kinds 0x4"},
+		{"carried listener in version 3", resum(append(append(bytes.Clone(good[:8]), 3, 0), good[10:]...)), "listener kind 3"},
 		{"newer version", resum(append(append(bytes.Clone(good[:8]), Version+1, 0), good[10:]...)), fmt.Sprintf("version %d", Version+1)},
 		{"truncated", good[:len(good)-10], "checksum"},
 		{"flipped byte", func() []byte { b := bytes.Clone(good); b[len(b)/2] ^= 1; return b }(), "checksum"},

@@ -135,7 +135,7 @@ func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
 		return
 	}
 	l.track(fd, c)
-	l.opened()
+	l.opened(c)
 	l.sourceAdd(c.client.Addr(), false, 1)
 	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: after(c.start, l.connectTimeout)})
 	if l.listeners[listener].static != nil {
@@ -494,9 +494,9 @@ func (l *loop) park(b []byte) *pipe {
 func (l *loop) count(c *conn, d, n int) {
 	c.dir[d].n += int64(n)
 	if d == 0 {
-		l.s.bytesIn.Add(int64(n))
+		l.listeners[c.listener].n.bytesIn.Add(int64(n))
 	} else {
-		l.s.bytesOut.Add(int64(n))
+		l.listeners[c.listener].n.bytesOut.Add(int64(n))
 	}
 }
 
@@ -556,7 +556,7 @@ func (l *loop) release(c *conn, reset bool) {
 	}
 	c.state = 0
 	l.sourceAdd(c.client.Addr(), false, -1)
-	l.closed()
+	l.closed(c)
 }
 
 func (l *loop) logClosed(c *conn, err error) {

@@ -34,6 +34,9 @@ type dialState struct {
 	// retryable: an attempt of the last round was refused, or found no
 	// unix socket or a full backlog, so the backend may be starting.
 	retryable bool
+	// last is the error of the last attempt that failed (ETIMEDOUT for
+	// the deadline), which the metrics count the failure by.
+	last unix.Errno
 }
 
 // resolution is a resolver goroutine's answer, handed back to the loop.
@@ -289,6 +292,9 @@ const keepCount = 4
 // goes first, as a memory pipe the in direction drains before it reads
 // from the client (a partial write of it is continued like any other).
 func (l *loop) connected(c *conn) {
+	if c.state != stateOpen {
+		l.listeners[c.listener].n.connectTime.observe(time.Duration(l.now() - c.start))
+	}
 	c.state = stateOpen
 	c.ready[1] |= canWrite
 	c.seen = l.tick
@@ -344,6 +350,7 @@ func (l *loop) attemptFailed(c *conn, name string, e unix.Errno) {
 		c.dial = &dialState{targets: l.listeners[c.listener].static}
 	}
 	c.dial.errs = append(c.dial.errs, name+": "+e.Error())
+	c.dial.last = e
 	if retryable(e) {
 		c.dial.retryable = true
 	}
@@ -358,6 +365,7 @@ func (l *loop) connectTimedOut(c *conn) {
 			c.dial = &dialState{}
 		}
 		c.dial.errs = append(c.dial.errs, fmt.Sprintf("cannot resolve %q: timed out", l.backendOf(c).Host))
+		c.dial.last = unix.ETIMEDOUT
 	case stateConnecting:
 		t := l.targets(c)[c.attempt]
 		l.dropBackend(c)
@@ -371,6 +379,7 @@ func (l *loop) connectTimedOut(c *conn) {
 		} else {
 			c.dial.errs = append(c.dial.errs, t.name+": timed out")
 		}
+		c.dial.last = unix.ETIMEDOUT
 	case stateWaiting:
 		if c.fdWait {
 			if c.dial == nil {
@@ -392,7 +401,11 @@ func (l *loop) backendFailed(c *conn) {
 	if c.dial != nil && len(c.dial.errs) > 0 {
 		why = strings.Join(c.dial.errs, "; ")
 	}
-	l.s.backendErrors.Add(1)
+	var e unix.Errno
+	if c.dial != nil {
+		e = c.dial.last
+	}
+	l.listeners[c.listener].n.connectFailed[connectFailureOf(e)].Add(1)
 	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.backendOf(c).String(), "error", why}
 	if c.round > 0 {
 		attrs = append(attrs, "retried_for", time.Duration(l.now()-c.start).Round(time.Millisecond).String())

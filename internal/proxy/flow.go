@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"net/netip"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -274,7 +273,7 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 	for k := range n {
 		m := &b.msgs[k]
 		if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
-			l.s.dgram.truncated.Add(1) // never forward a part of a datagram
+			ln.n.drop(DropTruncated, 1) // never forward a part of a datagram
 			continue
 		}
 		f, key, nameLen, local := l.flowOf(ln, b, k)
@@ -323,9 +322,10 @@ func (l *loop) forwardIn(ln *listenerFD, i int, b *dgramBuf, n int) {
 // datagram the socket refuses is dropped and counted: nothing is queued.
 func (l *loop) sendFlow(f *flow, b *dgramBuf, run int) {
 	segment := f.hdr == "" && !l.listeners[f.listener].dgram.unix
-	sent, bytes := l.sendOrDrop(int(f.fd), b.out[:run], segment, false, f)
-	l.s.bytesIn.Add(bytes)
-	l.s.dgram.in.Add(sent)
+	n := l.listeners[f.listener].n
+	sent, bytes := l.sendOrDrop(int(f.fd), b.out[:run], segment, false, f, n)
+	n.bytesIn.Add(bytes)
+	n.datagramsIn.Add(sent)
 }
 
 // sendOrDrop sends msgs on fd, segmented where it can be when segment is
@@ -337,8 +337,9 @@ func (l *loop) sendFlow(f *flow, b *dgramBuf, run int) {
 // the send stopped at, which is dropped alone, and the send goes on with
 // the next. A unix datagram larger than the socket's send buffer (which
 // the kernel sets below the 256 KiB the proxy reads) raises the buffer
-// once and goes again. f is the flow whose backend fd is, nil for replies.
-func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment, perDestination bool, f *flow) (sent, bytes int64) {
+// once and goes again. f is the flow whose backend fd is, nil for replies;
+// cnt the counters of their listener.
+func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment, perDestination bool, f *flow, cnt *listenerCounters) (sent, bytes int64) {
 	raised := false
 	for len(msgs) > 0 {
 		n, b, e := l.sendDatagrams(fd, msgs, segment)
@@ -360,23 +361,17 @@ func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment, perDestination b
 			raised = true
 			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 2*unixSlot)
 		case (e == unix.EAGAIN || e == unix.ENOBUFS) && perDestination:
-			l.drop(&l.s.dgram.full, 1)
+			cnt.drop(DropBufferFull, 1)
 			msgs = msgs[1:]
 		case e == unix.EAGAIN || e == unix.ENOBUFS:
-			l.drop(&l.s.dgram.full, len(msgs))
+			cnt.drop(DropBufferFull, len(msgs))
 			return sent, bytes
 		default:
-			l.dropOne(f, e)
+			l.dropOne(f, e, cnt)
 			msgs = msgs[1:]
 		}
 	}
 	return sent, bytes
-}
-
-// drop counts n datagrams dropped for the reason counted by why.
-func (l *loop) drop(why *atomic.Int64, n int) {
-	why.Add(int64(n))
-	l.s.dgram.dropped.Add(int64(n))
 }
 
 // dropOne counts the datagram a send refused with e. ECONNREFUSED on a
@@ -384,15 +379,14 @@ func (l *loop) drop(why *atomic.Int64, n int) {
 // kernel reports on this send; EMSGSIZE a datagram larger than the socket
 // takes (a 65527-byte IPv6 datagram to an IPv4 backend, or the largest one
 // with a PROXY header before it).
-func (l *loop) dropOne(f *flow, e unix.Errno) {
+func (l *loop) dropOne(f *flow, e unix.Errno, n *listenerCounters) {
 	switch {
 	case e == unix.ECONNREFUSED && f != nil:
 		l.flowRefused(f)
-		l.s.dgram.dropped.Add(1)
 	case e == unix.EMSGSIZE:
-		l.drop(&l.s.dgram.tooBig, 1)
+		n.drop(DropTooBig, 1)
 	default:
-		l.drop(&l.s.dgram.sendErrors, 1)
+		n.drop(DropSendError, 1)
 	}
 }
 
@@ -435,7 +429,7 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	}
 	if src := keySource(key, nameLen, l.s.cfg.MaxPerSource); l.sourceFull(src, true) && !l.evictSourceFlow(src) {
 		// Its flows are all too recent to be found: the datagram goes.
-		l.drop(&l.s.dgram.noFlow, 1)
+		ln.n.drop(DropNoFlow, 1)
 		l.warn(warnFlows, "flow limit per client address reached, dropping a datagram", "",
 			"listener", ln.label, "source", src.String(), "max_per_source", l.s.cfg.MaxPerSource, "hint", "raise it with --per-source-max")
 		return nil
@@ -478,12 +472,13 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 		if fd >= 0 {
 			unix.Close(fd)
 		}
-		l.drop(&l.s.dgram.noFlow, 1)
+		ln.n.drop(DropNoFlow, 1)
 		kind := warnBackend
 		if err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM {
 			kind = warnDescriptors
 		} else {
-			l.s.backendErrors.Add(1)
+			e, _ := err.(unix.Errno)
+			ln.n.connectFailed[connectFailureOf(e)].Add(1)
 		}
 		l.warn(kind, "cannot open a flow to the backend, dropping the datagram", err.Error(), "listener", ln.label, "backend", t.name, "error", err.Error())
 		return nil
@@ -494,11 +489,11 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	f := &flow{fd: int32(fd), gen: l.nextGen(), listener: uint16(i), nameLen: uint16(nameLen), key: key, seen: l.flows.tick, start: l.now()}
 	if err := l.add(fd, flowEvents, f.gen); err != nil {
 		unix.Close(fd)
-		l.drop(&l.s.dgram.noFlow, 1)
+		ln.n.drop(DropNoFlow, 1)
 		return nil
 	}
 	l.insertFlow(ln, f, local)
-	l.s.dgram.opened.Add(1)
+	ln.n.flowsOpened.Add(1)
 	if resolve {
 		f.resolving = true
 		l.waitLookup(ln.backend, deadline{fd: f.fd, gen: f.gen, at: -1})
@@ -540,7 +535,7 @@ func (l *loop) insertFlow(ln *listenerFD, f *flow, local netip.Addr) {
 	l.flows.count++
 	l.active++
 	l.idleAt = 0
-	l.s.dgram.flows.Add(1)
+	ln.n.flows.Add(1)
 }
 
 func (f *flow) name() []byte { return unsafe.Slice(unsafe.StringData(f.key), f.nameLen) }
@@ -617,14 +612,14 @@ func (l *loop) replyBatch(slot int) *replies {
 // messages for f's client.
 func (l *loop) queueReplies(r *replies, f *flow, lo, n int) {
 	if f.nameLen <= 2 {
-		l.drop(&l.s.dgram.noAddress, n) // the client has no address to reply to
+		l.listeners[f.listener].n.drop(DropNoAddress, n) // the client has no address to reply to
 		return
 	}
 	b := r.b
 	for k := lo; k < lo+n; k++ {
 		m := &b.msgs[k]
 		if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
-			l.s.dgram.truncated.Add(1)
+			l.listeners[f.listener].n.drop(DropTruncated, 1)
 			continue
 		}
 		o := &b.out[r.out]
@@ -649,10 +644,10 @@ func (l *loop) flushReplies(r *replies) {
 	ln := l.listeners[r.listener]
 	// Replies through a unix listener go each to its client's own
 	// socket, whose queue may be full when the others' are not.
-	sent, bytes := l.sendOrDrop(ln.fd, r.b.out[:r.out], !ln.dgram.unix, ln.dgram.unix, nil)
+	sent, bytes := l.sendOrDrop(ln.fd, r.b.out[:r.out], !ln.dgram.unix, ln.dgram.unix, nil, ln.n)
 	r.used, r.out = 0, 0
-	l.s.bytesOut.Add(bytes)
-	l.s.dgram.out.Add(sent)
+	ln.n.bytesOut.Add(bytes)
+	ln.n.datagramsOut.Add(sent)
 }
 
 // sendReplies flushes every reply batch; the loop calls it once it has
@@ -668,7 +663,7 @@ func (l *loop) sendReplies() {
 // flowRefused counts an ICMP port unreachable (or a unix backend gone) and
 // says so at debug level, once per flow.
 func (l *loop) flowRefused(f *flow) {
-	l.s.dgram.refused.Add(1)
+	l.listeners[f.listener].n.drop(DropBackendRefused, 1)
 	if !f.refused {
 		// Once per flow, and rate-limited with the connections' backend
 		// warnings: a backend that is down is as loud for datagrams as
@@ -703,7 +698,7 @@ func (l *loop) closeFlow(f *flow, why string) {
 	delete(l.listeners[f.listener].dgram.flows, f.key)
 	unix.Close(int(f.fd))
 	l.flows.count--
-	l.s.dgram.flows.Add(-1)
+	l.listeners[f.listener].n.flows.Add(-1)
 	l.active--
 	if l.active == 0 && l.s.cfg.ExitIdleTime > 0 {
 		l.idleAt = l.now() + int64(l.s.cfg.ExitIdleTime)
@@ -747,6 +742,7 @@ func (l *loop) flowTimers(now int64) {
 	l.flows.tick = uint32(now / l.flows.every)
 	for _, f := range l.flows.table {
 		if f != nil && l.flows.tick-f.seen > l.flows.ticks {
+			l.listeners[f.listener].n.flowsExpired.Add(1)
 			l.closeFlow(f, "idle")
 		}
 	}
@@ -817,16 +813,6 @@ func sockaddrAddrPort(b []byte) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// dgramCounters are the datagram totals behind Stats.
-type dgramCounters struct {
-	flows, opened, in, out, dropped, truncated, refused, segmented atomic.Int64
-	// The reasons behind dropped (refused is one too): a full socket
-	// buffer, a datagram too big for the backend's socket, another error
-	// of a send, a new client that got no flow, a reply for a client with
-	// no address; and the flows evicted to make room for new ones.
-	full, tooBig, sendErrors, noFlow, noAddress, evicted atomic.Int64
-}
-
 // flowWaiter is the flow an entry of a lookup's list stands for (at < 0),
 // or nil when it is not a flow or has gone.
 func (l *loop) flowWaiter(d deadline) *flow {
@@ -844,7 +830,7 @@ func (l *loop) flowWaiter(d deadline) *flow {
 // ones are dropped (the client retries, as over any lossy path).
 func (l *loop) hold(f *flow, payload []byte) {
 	if _, ok := l.flows.held[f.fd]; ok {
-		l.drop(&l.s.dgram.noFlow, 1)
+		l.listeners[f.listener].n.drop(DropNoFlow, 1)
 		return
 	}
 	if l.flows.held == nil {
@@ -874,9 +860,10 @@ func (l *loop) flowResolved(f *flow, r resolution) {
 		err = unix.Connect(int(f.fd), &sa)
 	}
 	if err != nil {
-		l.s.backendErrors.Add(1)
+		e, _ := err.(unix.Errno)
+		ln.n.connectFailed[connectFailureOf(e)].Add(1)
 		if ok {
-			l.drop(&l.s.dgram.noFlow, 1)
+			ln.n.drop(DropNoFlow, 1)
 		}
 		l.warn(warnBackend, "cannot reach the backend of a flow, dropping its datagrams", err.Error(),
 			"client", flowClient(f), "backend", ln.backend.String(), "error", err.Error())
@@ -904,9 +891,9 @@ func (l *loop) flowResolved(f *flow, r resolution) {
 		msg[0].Hdr.SetIovlen(n)
 	}
 	if sent, _ := rawMmsg(unix.SYS_SENDMMSG, int(f.fd), msg[:]); sent == 1 {
-		l.s.bytesIn.Add(int64(len(held)))
-		l.s.dgram.in.Add(1)
+		ln.n.bytesIn.Add(int64(len(held)))
+		ln.n.datagramsIn.Add(1)
 	} else {
-		l.drop(&l.s.dgram.sendErrors, 1)
+		ln.n.drop(DropSendError, 1)
 	}
 }

@@ -127,6 +127,7 @@ func (l *loop) evictFlow() {
 	if r == 0 {
 		return
 	}
-	l.s.dgram.evicted.Add(1)
-	l.closeFlow(l.flowAt(r), "evicted")
+	f := l.flowAt(r)
+	l.listeners[f.listener].n.flowsEvicted.Add(1)
+	l.closeFlow(f, "evicted")
 }

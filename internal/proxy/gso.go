@@ -110,7 +110,7 @@ func (l *loop) sendDatagrams(fd int, plain []unix.Mmsghdr, segment bool) (sent i
 			for k := range n {
 				bytes += int64(msgs[k].Len)
 				if segs := g.from[k+1] - g.from[k]; segs > 1 {
-					l.s.dgram.segmented.Add(int64(segs))
+					l.s.segmented.Add(int64(segs))
 				}
 			}
 			sent = g.from[n]

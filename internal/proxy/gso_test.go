@@ -232,9 +232,9 @@ func TestSendDatagramsFallsBack(t *testing.T) {
 		}
 	}
 	sent, bytes, e := l.sendDatagrams(fd, msgs, true)
-	if sent != len(sizes) || bytes != int64(want) || e != 0 || l.s.dgram.segmented.Load() != 5 || l.flows.noSegments {
+	if sent != len(sizes) || bytes != int64(want) || e != 0 || l.s.segmented.Load() != 5 || l.flows.noSegments {
 		t.Fatalf("sent %d datagrams, %d bytes, %v; %d as segments; want %d, %d, none; 5 (two runs: 3 and 2)",
-			sent, bytes, e, l.s.dgram.segmented.Load(), len(sizes), want)
+			sent, bytes, e, l.s.segmented.Load(), len(sizes), want)
 	}
 	receive("segmented")
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); err != nil {
@@ -247,9 +247,9 @@ func TestSendDatagramsFallsBack(t *testing.T) {
 		n, b, err := l.sendDatagrams(fd, msgs[sent:], true)
 		sent, bytes, e = sent+n, bytes+b, err
 	}
-	if sent != len(sizes) || bytes != int64(want) || e != 0 || l.s.dgram.segmented.Load() != 5 || !l.flows.noSegments {
+	if sent != len(sizes) || bytes != int64(want) || e != 0 || l.s.segmented.Load() != 5 || !l.flows.noSegments {
 		t.Fatalf("with the kernel refusing: sent %d datagrams, %d bytes, %v; %d as segments, one by one from now on: %v; want %d, %d, none; still 5, true",
-			sent, bytes, e, l.s.dgram.segmented.Load(), l.flows.noSegments, len(sizes), want)
+			sent, bytes, e, l.s.segmented.Load(), l.flows.noSegments, len(sizes), want)
 	}
 	receive("one by one")
 }

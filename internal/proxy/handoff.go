@@ -195,6 +195,11 @@ func (l *loop) record() *handoff.Record {
 		r.Listeners = append(r.Listeners, handoff.Listener{FD: ln.fd, Name: ln.name, Backend: ln.backend.String(), Bound: bound,
 			Kind: listenerKinds[ln.kind]})
 	}
+	for _, cl := range l.s.cfg.Carry {
+		if fd, err := listenerFDOf(cl.Listener); err == nil {
+			r.Listeners = append(r.Listeners, handoff.Listener{FD: fd, Name: cl.Name, Bound: cl.FD < 0, Kind: handoff.ListenCarried})
+		}
+	}
 	now := l.now()
 	l.recordFlows(r, now)
 	none := [2]int{-1, -1}
@@ -260,7 +265,6 @@ func recordDir(dir *direction, kept bool) handoff.Dir {
 // the record says); a connection that fails a check is reset, never
 // forwarded. It reports how many were adopted.
 func (l *loop) resume(r *handoff.Record) (adopted, reset int) {
-	l.s.addTotals(r.Totals)
 	elapsed := max(handoff.Monotonic()-r.Written, 0)
 	if l.epfd == r.Epoll {
 		// Registrations, generations and unread edges came along; new
@@ -282,6 +286,7 @@ func (l *loop) resume(r *handoff.Record) (adopted, reset int) {
 		li, ok := index[key{r.Listeners[i].Name, r.Listeners[i].Kind}]
 		return li, ok
 	}
+	l.s.addTotals(r, listenerOf)
 	l.flowsResumed, reset = l.resumeFlows(r, listenerOf, elapsed)
 	for i := range r.Conns {
 		rc := &r.Conns[i]
@@ -395,7 +400,7 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	l.track(rc.FD[0], c)
 	l.sourceAdd(c.client.Addr(), false, 1)
 	l.active++
-	l.s.active.Add(1)
+	l.listeners[listener].n.active.Add(1)
 	l.idleAt = 0
 	if rc.State != handoff.Open {
 		l.connectQ = append(l.connectQ, deadline{fd: c.fd[0], gen: c.gen[0], at: after(c.start, l.connectTimeout)})
@@ -506,6 +511,8 @@ func (l *loop) restoreIdleClocks() {
 // resumed logs the end of a handoff, with how long the loop stood still:
 // from the old image's record to this loop's first wait.
 func (l *loop) resumed(r *handoff.Record, adopted, reset int) {
+	l.s.resumed.Add(int64(adopted + l.flowsResumed))
+	l.s.paused.Store(max(handoff.Monotonic()-r.Written, 0))
 	l.s.log.Info("resumed connections", "connections", adopted, "reset", reset, "flows", l.flowsResumed, "listeners", len(l.listeners),
 		"paused", time.Duration(handoff.Monotonic()-r.Written).Round(10*time.Microsecond).String())
 	if reset > 0 && !r.ByNumber {

@@ -190,6 +190,7 @@ func (l *loop) recover(groups map[string][]int) {
 			}
 		}
 	}
+	l.s.resumed.Add(int64(adopted))
 	l.s.log.Info("recovered connections after a crash", "connections", adopted, "reset", reset+len(bad))
 }
 

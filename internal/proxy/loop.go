@@ -136,6 +136,7 @@ type listenerFD struct {
 	static []target
 	kind   activation.Kind
 	dgram  *dgramListener // a datagram listener's flows (flow.go)
+	n      *listenerCounters
 }
 
 // deadline is an entry of the connect queue; stale entries (the connection
@@ -197,7 +198,7 @@ func newLoop(s *Server) (*loop, error) {
 		l.close()
 		return nil, fmt.Errorf("cannot create the event loop: %v", err)
 	}
-	for _, ln := range s.cfg.Listeners {
+	for i, ln := range s.cfg.Listeners {
 		fd, err := listenerFDOf(ln.Listener)
 		if err == nil {
 			err = l.add(fd, listenerEvents, 0)
@@ -210,7 +211,7 @@ func newLoop(s *Server) (*loop, error) {
 		if !ok {
 			b = s.cfg.Backend
 		}
-		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, label: ln.Label(), backend: b, static: staticAddrs(b), kind: ln.Kind})
+		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, label: ln.Label(), backend: b, static: staticAddrs(b), kind: ln.Kind, n: &s.per[i]})
 		if ln.Kind == activation.Datagram {
 			l.setupDatagram(&l.listeners[len(l.listeners)-1])
 		}
@@ -705,12 +706,12 @@ func (l *loop) accept(i int) {
 			return
 		}
 		if l.active-l.flows.count >= l.s.cfg.MaxConnections {
-			l.refuse() // counted before the client can see the close
+			l.refuse(i) // counted before the client can see the close
 			unix.Close(nfd)
 			continue
 		}
 		if l.s.cfg.MaxPerSource > 0 && l.sourceFull(clientAddr(sa).Addr(), false) {
-			l.refuseSource(clientAddr(sa).Addr())
+			l.refuseSource(i, clientAddr(sa).Addr())
 			unix.Close(nfd)
 			continue
 		}
@@ -745,15 +746,14 @@ func (l *loop) resumeAccepting() {
 // refuse counts a client closed at the limit: at most exactly
 // MaxConnections are proxied (the original's check admits one more), and
 // the warning is rate-limited so a flood cannot fill the journal.
-func (l *loop) refuse() {
-	l.s.refused.Add(1)
+func (l *loop) refuse(i int) {
+	l.listeners[i].n.refused[RefusedLimit].Add(1)
 	l.warn(warnRefused, "connection limit reached, refusing clients", "", "max_connections", l.s.cfg.MaxConnections, "hint", "raise it with -c/--connections-max")
 }
 
 // refuseSource counts a client closed at the limit per source address.
-func (l *loop) refuseSource(addr netip.Addr) {
-	l.s.refused.Add(1)
-	l.s.refusedPerSource.Add(1)
+func (l *loop) refuseSource(i int, addr netip.Addr) {
+	l.listeners[i].n.refused[RefusedPerSource].Add(1)
 	l.warn(warnRefused, "connection limit per client address reached, refusing its clients", "",
 		"source", addr.String(), "max_per_source", l.s.cfg.MaxPerSource, "hint", "raise it with --per-source-max")
 }
@@ -778,16 +778,17 @@ func (l *loop) nextGen() uint32 {
 }
 
 // opened and closed keep the count, the idle timer and the accept pause.
-func (l *loop) opened() {
+func (l *loop) opened(c *conn) {
 	l.active++
-	l.s.active.Add(1)
-	l.s.accepted.Add(1)
+	n := l.listeners[c.listener].n
+	n.active.Add(1)
+	n.accepted.Add(1)
 	l.idleAt = 0
 }
 
-func (l *loop) closed() {
+func (l *loop) closed(c *conn) {
 	l.active--
-	l.s.active.Add(-1)
+	l.listeners[c.listener].n.active.Add(-1)
 	if l.active == 0 && l.s.cfg.ExitIdleTime > 0 {
 		l.idleAt = after(l.now(), l.s.cfg.ExitIdleTime)
 	}

@@ -960,7 +960,7 @@ func TestStoreKeepsConnectDeadline(t *testing.T) {
 // "fd >= len(l.flows.table)", "fd+1"; flowEvent: "fd >= len").
 func TestFlowTableGrows(t *testing.T) {
 	l := &loop{s: New(Config{})}
-	ln := &listenerFD{dgram: &dgramListener{flows: make(map[string]*flow)}}
+	ln := &listenerFD{dgram: &dgramListener{flows: make(map[string]*flow)}, n: new(listenerCounters)}
 	for _, fd := range []int{3, 64, 128, 1000} {
 		f := &flow{fd: int32(fd), key: strconv.Itoa(fd)}
 		l.insertFlow(ln, f, netip.Addr{})

@@ -88,7 +88,7 @@ func (l *loop) evictSourceFlow(addr netip.Addr) bool {
 			}
 			f := l.flowAt(r)
 			if flowSource(f) == addr {
-				l.s.dgram.evicted.Add(1)
+				l.listeners[f.listener].n.flowsEvicted.Add(1)
 				l.closeFlow(f, "evicted")
 				return true
 			}

@@ -108,6 +108,11 @@ type Config struct {
 	BusyPoll time.Duration
 	// Log receives one line per event; nil discards.
 	Log *slog.Logger
+	// Carry are listening sockets the proxy does not serve but hands
+	// over with its own at a reload, or to the fd store (the --metrics
+	// socket): the next image finds them in the record as
+	// handoff.ListenCarried. The caller keeps owning them.
+	Carry []activation.Listener
 
 	// Reload, when set, is called on the loop's goroutine after
 	// Server.Reload, with the loop stopped between two batches of events:
@@ -186,6 +191,11 @@ type Stats struct {
 	FlowsEvicted      int64 // flows closed to make room for a new client's
 
 	BusyPollHits int64 // waits that found an event while spinning (Config.BusyPoll)
+
+	// Resumed counts the connections and flows adopted at start-up
+	// (Config.Resume, Config.Recover); Paused is how long the loop stood
+	// still for the handoff that carried them, in ns (the record's age).
+	Resumed, Paused int64
 }
 
 // Server is one running proxy.
@@ -198,11 +208,14 @@ type Server struct {
 	reload atomic.Bool          // Reload was called
 	store  atomic.Bool          // Store was called
 
-	active, accepted, refused, backendErrors, bytesIn, bytesOut atomic.Int64
-	refusedPerSource                                            atomic.Int64
-	pipes, splices, splicedBytes, kept                          atomic.Int64
-	busyPollHits                                                atomic.Int64
-	dgram                                                       dgramCounters
+	// per are each listener's counters (counters.go), by index in
+	// Config.Listeners; labels and backends name them.
+	per              []listenerCounters
+	labels, backends []string
+
+	pipes, splices, splicedBytes, kept atomic.Int64
+	busyPollHits, segmented            atomic.Int64
+	resumed, paused                    atomic.Int64
 
 	// testBatch, set by tests only, sees each batch of events before the
 	// loop handles it and may add to it (a stale event, deterministically).
@@ -218,7 +231,16 @@ func New(cfg Config) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: log}
+	s := &Server{cfg: cfg, log: log, per: make([]listenerCounters, len(cfg.Listeners))}
+	for _, ln := range cfg.Listeners {
+		b, ok := NamedBackend(cfg.Backends, ln)
+		if !ok {
+			b = cfg.Backend
+		}
+		s.labels = append(s.labels, ln.Label())
+		s.backends = append(s.backends, b.String())
+	}
+	return s
 }
 
 // Run serves until ctx ends or the proxy has been idle for ExitIdleTime,
@@ -268,69 +290,43 @@ func (s *Server) CloseConnections() {
 	}
 }
 
-// totalCounters are the counters that only grow, in the order the handoff
-// record carries them (Record.Totals): a new one goes at the end, and none
-// is ever taken out or moved, so that images of different builds agree.
-func (s *Server) totalCounters() []*atomic.Int64 {
-	d := &s.dgram
-	return []*atomic.Int64{
-		&s.accepted, &s.refused, &s.backendErrors, &s.bytesIn, &s.bytesOut, &s.splices, &s.splicedBytes,
-		&s.busyPollHits, &d.opened, &d.in, &d.out, &d.dropped, &d.truncated, &d.refused, &d.segmented,
-		&d.full, &d.tooBig, &d.sendErrors, &d.noFlow, &d.noAddress, &d.evicted, &s.refusedPerSource,
-	}
-}
-
-// totals is the running totals, for the handoff record.
-func (s *Server) totals() []uint64 {
-	cs := s.totalCounters()
-	out := make([]uint64, len(cs))
-	for i, c := range cs {
-		out[i] = uint64(c.Load())
-	}
-	return out
-}
-
-// addTotals takes over the running totals a previous image counted: the
-// process's counts go on from where they were, across reloads and
-// restarts. Those this build does not know are left.
-func (s *Server) addTotals(totals []uint64) {
-	for i, c := range s.totalCounters() {
-		if i < len(totals) {
-			c.Add(int64(totals[i]))
-		}
-	}
-}
-
-// Stats returns the running totals.
+// Stats returns the running totals: the sums of ListenerStats.
 func (s *Server) Stats() Stats {
-	return Stats{
-		Active:           s.active.Load(),
-		Accepted:         s.accepted.Load(),
-		Refused:          s.refused.Load(),
-		RefusedPerSource: s.refusedPerSource.Load(),
-		BackendErrors:    s.backendErrors.Load(),
-		BytesIn:          s.bytesIn.Load(),
-		BytesOut:         s.bytesOut.Load(),
-		Kept:             s.kept.Load(),
-		Pipes:            s.pipes.Load(),
-		Splices:          s.splices.Load(),
-		SplicedBytes:     s.splicedBytes.Load(),
-
-		Flows:              s.dgram.flows.Load(),
-		FlowsOpened:        s.dgram.opened.Load(),
-		DatagramsIn:        s.dgram.in.Load(),
-		DatagramsOut:       s.dgram.out.Load(),
-		DatagramsDropped:   s.dgram.dropped.Load(),
-		DatagramsTruncated: s.dgram.truncated.Load(),
-		DatagramsSegmented: s.dgram.segmented.Load(),
-		BackendRefused:     s.dgram.refused.Load(),
-		DroppedBufferFull:  s.dgram.full.Load(),
-		DroppedTooBig:      s.dgram.tooBig.Load(),
-		DroppedSendError:   s.dgram.sendErrors.Load(),
-		DroppedNoFlow:      s.dgram.noFlow.Load(),
-		DroppedNoAddress:   s.dgram.noAddress.Load(),
-		FlowsEvicted:       s.dgram.evicted.Load(),
-
-		BusyPollHits: s.busyPollHits.Load(),
+	st := Stats{
+		Kept:               s.kept.Load(),
+		Pipes:              s.pipes.Load(),
+		Splices:            s.splices.Load(),
+		SplicedBytes:       s.splicedBytes.Load(),
+		DatagramsSegmented: s.segmented.Load(),
+		BusyPollHits:       s.busyPollHits.Load(),
+		Resumed:            s.resumed.Load(),
+		Paused:             s.paused.Load(),
 	}
+	var o ListenerStats
+	for i := range s.per {
+		s.per[i].snapshot(&o)
+		st.Active += o.Active
+		st.Accepted += o.Accepted
+		st.Refused += o.Refused[RefusedLimit] + o.Refused[RefusedPerSource]
+		st.RefusedPerSource += o.Refused[RefusedPerSource]
+		for _, n := range o.ConnectFailed {
+			st.BackendErrors += n
+		}
+		st.BytesIn += o.BytesIn
+		st.BytesOut += o.BytesOut
+		st.Flows += o.Flows
+		st.FlowsOpened += o.FlowsOpened
+		st.FlowsEvicted += o.FlowsEvicted
+		st.DatagramsIn += o.DatagramsIn
+		st.DatagramsOut += o.DatagramsOut
+		st.DatagramsTruncated += o.Dropped[DropTruncated]
+		st.BackendRefused += o.Dropped[DropBackendRefused]
+		st.DroppedBufferFull += o.Dropped[DropBufferFull]
+		st.DroppedTooBig += o.Dropped[DropTooBig]
+		st.DroppedSendError += o.Dropped[DropSendError]
+		st.DroppedNoFlow += o.Dropped[DropNoFlow]
+		st.DroppedNoAddress += o.Dropped[DropNoAddress]
+	}
+	st.DatagramsDropped = st.BackendRefused + st.DroppedBufferFull + st.DroppedTooBig + st.DroppedSendError + st.DroppedNoFlow + st.DroppedNoAddress
+	return st
 }

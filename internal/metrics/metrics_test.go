@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package metrics
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
+	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
+)
+
+// fixed is an exporter over made-up counters: a stream listener with
+// three connect times and a datagram listener whose names need escaping.
+func fixed() *Exporter {
+	stream := proxy.ListenerStats{Listener: ":8080/tcp", Kind: activation.Stream, Backend: "127.0.0.1:80",
+		Accepted: 7, Active: 2, BytesIn: 100, BytesOut: 2000}
+	stream.Refused[proxy.RefusedLimit] = 3
+	stream.ConnectFailed[proxy.ConnectMissing] = 1
+	stream.ConnectTime.Counts[0] = 2 // <= 100us
+	stream.ConnectTime.Counts[len(stream.ConnectTime.Counts)-1] = 1
+	stream.ConnectTime.Sum = 20 * time.Second
+	dgram := proxy.ListenerStats{Listener: "a\"b\\c\nd/udp", Kind: activation.Datagram, Backend: "/run/x.sock",
+		Flows: 1, FlowsOpened: 4, FlowsExpired: 2, FlowsEvicted: 1, DatagramsIn: 9, DatagramsOut: 8}
+	dgram.Dropped[proxy.DropTruncated] = 5
+	e := &Exporter{
+		Listeners: func(dst []proxy.ListenerStats) []proxy.ListenerStats { return append(dst, stream, dgram) },
+		Stats:     func() proxy.Stats { return proxy.Stats{Kept: 3, Paused: int64(1500 * time.Microsecond), Resumed: 6} },
+		Reloads:   &Reloads{},
+		Resumed:   true,
+		Build:     Build{Version: "1.2", Commit: "abc", GoVersion: "go1.26"},
+	}
+	e.Reloads.OK.Store(2)
+	return e
+}
+
+// TestExposition: each counter under its listener and backend, label
+// values escaped, the histogram cumulative with its sum and count, series
+// only where the listener's type has them.
+func TestExposition(t *testing.T) {
+	out := string(fixed().Append(nil))
+	for _, want := range []string{
+		`socket_proxyd_connections_accepted_total{listener=":8080/tcp",backend="127.0.0.1:80"} 7`,
+		`socket_proxyd_connections_active{listener=":8080/tcp",backend="127.0.0.1:80"} 2`,
+		`socket_proxyd_connections_refused_total{listener=":8080/tcp",backend="127.0.0.1:80",reason="limit"} 3`,
+		`socket_proxyd_connections_refused_total{listener=":8080/tcp",backend="127.0.0.1:80",reason="per_source"} 0`,
+		`socket_proxyd_bytes_total{listener=":8080/tcp",backend="127.0.0.1:80",direction="to_backend"} 100`,
+		`socket_proxyd_bytes_total{listener=":8080/tcp",backend="127.0.0.1:80",direction="to_client"} 2000`,
+		`socket_proxyd_backend_connect_failures_total{listener=":8080/tcp",backend="127.0.0.1:80",reason="missing"} 1`,
+		`socket_proxyd_backend_connect_seconds_bucket{listener=":8080/tcp",backend="127.0.0.1:80",le="0.0001"} 2`,
+		`socket_proxyd_backend_connect_seconds_bucket{listener=":8080/tcp",backend="127.0.0.1:80",le="10"} 2`,
+		`socket_proxyd_backend_connect_seconds_bucket{listener=":8080/tcp",backend="127.0.0.1:80",le="+Inf"} 3`,
+		`socket_proxyd_backend_connect_seconds_sum{listener=":8080/tcp",backend="127.0.0.1:80"} 20`,
+		`socket_proxyd_backend_connect_seconds_count{listener=":8080/tcp",backend="127.0.0.1:80"} 3`,
+		`socket_proxyd_flows_active{listener="a\"b\\c\nd/udp",backend="/run/x.sock"} 1`,
+		`socket_proxyd_flows_opened_total{listener="a\"b\\c\nd/udp",backend="/run/x.sock"} 4`,
+		`socket_proxyd_flows_expired_total{listener="a\"b\\c\nd/udp",backend="/run/x.sock"} 2`,
+		`socket_proxyd_flows_evicted_total{listener="a\"b\\c\nd/udp",backend="/run/x.sock"} 1`,
+		`socket_proxyd_datagrams_forwarded_total{listener="a\"b\\c\nd/udp",backend="/run/x.sock",direction="to_backend"} 9`,
+		`socket_proxyd_datagrams_forwarded_total{listener="a\"b\\c\nd/udp",backend="/run/x.sock",direction="to_client"} 8`,
+		`socket_proxyd_datagrams_dropped_total{listener="a\"b\\c\nd/udp",backend="/run/x.sock",reason="truncated"} 5`,
+		`socket_proxyd_reloads_total{result="ok"} 2`,
+		`socket_proxyd_reloads_total{result="failed"} 0`,
+		`socket_proxyd_reload_pause_seconds 0.0015`,
+		`socket_proxyd_fdstore_connections 3`,
+		`socket_proxyd_fdstore_taken_total 0`, // Resumed: a reload's, not the store's
+		`socket_proxyd_build_info{version="1.2",commit="abc",goversion="go1.26"} 1`,
+	} {
+		if !strings.Contains(out, "\n"+want+"\n") {
+			t.Errorf("no line %s in:\n%s", want, out)
+		}
+	}
+	for _, absent := range []string{
+		`socket_proxyd_connections_accepted_total{listener="a`,
+		`socket_proxyd_flows_active{listener=":8080/tcp"`,
+		`socket_proxyd_backend_connect_seconds_bucket{listener="a`,
+	} {
+		if strings.Contains(out, absent) {
+			t.Errorf("a series of the wrong listener type: %s", absent)
+		}
+	}
+	if !strings.Contains(out, "\nprocess_open_fds ") || !strings.Contains(out, "\nprocess_max_fds ") {
+		t.Errorf("no descriptor counts in:\n%s", out)
+	}
+}
+
+// TestPromtoolAcceptsTheExposition: Prometheus's own linter reads the
+// output without a complaint.
+func TestPromtoolAcceptsTheExposition(t *testing.T) {
+	promtool := testutil.RequireTool(t, "promtool", "prometheus")
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(string(fixed().Append(nil)))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// TestScrapeAllocatesNothing: once its buffers have grown, a scrape
+// allocates nothing of its own (net/http's part aside).
+func TestScrapeAllocatesNothing(t *testing.T) {
+	e := fixed()
+	ls := make([]proxy.ListenerStats, 0, 2)
+	e.Listeners = func(dst []proxy.ListenerStats) []proxy.ListenerStats {
+		return append(dst, ls[:cap(ls)]...)
+	}
+	b := e.Append(nil)
+	if allocs := testing.AllocsPerRun(100, func() { b = e.Append(b[:0]) }); allocs != 0 {
+		t.Errorf("%v allocations per scrape, want 0", allocs)
+	}
+}
+
+// TestServeAnswersAndStops: GET /metrics answers with the format's
+// content type and the body's length, again and again; HEAD the header;
+// another path is 404, another method 405, garbage 400; and Serve
+// returns once ctx ends.
+func TestServeAnswersAndStops(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var serveErr error
+	wg.Go(func() { serveErr = Serve(ctx, ln, fixed(), slog.New(slog.DiscardHandler)) })
+	get := func(path string) (*http.Response, string) {
+		resp, err := http.Get("http://" + ln.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	for range 3 { // the buffer it keeps, reused
+		resp, body := get("/metrics?x=1")
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/plain; version=0.0.4; charset=utf-8" ||
+			!strings.HasSuffix(body, "} 1\n") || resp.ContentLength != int64(len(body)) {
+			t.Errorf("GET /metrics: %s, %q, %d bytes of %d", resp.Status, resp.Header.Get("Content-Type"), len(body), resp.ContentLength)
+		}
+	}
+	if resp, _ := get("/"); resp.StatusCode != 404 {
+		t.Errorf("GET /: %s, want 404", resp.Status)
+	}
+	resp, err := http.Head("http://" + ln.Addr().String() + "/metrics")
+	if err != nil || resp.StatusCode != 200 || resp.ContentLength <= 0 {
+		t.Errorf("HEAD /metrics: %v, %v", resp, err)
+	}
+	resp, err = http.Post("http://"+ln.Addr().String()+"/metrics", "text/plain", strings.NewReader("x"))
+	if err != nil || resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST /metrics: %v, %v", resp, err)
+	}
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Write([]byte("garbage\r\n\r\n"))
+	if b, _ := io.ReadAll(raw); !strings.HasPrefix(string(b), "HTTP/1.1 400 ") {
+		t.Errorf("a bad request answered %q", b)
+	}
+	raw.Close()
+	cancel()
+	wg.Wait()
+	if serveErr != nil {
+		t.Errorf("Serve: %v", serveErr)
+	}
+}
