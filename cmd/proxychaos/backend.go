@@ -219,13 +219,21 @@ func (b *streamBackend) serve(c net.Conn) {
 		return
 	}
 	send := func() error {
-		if err := writePayload(c, payload(seed, 'd'), []int{down}, nil, -1, b.gate); err != nil {
+		if err := writePayload(c, payload(seed, 'd'), []int{down}, nil, -1, nil, b.gate); err != nil {
 			return fmt.Errorf("download: %w", err)
 		}
 		return closeWrite(c)
 	}
 	recv := func() outcome { return readPayload(c, payload(seed, 'u'), up, false, "upload") }
 	switch mode {
+	case modeRequest:
+		if s.out = readBody(c, payload(seed, 'u'), up, false, "upload"); s.out.ok() {
+			if err := send(); err != nil {
+				s.out.err = err
+				return
+			}
+			s.out = readEnd(c, "upload", s.out.got)
+		}
 	case modeUpload:
 		if s.out = recv(); s.out.ok() {
 			if err := send(); err != nil {

@@ -375,6 +375,9 @@ func (h *harness) traffic(o *op) {
 			}
 			out, _ = runStream(network, addr, uint64(o.ID), o.Seed, p, opDeadline)
 			what = fmt.Sprintf("up %d, down %d, mode %d, urgent at %d, slow %v", p.up, p.down, p.mode, p.urgent, p.slow)
+			if p.fds >= 0 {
+				what += fmt.Sprintf(", %d descriptors with up to %d bytes at %d", p.nfds, p.fdLen, p.fds)
+			}
 			h.rep.bytes.Add(out.got)
 		}
 		openNow := h.open.Add(-1) + 1
@@ -428,6 +431,10 @@ func (h *harness) judgeStream(o *op, client outcome, be *seen, openNow int64, wh
 	}
 	if (cc == "reset" || bc == "reset" || cc == "ok" || bc == "ok") && len(h.tl.during(o.started, o.ended, time.Second, h.resetKinds()...)) > 0 {
 		h.rep.explained.Add(1)
+		return
+	}
+	if cc == "timeout" || bc == "timeout" {
+		h.rep.fail(o, "stalled: still open after %v: %s", opDeadline, detail)
 		return
 	}
 	h.rep.fail(o, "%s/%s: %s", cc, bc, detail)
