@@ -102,13 +102,17 @@ func (b *streamBackend) listen() error {
 	if b.network == "unix" || b.network == "unixpacket" {
 		os.Remove(b.addr)
 	}
-	ln, err := net.Listen(b.network, b.addr)
+	var ln net.Listener
+	var err error
+	if b.addr == "127.0.0.1:0" {
+		ln, err = listenFixed(func(a string) (net.Listener, error) { return net.Listen(b.network, a) })
+	} else {
+		ln, err = net.Listen(b.network, b.addr)
+	}
 	if err != nil {
 		return err
 	}
-	if b.addr == "127.0.0.1:0" {
-		b.addr = ln.Addr().String()
-	}
+	b.addr = ln.Addr().String()
 	b.mu.Lock()
 	b.ln = ln
 	if b.live == nil {

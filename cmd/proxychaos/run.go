@@ -338,6 +338,12 @@ func (h *harness) dead() bool {
 	if h.deadSeen.CompareAndSwap(false, true) {
 		h.rep.fail(&op{Kind: "proxy"}, "the proxy exited: %v; events just before: %v", h.p.current().Err(),
 			h.tl.during(time.Now().Add(-2*time.Second), time.Now(), 0, eventKinds...))
+		// Nothing will accept again: closing the listening sockets
+		// resets the clients in their backlog, which would otherwise
+		// wait out their deadline.
+		for _, s := range h.p.sockets {
+			s.File.Close()
+		}
 	}
 	return true
 }

@@ -83,8 +83,13 @@ echo "    built in $((SECONDS - start)) s"
 run() {
 	local name=$1 kind=$2 bin=$3 seed=$4
 	shift 4
-	local t0=$SECONDS rc=0
-	"$work/proxychaos" -bin "$bin" -seed "$seed" "$@" >"$work/$name.$kind.out" 2>&1 || rc=$?
+	local t0=$SECONDS rc=0 child
+	"$work/proxychaos" -bin "$bin" -seed "$seed" "$@" >"$work/$name.$kind.out" 2>&1 &
+	child=$!
+	# Stopped (cleanup), it stops its proxychaos and waits for it; the
+	# proxy under test dies with proxychaos (Pdeathsig).
+	trap 'kill "$child" 2>/dev/null; wait "$child"; exit 143' TERM
+	wait "$child" || rc=$?
 	echo "$rc" >"$work/$name.$kind.rc"
 	echo "$((SECONDS - t0))" >"$work/$name.$kind.time"
 }
