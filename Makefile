@@ -126,7 +126,7 @@ chaos:
 
 # Proof that the harness bites: each patch in test/chaos/ puts back one
 # defect it found; with the patch the focused run must fail, without it
-# pass. A temporary copy of the tree, never this checkout; about 3 minutes.
+# pass. A temporary copy of the tree, never this checkout; about 2 minutes.
 chaos-bites:
 	GO=$(GO) test/chaos/bites.sh
 

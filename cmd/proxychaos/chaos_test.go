@@ -73,7 +73,7 @@ var knownDefects = []struct {
 	{"flow flood locks out streams", 5, 20 * time.Second, 5, 0, "tcp=3,flood=1", "none"},
 	{"SIGHUP burst", 6, 20 * time.Second, 5, 0.5, "tcp=3,unix=1", "sighup-burst=1"},
 	{"urgent byte truncates the stream", 1, 8 * time.Second, 10, 0, "tcp=1", "none"},
-	{"descriptors stall a unix stream", 1, 8 * time.Second, 10, 0, "unix=1", "none"},
+	{"descriptors stall a unix stream", 1, 8 * time.Second, 20, 0, "unix=1", "none"},
 }
 
 // TestKnownDefects (with -chaos.defects):

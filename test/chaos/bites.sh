@@ -5,7 +5,8 @@
 # Each patch in test/chaos/ puts back one defect the harness found. For each,
 # this builds socket-proxyd from a copy of the tree with the patch applied
 # and runs proxychaos with a recorded seed and a focus on that defect: the
-# run must FAIL. The same command against the tree as it is must PASS. The
+# run must FAIL (the table gives how many failures its oracle reported:
+# the margin). The same command against the tree as it is must PASS. The
 # caller's checkout is only read: the copies, the builds and the runs live
 # in a temporary directory, removed at the end.
 #
@@ -26,9 +27,9 @@ JOBS=${JOBS:-3}
 # name|defect|seed|proxychaos flags: the focus that finds it within the run.
 cases=(
 	"urgent-byte|a TCP urgent byte truncates the stream|1|-duration 8s -rate 10 -mix tcp=1 -events none"
-	"descriptors|descriptors stall a unix stream|1|-duration 8s -rate 10 -mix unix=1 -events none"
+	"descriptors|descriptors stall a unix stream|1|-duration 8s -rate 20 -mix unix=1 -events none"
 	"sighup-burst|a SIGHUP burst kills the proxy|6|-duration 15s -rate 5 -mix tcp=3,unix=1 -events sighup-burst=1 -event-rate 2"
-	"oversized-datagram|an oversized datagram drops its batch|4|-duration 8s -rate 5 -mix udp6=1 -events none"
+	"oversized-datagram|an oversized datagram drops its batch|4|-duration 8s -rate 15 -mix udp6=1 -events none"
 	"empty-seqpacket|an empty seqpacket message ends it|2|-duration 8s -rate 15 -mix seqpacket=1 -events none"
 	"flow-flood|a flow flood locks streams out|5|-duration 10s -rate 5 -mix tcp=3,flood=1 -events none"
 )
@@ -84,7 +85,9 @@ run() {
 	local name=$1 kind=$2 bin=$3 seed=$4
 	shift 4
 	local t0=$SECONDS rc=0 child
-	"$work/proxychaos" -bin "$bin" -seed "$seed" "$@" >"$work/$name.$kind.out" 2>&1 &
+	# Its own directory (sockets, the binary, the proxy's log) under
+	# $work too, so that a stopped run leaves nothing behind.
+	TMPDIR=$work "$work/proxychaos" -bin "$bin" -seed "$seed" "$@" >"$work/$name.$kind.out" 2>&1 &
 	child=$!
 	# Stopped (cleanup), it stops its proxychaos and waits for it; the
 	# proxy under test dies with proxychaos (Pdeathsig).
@@ -124,15 +127,21 @@ verdict() {
 	fi
 }
 
+# failures NAME KIND: how many failures the run's oracle reported.
+failures() {
+	awk '$1 == "failures" && $2 ~ /^[0-9]+$/ { print $2; exit }' "$work/$1.$2.out"
+}
+
 bad=0
-printf '\n%-20s %-4s %-16s %-16s %s\n' defect seed patched "as is" command
+printf '\n%-20s %-4s %-20s %-16s %s\n' defect seed patched "as is" command
 for c in "${cases[@]}"; do
 	IFS='|' read -r name what seed flags <<<"$c"
 	b=$(verdict "$name" bite) p=$(verdict "$name" pass)
 	bt=$(cat "$work/$name.bite.time") pt=$(cat "$work/$name.pass.time")
 	mark=
 	[[ $b == fails && $p == passes ]] || { mark=' <-- WRONG'; bad=1; }
-	printf '%-20s %-4s %-16s %-16s proxychaos -seed %s %s%s\n' "$name" "$seed" "$b (${bt}s)" "$p (${pt}s)" "$seed" "$flags" "$mark"
+	[[ $b == fails ]] && b="fails: $(failures "$name" bite)"
+	printf '%-20s %-4s %-20s %-16s proxychaos -seed %s %s%s\n' "$name" "$seed" "$b (${bt}s)" "$p (${pt}s)" "$seed" "$flags" "$mark"
 done
 echo "total $((SECONDS - start)) s"
 
