@@ -102,13 +102,17 @@ func (b *streamBackend) listen() error {
 	if b.network == "unix" || b.network == "unixpacket" {
 		os.Remove(b.addr)
 	}
-	ln, err := net.Listen(b.network, b.addr)
+	var ln net.Listener
+	var err error
+	if b.addr == "127.0.0.1:0" {
+		ln, err = listenFixed(func(a string) (net.Listener, error) { return net.Listen(b.network, a) })
+	} else {
+		ln, err = net.Listen(b.network, b.addr)
+	}
 	if err != nil {
 		return err
 	}
-	if b.addr == "127.0.0.1:0" {
-		b.addr = ln.Addr().String()
-	}
+	b.addr = ln.Addr().String()
 	b.mu.Lock()
 	b.ln = ln
 	if b.live == nil {
@@ -219,13 +223,21 @@ func (b *streamBackend) serve(c net.Conn) {
 		return
 	}
 	send := func() error {
-		if err := writePayload(c, payload(seed, 'd'), []int{down}, nil, -1, b.gate); err != nil {
+		if err := writePayload(c, payload(seed, 'd'), []int{down}, nil, -1, nil, b.gate); err != nil {
 			return fmt.Errorf("download: %w", err)
 		}
 		return closeWrite(c)
 	}
 	recv := func() outcome { return readPayload(c, payload(seed, 'u'), up, false, "upload") }
 	switch mode {
+	case modeRequest:
+		if s.out = readBody(c, payload(seed, 'u'), up, false, "upload"); s.out.ok() {
+			if err := send(); err != nil {
+				s.out.err = err
+				return
+			}
+			s.out = readEnd(c, "upload", s.out.got)
+		}
 	case modeUpload:
 		if s.out = recv(); s.out.ok() {
 			if err := send(); err != nil {

@@ -59,7 +59,8 @@ func TestChaos(t *testing.T) {
 // knownDefects are the runs that found each defect on the tree they were
 // found on; each must pass once the defect is fixed. Timing differs from
 // run to run, so each is a seed and a focus that found it, not a proof
-// that a later pass means fixed: run it a few times.
+// that a later pass means fixed: run it a few times. test/chaos/bites.sh
+// runs the same focus with each defect put back, and wants it found.
 var knownDefects = []struct {
 	name            string
 	seed            uint64
@@ -71,6 +72,8 @@ var knownDefects = []struct {
 	{"oversized datagram drops the rest of its burst", 4, 10 * time.Second, 5, 0, "udp6=1", "none"},
 	{"flow flood locks out streams", 5, 20 * time.Second, 5, 0, "tcp=3,flood=1", "none"},
 	{"SIGHUP burst", 6, 20 * time.Second, 5, 0.5, "tcp=3,unix=1", "sighup-burst=1"},
+	{"urgent byte truncates the stream", 1, 8 * time.Second, 10, 0, "tcp=1", "none"},
+	{"descriptors stall a unix stream", 1, 8 * time.Second, 20, 0, "unix=1", "none"},
 }
 
 // TestKnownDefects (with -chaos.defects):

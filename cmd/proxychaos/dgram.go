@@ -5,9 +5,12 @@ package main
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -134,13 +137,17 @@ func (b *dgramBackend) listen() error {
 	if b.network == "unixgram" {
 		os.Remove(b.addr)
 	}
-	c, err := net.ListenPacket(b.network, b.addr)
+	var c net.PacketConn
+	var err error
+	if b.addr == "127.0.0.1:0" {
+		c, err = listenFixed(func(a string) (net.PacketConn, error) { return net.ListenPacket(b.network, a) })
+	} else {
+		c, err = net.ListenPacket(b.network, b.addr)
+	}
 	if err != nil {
 		return err
 	}
-	if b.addr == "127.0.0.1:0" {
-		b.addr = c.LocalAddr().String()
-	}
+	b.addr = c.LocalAddr().String()
 	setBuffers(c)
 	b.mu.Lock()
 	b.conn = c
@@ -151,6 +158,33 @@ func (b *dgramBackend) listen() error {
 	b.wg.Add(1)
 	go b.serve(c)
 	return nil
+}
+
+// listenFixed listens on 127.0.0.1 at a port below the ephemeral range,
+// which the kernel never gives to a socket that connects: a backend that
+// goes down and listens again finds its port free, where a port of the
+// ephemeral range may meanwhile be the local port of a flow the proxy
+// opened to another backend, or of another program's connection.
+func listenFixed[T io.Closer](listen func(addr string) (T, error)) (T, error) {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 2048 {
+				low = n
+			}
+		}
+	}
+	var last error
+	for range 100 {
+		port := low/2 + rand.IntN(low/2)
+		c, err := listen(fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			return c, nil
+		}
+		last = err
+	}
+	var zero T
+	return zero, fmt.Errorf("no free port below the ephemeral range (from %d): %v", low, last)
 }
 
 func setBuffers(c any) {

@@ -75,8 +75,11 @@ type notifyStore struct {
 	mu     sync.Mutex
 	msgs   []string
 	status string
-	stored []testlaunch.Socket
-	synced chan struct{}
+	// dropped says some STATUS= counted a dropped datagram. Sticky: a
+	// reload or a restart starts the proxy's counters again at 0.
+	dropped bool
+	stored  []testlaunch.Socket
+	synced  chan struct{}
 }
 
 func newNotifyStore(dir string) (*notifyStore, error) {
@@ -121,6 +124,7 @@ func (s *notifyStore) receive() {
 			fields[k] = v
 			if k == "STATUS" {
 				s.status = v
+				s.dropped = s.dropped || statusCount(v, "dropped") > 0
 			} else if len(s.msgs) < 10000 {
 				s.msgs = append(s.msgs, line)
 			}
@@ -184,6 +188,14 @@ func (s *notifyStore) take() ([]testlaunch.Socket, error) {
 		out = append(out, testlaunch.Socket{File: os.NewFile(uintptr(fd), f.Name), Name: f.Name})
 	}
 	return out, nil
+}
+
+// droppedOnce says whether the proxy has counted a dropped datagram since
+// the run started, across reloads and restarts.
+func (s *notifyStore) droppedOnce() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
 }
 
 func (s *notifyStore) lastStatus() string {

@@ -38,6 +38,12 @@ const (
 	modeBoth     = 0 // both at once
 	modeUpload   = 1 // the client sends and half-closes, then the backend sends
 	modeDownload = 2 // the backend sends and half-closes, then the client sends
+	// modeRequest: the client sends its upload and waits for the whole
+	// reply before it half-closes; the backend replies once it has the
+	// trailer, not the end. A request and its reply, as on a D-Bus
+	// socket: here bytes held back by the proxy are a stall, not a delay
+	// that the client's end would make good.
+	modeRequest = 3
 )
 
 // payload is the byte stream of one direction of one connection.
@@ -64,6 +70,10 @@ type streamPlan struct {
 	pauses   []time.Duration // before each piece
 	urgent   int             // offset of the byte sent as urgent data, or -1
 	slow     bool            // the client reads in small pieces, slowly
+	// fds is the offset of the upload's piece sent with descriptors
+	// (SCM_RIGHTS) on a unix stream, or -1; fdLen its length at most
+	// (the piece ends with its part), nfds how many descriptors.
+	fds, fdLen, nfds int
 }
 
 func planStream(seed uint64, tcp bool) streamPlan {
@@ -88,6 +98,17 @@ func planStream(seed uint64, tcp bool) streamPlan {
 		p.urgent = r.IntN(p.up)
 	}
 	p.slow = r.IntN(5) == 0
+	// Drawn last, so that the choices above stay what they were for
+	// every seed.
+	p.fds = -1
+	if !tcp && p.up > 0 && r.IntN(4) == 0 {
+		p.fds = r.IntN(p.up)
+		p.fdLen = 1 + int(math.Exp(r.Float64()*math.Log(float64(p.up-p.fds))))
+		p.nfds = 1 + r.IntN(3)
+		if r.IntN(2) == 0 {
+			p.mode = modeRequest
+		}
+	}
 	return p
 }
 
@@ -122,6 +143,15 @@ func classify(err error) string {
 // readPayload reads n bytes and compares them with g, then the trailer,
 // then the end.
 func readPayload(c net.Conn, g *rand.ChaCha8, n int, slow bool, what string) outcome {
+	o := readBody(c, g, n, slow, what)
+	if o.err != nil {
+		return o
+	}
+	return readEnd(c, what, o.got)
+}
+
+// readBody reads n bytes and compares them with g, then the trailer.
+func readBody(c net.Conn, g *rand.ChaCha8, n int, slow bool, what string) outcome {
 	buf, want := make([]byte, 64<<10), make([]byte, 64<<10)
 	var got int64
 	var slept time.Duration
@@ -153,6 +183,11 @@ func readPayload(c net.Conn, g *rand.ChaCha8, n int, slow bool, what string) out
 	if tr != trailer {
 		return outcome{err: fmt.Errorf("%w: %s: %d bytes, then %q where the trailer goes", errCorrupt, what, n, tr[:]), got: got}
 	}
+	return outcome{got: got}
+}
+
+// readEnd wants the end of the stream after the trailer.
+func readEnd(c net.Conn, what string, got int64) outcome {
 	var one [1]byte
 	m, err := c.Read(one[:])
 	if m > 0 {
@@ -176,9 +211,17 @@ func firstDiff(a, b []byte) int {
 	return -1
 }
 
+// descriptors are what a stream sends with SCM_RIGHTS: the write end of
+// a pipe, n times, sent at offset off with at most len bytes.
+type descriptors struct {
+	off, len, n int
+	w           *os.File
+}
+
 // writePayload sends n bytes of g in parts, pausing before each, with the
-// byte at urgent (if not -1) sent as urgent data, then the trailer.
-func writePayload(c net.Conn, g *rand.ChaCha8, parts []int, pauses []time.Duration, urgent int, gate *gate) error {
+// byte at urgent (if not -1) sent as urgent data and the piece at fds.off
+// (if fds is not nil) sent with descriptors, then the trailer.
+func writePayload(c net.Conn, g *rand.ChaCha8, parts []int, pauses []time.Duration, urgent int, fds *descriptors, gate *gate) error {
 	buf := make([]byte, 64<<10)
 	off := 0
 	for i, part := range parts {
@@ -190,6 +233,19 @@ func writePayload(c net.Conn, g *rand.ChaCha8, parts []int, pauses []time.Durati
 				gate.wait()
 			}
 			k := min(part, len(buf))
+			if fds != nil && fds.off >= off && fds.off < off+k {
+				k = fds.off - off // up to the piece with descriptors
+				if k == 0 {
+					k = min(part, fds.len, len(buf))
+					g.Read(buf[:k])
+					if err := sendDescriptors(c, buf[:k], fds); err != nil {
+						return err
+					}
+					off += k
+					part -= k
+					continue
+				}
+			}
 			if urgent >= off && urgent < off+k {
 				k = urgent - off // up to the urgent byte
 				if k == 0 {
@@ -214,6 +270,24 @@ func writePayload(c net.Conn, g *rand.ChaCha8, parts []int, pauses []time.Durati
 	return err
 }
 
+// sendDescriptors sends b as one message with fds.n copies of fds.w.
+func sendDescriptors(c net.Conn, b []byte, fds *descriptors) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		_, err := c.Write(b)
+		return err
+	}
+	rights := make([]int, fds.n)
+	for i := range rights {
+		rights[i] = int(fds.w.Fd())
+	}
+	n, _, err := uc.WriteMsgUnix(b, unix.UnixRights(rights...), nil)
+	if err == nil && n < len(b) {
+		_, err = c.Write(b[n:])
+	}
+	return err
+}
+
 func sendUrgent(c net.Conn, b byte) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -233,6 +307,20 @@ func sendUrgent(c net.Conn, b byte) error {
 		return werr
 	}
 	return serr
+}
+
+// descriptorsClosed wants the pipe whose write end went over the stream
+// closed everywhere once the stream is over: the proxy does not pass
+// descriptors on, and keeps none (the kernel closes them when the proxy
+// reads the message with no room for them).
+func descriptorsClosed(fds *descriptors, pr *os.File) error {
+	fds.w.Close()
+	pr.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	if _, err := pr.Read(b[:]); err != io.EOF {
+		return fmt.Errorf("descriptors: the pipe sent with the upload is still open 5s after the stream ended: %v", err)
+	}
+	return nil
 }
 
 func closeWrite(c net.Conn) error {
@@ -269,13 +357,43 @@ func runStream(network, addr string, id, seed uint64, p streamPlan, deadline tim
 		return outcome{err: fmt.Errorf("header: %w", err), what: "header"}, local
 	}
 	up, down := payload(seed, 'u'), payload(seed, 'd')
-	send := func() error {
-		if err := writePayload(c, up, p.parts, p.pauses, p.urgent, nil); err != nil {
+	var fds *descriptors
+	if p.fds >= 0 && network == "unix" {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return outcome{err: fmt.Errorf("descriptors: %w", err), what: "pipe"}, local
+		}
+		defer pr.Close()
+		defer pw.Close()
+		fds = &descriptors{off: p.fds, len: p.fdLen, n: p.nfds, w: pw}
+		defer func() {
+			if out.err == nil {
+				out.err = descriptorsClosed(fds, pr)
+			}
+		}()
+	}
+	upload := func() error {
+		if err := writePayload(c, up, p.parts, p.pauses, p.urgent, fds, nil); err != nil {
 			return fmt.Errorf("upload: %w", err)
+		}
+		return nil
+	}
+	send := func() error {
+		if err := upload(); err != nil {
+			return err
 		}
 		return closeWrite(c)
 	}
 	switch p.mode {
+	case modeRequest:
+		if err := upload(); err != nil {
+			return outcome{err: err, what: "upload"}, local
+		}
+		o := readPayload(c, down, p.down, p.slow, "reply")
+		if o.err == nil {
+			o.err = closeWrite(c)
+		}
+		return o, local
 	case modeUpload:
 		if err := send(); err != nil {
 			return outcome{err: err, what: "upload"}, local
