@@ -355,7 +355,7 @@ func TestCommandLineLikeOriginal(t *testing.T) {
 		{args: []string{"-h", "--bogus"}, ok: true, out: true},
 		{args: []string{"--version", "-c", "0"}, ok: true, out: true},
 		{args: []string{"--bogus", "-h"}, want: `unknown option "--bogus"`},
-		{args: []string{"--", "-c", "127.0.0.1:80"}, want: `"127.0.0.1:80"`},
+		{args: []string{"--", "-c", "127.0.0.1:80"}, want: `"-c"`},
 		{args: []string{"127.0.0.1:80", "--", "-c5"}, want: `"-c5"`},
 		{args: []string{"-c"}, want: `"-c" needs a value`},
 		{args: []string{"--connections-max"}, want: `"--connections-max" needs a value`},
@@ -370,7 +370,9 @@ func TestCommandLineLikeOriginal(t *testing.T) {
 		{args: []string{"--connections-maxx=5", "127.0.0.1:80"}, want: `unknown option "--connections-maxx"`},
 		{args: []string{"--=5", "127.0.0.1:80"}, want: `option "--" is ambiguous: it could be --connections-max, --exit-idle-time, --help, --version`},
 		{args: []string{"---", "127.0.0.1:80"}, want: `unknown option "---"`},
-		{args: []string{"127.0.0.1:80", "extra"}, want: `"extra"`},
+		// Several addresses are several backends; one that is no address
+		// is refused, as the original refuses any second argument.
+		{args: []string{"127.0.0.1:80", "extra.sock"}, want: `"extra.sock"`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -134,7 +134,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		activation.Close(listeners)
 		return fail(err)
 	}
-	announce(log, listeners, opts.backend, opts.named)
+	announce(log, listeners, opts.backend, opts.named, opts.balance)
 
 	// STOPPING=1 goes out before the proxy starts closing anything, so the
 	// signal is watched here rather than through a context the proxy sees
@@ -164,6 +164,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		MaxPerSource:    opts.maxPerSource,
 		ExitIdleTime:    exitIdleTime(opts.exitIdleTime),
 		Backends:        opts.named,
+		Balance:         opts.balance,
+		HealthInterval:  opts.healthInterval,
+		HealthRise:      opts.healthRise,
+		HealthFall:      opts.healthFall,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),
 		IdleTimeout:     infinityMeansZero(opts.idleTimeout),
 		FlowIdleTimeout: flowIdleTimeout(opts),
@@ -208,7 +212,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	background.Go(func() { notify.Watchdog(alive, notify.WatchdogInterval()) })
 	background.Go(func() { status.Report(alive, status.Interval, srv.Stats, notify.Status) })
 	notify.Ready()
-	log.Debug("ready", "listeners", len(listeners), "backend", opts.backend.String(), "connections_max", opts.maxConnections)
+	log.Debug("ready", "listeners", len(listeners), "backend", strings.Join(names(opts.backend), " "), "connections_max", opts.maxConnections)
 
 	err = srv.Run(ctx)
 	stopping("idle") // unless a signal already said so

@@ -43,8 +43,20 @@ type Config struct {
 	// Listeners are served until Run returns, which closes them.
 	Listeners []activation.Listener
 	// Backend is where the clients of every listener not in Backends are
-	// forwarded.
-	Backend backend.Address
+	// forwarded: one backend, or several that Balance shares the clients
+	// among (pool.go), at most MaxBackends.
+	Backend []backend.Address
+	// Balance picks one of several backends for each new connection and
+	// flow; a flow stays on its backend for its whole life. The zero
+	// value is First: in order, the next standing by (failover).
+	Balance Balance
+	// HealthInterval, when positive, has each backend of a listener with
+	// several probed by a connect this often (health.go): HealthFall
+	// failed probes in a row take it down, HealthRise good ones bring it
+	// back (zero: DefaultHealthFall, DefaultHealthRise). Zero: off, and a
+	// failed connect alone takes a backend down, for a backoff.
+	HealthInterval         time.Duration
+	HealthRise, HealthFall int
 	// Resolver looks up backend host names; nil means net.DefaultResolver.
 	// ConnectTimeout bounds each lookup.
 	Resolver *net.Resolver
@@ -68,7 +80,7 @@ type Config struct {
 	// Backends gives listeners a backend of their own, by Listener.Label
 	// or Listener.Name (--backend NAME=ADDRESS, NamedBackend); the others
 	// use Backend.
-	Backends map[string]backend.Address
+	Backends map[string][]backend.Address
 	// ConnectTimeout bounds connecting to the backend, retries included: a
 	// refused or missing backend (ECONNREFUSED, ENOENT, EAGAIN) is retried
 	// with a short backoff until it passes, while the client's bytes wait
@@ -134,9 +146,9 @@ type Config struct {
 	Recover map[string][]int
 }
 
-// NamedBackend is the backend that named (--backend) gives listener l: by
+// NamedBackend is the backends that named (--backend) gives listener l: by
 // its label, name and type ("dns.socket/udp"), or else by its name alone.
-func NamedBackend(named map[string]backend.Address, l activation.Listener) (backend.Address, bool) {
+func NamedBackend(named map[string][]backend.Address, l activation.Listener) ([]backend.Address, bool) {
 	if b, ok := named[l.Label()]; ok {
 		return b, true
 	}
@@ -179,6 +191,11 @@ type Stats struct {
 	FlowsEvicted      int64 // flows closed to make room for a new client's
 
 	BusyPollHits int64 // waits that found an event while spinning (Config.BusyPoll)
+
+	// Listeners with several backends (pool.go): how many backends they
+	// have in all, and how many of those are up. Both 0 when every
+	// listener has one.
+	Backends, BackendsUp int64
 }
 
 // Server is one running proxy.
@@ -195,6 +212,7 @@ type Server struct {
 	refusedPerSource                                            atomic.Int64
 	pipes, splices, splicedBytes, kept                          atomic.Int64
 	busyPollHits                                                atomic.Int64
+	backends, backendsUp                                        atomic.Int64
 	dgram                                                       dgramCounters
 
 	// testBatch, set by tests only, sees each batch of events before the
@@ -292,5 +310,7 @@ func (s *Server) Stats() Stats {
 		FlowsEvicted:       s.dgram.evicted.Load(),
 
 		BusyPollHits: s.busyPollHits.Load(),
+		Backends:     s.backends.Load(),
+		BackendsUp:   s.backendsUp.Load(),
 	}
 }
