@@ -270,6 +270,12 @@ func TestAllDownWaitThenOneStarts(t *testing.T) {
 			t.Errorf("client: %q, %v; want served by b3", r.name, r.err)
 		}
 	}
+	// Six clients retried every backend for 300ms: still one line per
+	// backend going down, and one for b3 coming back.
+	logs := p.logs.String()
+	if down, up := strings.Count(logs, "backend down"), strings.Count(logs, "backend up"); down != 4 || up != 1 {
+		t.Errorf("%d lines say a backend went down, %d up; want 4 and 1:\n%s", down, up, logs)
+	}
 }
 
 // TestLeastConnectionsFillsTheEmptiest: with two connections held on two
