@@ -265,4 +265,3 @@ func TestReloadKeepsBalancing(t *testing.T) {
 		t.Errorf("after the reload the next two went to %v, want app@2 and app@3", got)
 	}
 }
-
