@@ -402,9 +402,6 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 		l.dialBackend(c)
 		return nil
 	}
-	if m := l.poolMember(c.listener, c.member); m != nil {
-		m.open++
-	}
 	c.fd[1] = int32(rc.FD[1])
 	if err := l.register(c, 1, rc); err != nil {
 		l.abort(c, err)
@@ -412,6 +409,9 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	}
 	l.track(rc.FD[1], c)
 	c.state = stateOpen
+	if m := l.poolMember(c.listener, c.member); m != nil {
+		m.open++ // counted from here on, as release uncounts it
+	}
 	for d := range rc.Dir {
 		c.dir[d].n = rc.Dir[d].Bytes
 		for _, f := range dirFlags {
