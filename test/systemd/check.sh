@@ -600,7 +600,7 @@ PERL
 	printf '%s\n' '[Service]' 'RuntimeDirectory=app/%i' "ExecStart=/usr/bin/perl $t/app.pl /run/app/%i/sock app@%i" \
 		'KillMode=control-group' >/etc/systemd/system/app@.service
 	printf '%s\n' '[Socket]' 'ListenStream=127.0.0.1:8080' >/etc/systemd/system/app-proxy.socket
-	printf '%s\n' '[Unit]' 'After=app@1.service app@2.service app@3.service app@4.service' '[Service]' \
+	printf '%s\n' '[Unit]' 'After=app@1.service app@2.service app@3.service app@4.service' '[Service]' 'Type=notify' \
 		'ExecStart=/usr/bin/socket-proxyd --balance=round-robin /run/app/1/sock /run/app/2/sock /run/app/3/sock /run/app/4/sock' \
 		>/etc/systemd/system/app-proxy.service
 }
