@@ -75,7 +75,10 @@ func TestBadCommandLine(t *testing.T) {
 	}{
 		{name: "missing backend", args: nil, want: []string{"backend"}},
 		{name: "missing backend after option", args: []string{"-c", "5"}, want: []string{"backend"}},
-		{name: "extra argument", args: []string{"127.0.0.1:9", "extra-arg"}, want: []string{`"extra-arg"`}},
+		// A second address is a second backend; one that is no address is
+		// refused, naming it (the original refuses any second argument).
+		{name: "extra argument", args: []string{"127.0.0.1:9", "extra/arg"}, want: []string{`"extra/arg"`}},
+		{name: "backend twice", args: []string{"127.0.0.1:9", "127.0.0.1:9"}, want: []string{`"127.0.0.1:9"`, "twice"}},
 		{name: "unknown long option", args: []string{"--bogus-option", "127.0.0.1:9"}, want: []string{"--bogus-option"}},
 		{name: "unknown short option", args: []string{"-Z", "127.0.0.1:9"}, want: []string{"-Z"}},
 		{name: "connections zero", args: []string{"-c", "0", "127.0.0.1:9"}, want: []string{`"0"`, "-c/--connections-max"}},
