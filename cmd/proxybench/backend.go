@@ -82,6 +82,7 @@ func sampled(off int64, i int) bool { return off < 1<<20 || i%16 == 0 }
 // collide with this one's connections).
 type backend struct {
 	ln     *net.TCPListener
+	more   []*net.TCPListener // -backends: the other instances, served alike
 	pat    []byte
 	active atomic.Int64 // connections being served
 	wg     sync.WaitGroup
@@ -92,18 +93,41 @@ type backend struct {
 	err    error // first error since the last takeErr
 }
 
-func newBackend(pat []byte) (*backend, error) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		return nil, fmt.Errorf("backend: %w", err)
+func newBackend(pat []byte) (*backend, error) { return newBackends(pat, 1) }
+
+// newBackends is a backend listening on n ports, as n instances of one
+// service would (-backends): a candidate that balances is given them all.
+func newBackends(pat []byte, n int) (*backend, error) {
+	b := &backend{pat: pat, conns: map[*net.TCPConn]struct{}{}}
+	for i := range max(n, 1) {
+		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			b.close()
+			return nil, fmt.Errorf("backend: %w", err)
+		}
+		if i == 0 {
+			b.ln = ln
+		} else {
+			b.more = append(b.more, ln)
+		}
+		b.wg.Add(1)
+		go b.acceptLoop(ln)
 	}
-	b := &backend{ln: ln, pat: pat, conns: map[*net.TCPConn]struct{}{}}
-	b.wg.Add(1)
-	go b.acceptLoop()
 	return b, nil
 }
 
+// addr is where the load goes without a proxy (direct): the first instance.
 func (b *backend) addr() string { return b.ln.Addr().String() }
+
+// addrs are every instance's address, separated by spaces (loopback
+// HOST:PORT only, so a space cannot be part of one).
+func (b *backend) addrs() string {
+	s := b.addr()
+	for _, ln := range b.more {
+		s += " " + ln.Addr().String()
+	}
+	return s
+}
 
 func (b *backend) fail(err error) {
 	b.mu.Lock()
@@ -138,7 +162,12 @@ func (b *backend) quiet(timeout time.Duration) error {
 func (b *backend) close() {
 	b.mu.Lock()
 	b.closed = true
-	b.ln.Close()
+	if b.ln != nil {
+		b.ln.Close()
+	}
+	for _, ln := range b.more {
+		ln.Close()
+	}
 	for c := range b.conns {
 		c.Close()
 	}
@@ -146,10 +175,10 @@ func (b *backend) close() {
 	b.wg.Wait()
 }
 
-func (b *backend) acceptLoop() {
+func (b *backend) acceptLoop(ln *net.TCPListener) {
 	defer b.wg.Done()
 	for {
-		c, err := b.ln.AcceptTCP()
+		c, err := ln.AcceptTCP()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return

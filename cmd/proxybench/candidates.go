@@ -150,7 +150,12 @@ func startActivated(bin string, options ...string) func(l *launcher, dir, backen
 			return nil, err
 		}
 		defer f.Close() // the child has its own copy
-		argv := append(append([]string{bin, "-c", strconv.Itoa(l.connMax)}, options...), backend)
+		argv := append([]string{bin, "-c", strconv.Itoa(l.connMax)}, options...)
+		if addrs := strings.Fields(backend); len(addrs) > 1 {
+			// As haproxy's balance roundrobin with check (inter 2s).
+			argv = append(argv, "--balance=round-robin", "--health-interval=2s")
+		}
+		argv = append(argv, strings.Fields(backend)...)
 		socks := []testlaunch.Socket{{File: f, Name: "proxybench"}}
 		return l.spawn(dir, filepath.Base(bin), argv, childEnv(), socks, addr, onExit)
 	}
@@ -175,7 +180,7 @@ func startSocat(bin string) func(l *launcher, dir, backend string, onExit func()
 		}
 		argv := []string{bin,
 			fmt.Sprintf("TCP-LISTEN:%d,bind=127.0.0.1,fork,reuseaddr,backlog=4096", port),
-			"TCP:" + backend}
+			"TCP:" + strings.Fields(backend)[0]} // socat takes one
 		return l.spawn(dir, "socat", argv, childEnv(), nil, fmt.Sprintf("127.0.0.1:%d", port), onExit)
 	}
 }
@@ -203,8 +208,7 @@ frontend bench
 	bind 127.0.0.1:%d backlog 4096
 	default_backend bench
 backend bench
-	server backend %s
-`, haproxyMaxconn, haproxyMaxconn, port, backend)
+%s`, haproxyMaxconn, haproxyMaxconn, port, haproxyServers(backend))
 		path := filepath.Join(dir, "haproxy.cfg")
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			return nil, err
@@ -212,6 +216,35 @@ backend bench
 		argv := []string{bin, "-db", "-f", path}
 		return l.spawn(dir, "haproxy", argv, childEnv(), nil, fmt.Sprintf("127.0.0.1:%d", port), onExit)
 	}
+}
+
+// haproxyServers is the server lines of the backend section: one as
+// always, or several with balance roundrobin and a health check each.
+func haproxyServers(backend string) string {
+	addrs := strings.Fields(backend)
+	if len(addrs) == 1 {
+		return "\tserver backend " + addrs[0] + "\n"
+	}
+	s := "\tbalance roundrobin\n"
+	for i, a := range addrs {
+		s += fmt.Sprintf("\tserver backend%d %s check\n", i+1, a)
+	}
+	return s
+}
+
+// nginxUpstream is what proxy_pass names: the one address, or an upstream
+// of several (round-robin, nginx's default, each out for 10s after a
+// failure) declared in upstreams.
+func nginxUpstream(backend string) (pass, upstreams string) {
+	addrs := strings.Fields(backend)
+	if len(addrs) == 1 {
+		return addrs[0], ""
+	}
+	upstreams = "upstream bench {\n"
+	for _, a := range addrs {
+		upstreams += fmt.Sprintf("\t\tserver %s max_fails=1 fail_timeout=10s;\n", a)
+	}
+	return "bench", upstreams + "\t}\n"
 }
 
 const nginxStreamModule = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -222,18 +255,19 @@ func startNginx(bin string) func(l *launcher, dir, backend string, onExit func()
 		if err != nil {
 			return nil, err
 		}
+		pass, upstreams := nginxUpstream(backend)
 		server := fmt.Sprintf(`listen 127.0.0.1:%d backlog=4096;
 		proxy_pass %s;
 		proxy_timeout 1h;
-		proxy_half_close on;`, port, backend)
-		return spawnNginx(l, bin, dir, server, port, onExit)
+		proxy_half_close on;`, port, pass)
+		return spawnNginx(l, bin, dir, upstreams, server, port, onExit)
 	}
 }
 
 // spawnNginx runs nginx's stream module with one server block. One process
 // (no master), which is then the pid we measure; each proxied connection
 // or UDP session takes two of worker_connections.
-func spawnNginx(l *launcher, bin, dir, server string, port int, onExit func()) (*proxyProc, error) {
+func spawnNginx(l *launcher, bin, dir, upstreams, server string, port int, onExit func()) (*proxyProc, error) {
 	cfg := fmt.Sprintf(`load_module %s;
 daemon off;
 master_process off;
@@ -244,11 +278,12 @@ events {
 	worker_connections 20000;
 }
 stream {
+	%s
 	server {
 		%s
 	}
 }
-`, nginxStreamModule, dir, dir, server)
+`, nginxStreamModule, dir, dir, upstreams, server)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err

@@ -60,6 +60,7 @@ type config struct {
 	onlyFlag  string
 	bytesFlag string
 	udp       bool
+	backends  int
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -78,6 +79,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&cfg.settle, "settle", 300*time.Millisecond, "wait before each memory reading")
 	fs.DurationVar(&cfg.waitIdle, "wait-idle", 2*time.Minute, "before each candidate run, wait up to this long for other processes to leave the CPUs idle")
 	fs.Float64Var(&cfg.idleLoad, "idle-load", 0.1, "CPUs' worth of other processes' load that counts as idle for -wait-idle")
+	fs.IntVar(&cfg.backends, "backends", 1, "backend instances (ports); with more than one, socket-proxyd balances round-robin with --health-interval=2s, haproxy with balance roundrobin and check, nginx with an upstream of max_fails=1; candidates that take one backend get the first")
 	fs.BoolVar(&cfg.udp, "udp", false, "run the datagram workloads (socket-proxyd, nginx udp, socat) instead of the stream ones")
 	fs.BoolVar(&cfg.strace, "strace", false, "also run one bulk transfer per proxy under strace -f -c and print the syscall counts")
 	fs.StringVar(&cfg.proxyd, "proxyd", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
@@ -266,10 +268,11 @@ func run() int {
 	}
 
 	b := &bench{
-		cfg: cfg,
-		pat: makePattern(),
-		l:   &launcher{pin: cfg.pin, cpu: cfg.proxyCPU, connMax: cfg.connMax},
-		log: os.Stderr,
+		backends: cfg.backends,
+		cfg:      cfg,
+		pat:      makePattern(),
+		l:        &launcher{pin: cfg.pin, cpu: cfg.proxyCPU, connMax: cfg.connMax},
+		log:      os.Stderr,
 	}
 	results := b.rounds(ctx, cands)
 	var traces []string
@@ -328,10 +331,11 @@ func lockMachine(ctx context.Context, timeout time.Duration) (unlock func(), err
 
 // bench runs the measurements.
 type bench struct {
-	cfg *config
-	pat []byte
-	l   *launcher
-	log io.Writer
+	backends int // -backends: instances of the backend each candidate balances over
+	cfg      *config
+	pat      []byte
+	l        *launcher
+	log      io.Writer
 }
 
 // rounds runs every candidate once per round, rotating the order each round so no

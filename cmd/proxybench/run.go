@@ -123,7 +123,7 @@ func (b *bench) runCandidate(ctx context.Context, c *candidate, idleOnly bool) *
 		return r
 	}
 	defer os.RemoveAll(dir)
-	be, err := newBackend(b.pat)
+	be, err := newBackends(b.pat, b.backends)
 	if err != nil {
 		failAll(err)
 		return r
@@ -136,7 +136,7 @@ func (b *bench) runCandidate(ctx context.Context, c *candidate, idleOnly bool) *
 	var p *proxyProc
 	if c.start != nil {
 		// cancel on exit: a candidate that dies ends the current phase at once.
-		p, err = c.start(b.l, dir, be.addr(), cancel)
+		p, err = c.start(b.l, dir, be.addrs(), cancel)
 		if err != nil {
 			failAll(fmt.Errorf("start: %w", err))
 			return r

@@ -130,7 +130,7 @@ func startNginxUDP(bin string) func(l *launcher, dir string, backend netip.AddrP
 		server := fmt.Sprintf(`listen 127.0.0.1:%d udp;
 		proxy_pass %s;
 		proxy_timeout 60s;`, port, backend)
-		return spawnNginx(l, bin, dir, server, port, func() {})
+		return spawnNginx(l, bin, dir, "", server, port, func() {})
 	}
 }
 

@@ -17,11 +17,11 @@ import (
 // backend from --backend NAME=ADDRESS or the default one, and that every
 // NAME is a listener's (systemd #15599): a typo in a name would otherwise
 // send that socket's clients to the default backend.
-func checkBackends(listeners []activation.Listener, def backend.Address, named map[string]backend.Address) error {
+func checkBackends(listeners []activation.Listener, def []backend.Address, named map[string][]backend.Address) error {
 	have := make(map[string]bool, 2*len(listeners))
 	for _, l := range listeners {
 		have[l.Name], have[l.Label()] = true, true
-		if _, ok := proxy.NamedBackend(named, l); !ok && def.Network == "" {
+		if _, ok := proxy.NamedBackend(named, l); !ok && len(def) == 0 {
 			return fmt.Errorf("socket %s has no backend: add --backend %s=ADDRESS, or give a default backend address", describe(l), l.Name)
 		}
 	}
@@ -61,7 +61,7 @@ func describe(l activation.Listener) string {
 // announce logs one line per listener at start-up: what it is (its name,
 // and the descriptor systemd passed), where it listens, so that the port
 // of --listen 127.0.0.1:0 can be found, and where its clients go.
-func announce(log *slog.Logger, listeners []activation.Listener, def backend.Address, named map[string]backend.Address) {
+func announce(log *slog.Logger, listeners []activation.Listener, def []backend.Address, named map[string][]backend.Address, policy proxy.Balance) {
 	for _, l := range listeners {
 		b, ok := proxy.NamedBackend(named, l)
 		if !ok {
@@ -71,7 +71,21 @@ func announce(log *slog.Logger, listeners []activation.Listener, def backend.Add
 		if l.FD >= 0 {
 			attrs = append(attrs, "fd", l.FD)
 		}
-		attrs = append(attrs, "address", l.Addr().String(), "backend", b.String())
+		attrs = append(attrs, "address", l.Addr().String())
+		if len(b) == 1 {
+			attrs = append(attrs, "backend", b[0].String())
+		} else {
+			attrs = append(attrs, "backends", names(b), "balance", policy.String())
+		}
 		log.Info("listening", attrs...)
 	}
+}
+
+// names lists backends as log lines and STATUS= name them.
+func names(list []backend.Address) []string {
+	s := make([]string, len(list))
+	for i, b := range list {
+		s[i] = b.String()
+	}
+	return s
 }

@@ -16,21 +16,22 @@ func TestCheckBackends(t *testing.T) {
 	local := activation.Listener{Name: "/run/l.sock", FD: -1}
 	def, _ := backend.Parse("127.0.0.1:8080")
 	other, _ := backend.Parse("/run/admin.sock")
-	none := backend.Address{}
+	var none []backend.Address
+	defs := []backend.Address{def}
 	tests := []struct {
 		name      string
 		listeners []activation.Listener
-		def       backend.Address
-		named     map[string]backend.Address
+		def       []backend.Address
+		named     map[string][]backend.Address
 		mention   []string // empty: no error
 	}{
-		{name: "default only", listeners: []activation.Listener{web, admin}, def: def},
-		{name: "named and default", listeners: []activation.Listener{web, admin}, def: def, named: map[string]backend.Address{"admin": other}},
-		{name: "all named", listeners: []activation.Listener{web, admin}, def: none, named: map[string]backend.Address{"admin": other, "web": def}},
-		{name: "listen address as name", listeners: []activation.Listener{local}, def: none, named: map[string]backend.Address{"/run/l.sock": def}},
-		{name: "socket without backend", listeners: []activation.Listener{web, admin}, def: none, named: map[string]backend.Address{"admin": other},
+		{name: "default only", listeners: []activation.Listener{web, admin}, def: defs},
+		{name: "named and default", listeners: []activation.Listener{web, admin}, def: defs, named: map[string][]backend.Address{"admin": {other}}},
+		{name: "all named", listeners: []activation.Listener{web, admin}, def: none, named: map[string][]backend.Address{"admin": {other}, "web": {def}}},
+		{name: "listen address as name", listeners: []activation.Listener{local}, def: none, named: map[string][]backend.Address{"/run/l.sock": {def}}},
+		{name: "socket without backend", listeners: []activation.Listener{web, admin}, def: none, named: map[string][]backend.Address{"admin": {other}},
 			mention: []string{`"web" (fd 3)`, "--backend web=ADDRESS"}},
-		{name: "unknown name", listeners: []activation.Listener{web, local}, def: def, named: map[string]backend.Address{"wbe": other},
+		{name: "unknown name", listeners: []activation.Listener{web, local}, def: defs, named: map[string][]backend.Address{"wbe": {other}},
 			mention: []string{`"wbe"`, `"web" (fd 3)`, `"/run/l.sock" (--listen)`, "FileDescriptorName="}},
 	}
 	for _, tt := range tests {

@@ -77,14 +77,22 @@ func checkPlan(opts options, stdout, stderr io.Writer) int {
 		resolved[s] = r
 		return r
 	}
-	backendOf := func(p planned) (backend.Address, bool) {
+	// checkAll is check for each of a socket's backends.
+	checkAll := func(list []backend.Address) string {
+		var out []string
+		for _, a := range list {
+			out = append(out, a.String()+" ("+check(a)+")")
+		}
+		return strings.Join(out, ", ")
+	}
+	backendOf := func(p planned) ([]backend.Address, bool) {
 		if a, ok := opts.named[p.label()]; ok {
 			return a, true
 		}
 		if a, ok := opts.named[p.addr]; ok {
 			return a, true
 		}
-		return opts.backend, opts.backend.Network != ""
+		return opts.backend, len(opts.backend) > 0
 	}
 
 	used := map[string]bool{}
@@ -97,16 +105,17 @@ func checkPlan(opts options, stdout, stderr io.Writer) int {
 			b.WriteString(" -> NO BACKEND\n")
 			continue
 		}
-		fmt.Fprintf(&b, " -> %s (%s)\n", a.String(), check(a))
+		fmt.Fprintf(&b, " -> %s\n", checkAll(a))
+		notUnix := slices.IndexFunc(a, func(x backend.Address) bool { return x.Network != "unix" })
 		switch {
-		case p.network == "unixpacket" && a.Network != "unix":
-			fail("socket %q is a sequential-packet socket, so its backend %q must be a unix socket too", p.addr, a.String())
+		case p.network == "unixpacket" && notUnix >= 0:
+			fail("socket %q is a sequential-packet socket, so its backend %q must be a unix socket too", p.addr, a[notUnix].String())
 		case (p.network == "udp" || p.network == "unixgram") && opts.proxyProtocol == proxyproto.V1:
 			fail("socket %q is a datagram socket, and --proxy-protocol=v1 is a line for streams: use --proxy-protocol=v2", p.addr)
 		}
 	}
-	if opts.backend.Network != "" {
-		fmt.Fprintf(&b, "sockets systemd passes -> %s (%s), unless --backend names them\n", opts.backend.String(), check(opts.backend))
+	if len(opts.backend) > 0 {
+		fmt.Fprintf(&b, "sockets systemd passes -> %s, unless --backend names them\n", checkAll(opts.backend))
 	}
 	names := make([]string, 0, len(opts.named))
 	for n := range opts.named {
@@ -119,7 +128,7 @@ func checkPlan(opts options, stdout, stderr io.Writer) int {
 		}
 		// Only the running service sees the sockets systemd passes.
 		a := opts.named[n]
-		fmt.Fprintf(&b, "socket %q from systemd, if passed -> %s (%s)\n", n, a.String(), check(a))
+		fmt.Fprintf(&b, "socket %q from systemd, if passed -> %s\n", n, checkAll(a))
 	}
 	if len(listeners) == 0 {
 		b.WriteString("no --listen sockets: every socket comes from systemd (a .socket unit or systemd-socket-activate)\n")

@@ -80,7 +80,10 @@ func TestBadCommandLine(t *testing.T) {
 	}{
 		{name: "missing backend", args: nil, want: []string{"backend"}},
 		{name: "missing backend after option", args: []string{"-c", "5"}, want: []string{"backend"}},
-		{name: "extra argument", args: []string{"127.0.0.1:9", "extra-arg"}, want: []string{`"extra-arg"`}},
+		// A second address is a second backend; one that is no address is
+		// refused, naming it (the original refuses any second argument).
+		{name: "extra argument", args: []string{"127.0.0.1:9", "extra/arg"}, want: []string{`"extra/arg"`}},
+		{name: "backend twice", args: []string{"127.0.0.1:9", "127.0.0.1:9"}, want: []string{`"127.0.0.1:9"`, "twice"}},
 		{name: "unknown long option", args: []string{"--bogus-option", "127.0.0.1:9"}, want: []string{"--bogus-option"}},
 		{name: "unknown short option", args: []string{"-Z", "127.0.0.1:9"}, want: []string{"-Z"}},
 		{name: "connections zero", args: []string{"-c", "0", "127.0.0.1:9"}, want: []string{`"0"`, "-c/--connections-max"}},
@@ -398,7 +401,7 @@ func TestCommandLineLikeOriginal(t *testing.T) {
 		{args: []string{"-h", "--bogus"}, ok: true, out: true},
 		{args: []string{"--version", "-c", "0"}, ok: true, out: true},
 		{args: []string{"--bogus", "-h"}, want: `unknown option "--bogus"`},
-		{args: []string{"--", "-c", "127.0.0.1:80"}, want: `"127.0.0.1:80"`},
+		{args: []string{"--", "-c", "127.0.0.1:80"}, want: `"-c"`},
 		{args: []string{"127.0.0.1:80", "--", "-c5"}, want: `"-c5"`},
 		{args: []string{"-c"}, want: `"-c" needs a value`},
 		{args: []string{"--connections-max"}, want: `"--connections-max" needs a value`},
@@ -413,7 +416,9 @@ func TestCommandLineLikeOriginal(t *testing.T) {
 		{args: []string{"--connections-maxx=5", "127.0.0.1:80"}, want: `unknown option "--connections-maxx"`},
 		{args: []string{"--=5", "127.0.0.1:80"}, want: `option "--" is ambiguous: it could be --connections-max, --exit-idle-time, --help, --version`},
 		{args: []string{"---", "127.0.0.1:80"}, want: `unknown option "---"`},
-		{args: []string{"127.0.0.1:80", "extra"}, want: `"extra"`},
+		// Several addresses are several backends; one that is no address
+		// is refused, as the original refuses any second argument.
+		{args: []string{"127.0.0.1:80", "extra.sock"}, want: `"extra.sock"`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -54,8 +54,10 @@ func checkKinds(listeners []activation.Listener, opts options) error {
 		}
 		switch l.Kind {
 		case activation.SequentialPacket:
-			if b.Network != "unix" {
-				return fmt.Errorf("socket %s is a sequential-packet socket, so its backend %q must be a unix socket too: give a unix socket path or @name", describe(l), b.String())
+			for _, b := range b {
+				if b.Network != "unix" {
+					return fmt.Errorf("socket %s is a sequential-packet socket, so its backend %q must be a unix socket too: give a unix socket path or @name", describe(l), b.String())
+				}
 			}
 		case activation.Datagram:
 			if opts.proxyProtocol == proxyproto.V1 {

@@ -163,7 +163,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		closeAll()
 		return fail(err)
 	}
-	announce(log, listeners, opts.backend, opts.named)
+	announce(log, listeners, opts.backend, opts.named, opts.balance)
 
 	// STOPPING=1 goes out before the proxy starts closing anything, so the
 	// signal is watched here rather than through a context the proxy sees
@@ -195,6 +195,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		SocketBuffer:    opts.socketBuffer,
 		ExitIdleTime:    exitIdleTime(opts.exitIdleTime),
 		Backends:        opts.named,
+		Balance:         opts.balance,
+		HealthInterval:  opts.healthInterval,
+		HealthRise:      opts.healthRise,
+		HealthFall:      opts.healthFall,
 		ConnectTimeout:  zeroMeansNegative(opts.connectTimeout),
 		IdleTimeout:     infinityMeansZero(opts.idleTimeout),
 		FlowIdleTimeout: flowIdleTimeout(opts),
@@ -248,7 +252,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		background.Go(func() { serveMetrics(alive, *metricsLn, e, log) })
 	}
 	notify.Ready()
-	log.Debug("ready", "listeners", len(listeners), "backend", opts.backend.String(), "connections_max", opts.maxConnections)
+	log.Debug("ready", "listeners", len(listeners), "backend", strings.Join(names(opts.backend), " "), "connections_max", opts.maxConnections)
 
 	err = srv.Run(ctx)
 	stopping("idle") // unless a signal already said so

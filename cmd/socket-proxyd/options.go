@@ -22,15 +22,20 @@ import (
 
 // options is the parsed command line.
 type options struct {
-	backend        backend.Address            // zero when only --backend is given
-	named          map[string]backend.Address // --backend NAME=ADDRESS
-	maxConnections int
-	maxFlows       int           // 0: the proxy's default, from the open files limit
-	maxPerSource   int           // 0: no limit
-	socketBuffer   int           // bytes; 0: the kernel's autotuning
-	exitIdleTime   time.Duration // timespan.Infinity: never; 0: as soon as nothing is open
-	listen         []string
-	socketMode     os.FileMode // of --listen unix socket files
+	backend []backend.Address            // empty when only --backend is given
+	named   map[string][]backend.Address // --backend NAME=ADDRESS, repeated for several
+	balance proxy.Balance
+	// healthInterval is --health-interval (0: off); healthRise and
+	// healthFall its counts (0: the proxy's defaults).
+	healthInterval         time.Duration
+	healthRise, healthFall int
+	maxConnections         int
+	maxFlows               int           // 0: the proxy's default, from the open files limit
+	maxPerSource           int           // 0: no limit
+	socketBuffer           int           // bytes; 0: the kernel's autotuning
+	exitIdleTime           time.Duration // timespan.Infinity: never; 0: as soon as nothing is open
+	listen                 []string
+	socketMode             os.FileMode // of --listen unix socket files
 	// listenDatagram and listenPacket are --listen-datagram and
 	// --listen-sequential-packet, named after systemd's ListenDatagram=
 	// and ListenSequentialPacket=.
@@ -61,8 +66,7 @@ type options struct {
 // of 2 h stays in force, so a larger value is refused here instead.
 const maxKeepAlive = 32767 * time.Second
 
-const usage = `socket-proxyd [OPTIONS...] HOST:PORT
-socket-proxyd [OPTIONS...] SOCKET
+const usage = `socket-proxyd [OPTIONS...] HOST:PORT|SOCKET...
 
 Bidirectionally proxy local sockets to another (possibly remote) socket.
 
@@ -100,7 +104,21 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              FileDescriptorName=, or the --listen ADDRESS) to
                              ADDRESS instead; NAME/TYPE (tcp, udp, unix,
                              unixgram, unixpacket) picks one of two sockets
-                             of one name; may be repeated
+                             of one name; may be repeated, and repeated with
+                             one NAME gives that socket several backends
+     --balance=POLICY        How a socket with several backends picks one for
+                             each connection and datagram flow: first (in
+                             order, the next standing by), round-robin,
+                             least-connections or source (by client address)
+                             (default: first)
+     --health-interval=SPAN  Probe each of several backends with a connect
+                             every SPAN; 0 turns probes off, and a failed
+                             client connect alone takes a backend down for a
+                             backoff (default: 0)
+     --health-rise=N         Good probes in a row that bring a backend back
+                             (default: 2)
+     --health-fall=N         Failed probes in a row that take it down
+                             (default: 3)
      --connect-timeout=SPAN  Keep retrying a refused or missing backend for
                              up to SPAN; 0 tries once (default: 10s)
      --idle-timeout=SPAN     Close a connection without traffic either way
@@ -142,7 +160,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
 
 HOST may be an IPv4 address, a host name, or an IPv6 address in brackets; without
 :PORT the port is 80. SOCKET is an absolute unix socket path, or @name for an
-abstract one. Listening sockets come from systemd (a .socket unit with
+abstract one. Several backend addresses, each its own argument, share the
+clients by --balance; a backend whose connect fails is skipped while another
+is up, and a client's connect moves on to the next within --connect-timeout. Listening sockets come from systemd (a .socket unit with
 Accept=no, or systemd-socket-activate -l ADDRESS) and from --listen.
 Long options may be abbreviated, as in systemd-socket-proxyd (--conn=5).
 
@@ -177,6 +197,10 @@ func parseOptions(args []string) (options, error) {
 		{Long: "listen-sequential-packet", Arg: true, Set: appendTo(&opts.listenPacket)},
 		{Long: "socket-mode", Arg: true, Set: fileMode(&opts.socketMode)},
 		{Long: "backend", Arg: true, Set: appendTo(&named)},
+		{Long: "balance", Arg: true, Set: balance(&opts.balance)},
+		{Long: "health-interval", Arg: true, Set: span(&opts.healthInterval)},
+		{Long: "health-rise", Arg: true, Set: positiveInt(&opts.healthRise)},
+		{Long: "health-fall", Arg: true, Set: positiveInt(&opts.healthFall)},
 		{Long: "connect-timeout", Arg: true, Set: span(&opts.connectTimeout)},
 		{Long: "idle-timeout", Arg: true, Set: func(v string) error {
 			opts.idleTimeoutSet = true
@@ -205,18 +229,41 @@ func parseOptions(args []string) (options, error) {
 	if opts.named, err = parseNamedBackends(named); err != nil {
 		return opts, err
 	}
-	switch len(rest) {
-	case 0:
+	if opts.healthInterval == timespan.Infinity {
+		opts.healthInterval = 0 // never is off
+	}
+	if len(rest) == 0 {
 		if len(opts.named) == 0 {
 			return opts, errors.New("missing backend address: give HOST:PORT or a unix socket path")
 		}
 		return opts, nil // every socket must then be named by --backend
-	case 1:
-	default:
-		return opts, fmt.Errorf("unexpected argument %q after the backend address %q: give exactly one backend", rest[1].Value, rest[0].Value)
 	}
-	opts.backend, err = backend.Parse(rest[0].Value)
-	return opts, err
+	// Each address its own argument: a unix path may hold any byte but
+	// NUL, a comma or a space included, so no separator would do.
+	for _, a := range rest {
+		if opts.backend, err = addBackend(opts.backend, a.Value); err != nil {
+			return opts, err
+		}
+	}
+	return opts, nil
+}
+
+// addBackend parses one more backend address for a socket; one given twice
+// is a mistake (it would take twice the share), said at once.
+func addBackend(list []backend.Address, s string) ([]backend.Address, error) {
+	a, err := backend.Parse(s)
+	if err != nil {
+		return list, err
+	}
+	for _, b := range list {
+		if b == a {
+			return list, fmt.Errorf("backend address %q is given twice: give each backend once", s)
+		}
+	}
+	if len(list) == proxy.MaxBackends {
+		return list, fmt.Errorf("backend address %q is one too many: a socket takes at most %d backends", s, proxy.MaxBackends)
+	}
+	return append(list, a), nil
 }
 
 // splitSpan catches a span written with a space and no quotes,
@@ -237,31 +284,29 @@ func splitSpan(rest []getopt.Arg) error {
 
 func isSpanOption(long string) bool {
 	switch long {
-	case "exit-idle-time", "connect-timeout", "idle-timeout", "keepalive", "shutdown-timeout", "busy-poll":
+	case "exit-idle-time", "connect-timeout", "idle-timeout", "keepalive", "shutdown-timeout", "busy-poll", "health-interval":
 		return true
 	}
 	return false
 }
 
-// parseNamedBackends reads each --backend NAME=ADDRESS.
-func parseNamedBackends(values []string) (map[string]backend.Address, error) {
+// parseNamedBackends reads each --backend NAME=ADDRESS; NAME repeated
+// gives that socket several backends, in the order given.
+func parseNamedBackends(values []string) (map[string][]backend.Address, error) {
 	if len(values) == 0 {
 		return nil, nil
 	}
-	named := make(map[string]backend.Address, len(values))
+	named := make(map[string][]backend.Address, len(values))
 	for _, v := range values {
 		name, addr, ok := strings.Cut(v, "=")
 		if !ok || name == "" {
 			return nil, fmt.Errorf("invalid value %q for --backend: write NAME=ADDRESS, NAME being a socket's FileDescriptorName= or --listen address", v)
 		}
-		if _, dup := named[name]; dup {
-			return nil, fmt.Errorf("invalid value %q for --backend: socket %q already has a backend", v, name)
-		}
-		a, err := backend.Parse(addr)
+		list, err := addBackend(named[name], addr)
 		if err != nil {
 			return nil, fmt.Errorf("invalid value %q for --backend: %v", v, err)
 		}
-		named[name] = a
+		named[name] = list
 	}
 	return named, nil
 }
@@ -325,10 +370,27 @@ func (o options) commandLine() []string {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		args = append(args, "--backend="+name+"="+o.named[name].String())
+		for _, b := range o.named[name] {
+			args = append(args, "--backend="+name+"="+b.String())
+		}
 	}
-	if o.backend.Network != "" {
-		args = append(args, "--", o.backend.String())
+	if o.balance != proxy.First {
+		args = append(args, "--balance="+o.balance.String())
+	}
+	if o.healthInterval > 0 {
+		args = append(args, "--health-interval="+timespan.Format(o.healthInterval))
+	}
+	if o.healthRise > 0 {
+		args = append(args, "--health-rise="+strconv.Itoa(o.healthRise))
+	}
+	if o.healthFall > 0 {
+		args = append(args, "--health-fall="+strconv.Itoa(o.healthFall))
+	}
+	if len(o.backend) > 0 {
+		args = append(args, "--")
+		for _, b := range o.backend {
+			args = append(args, b.String())
+		}
 	}
 	return args
 }
@@ -461,6 +523,16 @@ func fileMode(p *os.FileMode) func(string) error {
 		}
 		*p = os.FileMode(n)
 		return nil
+	}
+}
+
+func balance(p *proxy.Balance) func(string) error {
+	return func(s string) error {
+		b, err := proxy.ParseBalance(s)
+		if err == nil {
+			*p = b
+		}
+		return err
 	}
 }
 

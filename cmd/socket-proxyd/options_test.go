@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
 )
@@ -31,9 +32,12 @@ func TestParseOptions(t *testing.T) {
 		{name: "long separate", args: []string{"--connections-max", "5", "h:1"}, max: 5, idle: timespan.Infinity, backend: "h:1"},
 		{name: "option after address", args: []string{"/run/x", "-c", "7"}, max: 7, idle: timespan.Infinity, backend: "/run/x"},
 		{name: "idle span", args: []string{"--exit-idle-time=5min 20s", "@x"}, max: 256, idle: 320 * time.Second, backend: "@x"},
+		{name: "several backends", args: []string{"127.0.0.1:1", "[::1]:2", "/run/a,b.sock", "@app 2", "localhost"}, max: 256, idle: timespan.Infinity,
+			backend: "127.0.0.1:1 [::1]:2 /run/a,b.sock @app 2 localhost:80"},
 		{name: "listen repeated", args: []string{"--listen", "127.0.0.1:1", "--listen=/run/l", "[::1]:2"}, max: 256, idle: timespan.Infinity, listen: []string{"127.0.0.1:1", "/run/l"}, backend: "[::1]:2"},
 		{name: "help without address", args: []string{"-h"}, help: true},
 		{name: "help stops parsing", args: []string{"-c5", "-h", "--bogus"}, help: true},
+		{name: "help abbreviated as in the original, --health-* aside", args: []string{"--he", "h:1"}, help: true},
 		{name: "version without address", args: []string{"--version"}, version: true},
 	}
 	for _, tt := range tests {
@@ -46,10 +50,30 @@ func TestParseOptions(t *testing.T) {
 				strings.Join(o.listen, ",") != strings.Join(tt.listen, ",") {
 				t.Fatalf("parseOptions(%q) = %+v", tt.args, o)
 			}
-			if tt.backend != "" && o.backend.String() != tt.backend {
-				t.Fatalf("backend %q, want %q", o.backend.String(), tt.backend)
+			if got := strings.Join(names(o.backend), " "); tt.backend != "" && got != tt.backend {
+				t.Fatalf("backend %q, want %q", got, tt.backend)
 			}
 		})
+	}
+}
+
+// TestSeveralBackendsPerSocket: the positional backend and --backend
+// NAME= each take several addresses, one per argument, kept in order,
+// with the policy and health options.
+func TestSeveralBackendsPerSocket(t *testing.T) {
+	o, err := parseOptions([]string{"--backend=web=/run/app@1.sock", "--balance=least-connections", "--backend", "web=/run/app@2.sock",
+		"--health-interval=2s", "--health-rise=3", "--health-fall=1", "/run/a.sock", "127.0.0.1:80"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(names(o.named["web"]), " "); got != "/run/app@1.sock /run/app@2.sock" {
+		t.Errorf("web's backends %q", got)
+	}
+	if got := strings.Join(names(o.backend), " "); got != "/run/a.sock 127.0.0.1:80" {
+		t.Errorf("default backends %q", got)
+	}
+	if o.balance != proxy.LeastConnections || o.healthInterval != 2*time.Second || o.healthRise != 3 || o.healthFall != 1 {
+		t.Errorf("balance %v, health %v %d %d", o.balance, o.healthInterval, o.healthRise, o.healthFall)
 	}
 }
 
@@ -59,7 +83,7 @@ func TestParseIssue4Options(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.backend.Network != "" || len(o.named) != 2 || o.named["web"].String() != "127.0.0.1:8080" || o.named["admin"].String() != "/run/a.sock" {
+	if len(o.backend) != 0 || len(o.named) != 2 || len(o.named["web"]) != 1 || o.named["web"][0].String() != "127.0.0.1:8080" || o.named["admin"][0].String() != "/run/a.sock" {
 		t.Fatalf("backends: default %+v, named %+v", o.backend, o.named)
 	}
 	if o.connectTimeout != 2*time.Second || o.idleTimeout != 5*time.Minute || o.keepAlive != 0 ||
@@ -83,7 +107,10 @@ func TestParseOptionsErrors(t *testing.T) {
 		mention []string
 	}{
 		{name: "missing address", args: nil, mention: []string{"missing backend address"}},
-		{name: "extra argument", args: []string{"a:1", "b:2"}, mention: []string{`"b:2"`}},
+		{name: "backend twice", args: []string{"a:1", "b:2", "a:1"}, mention: []string{`"a:1"`, "twice"}},
+		{name: "bad second backend", args: []string{"a:1", "run/b.sock"}, mention: []string{`"run/b.sock"`, "absolute path"}},
+		{name: "bad balance", args: []string{"--balance=random", "a:1", "b:1"}, mention: []string{`"random"`, "round-robin", "least-connections"}},
+		{name: "health rise zero", args: []string{"--health-rise=0", "a:1", "b:1"}, mention: []string{`"0"`, "--health-rise"}},
 		{name: "limit zero", args: []string{"-c0", "a:1"}, mention: []string{`"0"`, "-c/--connections-max"}},
 		{name: "limit negative", args: []string{"-c", "-1", "a:1"}, mention: []string{`"-1"`, "-c/--connections-max"}},
 		{name: "limit not a number", args: []string{"--connections-max=many", "a:1"}, mention: []string{`"many"`}},
@@ -94,7 +121,7 @@ func TestParseOptionsErrors(t *testing.T) {
 		{name: "bad backend", args: []string{"a:99999"}, mention: []string{`"a:99999"`}},
 		{name: "named backend without name", args: []string{"--backend=127.0.0.1:80"}, mention: []string{`"127.0.0.1:80"`, "NAME=ADDRESS"}},
 		{name: "named backend bad address", args: []string{"--backend=web=a:0"}, mention: []string{`"web=a:0"`, "1 to 65535"}},
-		{name: "named backend twice", args: []string{"--backend=web=a:1", "--backend=web=b:1"}, mention: []string{`"web"`, "already"}},
+		{name: "named backend twice", args: []string{"--backend=web=a:1", "--backend=web=a:1"}, mention: []string{`"web=a:1"`, "twice"}},
 		{name: "bad proxy protocol", args: []string{"--proxy-protocol=v3", "a:1"}, mention: []string{`"v3"`, "v1 or v2"}},
 		{name: "bad connect timeout", args: []string{"--connect-timeout=later", "a:1"}, mention: []string{`"later"`, "--connect-timeout"}},
 	}
@@ -161,7 +188,7 @@ func TestParseOptionsIssue12(t *testing.T) {
 		{args: []string{"--socket-mode=-1", "h:1"}, want: `invalid value "-1" for --socket-mode`},
 		{args: []string{"--busy-poll=1001us", "h:1"}, want: `invalid value "1001us" for --busy-poll: more than 1ms: a longer spin only burns a CPU; use a span such as 50us, or 0 to turn it off`},
 		{args: []string{"--busy-poll=infinity", "h:1"}, want: `invalid value "infinity" for --busy-poll: more than 1ms`},
-		{args: []string{"--b=1", "h:1"}, want: `option "--b" is ambiguous: it could be --backend, --busy-poll; write more of it`},
+		{args: []string{"--b=1", "h:1"}, want: `option "--b" is ambiguous: it could be --backend, --balance, --busy-poll; write more of it`},
 		{args: []string{"--s=1", "h:1"}, want: `option "--s" is ambiguous: it could be --socket-buffer, --socket-mode, --shutdown-timeout; write more of it`},
 		{args: []string{"--conn=5s", "h:1"}, want: `invalid value "5s" for -c/--connections-max (written "--conn")`},
 		{args: []string{"--exit-idle-time", "5", "minutes", "127.0.0.1:80"},
@@ -169,7 +196,7 @@ func TestParseOptionsIssue12(t *testing.T) {
 		{args: []string{"--exit-idle-time", "5", "minutes"}, want: `--exit-idle-time="5 minutes"`},
 		{args: []string{"127.0.0.1:80", "--keepalive", "1min", "30s"}, want: `--keepalive="1min 30s"`},
 		{args: []string{"--idle-timeout=1h", "30min", "127.0.0.1:80"}, want: `--idle-timeout="1h 30min"`},
-		{args: []string{"127.0.0.1:80", "nginx.sock"}, want: `unexpected argument "nginx.sock" after the backend address "127.0.0.1:80": give exactly one backend`},
+		{args: []string{"127.0.0.1:80", "nginx.sock"}, want: `backend address "nginx.sock" looks like a unix socket file, not a host name: give its absolute path, such as "/run/nginx.sock"`},
 	}
 	for _, tt := range errs {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -23,12 +23,17 @@ _comp_socket_proxyd() {
 		mapfile -t COMPREPLY < <(compgen -W 'debug info notice warning err' -- "$cur")
 		return
 		;;
+	--balance)
+		mapfile -t COMPREPLY < <(compgen -W 'first round-robin least-connections source' -- "$cur")
+		return
+		;;
 	--listen | --listen-datagram | --listen-sequential-packet | --metrics)
 		_filedir # a unix socket path, or HOST:PORT typed by hand
 		return
 		;;
 	-c | --connections-max | --flows-max | --per-source-max | --socket-buffer | --exit-idle-time | --backend | --connect-timeout | \
-		--idle-timeout | --keepalive | --shutdown-timeout | --busy-poll | --socket-mode)
+		--idle-timeout | --keepalive | --shutdown-timeout | --busy-poll | --socket-mode | --health-interval | \
+		--health-rise | --health-fall)
 		return # a number, a time span, an octal mode or NAME=ADDRESS: nothing to offer
 		;;
 	esac
@@ -36,7 +41,8 @@ _comp_socket_proxyd() {
 
 	if [[ $cur == -* ]]; then
 		local opts='-c --connections-max= --flows-max= --per-source-max= --socket-buffer= --exit-idle-time= --listen= --listen-datagram=
-			--listen-sequential-packet= --socket-mode= --backend=
+			--listen-sequential-packet= --socket-mode= --backend= --balance= --health-interval= --health-rise=
+			--health-fall=
 			--connect-timeout= --idle-timeout= --keepalive= --proxy-protocol=
 			--shutdown-timeout= --fdstore= --busy-poll= --metrics= --log-level= --check
 			-h --help --version'
@@ -45,6 +51,6 @@ _comp_socket_proxyd() {
 		[[ ${#COMPREPLY[@]} == 1 && ${COMPREPLY[0]} == *= ]] && compopt -o nospace
 		return
 	fi
-	_filedir # the backend: a unix socket path, or HOST:PORT typed by hand
+	_filedir # a backend (one or more): a unix socket path, or HOST:PORT typed by hand
 }
 complete -F _comp_socket_proxyd socket-proxyd

@@ -13,7 +13,11 @@ complete -c socket-proxyd -l listen -r -d 'Also listen on HOST:PORT, a socket pa
 complete -c socket-proxyd -l listen-datagram -r -d 'Also listen for datagrams on HOST:PORT, a socket path or @name'
 complete -c socket-proxyd -l listen-sequential-packet -r -d 'Also listen on a unix SOCK_SEQPACKET socket path or @name'
 complete -c socket-proxyd -l socket-mode -x -d 'File mode of --listen unix sockets, in octal'
-complete -c socket-proxyd -l backend -x -d 'Forward the socket named NAME to ADDRESS (NAME=ADDRESS)'
+complete -c socket-proxyd -l backend -x -d 'Forward the socket named NAME to ADDRESS (NAME=ADDRESS); repeat NAME for several'
+complete -c socket-proxyd -l balance -x -a 'first round-robin least-connections source' -d 'How a socket with several backends picks one'
+complete -c socket-proxyd -l health-interval -x -d "Probe each of several backends this often: $span"
+complete -c socket-proxyd -l health-rise -x -d 'Good probes in a row that bring a backend back'
+complete -c socket-proxyd -l health-fall -x -d 'Failed probes in a row that take a backend down'
 complete -c socket-proxyd -l connect-timeout -x -d "Retry a missing backend this long: $span"
 complete -c socket-proxyd -l idle-timeout -x -d "Close a connection idle this long: $span"
 complete -c socket-proxyd -l keepalive -x -d "TCP keepalive idle time: $span"

@@ -158,8 +158,13 @@ func splitHostPort(s string) (host, port string, err error) {
 }
 
 // isHostName allows the letters, digits, dots, hyphens and underscores that
-// DNS names and /etc/hosts entries are made of.
+// DNS names and /etc/hosts entries are made of; no name starts with a
+// hyphen (RFC 1123), so an option that lands among the backend addresses
+// ("-- -c5") is refused, not taken for a host.
 func isHostName(h string) bool {
+	if strings.HasPrefix(h, "-") {
+		return false
+	}
 	for _, r := range h {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':

@@ -126,7 +126,7 @@ func Recover(groups map[string][]int, listeners []Listener) (r *Record, bad map[
 }
 
 func recoverConn(name string, fds []int, listeners []Listener) (Conn, error) {
-	c := Conn{State: Open, FD: [2]int{-1, -1}, Kept: true,
+	c := Conn{State: Open, FD: [2]int{-1, -1}, Kept: true, Backend: NoBackend,
 		Dir: [2]Dir{{Pipe: [2]int{-1, -1}}, {Pipe: [2]int{-1, -1}}}}
 	listener, clientIno, upIno, err := parseKeepName(name)
 	if err != nil {

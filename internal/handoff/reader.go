@@ -87,8 +87,9 @@ func (r *reader) addr() netip.AddrPort {
 }
 
 // decodeConn reads one connection entry; ref reads a descriptor slot.
-func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners, version int) (Conn, error) {
-	var c Conn
+func decodeConn(e *reader, ref func(*reader, bool) (int, error), ls []Listener, version int) (Conn, error) {
+	listeners := len(ls)
+	c := Conn{Backend: NoBackend}
 	var err error
 	c.Listener = int(e.u16())
 	c.State = e.u8()
@@ -179,13 +180,33 @@ func decodeConn(e *reader, ref func(*reader, bool) (int, error), listeners, vers
 	if c.Dir[0].Flags&c.Dir[1].Flags&Shut != 0 {
 		return c, errors.New("both directions over")
 	}
+	if version >= 4 && e.err == nil && c.Listener < listeners {
+		if c.Backend, err = backendIndex(e, ls[c.Listener]); err != nil {
+			return c, err
+		}
+	}
 	return c, nil
+}
+
+// backendIndex reads a connection's or flow's backend: an index into its
+// listener's backends, or 255 for NoBackend.
+func backendIndex(e *reader, l Listener) (int, error) {
+	b := e.u8()
+	switch {
+	case e.err != nil:
+		return NoBackend, e.err
+	case b == 0xff:
+		return NoBackend, nil
+	case int(b) >= len(l.Backends):
+		return NoBackend, fmt.Errorf("backend %d of %d", b, len(l.Backends))
+	}
+	return int(b), nil
 }
 
 // decodeFlow reads one flow entry; its listener must be a datagram one,
 // read before it.
-func decodeFlow(e *reader, ref func(*reader, bool) (int, error), listeners []Listener) (Flow, error) {
-	var f Flow
+func decodeFlow(e *reader, ref func(*reader, bool) (int, error), listeners []Listener, version int) (Flow, error) {
+	f := Flow{Backend: NoBackend}
 	var err error
 	f.Listener = int(e.u16())
 	if e.err == nil && (f.Listener >= len(listeners) || listeners[f.Listener].Kind != ListenDatagram) {
@@ -207,6 +228,11 @@ func decodeFlow(e *reader, ref func(*reader, bool) (int, error), listeners []Lis
 	}
 	if f.Age < 0 || f.Idle < 0 {
 		return f, errors.New("negative age or idle time")
+	}
+	if version >= 4 && f.Listener < len(listeners) {
+		if f.Backend, err = backendIndex(e, listeners[f.Listener]); err != nil {
+			return f, err
+		}
 	}
 	return f, nil
 }

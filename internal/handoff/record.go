@@ -26,10 +26,10 @@ import (
 // reader takes every version from 1 up to its own; a new entry kind (a
 // datagram flow, say) bumps it, so that an older build refuses the record
 // in the check before exec (--check-handoff) instead of misreading it.
-// Version 4: a memory spill may hold zero bytes (an empty message of a
-// sequential-packet connection, waiting to be sent), the record carries
-// the engine's running totals (Totals), and listeners of kind
-// ListenCarried.
+// Version 4 adds a listener's backends and which one each connection and
+// flow is on, the engine's running totals (Totals), listeners of kind
+// ListenCarried, and memory spills of zero bytes (an empty message of a
+// sequential-packet connection, waiting to be sent).
 const Version = 4
 
 // Bounds: a record past them is refused, whatever it says.
@@ -40,7 +40,12 @@ const (
 	MaxName      = 4096    // bytes in a listener name or backend
 	MaxMem       = 1 << 20 // bytes of one direction's memory spill
 	MaxPipe      = 1 << 30 // bytes said to wait in one kernel pipe
+	MaxBackends  = 254     // backends of one listener; 255 is NoBackend
 )
+
+// NoBackend is Conn.Backend and Flow.Backend when the writer did not say
+// (a record before version 4) or knew none.
+const NoBackend = -1
 
 // Record is the state handed over. Descriptors in it are numbers in the
 // process that holds the Record: Encode turns them into slots of a
@@ -83,6 +88,17 @@ type Listener struct {
 	Backend string // where it forwarded to, for messages; the reader uses its own configuration
 	Bound   bool   // bound by --listen (a unix path is the proxy's to unlink), not inherited
 	Kind    uint8  // ListenStream, ListenDatagram or ListenSequentialPacket (version 2); ListenCarried (version 4)
+	// Backends are the backends it shared its clients among, in order
+	// (version 4): Conn.Backend and Flow.Backend index them. The reader
+	// matches them to its own by Name, so a reload that changes the list
+	// keeps every connection on the backend it is on.
+	Backends []Backend
+}
+
+// Backend is one backend of a listener (version 4).
+type Backend struct {
+	Name string // the address as the proxy prints it
+	Down bool   // its last connect failed, or its health check says so
 }
 
 // Listener kinds: a datagram listener has flows, the others connections.
@@ -108,6 +124,9 @@ type Flow struct {
 	NameLen int
 	Age     int64 // ns since the first datagram, at Written
 	Idle    int64 // ns since the last datagram either way, at Written
+	// Backend indexes the listener's Backends: the one the flow stays on
+	// (version 4); NoBackend: not said.
+	Backend int
 }
 
 // MaxKey bounds Flow.Key: a sockaddr_storage and an IPv6 address.
@@ -142,6 +161,9 @@ type Conn struct {
 	// directions then have a kernel pipe of their own, empty or not, and
 	// it stays in the store until it closes.
 	Kept bool
+	// Backend indexes the listener's Backends: the one the connection is
+	// on, or was trying (version 4); NoBackend: not said.
+	Backend int
 }
 
 // Readiness bits of Conn.Ready.
@@ -211,6 +233,12 @@ var crc = crc32.MakeTable(crc32.Castagnoli)
 // its identity), and returns it with the descriptors in slot order: those
 // are what the carrier must pass on.
 func Encode(r *Record) ([]byte, []int, error) {
+	return encode(r, Version)
+}
+
+// encode writes r as version v: from 3 up, so that tests can write the
+// records an older build leaves for a newer one to read.
+func encode(r *Record, v uint16) ([]byte, []int, error) {
 	fds := make([]int, 0, 2*len(r.Conns)+len(r.Listeners))
 	slot := func(fd int) uint32 {
 		if fd < 0 {
@@ -238,6 +266,13 @@ func Encode(r *Record) ([]byte, []int, error) {
 		body = appendString(body, l.Name)
 		body = appendString(body, l.Backend)
 		body = append(body, boolByte(l.Bound), l.Kind)
+		if v >= 4 {
+			body = le.AppendUint16(body, uint16(len(l.Backends)))
+			for _, b := range l.Backends {
+				body = appendString(body, b.Name)
+				body = append(body, boolByte(b.Down))
+			}
+		}
 		end(at)
 	}
 	for i := range r.Flows {
@@ -251,6 +286,9 @@ func Encode(r *Record) ([]byte, []int, error) {
 		body = append(body, f.Key...)
 		body = le.AppendUint64(body, uint64(f.Age))
 		body = le.AppendUint64(body, uint64(f.Idle))
+		if v >= 4 {
+			body = append(body, backendByte(f.Backend, r.Listeners, f.Listener))
+		}
 		end(at)
 	}
 	for i := range r.Conns {
@@ -284,9 +322,12 @@ func Encode(r *Record) ([]byte, []int, error) {
 				body = append(body, 0)
 			}
 		}
+		if v >= 4 {
+			body = append(body, backendByte(c.Backend, r.Listeners, c.Listener))
+		}
 		end(at)
 	}
-	if len(r.Totals) > 0 {
+	if v >= 4 && len(r.Totals) > 0 {
 		if len(r.Totals) > MaxTotals {
 			return nil, nil, fmt.Errorf("handoff record: %d totals, more than %d", len(r.Totals), MaxTotals)
 		}
@@ -298,13 +339,18 @@ func Encode(r *Record) ([]byte, []int, error) {
 		end(at)
 	}
 	end(entry(kindEnd))
+	for _, l := range r.Listeners {
+		if len(l.Backends) > MaxBackends {
+			return nil, nil, fmt.Errorf("handoff record: listener %q has %d backends, at most %d", l.Name, len(l.Backends), MaxBackends)
+		}
+	}
 	if len(fds) > MaxFDs || len(r.Listeners) > MaxListeners {
 		return nil, nil, fmt.Errorf("handoff record too large: %d descriptors, %d listeners", len(fds), len(r.Listeners))
 	}
 
 	b := make([]byte, 0, headerSize+fdSize*len(fds)+len(body)+4)
 	b = append(b, magic[:]...)
-	b = le.AppendUint16(b, Version)
+	b = le.AppendUint16(b, v)
 	b = le.AppendUint16(b, 0)
 	b = le.AppendUint64(b, uint64(r.Written))
 	b = le.AppendUint32(b, uint32(len(fds)))
@@ -350,6 +396,16 @@ func fstat(fd int, st *unix.Stat_t) unix.Errno {
 func appendString(b []byte, s string) []byte {
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(s)))
 	return append(b, s...)
+}
+
+// backendByte writes a backend index in a byte: 255 for NoBackend, and for
+// an index its listener has no backend for (the zero value of a Conn whose
+// listener lists none), which the reader would refuse.
+func backendByte(i int, ls []Listener, l int) byte {
+	if i < 0 || l < 0 || l >= len(ls) || i >= len(ls[l].Backends) {
+		return 0xff
+	}
+	return byte(i)
 }
 
 func boolByte(v bool) byte {
@@ -478,18 +534,34 @@ func Decode(b []byte, resolve Resolver) (*Record, []int, error) {
 					return bad("listener kind %d", l.Kind)
 				}
 			}
+			if v >= 4 {
+				n := int(e.u16())
+				if n > MaxBackends {
+					return bad("listener %q: %d backends", l.Name, n)
+				}
+				for range n {
+					if e.err != nil {
+						break
+					}
+					name, down := e.str(), e.u8()
+					if down > 1 {
+						return bad("listener %q: backend state %d", l.Name, down)
+					}
+					l.Backends = append(l.Backends, Backend{Name: name, Down: down == 1})
+				}
+			}
 			r.Listeners = append(r.Listeners, l)
 		case kindFlow:
 			if v < 2 {
 				return bad("a flow in a version %d record", v)
 			}
-			f, err := decodeFlow(&e, ref, r.Listeners)
+			f, err := decodeFlow(&e, ref, r.Listeners, v)
 			if err != nil {
 				return bad("flow %d: %v", len(r.Flows), err)
 			}
 			r.Flows = append(r.Flows, f)
 		case kindConn:
-			c, err := decodeConn(&e, ref, len(r.Listeners), v)
+			c, err := decodeConn(&e, ref, r.Listeners, v)
 			if err != nil {
 				return bad("connection %d: %v", len(r.Conns), err)
 			}

@@ -49,14 +49,16 @@ func sample(t testing.TB) *Record {
 	return &Record{
 		Written: 123456789, Epoll: -1, Gen: 77, Totals: []uint64{1, 0, 1 << 60},
 		Listeners: []Listener{
-			{FD: d[0], Name: "web", Backend: "127.0.0.1:80"},
+			{FD: d[0], Name: "web", Backend: "127.0.0.1:80",
+				Backends: []Backend{{Name: "127.0.0.1:80"}, {Name: "[::1]:80", Down: true}, {Name: "@app"}}},
 			{FD: d[1], Name: "/run/x.sock", Backend: "/run/backend", Bound: true},
-			{FD: fds(t, 1)[0], Name: "dns", Backend: "127.0.0.1:53", Kind: ListenDatagram},
+			{FD: fds(t, 1)[0], Name: "dns", Backend: "127.0.0.1:53", Kind: ListenDatagram,
+				Backends: []Backend{{Name: "127.0.0.1:53"}, {Name: "127.0.0.2:53"}}},
 			{FD: fds(t, 1)[0], Name: "127.0.0.1:9100", Bound: true, Kind: ListenCarried}, // --metrics
 		},
-		Flows: []Flow{{Listener: 2, FD: fds(t, 1)[0], Gen: 9, Key: []byte{2, 0, 0, 53, 127, 0, 0, 1}, NameLen: 8, Age: 3e9, Idle: 1e9}},
+		Flows: []Flow{{Listener: 2, FD: fds(t, 1)[0], Gen: 9, Key: []byte{2, 0, 0, 53, 127, 0, 0, 1}, NameLen: 8, Age: 3e9, Idle: 1e9, Backend: 1}},
 		Conns: []Conn{{
-			Listener: 1, State: Open, FD: [2]int{d[2], d[3]},
+			Listener: 1, State: Open, FD: [2]int{d[2], d[3]}, Backend: NoBackend,
 			Client: netip.MustParseAddrPort("127.0.0.1:4242"), Age: 5e9, Idle: 1e9,
 			Gen: [2]uint32{5, 6}, Ready: [2]uint8{Readable | PeerClosed, Writable},
 			Dir: [2]Dir{
@@ -64,11 +66,11 @@ func sample(t testing.TB) *Record {
 				{Bytes: 1 << 40, Flags: NoSplice, Pipe: [2]int{d[4], d[5]}, InPipe: 65536},
 			},
 		}, {
-			Listener: 0, State: Connecting, FD: [2]int{d[6], -1},
+			Listener: 0, State: Connecting, FD: [2]int{d[6], -1}, Backend: 1,
 			Client: netip.MustParseAddrPort("[::1]:7"), Age: 1,
 			Dir: [2]Dir{{Pipe: none}, {Pipe: none}},
 		}, {
-			Listener: 0, State: Open, FD: [2]int{d[7], fds(t, 1)[0]},
+			Listener: 0, State: Open, FD: [2]int{d[7], fds(t, 1)[0]}, Backend: 2,
 			Dir: [2]Dir{{Bytes: 3, Flags: EOF | Shut, Pipe: none}, {Pipe: none}},
 		}, kept(t)},
 	}
@@ -78,7 +80,7 @@ func sample(t testing.TB) *Record {
 // after its direction ended.
 func kept(t testing.TB) Conn {
 	k := fds(t, 6)
-	return Conn{Listener: 0, State: Open, Kept: true, FD: [2]int{k[0], k[1]},
+	return Conn{Listener: 0, State: Open, Kept: true, FD: [2]int{k[0], k[1]}, Backend: NoBackend,
 		Dir: [2]Dir{{Bytes: 7, Flags: EOF | Shut, Pipe: [2]int{k[2], k[3]}}, {Pipe: [2]int{k[4], k[5]}, InPipe: 5}}}
 }
 
@@ -97,6 +99,34 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if len(unused) != 0 {
 		t.Errorf("unused %v", unused)
+	}
+	if !reflect.DeepEqual(got, r) {
+		t.Errorf("decoded\n%+v\nwant\n%+v", got, r)
+	}
+}
+
+// TestReadsVersion3: a record from the build before several backends (no
+// backend lists, no backend per connection or flow) still decodes, every
+// connection and flow on NoBackend, so a reload onto this build keeps them.
+func TestReadsVersion3(t *testing.T) {
+	r := sample(t)
+	r.Listeners, r.Totals = r.Listeners[:3], nil // what version 3 had not
+	b, _, err := encode(r, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := Decode(b, sameNumbers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range r.Listeners {
+		r.Listeners[i].Backends = nil
+	}
+	for i := range r.Conns {
+		r.Conns[i].Backend = NoBackend
+	}
+	for i := range r.Flows {
+		r.Flows[i].Backend = NoBackend
 	}
 	if !reflect.DeepEqual(got, r) {
 		t.Errorf("decoded\n%+v\nwant\n%+v", got, r)
@@ -130,11 +160,15 @@ func TestRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Without the carried listener and the totals, which a version 2
-	// reader refuses first.
+	// Without the carried listener, which a version 2 reader refuses first.
 	older := sample(t)
-	older.Listeners, older.Totals = older.Listeners[:3], nil
-	good2, _, err := Encode(older)
+	older.Listeners = older.Listeners[:3]
+	good3, _, err := encode(older, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	carried, _, err := Encode(&Record{Written: 1, Epoll: -1,
+		Listeners: []Listener{{FD: fds(t, 1)[0], Name: "127.0.0.1:9100", Bound: true, Kind: ListenCarried}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,8 +179,8 @@ func TestRejects(t *testing.T) {
 	}{
 		{"empty", nil, "not a socket-proxyd handoff record"},
 		{"other magic", append([]byte("SPXHOFFX"), good[8:]...), "not a socket-proxyd"},
-		{"kept in version 2", resum(append(append(bytes.Clone(good2[:8]), 2, 0), good2[10:]...)), "socket kinds 0x4"},
-		{"carried listener in version 3", resum(append(append(bytes.Clone(good[:8]), 3, 0), good[10:]...)), "listener kind 3"},
+		{"kept in version 2", resum(append(append(bytes.Clone(good3[:8]), 2, 0), good3[10:]...)), "socket kinds 0x4"},
+		{"carried listener in version 3", resum(append(append(bytes.Clone(carried[:8]), 3, 0), carried[10:]...)), "listener kind 3"},
 		{"newer version", resum(append(append(bytes.Clone(good[:8]), Version+1, 0), good[10:]...)), fmt.Sprintf("version %d", Version+1)},
 		{"truncated", good[:len(good)-10], "checksum"},
 		{"flipped byte", func() []byte { b := bytes.Clone(good); b[len(b)/2] ^= 1; return b }(), "checksum"},
@@ -216,6 +250,9 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add(good)
 	f.Add(good[:len(good)/2])
+	if old, _, err := encode(sample(f), 3); err == nil {
+		f.Add(old)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Every slot resolves to a number of its own, never a real
 		// descriptor of this process: only the parsing is under test.
@@ -239,6 +276,9 @@ func FuzzDecode(f *testing.F) {
 		for _, c := range r.Conns {
 			if c.Listener >= len(r.Listeners) {
 				t.Fatalf("listener %d of %d", c.Listener, len(r.Listeners))
+			}
+			if c.Backend != NoBackend && (c.Backend < 0 || c.Backend >= len(r.Listeners[c.Listener].Backends)) {
+				t.Fatalf("backend %d of %d", c.Backend, len(r.Listeners[c.Listener].Backends))
 			}
 			claim(c.FD[0])
 			claim(c.FD[1])
@@ -308,7 +348,10 @@ func TestEmptySpillRoundTrip(t *testing.T) {
 	if m := got.Conns[0].Dir[1].Mem; m != nil {
 		t.Fatalf("no spill came back as %#v", m)
 	}
-	old := resum(append(append(bytes.Clone(b[:8]), 3, 0), b[10:]...))
+	old, _, err := encode(r, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, _, err := Decode(old, sameNumbers); err == nil || !strings.Contains(err.Error(), "0 bytes in memory") {
 		t.Fatalf("a version 3 record with an empty spill: %v; want it refused", err)
 	}

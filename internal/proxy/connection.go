@@ -11,7 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
-	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 )
 
 // conn is one client and its backend: a small state machine
@@ -36,7 +35,8 @@ type conn struct {
 	// whole stays at 128 (TestConnectionSize).
 	seen     uint32 // loop tick of the last event (idle timeout)
 	listener uint16
-	attempt  uint16 // index of the backend address being tried
+	attempt  uint8 // index of the backend address being tried (at most maxTargets)
+	member   uint8 // index of its backend in the listener's pool; noMember: none
 	state    uint8
 	tcp      [2]bool  // TCP (vs unix) socket: nodelay, and RST on abort
 	ready    [2]uint8 // what each side is known ready for (canRead...)
@@ -138,11 +138,7 @@ func (l *loop) open(fd int, sa unix.Sockaddr, listener int) {
 	l.opened(c)
 	l.sourceAdd(c.client.Addr(), false, 1)
 	l.connectQ = append(l.connectQ, deadline{fd: int32(fd), gen: c.gen[0], at: after(c.start, l.connectTimeout)})
-	if l.listeners[listener].static != nil {
-		l.connect(c)
-	} else {
-		l.resolve(c)
-	}
+	l.dialBackend(c)
 }
 
 // event handles what epoll said about one side of c.
@@ -554,6 +550,9 @@ func (l *loop) release(c *conn, reset bool) {
 	if c.state == stateResolving {
 		l.leaveLookup(c)
 	}
+	if m := l.poolMember(c.listener, c.member); m != nil && c.state != 0 {
+		m.open--
+	}
 	c.state = 0
 	l.sourceAdd(c.client.Addr(), false, -1)
 	l.closed(c)
@@ -563,7 +562,7 @@ func (l *loop) logClosed(c *conn, err error) {
 	if !l.s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
-	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.backendOf(c).String(),
+	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.backendName(c),
 		"bytes_in", c.dir[0].n, "bytes_out", c.dir[1].n,
 		"duration", time.Duration(l.now() - c.start).Round(time.Millisecond).String()}
 	if err != nil && !l.stopping {
@@ -577,9 +576,19 @@ func (l *loop) listenerName(c *conn) string {
 	return l.listeners[c.listener].label
 }
 
-// backendOf is where c's listener forwards to.
-func (l *loop) backendOf(c *conn) backend.Address {
-	return l.listeners[c.listener].backend
+// memberOf is the backend c is on, or is trying.
+func (l *loop) memberOf(c *conn) *member {
+	return &l.listeners[c.listener].pool.members[c.member]
+}
+
+// backendName names c's backend in log lines: the address as the user
+// wrote it (as backend.Address prints it).
+func (l *loop) backendName(c *conn) string {
+	p := &l.listeners[c.listener].pool
+	if int(c.member) < len(p.members) {
+		return p.members[c.member].name
+	}
+	return "unknown"
 }
 
 // clientString is the client's address as Go's net prints it; a client on

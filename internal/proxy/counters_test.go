@@ -28,7 +28,7 @@ func TestCountersByListener(t *testing.T) {
 	ub, _ := backend.Parse(udpBackend.LocalAddr().String())
 	r := startOn(t, tcp, tcpBackend, Config{
 		Listeners: []activation.Listener{udp},
-		Backends:  map[string]backend.Address{udp.Label(): ub},
+		Backends:  map[string][]backend.Address{udp.Label(): {ub}},
 	})
 
 	const conns, size = 3, 1000

@@ -101,15 +101,48 @@ func tcpTarget(ap netip.AddrPort) (target, error) {
 	return target{sa: sa, name: ap.String()}, nil
 }
 
+// maxTargets bounds the addresses of one backend tried in a round: a
+// connection counts them in a byte.
+const maxTargets = 0xff
+
+// targets are the addresses of the backend c is trying: its static ones,
+// or those its host name resolved to.
 func (l *loop) targets(c *conn) []target {
+	if ts := l.memberOf(c).static; ts != nil {
+		return ts
+	}
 	if c.dial != nil {
 		return c.dial.targets
 	}
-	return l.listeners[c.listener].static
+	return nil
+}
+
+// dialBackend starts a new connection towards a backend of its
+// listener's: the one the policy picks among those up, or, with every one
+// down, the first (a round then tries each in turn).
+func (l *loop) dialBackend(c *conn) {
+	if p := &l.listeners[c.listener].pool; p.several() {
+		m := max(p.pick(c.client.Addr(), l.now()), 0)
+		c.member = uint8(m)
+		p.members[m].open++
+	}
+	l.dialMember(c)
+}
+
+// dialMember connects c to the backend it is on, or has its host name
+// looked up first.
+func (l *loop) dialMember(c *conn) {
+	if l.memberOf(c).static != nil {
+		c.state = stateConnecting
+		l.connect(c)
+	} else {
+		l.resolve(c)
+	}
 }
 
 // connect starts connecting c to its next address, going on to the one
-// after whenever one fails at once; with none left, the round has failed.
+// after whenever one fails at once; with none left, to another backend of
+// the pool, and with none left either, the round has failed.
 func (l *loop) connect(c *conn) {
 	ts := l.targets(c)
 	for int(c.attempt) < len(ts) {
@@ -121,6 +154,7 @@ func (l *loop) connect(c *conn) {
 			return
 		case unix.EINPROGRESS:
 			c.state = stateConnecting
+			l.armAttempt(c)
 			return
 		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
 			l.waitForDescriptor(c, e)
@@ -128,7 +162,78 @@ func (l *loop) connect(c *conn) {
 		}
 		l.attemptFailed(c, t.name, e)
 	}
+	if l.nextMember(c) {
+		return
+	}
 	l.roundFailed(c)
+}
+
+// nextMember moves c on, once every address of its backend failed, to
+// another backend of the pool: one up, by the policy, or with none up the
+// next in order, so that a round tries each. The backend it leaves is
+// marked down (logged once, not per client). It reports whether c went
+// on; false ends the round.
+func (l *loop) nextMember(c *conn) bool {
+	p := &l.listeners[c.listener].pool
+	if !p.several() {
+		return false
+	}
+	m := int(c.member)
+	why := "no address to connect to"
+	if c.dial != nil && len(c.dial.errs) > 0 {
+		why = c.dial.errs[len(c.dial.errs)-1]
+	}
+	l.memberFailed(int(c.listener), m, why)
+	n := p.pick(c.client.Addr(), l.now())
+	if n < 0 {
+		if m+1 >= len(p.members) {
+			return false
+		}
+		n = m + 1
+	}
+	l.moveTo(c, n)
+	l.dialMember(c)
+	return true
+}
+
+// moveTo puts c on member n of its pool, to be tried from its first
+// address.
+func (l *loop) moveTo(c *conn, n int) {
+	p := &l.listeners[c.listener].pool
+	p.members[c.member].open--
+	p.members[n].open++
+	c.member, c.attempt = uint8(n), 0
+	if c.dial != nil {
+		c.dial.targets = nil // a host name's: resolved again for the new one
+	}
+}
+
+// armAttempt bounds a connect in progress to a backend of a pool of
+// several by a share of the connect timeout, so that a backend that never
+// answers (its SYNs dropped) leaves time to try the others: the attempt
+// queue is a heap, as listeners may have pools of different sizes.
+func (l *loop) armAttempt(c *conn) {
+	p := &l.listeners[c.listener].pool
+	if !p.several() {
+		return
+	}
+	l.attemptQ = pushHeap(l.attemptQ, deadline{fd: c.fd[0], gen: c.gen[1], at: after(l.now(), l.connectTimeout/time.Duration(len(p.members)))})
+}
+
+// attemptTimedOut ends an attempt armAttempt bounded, and goes on with the
+// next address or backend.
+func (l *loop) attemptTimedOut(d deadline) {
+	if int(d.fd) >= len(l.conns) {
+		return
+	}
+	c := l.conns[d.fd]
+	if c == nil || c.state != stateConnecting || c.gen[1] != d.gen || int(c.fd[0]) != int(d.fd) || c.fd[1] < 0 {
+		return
+	}
+	t := l.targets(c)[c.attempt]
+	l.dropBackend(c)
+	l.attemptFailed(c, t.name, unix.ETIMEDOUT)
+	l.connect(c)
 }
 
 // retryable errors say the backend is not there yet: nothing listens on
@@ -177,6 +282,15 @@ func (l *loop) retry(c *conn) {
 		c.dial.retryable = false
 	}
 	c.state = stateConnecting
+	if p := &l.listeners[c.listener].pool; p.several() {
+		// A new round starts on the backend the policy picks now, or
+		// with every one down, on the first.
+		if n := max(p.pick(c.client.Addr(), l.now()), 0); n != int(c.member) || len(l.targets(c)) == 0 {
+			l.moveTo(c, n)
+			l.dialMember(c)
+			return
+		}
+	}
 	l.connect(c)
 }
 
@@ -298,6 +412,7 @@ func (l *loop) connected(c *conn) {
 	c.state = stateOpen
 	c.ready[1] |= canWrite
 	c.seen = l.tick
+	l.memberSucceeded(int(c.listener), int(c.member))
 	if v := l.s.cfg.ProxyProtocol; v != proxyproto.None {
 		h := proxyproto.Header(v, c.sourceAddr(), localAddr(int(c.fd[0])))
 		c.dir[0].pipe = &pipe{r: -1, w: -1, n: len(h), mem: h}
@@ -347,7 +462,7 @@ func (l *loop) dropBackend(c *conn) {
 func (l *loop) attemptFailed(c *conn, name string, e unix.Errno) {
 	c.attempt++
 	if c.dial == nil {
-		c.dial = &dialState{targets: l.listeners[c.listener].static}
+		c.dial = &dialState{}
 	}
 	c.dial.errs = append(c.dial.errs, name+": "+e.Error())
 	c.dial.last = e
@@ -364,13 +479,13 @@ func (l *loop) connectTimedOut(c *conn) {
 		if c.dial == nil {
 			c.dial = &dialState{}
 		}
-		c.dial.errs = append(c.dial.errs, fmt.Sprintf("cannot resolve %q: timed out", l.backendOf(c).Host))
+		c.dial.errs = append(c.dial.errs, fmt.Sprintf("cannot resolve %q: timed out", l.memberOf(c).addr.Host))
 		c.dial.last = unix.ETIMEDOUT
 	case stateConnecting:
 		t := l.targets(c)[c.attempt]
 		l.dropBackend(c)
 		if c.dial == nil {
-			c.dial = &dialState{targets: l.listeners[c.listener].static}
+			c.dial = &dialState{}
 		}
 		if len(c.dial.errs) == 0 && len(c.dial.prev) > 0 {
 			// A retry round ran into the deadline: the round before
@@ -383,7 +498,7 @@ func (l *loop) connectTimedOut(c *conn) {
 	case stateWaiting:
 		if c.fdWait {
 			if c.dial == nil {
-				c.dial = &dialState{targets: l.targets(c)}
+				c.dial = &dialState{}
 			}
 			if len(c.dial.errs) == 0 {
 				c.dial.errs = append(c.dial.errs, "socket: "+unix.EMFILE.Error())
@@ -406,7 +521,7 @@ func (l *loop) backendFailed(c *conn) {
 		e = c.dial.last
 	}
 	l.listeners[c.listener].n.connectFailed[connectFailureOf(e)].Add(1)
-	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.backendOf(c).String(), "error", why}
+	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.backendName(c), "error", why}
 	if c.round > 0 {
 		attrs = append(attrs, "retried_for", time.Duration(l.now()-c.start).Round(time.Millisecond).String())
 	}
@@ -421,7 +536,7 @@ func (l *loop) backendFailed(c *conn) {
 // (as Go's resolver would merge them anyway).
 func (l *loop) resolve(c *conn) {
 	c.state = stateResolving
-	l.waitLookup(l.backendOf(c), deadline{fd: c.fd[0], gen: c.gen[0]})
+	l.waitLookup(l.memberOf(c).addr, deadline{fd: c.fd[0], gen: c.gen[0]})
 }
 
 // waitLookup adds a waiter (a connection, or a flow: at < 0) to the lookup
@@ -460,7 +575,7 @@ func (l *loop) waiter(d deadline) *conn {
 
 // leaveLookup is called when a connection waiting for a lookup closes.
 func (l *loop) leaveLookup(c *conn) {
-	if lk := l.lookups[l.backendOf(c).String()]; lk != nil {
+	if lk := l.lookups[l.memberOf(c).name]; lk != nil {
 		lk.live--
 	}
 }
@@ -478,7 +593,7 @@ func (l *loop) resolveBackend(ctx context.Context, cancel context.CancelFunc, na
 		if perr != nil {
 			continue
 		}
-		if t, terr := tcpTarget(ap); terr == nil {
+		if t, terr := tcpTarget(ap); terr == nil && len(r.targets) < maxTargets {
 			r.targets = append(r.targets, t)
 		}
 	}
@@ -513,11 +628,16 @@ func (l *loop) takeResolved() {
 			if c == nil {
 				continue // the client went away meanwhile
 			}
-			c.dial = &dialState{targets: r.targets}
-			c.state = stateConnecting // the lookup is over
+			if c.dial == nil {
+				c.dial = &dialState{}
+			}
+			c.dial.targets = r.targets // the reasons other backends failed are kept
+			c.state = stateConnecting  // the lookup is over
 			if r.err != nil {
 				c.dial.errs = append(c.dial.errs, r.err.Error())
-				l.backendFailed(c)
+				if !l.nextMember(c) {
+					l.backendFailed(c)
+				}
 				continue
 			}
 			l.connect(c)

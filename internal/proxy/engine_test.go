@@ -85,16 +85,18 @@ func startOn(t *testing.T, ln activation.Listener, backendAddr string, cfg Confi
 // it runs (to set a test hook).
 func startPrepared(t *testing.T, ln activation.Listener, backendAddr string, cfg Config, prepare func(*Server)) *running {
 	t.Helper()
-	addr, err := backend.Parse(backendAddr)
-	if err != nil {
-		t.Fatal(err)
+	if backendAddr != "" { // "": the test gives cfg.Backend, several perhaps
+		addr, err := backend.Parse(backendAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Backend = []backend.Address{addr}
 	}
 	logs := &syncBuffer{}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = -1 // tests of the graceful stop set their own
 	}
 	cfg.Listeners = append(cfg.Listeners, ln)
-	cfg.Backend = addr
 	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{srv: New(cfg), addr: ln.Addr().String(), logs: logs, cancel: cancel, done: make(chan error, 1)}

@@ -332,7 +332,7 @@ func TestBackendsPerListener(t *testing.T) {
 	lnB.Name = "beta"
 	p := startOn(t, lnA, a, Config{
 		Listeners: []activation.Listener{lnB},
-		Backends:  map[string]backend.Address{"beta": ba},
+		Backends:  map[string][]backend.Address{"beta": {ba}},
 	})
 	for addr, want := range map[string]string{lnA.Addr().String(): "alpha", lnB.Addr().String(): "beta"} {
 		c := dial(t, addr)
@@ -357,7 +357,7 @@ func startStoppable(t *testing.T, backendAddr string, cfg Config) (*running, act
 	}
 	logs := &syncBuffer{}
 	cfg.Listeners = []activation.Listener{ln}
-	cfg.Backend = addr
+	cfg.Backend = []backend.Address{addr}
 	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{srv: New(cfg), addr: ln.Addr().String(), logs: logs, cancel: cancel, done: make(chan error, 1)}

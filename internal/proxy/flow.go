@@ -57,6 +57,7 @@ type flow struct {
 	prev, next flowRef
 	state      uint8 // flowsWaiting or flowsAnswered
 	refused    bool  // an ECONNREFUSED was logged for this flow
+	member     uint8 // its backend in the listener's pool, for its whole life
 	// resolving: the backend's host name is being looked up for this
 	// flow; its socket is not connected yet (flowResolved does it).
 	resolving bool
@@ -439,46 +440,33 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 		l.warn(warnFlows, "flow limit reached, closing the least recently active flows to make room for new clients", "",
 			"listener", ln.label, "max_flows", l.flows.max, "hint", "raise it with --flows-max")
 	}
-	// A host name is looked up for each flow, as for each connection:
-	// the socket is an IPv6 one, which reaches IPv4 addresses too
-	// (mapped), so it can be opened before the lookup says which.
-	resolve := len(ln.static) == 0
-	t := target{name: ln.backend.String()}
-	family := unix.AF_INET6
-	if !resolve {
-		t = ln.static[0]
-		switch t.sa.(type) {
-		case *unix.SockaddrInet4:
-			family = unix.AF_INET
-		case *unix.SockaddrUnix:
-			family = unix.AF_UNIX
-		}
+	// A flow stays on the backend it starts on for its whole life; a
+	// backend that refuses the flow's socket (a unix one gone) is marked
+	// down and the next one the policy picks is tried.
+	p := &ln.pool
+	m, tried := 0, 0
+	if p.several() {
+		m = max(p.pick(keySource(key, nameLen, 1), l.now()), 0)
 	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	switch {
-	case err != nil:
-	case resolve:
-		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
-	case family == unix.AF_UNIX:
-		// Autobind: the backend replies to an abstract name the kernel
-		// picks, which a unix datagram sender has none of otherwise.
-		if err = unix.Bind(fd, &unix.SockaddrUnix{}); err == nil {
-			err = unix.Connect(fd, t.sa)
+	fd, resolve, t, err := l.flowSocket(&p.members[m])
+	for err != nil && p.several() && !descriptorsShort(err) && tried < len(p.members)-1 {
+		l.memberFailed(i, m, err.Error())
+		n := p.pick(keySource(key, nameLen, 1), l.now())
+		if n < 0 {
+			n = (m + 1) % len(p.members)
 		}
-	default:
-		err = unix.Connect(fd, t.sa)
+		m, tried = n, tried+1
+		fd, resolve, t, err = l.flowSocket(&p.members[m])
 	}
 	if err != nil {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
 		ln.n.drop(DropNoFlow, 1)
 		kind := warnBackend
-		if err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM {
+		if descriptorsShort(err) {
 			kind = warnDescriptors
 		} else {
 			e, _ := err.(unix.Errno)
 			ln.n.connectFailed[connectFailureOf(e)].Add(1)
+			l.memberFailed(i, m, err.Error())
 		}
 		l.warn(kind, "cannot open a flow to the backend, dropping the datagram", err.Error(), "listener", ln.label, "backend", t.name, "error", err.Error())
 		return nil
@@ -486,7 +474,7 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	if l.flows.every > 0 {
 		l.flows.tick = uint32(l.now() / l.flows.every) // the sweep may have been off
 	}
-	f := &flow{fd: int32(fd), gen: l.nextGen(), listener: uint16(i), nameLen: uint16(nameLen), key: key, seen: l.flows.tick, start: l.now()}
+	f := &flow{fd: int32(fd), gen: l.nextGen(), listener: uint16(i), member: uint8(m), nameLen: uint16(nameLen), key: key, seen: l.flows.tick, start: l.now()}
 	if err := l.add(fd, flowEvents, f.gen); err != nil {
 		unix.Close(fd)
 		ln.n.drop(DropNoFlow, 1)
@@ -496,7 +484,7 @@ func (l *loop) newFlow(ln *listenerFD, i int, key string, nameLen int, local net
 	ln.n.flowsOpened.Add(1)
 	if resolve {
 		f.resolving = true
-		l.waitLookup(ln.backend, deadline{fd: f.fd, gen: f.gen, at: -1})
+		l.waitLookup(p.members[m].addr, deadline{fd: f.fd, gen: f.gen, at: -1})
 	}
 	if nameLen <= 2 && d.unix && !d.unbound {
 		d.unbound = true
@@ -527,6 +515,9 @@ func (l *loop) insertFlow(ln *listenerFD, f *flow, local netip.Addr) {
 	}
 	l.flows.table[fd] = f
 	d.flows[f.key] = f
+	if p := &ln.pool; p.several() && int(f.member) < len(p.members) {
+		p.members[f.member].open++
+	}
 	f.state = flowsWaiting
 	l.link(f)
 	if l.s.cfg.MaxPerSource > 0 {
@@ -536,6 +527,49 @@ func (l *loop) insertFlow(ln *listenerFD, f *flow, local netip.Addr) {
 	l.active++
 	l.idleAt = 0
 	ln.n.flows.Add(1)
+}
+
+// flowSocket opens a flow's socket to backend b: connected, unless b is a
+// host name (an IPv6 socket then, which reaches IPv4 addresses too,
+// mapped, so it can be opened before the lookup says which). On error the
+// socket is closed.
+func (l *loop) flowSocket(b *member) (fd int, resolve bool, t target, err error) {
+	resolve = len(b.static) == 0
+	t = target{name: b.name}
+	family := unix.AF_INET6
+	if !resolve {
+		t = b.static[0]
+		switch t.sa.(type) {
+		case *unix.SockaddrInet4:
+			family = unix.AF_INET
+		case *unix.SockaddrUnix:
+			family = unix.AF_UNIX
+		}
+	}
+	fd, err = unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	switch {
+	case err != nil:
+	case resolve:
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	case family == unix.AF_UNIX:
+		// Autobind: the backend replies to an abstract name the kernel
+		// picks, which a unix datagram sender has none of otherwise.
+		if err = unix.Bind(fd, &unix.SockaddrUnix{}); err == nil {
+			err = unix.Connect(fd, t.sa)
+		}
+	default:
+		err = unix.Connect(fd, t.sa)
+	}
+	if err != nil && fd >= 0 {
+		unix.Close(fd)
+		fd = -1
+	}
+	return fd, resolve, t, err
+}
+
+// descriptorsShort says err is the proxy's shortage, not the backend's.
+func descriptorsShort(err error) bool {
+	return err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM
 }
 
 func (f *flow) name() []byte { return unsafe.Slice(unsafe.StringData(f.key), f.nameLen) }
@@ -664,6 +698,9 @@ func (l *loop) sendReplies() {
 // says so at debug level, once per flow.
 func (l *loop) flowRefused(f *flow) {
 	l.listeners[f.listener].n.drop(DropBackendRefused, 1)
+	// Nothing listens there: new flows go elsewhere for a while; this
+	// one stays, as a flow keeps its backend.
+	l.memberFailed(int(f.listener), int(f.member), unix.ECONNREFUSED.Error())
 	if !f.refused {
 		// Once per flow, and rate-limited with the connections' backend
 		// warnings: a backend that is down is as loud for datagrams as
@@ -671,8 +708,18 @@ func (l *loop) flowRefused(f *flow) {
 		f.refused = true
 		ln := &l.listeners[f.listener]
 		l.warn(warnBackend, "backend refused datagrams (ICMP port unreachable): is it running?", "connection refused",
-			"client", flowClient(f), "listener", ln.label, "backend", ln.backend.String())
+			"client", flowClient(f), "listener", ln.label, "backend", l.flowBackend(f).name)
 	}
+}
+
+// flowBackend is the backend f is on; a flow carried from a backend the
+// configuration no longer lists is named by its listener's first.
+func (l *loop) flowBackend(f *flow) *member {
+	p := &l.listeners[f.listener].pool
+	if int(f.member) < len(p.members) {
+		return &p.members[f.member]
+	}
+	return &p.members[0]
 }
 
 func flowClient(f *flow) string {
@@ -684,8 +731,11 @@ func flowClient(f *flow) string {
 
 // closeFlow ends a flow: its socket, its table and map entries.
 func (l *loop) closeFlow(f *flow, why string) {
+	if m := l.poolMember(f.listener, f.member); m != nil {
+		m.open--
+	}
 	if f.resolving {
-		if lk := l.lookups[l.listeners[f.listener].backend.String()]; lk != nil {
+		if lk := l.lookups[l.flowBackend(f).name]; lk != nil {
 			lk.live--
 		}
 		delete(l.flows.held, f.fd)
@@ -866,7 +916,7 @@ func (l *loop) flowResolved(f *flow, r resolution) {
 			ln.n.drop(DropNoFlow, 1)
 		}
 		l.warn(warnBackend, "cannot reach the backend of a flow, dropping its datagrams", err.Error(),
-			"client", flowClient(f), "backend", ln.backend.String(), "error", err.Error())
+			"client", flowClient(f), "backend", l.flowBackend(f).name, "error", err.Error())
 		l.closeFlow(f, "backend unreachable")
 		return
 	}

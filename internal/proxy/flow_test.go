@@ -750,7 +750,7 @@ func TestExitIdleWaitsForFlows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := New(Config{Listeners: []activation.Listener{ln}, Backend: addr, ExitIdleTime: 300 * time.Millisecond,
+	srv := New(Config{Listeners: []activation.Listener{ln}, Backend: []backend.Address{addr}, ExitIdleTime: 300 * time.Millisecond,
 		FlowIdleTimeout: time.Second, ShutdownTimeout: -1})
 	start := time.Now()
 	done := make(chan error, 1)

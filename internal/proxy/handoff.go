@@ -192,8 +192,8 @@ func (l *loop) record() *handoff.Record {
 				bound = cl.FD < 0
 			}
 		}
-		r.Listeners = append(r.Listeners, handoff.Listener{FD: ln.fd, Name: ln.name, Backend: ln.backend.String(), Bound: bound,
-			Kind: listenerKinds[ln.kind]})
+		r.Listeners = append(r.Listeners, handoff.Listener{FD: ln.fd, Name: ln.name, Backend: ln.pool.members[0].name, Bound: bound,
+			Kind: listenerKinds[ln.kind], Backends: ln.pool.record()})
 	}
 	for _, cl := range l.s.cfg.Carry {
 		if fd, err := listenerFDOf(cl.Listener); err == nil {
@@ -211,6 +211,7 @@ func (l *loop) record() *handoff.Record {
 			Listener: int(c.listener), State: handoff.Connecting, FD: [2]int{fd, -1},
 			Age: max(now-c.start, 0), Dir: [2]handoff.Dir{{Pipe: none}, {Pipe: none}},
 			Gen: [2]uint32{c.gen[0]}, Ready: [2]uint8{mapBits(c.ready[0], readyBits[:], 0, 1)},
+			Backend: recordMember(c.member),
 		}
 		rc.TCP[0] = c.tcp[0]
 		if c.tcp[0] {
@@ -287,6 +288,7 @@ func (l *loop) resume(r *handoff.Record) (adopted, reset int) {
 		return li, ok
 	}
 	l.s.addTotals(r, listenerOf)
+	l.resumePools(r, listenerOf)
 	l.flowsResumed, reset = l.resumeFlows(r, listenerOf, elapsed)
 	for i := range r.Conns {
 		rc := &r.Conns[i]
@@ -353,7 +355,8 @@ func (l *loop) adoptPipe(rd *handoff.Dir) (*pipe, error) {
 
 func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	c := &conn{fd: [2]int32{int32(rc.FD[0]), -1}, listener: uint16(listener), client: rc.Client,
-		start: l.now() - elapsed - rc.Age, packets: l.listeners[listener].kind == activation.SequentialPacket}
+		start: l.now() - elapsed - rc.Age, packets: l.listeners[listener].kind == activation.SequentialPacket,
+		member: l.adoptMember(listener, rc.Listener, rc.Backend)}
 	if l.listeners[listener].kind == activation.Datagram {
 		return fmt.Errorf("listener %q takes datagrams, not connections", l.listeners[listener].name)
 	}
@@ -403,12 +406,10 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	l.listeners[listener].n.active.Add(1)
 	l.idleAt = 0
 	if rc.State != handoff.Open {
+		// It starts afresh: on the backend the policy picks now.
 		l.connectQ = append(l.connectQ, deadline{fd: c.fd[0], gen: c.gen[0], at: after(c.start, l.connectTimeout)})
-		if l.listeners[listener].static != nil {
-			l.connect(c)
-		} else {
-			l.resolve(c)
-		}
+		c.member = 0
+		l.dialBackend(c)
 		return nil
 	}
 	c.fd[1] = int32(rc.FD[1])
@@ -418,6 +419,9 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	}
 	l.track(rc.FD[1], c)
 	c.state = stateOpen
+	if m := l.poolMember(c.listener, c.member); m != nil {
+		m.open++ // counted from here on, as release uncounts it
+	}
 	for d := range rc.Dir {
 		c.dir[d].n = rc.Dir[d].Bytes
 		for _, f := range dirFlags {

@@ -40,7 +40,7 @@ func (l *loop) recordFlows(r *handoff.Record, now int64) {
 			continue
 		}
 		rf := handoff.Flow{Listener: int(f.listener), FD: int(f.fd), Gen: f.gen, Key: []byte(f.key),
-			NameLen: int(f.nameLen), Age: max(now-f.start, 0)}
+			NameLen: int(f.nameLen), Age: max(now-f.start, 0), Backend: recordMember(f.member)}
 		if l.flows.every > 0 {
 			rf.Idle = int64(tick-f.seen) * l.flows.every
 		}
@@ -86,7 +86,7 @@ func (l *loop) adoptFlow(rf *handoff.Flow, li int, elapsed int64) error {
 		local = netip.AddrFrom16([16]byte(rf.Key[rf.NameLen:]))
 	}
 	f := &flow{fd: int32(rf.FD), listener: uint16(li), nameLen: uint16(rf.NameLen), key: key,
-		start: l.now() - elapsed - rf.Age}
+		start: l.now() - elapsed - rf.Age, member: l.adoptMember(li, rf.Listener, rf.Backend)}
 	if l.flows.every > 0 {
 		now := uint32(l.now() / l.flows.every)
 		f.seen = now - uint32(min((rf.Idle+elapsed)/l.flows.every, int64(l.flows.ticks)+1))

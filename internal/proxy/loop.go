@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
-	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 )
 
 const (
@@ -72,6 +71,7 @@ type loop struct {
 	connectQ []deadline // connection attempts in deadline order
 	qHead    int
 	retryQ   []deadline // connections waiting for their next round: a min-heap by at
+	attemptQ []deadline // connects in progress to a backend of several: a min-heap by at (gen: the backend side's)
 	fdWait   int        // connections waiting for a descriptor for their backend socket
 
 	// Idle timeout: the loop's clock in ticks of sweepEvery, each open
@@ -98,7 +98,8 @@ type loop struct {
 	hot      bool          // the last wait found work: wait raw
 	busyPoll time.Duration // Config.BusyPoll, at most MaxBusyPoll
 
-	flows flowState // datagram flows (flow.go)
+	flows  flowState    // datagram flows (flow.go)
+	health *healthState // active health checks (health.go); nil: off
 
 	idleClocks []idleClock // of connections just resumed; see restoreIdleClocks
 	carried    bool        // the epoll instance came over a reload, registrations and all
@@ -108,6 +109,9 @@ type loop struct {
 	stored bool
 	// flowsResumed counts the datagram flows a handoff carried, for its log line.
 	flowsResumed int
+	// carriedMembers maps, for each listener of a record being resumed,
+	// its backend indexes to this image's members (pool.go).
+	carriedMembers [][]uint8
 
 	// resolutions handed back by resolver goroutines
 	resolveMu sync.Mutex
@@ -127,16 +131,13 @@ type loop struct {
 }
 
 type listenerFD struct {
-	fd      int
-	name    string // in the handoff record
-	label   string // in log lines: name and type
-	backend backend.Address
-	// static holds the backend's addresses when it is numeric or a unix
-	// socket, resolved once at start-up; nil for a host name.
-	static []target
-	kind   activation.Kind
-	dgram  *dgramListener // a datagram listener's flows (flow.go)
-	n      *listenerCounters
+	fd    int
+	name  string // in the handoff record
+	label string // in log lines: name and type
+	pool  pool   // its backends (pool.go)
+	kind  activation.Kind
+	dgram *dgramListener // a datagram listener's flows (flow.go)
+	n     *listenerCounters
 }
 
 // deadline is an entry of the connect queue; stale entries (the connection
@@ -211,11 +212,21 @@ func newLoop(s *Server) (*loop, error) {
 		if !ok {
 			b = s.cfg.Backend
 		}
-		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, label: ln.Label(), backend: b, static: staticAddrs(b), kind: ln.Kind, n: &s.per[i]})
+		if len(b) == 0 || len(b) > MaxBackends {
+			l.close()
+			return nil, fmt.Errorf("listener %q: %d backends: give 1 to %d", ln.Name, len(b), MaxBackends)
+		}
+		p := newPool(b, s.cfg.Balance)
+		if p.several() {
+			s.poolSize.Add(int64(len(b)))
+			s.poolUp.Add(int64(len(b)))
+		}
+		l.listeners = append(l.listeners, listenerFD{fd: fd, name: ln.Name, label: ln.Label(), pool: p, kind: ln.Kind, n: &s.per[i]})
 		if ln.Kind == activation.Datagram {
 			l.setupDatagram(&l.listeners[len(l.listeners)-1])
 		}
 	}
+	l.setupHealth()
 	if s.cfg.ExitIdleTime > 0 {
 		l.idleAt = after(l.now(), s.cfg.ExitIdleTime)
 	}
@@ -363,6 +374,9 @@ func (l *loop) run(ctx context.Context) (idle bool) {
 					continue
 				}
 			}
+			if l.health != nil && l.probeEvent(fd, uint32(ev.Pad), ev.Events) {
+				continue
+			}
 			l.flowEvent(fd, uint32(ev.Pad), ev.Events)
 		}
 		if l.flows.count > 0 {
@@ -491,7 +505,7 @@ func (l *loop) block(msec int) int {
 // timeout_ms is how long the next wait may last: until the earliest of the
 // connect deadlines, the idle exit, the pipe trim and the accept retry.
 func (l *loop) timeout_ms() int {
-	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && len(l.pipes.free) == 0 &&
+	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && len(l.attemptQ) == 0 && l.health == nil && l.idleAt == 0 && len(l.pipes.free) == 0 &&
 		!l.acceptPaused && !l.draining && (l.sweepEvery == 0 || l.active == 0) && l.warnAt == 0 && l.flows.count == 0 {
 		return -1
 	}
@@ -507,6 +521,12 @@ func (l *loop) timeout_ms() int {
 	}
 	if len(l.retryQ) > 0 {
 		consider(l.retryQ[0].at)
+	}
+	if len(l.attemptQ) > 0 {
+		consider(l.attemptQ[0].at)
+	}
+	if l.health != nil {
+		consider(l.health.at)
 	}
 	if l.draining {
 		consider(max(l.drainAt, 1))
@@ -540,7 +560,7 @@ func (l *loop) timeout_ms() int {
 
 // timers runs what is due; it reports whether the idle time has passed.
 func (l *loop) timers() bool {
-	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && l.idleAt == 0 && l.trimAt == 0 &&
+	if l.qHead == len(l.connectQ) && len(l.retryQ) == 0 && len(l.attemptQ) == 0 && l.health == nil && l.idleAt == 0 && l.trimAt == 0 &&
 		!l.acceptPaused && l.sweepAt == 0 && l.warnAt == 0 && l.flows.sweepAt == 0 {
 		return false
 	}
@@ -557,6 +577,14 @@ func (l *loop) timers() bool {
 				l.retry(c)
 			}
 		}
+	}
+	for len(l.attemptQ) > 0 && l.attemptQ[0].at <= now {
+		var d deadline
+		l.attemptQ, d = popHeap(l.attemptQ)
+		l.attemptTimedOut(d)
+	}
+	if l.health != nil && now >= l.health.at {
+		l.probeAll(now)
 	}
 	// Pop the entries that are due, and the stale ones in front (their
 	// connection is open or gone), so that the queue stays as short as
@@ -613,10 +641,19 @@ func (l *loop) sweep() {
 	}
 }
 
-// pushRetry and popRetry keep retryQ a min-heap by at (container/heap
+// pushRetry and popRetry keep retryQ a min-heap by at.
+func (l *loop) pushRetry(d deadline) { l.retryQ = pushHeap(l.retryQ, d) }
+
+func (l *loop) popRetry() deadline {
+	var top deadline
+	l.retryQ, top = popHeap(l.retryQ)
+	return top
+}
+
+// pushHeap and popHeap keep a min-heap of deadlines by at (container/heap
 // would box every entry).
-func (l *loop) pushRetry(d deadline) {
-	q := append(l.retryQ, d)
+func pushHeap(q []deadline, d deadline) []deadline {
+	q = append(q, d)
 	for i := len(q) - 1; i > 0; {
 		parent := (i - 1) / 2
 		if q[parent].at <= q[i].at {
@@ -625,11 +662,10 @@ func (l *loop) pushRetry(d deadline) {
 		q[parent], q[i] = q[i], q[parent]
 		i = parent
 	}
-	l.retryQ = q
+	return q
 }
 
-func (l *loop) popRetry() deadline {
-	q := l.retryQ
+func popHeap(q []deadline) ([]deadline, deadline) {
 	top := q[0]
 	n := len(q) - 1
 	q[0] = q[n]
@@ -648,8 +684,7 @@ func (l *loop) popRetry() deadline {
 		q[m], q[i] = q[i], q[m]
 		i = m
 	}
-	l.retryQ = q
-	return top
+	return q, top
 }
 
 // special handles the loop's own descriptors: the wake-up eventfd and the
@@ -810,6 +845,7 @@ func (l *loop) close() {
 		}
 	}
 	l.closeFlows()
+	l.closeProbes()
 	l.resolveWG.Wait()
 	l.reserveWG.Wait() // before epfd, its source, is closed
 	l.flushWarnings(l.now(), true)

@@ -16,6 +16,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -43,8 +44,20 @@ type Config struct {
 	// Listeners are served until Run returns, which closes them.
 	Listeners []activation.Listener
 	// Backend is where the clients of every listener not in Backends are
-	// forwarded.
-	Backend backend.Address
+	// forwarded: one backend, or several that Balance shares the clients
+	// among (pool.go), at most MaxBackends.
+	Backend []backend.Address
+	// Balance picks one of several backends for each new connection and
+	// flow; a flow stays on its backend for its whole life. The zero
+	// value is First: in order, the next standing by (failover).
+	Balance Balance
+	// HealthInterval, when positive, has each backend of a listener with
+	// several probed by a connect this often (health.go): HealthFall
+	// failed probes in a row take it down, HealthRise good ones bring it
+	// back (zero: DefaultHealthFall, DefaultHealthRise). Zero: off, and a
+	// failed connect alone takes a backend down, for a backoff.
+	HealthInterval         time.Duration
+	HealthRise, HealthFall int
 	// Resolver looks up backend host names; nil means net.DefaultResolver.
 	// ConnectTimeout bounds each lookup.
 	Resolver *net.Resolver
@@ -75,7 +88,7 @@ type Config struct {
 	// Backends gives listeners a backend of their own, by Listener.Label
 	// or Listener.Name (--backend NAME=ADDRESS, NamedBackend); the others
 	// use Backend.
-	Backends map[string]backend.Address
+	Backends map[string][]backend.Address
 	// ConnectTimeout bounds connecting to the backend, retries included: a
 	// refused or missing backend (ECONNREFUSED, ENOENT, EAGAIN) is retried
 	// with a short backoff until it passes, while the client's bytes wait
@@ -146,9 +159,9 @@ type Config struct {
 	Recover map[string][]int
 }
 
-// NamedBackend is the backend that named (--backend) gives listener l: by
+// NamedBackend is the backends that named (--backend) gives listener l: by
 // its label, name and type ("dns.socket/udp"), or else by its name alone.
-func NamedBackend(named map[string]backend.Address, l activation.Listener) (backend.Address, bool) {
+func NamedBackend(named map[string][]backend.Address, l activation.Listener) ([]backend.Address, bool) {
 	if b, ok := named[l.Label()]; ok {
 		return b, true
 	}
@@ -196,6 +209,10 @@ type Stats struct {
 	// (Config.Resume, Config.Recover); Paused is how long the loop stood
 	// still for the handoff that carried them, in ns (the record's age).
 	Resumed, Paused int64
+	// Listeners with several backends (pool.go): how many backends they
+	// have in all, and how many of those are up. Both 0 when every
+	// listener has one.
+	Backends, BackendsUp int64
 }
 
 // Server is one running proxy.
@@ -216,6 +233,7 @@ type Server struct {
 	pipes, splices, splicedBytes, kept atomic.Int64
 	busyPollHits, segmented            atomic.Int64
 	resumed, paused                    atomic.Int64
+	poolSize, poolUp                   atomic.Int64 // Stats.Backends, BackendsUp
 
 	// testBatch, set by tests only, sees each batch of events before the
 	// loop handles it and may add to it (a stale event, deterministically).
@@ -237,8 +255,14 @@ func New(cfg Config) *Server {
 		if !ok {
 			b = cfg.Backend
 		}
+		names := make([]string, len(b))
+		for i, a := range b {
+			names[i] = a.String()
+		}
 		s.labels = append(s.labels, ln.Label())
-		s.backends = append(s.backends, b.String())
+		// Several backends share a listener's counters: the label
+		// names them all, in order (bounded by MaxBackends).
+		s.backends = append(s.backends, strings.Join(names, ","))
 	}
 	return s
 }
@@ -301,6 +325,8 @@ func (s *Server) Stats() Stats {
 		BusyPollHits:       s.busyPollHits.Load(),
 		Resumed:            s.resumed.Load(),
 		Paused:             s.paused.Load(),
+		Backends:           s.poolSize.Load(),
+		BackendsUp:         s.poolUp.Load(),
 	}
 	var o ListenerStats
 	for i := range s.per {

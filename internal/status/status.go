@@ -20,7 +20,8 @@ const Interval = time.Second
 
 // Line formats the counters, e.g.
 // "12 connections, 1042 since start, 3.1 GiB forwarded, 2 backend errors",
-// with ", 3 flows, 5120 datagrams" once a datagram socket has had a client.
+// with ", 3 flows, 5120 datagrams" once a datagram socket has had a client,
+// and ", 3 of 4 backends up" when a socket has several backends.
 func Line(s proxy.Stats) string {
 	parts := []string{
 		plural(s.Active, "connection"),
@@ -38,6 +39,11 @@ func Line(s proxy.Stats) string {
 	}
 	if s.Refused > 0 {
 		parts = append(parts, fmt.Sprintf("%d refused at the limit", s.Refused))
+	}
+	if s.Backends > 0 {
+		// Only with several backends to a socket: one backend's line
+		// stays as it was.
+		parts = append(parts, fmt.Sprintf("%d of %d backends up", s.BackendsUp, s.Backends))
 	}
 	return strings.Join(parts, ", ")
 }

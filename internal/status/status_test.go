@@ -26,6 +26,8 @@ func TestLine(t *testing.T) {
 			want: "0 connections, 0 since start, 2.0 KiB forwarded, 0 backend errors, 3 flows, 190 datagrams"},
 		{name: "flows dropping", stats: proxy.Stats{Flows: 1, FlowsOpened: 1, DatagramsIn: 5, DatagramsDropped: 4, DatagramsTruncated: 1, Refused: 4},
 			want: "0 connections, 0 since start, 0 B forwarded, 0 backend errors, 1 flow, 5 datagrams, 5 dropped, 4 refused at the limit"},
+		{name: "several backends", stats: proxy.Stats{Active: 3, Accepted: 9, Backends: 4, BackendsUp: 3},
+			want: "3 connections, 9 since start, 0 B forwarded, 0 backend errors, 3 of 4 backends up"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

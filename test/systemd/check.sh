@@ -642,8 +642,82 @@ dnsperf_lost_none() {
 	grep -qE "Queries lost:[[:space:]]+0 " <<<"$out"
 }
 
+# app_units: a template app@.service, each instance a stand-in for one
+# instance of a service on its own unix socket /run/app/%i/sock (greets
+# each client with its instance name, then echoes), and one socket-activated
+# proxy in front of the four on 127.0.0.1:8080 (the man page's Example 17).
+# Test-only units, written here: the shipped ones are about nginx.
+app_units() {
+	cat >"$t/app.pl" <<'PERL'
+use IO::Socket::UNIX;
+my ($path, $name) = @ARGV;
+unlink $path;
+my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Local => $path, Listen => 128) or die "listen: $!";
+$SIG{CHLD} = 'IGNORE';
+while (1) {
+	my $c = $s->accept or next;
+	if (!fork) { syswrite($c, "$name\n"); my $b; while (sysread($c, $b, 4096)) { syswrite($c, $b); } exit 0; }
+	close $c;
+}
+PERL
+	printf '%s\n' '[Service]' 'RuntimeDirectory=app/%i' "ExecStart=/usr/bin/perl $t/app.pl /run/app/%i/sock app@%i" \
+		'KillMode=control-group' >/etc/systemd/system/app@.service
+	printf '%s\n' '[Socket]' 'ListenStream=127.0.0.1:8080' >/etc/systemd/system/app-proxy.socket
+	printf '%s\n' '[Unit]' 'After=app@1.service app@2.service app@3.service app@4.service' '[Service]' 'Type=notify' \
+		'ExecStart=/usr/bin/socket-proxyd --balance=round-robin /run/app/1/sock /run/app/2/sock /run/app/3/sock /run/app/4/sock' \
+		>/etc/systemd/system/app-proxy.service
+}
+
+# app_clients SECONDS OUT: clients one after another for SECONDS, each
+# greeted and echoed; OUT gets "served N failed M" and the instances seen.
+app_clients() {
+	perl -MIO::Socket::INET -e '
+		my ($secs, $out) = @ARGV; my ($ok, $bad, $cut, %seen) = (0, 0, 0);
+		my $end = time + $secs;
+		while (time < $end) {
+			my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:8080", Timeout => 5);
+			my $name = $s ? <$s> : undef;
+			my $r = "";
+			if (defined $name) { syswrite($s, "ping"); sysread($s, $r, 4); }
+			chomp $name if defined $name;
+			if (defined $name && $r eq "ping") { $seen{$name}++; $ok++; }
+			elsif (defined $name && $name ne "app\@2") { $bad++; }  # cut on a live instance
+			else { $cut++; }  # no greeting, or cut on app@2: open on it as it stopped
+		}
+		open my $f, ">", $out or die; print $f "served $ok failed $bad cut $cut " . join(" ", sort keys %seen) . "\n";' "$1" "$2"
+}
+
+served_by() { # served_by FILE INSTANCES...: the clients in FILE saw exactly these instances, and none failed
+	local line
+	line=$(cat "$1")
+	[[ $line == *" failed 0 cut 0 "* ]] || { echo "$line"; return 1; }
+	[[ ${line#* cut 0 } == "${*:2}" ]] || { echo "$line; want instances ${*:2}"; return 1; }
+}
+
+scenario_backends() { # Example 17: four app@ instances behind one socket-activated proxy
+	app_units
+	systemctl daemon-reload
+	check "four app@ instances start" systemctl start app@1 app@2 app@3 app@4
+	check "each listens on its own socket" wait_for 5 eval '[[ -S /run/app/1/sock && -S /run/app/2/sock && -S /run/app/3/sock && -S /run/app/4/sock ]]'
+	check "systemctl start app-proxy.socket" systemctl start app-proxy.socket
+	check "clients are shared among the four" eval 'app_clients 1 /run/spx-clients && served_by /run/spx-clients app@1 app@2 app@3 app@4'
+	app_clients 3 /run/spx-during & 
+	local load=$!
+	sleep 1
+	check "systemctl stop app@2 under load" systemctl stop app@2
+	wait "$load"
+	# At most the one client that was on app@2 as it stopped ends with it.
+	check "no client failed while app@2 stopped" eval 'grep -Eq " failed 0 cut [01] " /run/spx-during || { cat /run/spx-during; false; }'
+	check "new clients go to the other three" eval 'app_clients 1 /run/spx-after && served_by /run/spx-after app@1 app@3 app@4'
+	check "one journal line says app@2 went down" eval '[[ $(journal_count app-proxy.service "backend down") == 1 ]] && journalctl -q -b -u app-proxy.service -o cat | grep "backend down" | grep -qF /run/app/2/sock'
+	check "STATUS= says 3 of 4 backends up" wait_for 5 status_has app-proxy.service "3 of 4 backends up"
+	check "systemctl start app@2" systemctl start app@2
+	check "app@2 takes clients again after its backoff" wait_for 10 eval 'app_clients 1 /run/spx-back && grep -q "app@2" /run/spx-back'
+	check "no errors in the journal" no_errors app-proxy.service
+}
+
 case $scenario in
-simple | namespace | idle | notify | handoff | reload | fdstore | deb | dns) "scenario_$scenario" ;;
+simple | namespace | idle | notify | handoff | reload | fdstore | deb | dns | backends) "scenario_$scenario" ;;
 fdstore-always) scenario_fdstore_always ;;
 fdstore-cost) scenario_fdstore_cost ;;
 *) fail setup "unknown scenario $scenario" ;;

@@ -1,0 +1,497 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+)
+
+// member is one of several test backends: it greets each connection with
+// its name and a newline, then echoes; stop kills it (its listener and
+// every connection it has), start brings it back on the same address.
+type testMember struct {
+	t       *testing.T
+	name    string
+	network string
+	addr    string
+	mu      sync.Mutex
+	ln      net.Listener
+	conns   map[net.Conn]bool
+	wg      sync.WaitGroup
+}
+
+func newMember(t *testing.T, name, network, addr string) *testMember {
+	m := &testMember{t: t, name: name, network: network, addr: addr, conns: map[net.Conn]bool{}}
+	m.start()
+	t.Cleanup(m.stop)
+	return m
+}
+
+func (m *testMember) start() {
+	m.t.Helper()
+	ln, err := net.Listen(m.network, m.addr)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.addr = ln.Addr().String()
+	m.mu.Lock()
+	m.ln = ln
+	m.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			m.mu.Lock()
+			m.conns[c] = true
+			m.mu.Unlock()
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				defer c.Close()
+				fmt.Fprintf(c, "%s\n", m.name)
+				io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+func (m *testMember) stop() {
+	m.mu.Lock()
+	if m.ln != nil {
+		m.ln.Close()
+		m.ln = nil
+	}
+	for c := range m.conns {
+		c.Close()
+	}
+	clear(m.conns)
+	m.mu.Unlock()
+	m.wg.Wait()
+}
+
+// startPool runs a proxy in front of the members, with cfg's policy.
+func startPool(t *testing.T, ms []*testMember, cfg Config) *running {
+	t.Helper()
+	for _, m := range ms {
+		a, err := backend.Parse(m.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Backend = append(cfg.Backend, a)
+	}
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startOn(t, ln, "", cfg)
+}
+
+func fourMembers(t *testing.T) []*testMember {
+	var ms []*testMember
+	for i := range 4 {
+		ms = append(ms, newMember(t, fmt.Sprintf("b%d", i), "tcp", "127.0.0.1:0"))
+	}
+	return ms
+}
+
+// greeted connects to the proxy and returns the connection and the name
+// of the backend that greeted it.
+func greeted(t *testing.T, addr string) (net.Conn, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		c.Close()
+		t.Fatalf("no greeting: %v", err)
+	}
+	return c, strings.TrimSpace(line)
+}
+
+// share opens n connections one after another, closing each, and counts
+// them by backend.
+func share(t *testing.T, addr string, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		c, name := greeted(t, addr)
+		c.Close()
+		got[name]++
+	}
+	return got
+}
+
+// TestRoundRobinSharesEvenly: four backends take 40 connections, ten each.
+func TestRoundRobinSharesEvenly(t *testing.T) {
+	noLeak(t)
+	p := startPool(t, fourMembers(t), Config{Balance: RoundRobin})
+	got := share(t, p.addr, 40)
+	for i := range 4 {
+		if n := got[fmt.Sprintf("b%d", i)]; n != 10 {
+			t.Errorf("shares %v, want 10 each", got)
+			break
+		}
+	}
+}
+
+// TestFirstStandsByInOrder: the first policy sends everything to the first
+// backend; with it dead, to the second, and no client fails meanwhile;
+// the death is logged once, not per client.
+func TestFirstStandsByInOrder(t *testing.T) {
+	noLeak(t)
+	ms := fourMembers(t)
+	p := startPool(t, ms, Config{})
+	if got := share(t, p.addr, 8); got["b0"] != 8 {
+		t.Fatalf("shares %v, want all on b0", got)
+	}
+	ms[0].stop()
+	if got := share(t, p.addr, 8); got["b1"] != 8 {
+		t.Fatalf("with b0 dead, shares %v, want all on b1", got)
+	}
+	if n := strings.Count(p.logs.String(), "backend down"); n != 1 {
+		t.Errorf("%d lines say a backend went down, want 1:\n%s", n, p.logs)
+	}
+	if st := p.srv.Stats(); st.Backends != 4 || st.BackendsUp != 3 || st.BackendErrors != 0 {
+		t.Errorf("stats: %d backends, %d up, %d backend errors; want 4, 3, 0", st.Backends, st.BackendsUp, st.BackendErrors)
+	}
+}
+
+// TestDeadBackendComesBack: a backend started again on its address takes
+// its share again once its backoff is over, logged up once.
+func TestDeadBackendComesBack(t *testing.T) {
+	noLeak(t)
+	ms := fourMembers(t)
+	p := startPool(t, ms, Config{Balance: RoundRobin})
+	ms[2].stop()
+	if got := share(t, p.addr, 12); got["b2"] != 0 || len(got) != 3 {
+		t.Fatalf("with b2 dead, shares %v", got)
+	}
+	ms[2].start()
+	waitFor(t, "b2 to take connections again", func() bool { return share(t, p.addr, 4)["b2"] > 0 })
+	if n := strings.Count(p.logs.String(), "backend up"); n != 1 {
+		t.Errorf("%d lines say a backend came up, want 1:\n%s", n, p.logs)
+	}
+	if st := p.srv.Stats(); st.BackendsUp != 4 {
+		t.Errorf("%d backends up, want 4", st.BackendsUp)
+	}
+}
+
+// TestKillOneUnderLoad: with connections open on every backend, one dies:
+// only the connections on it end, and no new connection fails.
+func TestKillOneUnderLoad(t *testing.T) {
+	noLeak(t)
+	ms := fourMembers(t)
+	p := startPool(t, ms, Config{Balance: RoundRobin})
+	type held struct {
+		c    net.Conn
+		name string
+	}
+	var open []held
+	for range 8 {
+		c, name := greeted(t, p.addr)
+		defer c.Close()
+		open = append(open, held{c, name})
+	}
+	ms[1].stop()
+	for range 20 {
+		c, name := greeted(t, p.addr)
+		if name == "b1" {
+			t.Errorf("a new connection went to the dead backend")
+		}
+		c.Close()
+	}
+	for _, h := range open {
+		h.c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, werr := h.c.Write([]byte("x\n"))
+		buf := make([]byte, 2)
+		_, rerr := io.ReadFull(h.c, buf)
+		alive := werr == nil && rerr == nil
+		if alive == (h.name == "b1") {
+			t.Errorf("connection on %s: alive %v (write %v, read %v)", h.name, alive, werr, rerr)
+		}
+	}
+	if st := p.srv.Stats(); st.BackendErrors != 0 {
+		t.Errorf("%d backend errors, want 0", st.BackendErrors)
+	}
+}
+
+// TestAllDownWaitThenOneStarts: with every backend dead, clients wait (as
+// with one backend that is starting); the first backend to start serves
+// them all within the connect timeout.
+func TestAllDownWaitThenOneStarts(t *testing.T) {
+	noLeak(t)
+	ms := fourMembers(t)
+	p := startPool(t, ms, Config{Balance: RoundRobin, ConnectTimeout: 5 * time.Second})
+	for _, m := range ms {
+		m.stop()
+	}
+	type result struct {
+		name string
+		err  error
+	}
+	results := make(chan result, 6)
+	for range 6 {
+		go func() {
+			c, err := net.Dial("tcp", p.addr)
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(8 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			results <- result{strings.TrimSpace(line), err}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	ms[3].start()
+	for range 6 {
+		r := recv(t, results, "a waiting client")
+		if r.err != nil || r.name != "b3" {
+			t.Errorf("client: %q, %v; want served by b3", r.name, r.err)
+		}
+	}
+	// Six clients retried every backend for 300ms: still one line per
+	// backend going down, and one for b3 coming back.
+	logs := p.logs.String()
+	if down, up := strings.Count(logs, "backend down"), strings.Count(logs, "backend up"); down != 4 || up != 1 {
+		t.Errorf("%d lines say a backend went down, %d up; want 4 and 1:\n%s", down, up, logs)
+	}
+}
+
+// TestLeastConnectionsFillsTheEmptiest: with two connections held on two
+// backends, the next two go to the two backends without one.
+func TestLeastConnectionsFillsTheEmptiest(t *testing.T) {
+	noLeak(t)
+	ms := fourMembers(t)
+	p := startPool(t, ms, Config{Balance: LeastConnections})
+	held := map[string]net.Conn{}
+	for range 4 {
+		c, name := greeted(t, p.addr)
+		defer c.Close()
+		held[name] = c
+	}
+	if len(held) != 4 {
+		t.Fatalf("four connections went to %d backends", len(held))
+	}
+	held["b0"].Close()
+	held["b2"].Close()
+	waitFor(t, "two connections to close", func() bool { return p.srv.Stats().Active == 2 })
+	got := map[string]int{}
+	for range 2 {
+		c, name := greeted(t, p.addr)
+		defer c.Close()
+		got[name]++
+	}
+	if got["b0"] != 1 || got["b2"] != 1 {
+		t.Errorf("the next two went to %v, want b0 and b2", got)
+	}
+}
+
+// TestSourceKeepsAClientOnItsBackend: each client address keeps its
+// backend, and the addresses spread over more than one.
+func TestSourceKeepsAClientOnItsBackend(t *testing.T) {
+	noLeak(t)
+	p := startPool(t, fourMembers(t), Config{Balance: Source})
+	seen := map[string]bool{}
+	for i := 1; i <= 16; i++ {
+		src := fmt.Sprintf("127.0.0.%d", i)
+		first := ""
+		for range 3 {
+			c := dialFrom(t, src, p.addr)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first == "" {
+				first = line
+			} else if line != first {
+				t.Errorf("client %s moved from %q to %q", src, first, line)
+			}
+		}
+		seen[first] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("16 client addresses all went to one backend")
+	}
+}
+
+// blackhole is a TCP listener that never completes a handshake: its
+// backlog of one is filled, so the kernel drops the next SYNs (loopback
+// only, as the tests' traffic must stay).
+func blackhole(t *testing.T) string {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	for range 2 { // the backlog, and the one more the kernel allows
+		c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+		if err != nil {
+			break
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	return addr
+}
+
+// TestSilentBackendLeavesTimeForTheNext: a backend that never answers the
+// SYN takes a share of the connect timeout, not all of it: the client is
+// served by the next one, and the silent one is down.
+func TestSilentBackendLeavesTimeForTheNext(t *testing.T) {
+	noLeak(t)
+	good := newMember(t, "good", "tcp", "127.0.0.1:0")
+	silent, _ := backend.Parse(blackhole(t))
+	ok, _ := backend.Parse(good.addr)
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startOn(t, ln, "", Config{Backend: []backend.Address{silent, ok}, ConnectTimeout: 2 * time.Second})
+	began := time.Now()
+	c, name := greeted(t, p.addr)
+	c.Close()
+	took := time.Since(began)
+	if name != "good" || took > 1500*time.Millisecond || took < 900*time.Millisecond {
+		t.Errorf("served by %q after %v, want by good after about 1s (half of 2s)", name, took)
+	}
+	if !strings.Contains(p.logs.String(), "timed out") || !strings.Contains(p.logs.String(), "backend down") {
+		t.Errorf("the silent backend is not said down for a time-out:\n%s", p.logs)
+	}
+}
+
+// TestHealthChecksMoveBackendsDownAndUp: with probes on, a backend that
+// dies is taken down by the probes alone (no client needed), and brought
+// back up when it returns, after the rise count.
+func TestHealthChecksMoveBackendsDownAndUp(t *testing.T) {
+	noLeak(t)
+	ms := fourMembers(t)
+	p := startPool(t, ms, Config{Balance: RoundRobin, HealthInterval: 30 * time.Millisecond, HealthFall: 2, HealthRise: 2})
+	ms[3].stop()
+	waitFor(t, "the probes to take b3 down", func() bool { return p.srv.Stats().BackendsUp == 3 })
+	if !strings.Contains(p.logs.String(), "health check") {
+		t.Errorf("the down line does not say a health check:\n%s", p.logs)
+	}
+	if got := share(t, p.addr, 9); got["b3"] != 0 {
+		t.Errorf("shares %v with b3 down", got)
+	}
+	ms[3].start()
+	waitFor(t, "the probes to bring b3 back", func() bool { return p.srv.Stats().BackendsUp == 4 })
+	if got := share(t, p.addr, 8); got["b3"] != 2 {
+		t.Errorf("shares %v with b3 back, want 2 on it", got)
+	}
+}
+
+// TestOneBackendLogsAsBefore: a pool of one says nothing of pools: no
+// up or down lines, no backend counts, and a refused backend is the same
+// one warning as always.
+func TestOneBackendLogsAsBefore(t *testing.T) {
+	noLeak(t)
+	m := newMember(t, "only", "tcp", "127.0.0.1:0")
+	addr := m.addr
+	m.stop()
+	p := start(t, addr, Config{ConnectTimeout: -1})
+	c := dial(t, p.addr)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read from a client of a dead backend")
+	}
+	logs := p.logs.String()
+	if strings.Contains(logs, "backend down") || strings.Contains(logs, "backends_up") {
+		t.Errorf("one backend logs pool lines:\n%s", logs)
+	}
+	if !strings.Contains(logs, "cannot connect to backend, closing client") || !strings.Contains(logs, "backend="+addr) {
+		t.Errorf("the usual warning is missing:\n%s", logs)
+	}
+	if st := p.srv.Stats(); st.Backends != 0 || st.BackendsUp != 0 {
+		t.Errorf("stats count %d backends, %d up, want 0", st.Backends, st.BackendsUp)
+	}
+}
+
+// TestFlowsStayOnTheirBackend: a datagram client keeps its backend for
+// every datagram of its flow, under round-robin, and clients spread.
+func TestFlowsStayOnTheirBackend(t *testing.T) {
+	noLeak(t)
+	var addrs []backend.Address
+	for i := range 2 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo(append([]byte(fmt.Sprintf("b%d:", i)), buf[:n]...), from)
+			}
+		}()
+		a, _ := backend.Parse(pc.LocalAddr().String())
+		addrs = append(addrs, a)
+	}
+	ln, err := activation.ListenDatagram("127.0.0.1:0", 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startOn(t, ln, "", Config{Backend: addrs, Balance: RoundRobin})
+	seen := map[string]bool{}
+	for range 4 {
+		c, err := net.Dial("udp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		first := ""
+		for i := range 5 {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprintf(c, "%d", i)
+			buf := make([]byte, 64)
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			who, _, _ := strings.Cut(string(buf[:n]), ":")
+			if first == "" {
+				first = who
+			} else if who != first {
+				t.Errorf("a flow moved from %s to %s", first, who)
+			}
+		}
+		seen[first] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("four flows went to %d backends, want 2", len(seen))
+	}
+}
