@@ -101,7 +101,7 @@ test:
 bench:
 	$(GO) run ./cmd/proxybench $(BENCHFLAGS)
 
-# Mutation testing (issue 14): gremlins mutates each covered statement of a
+# Mutation testing: gremlins mutates each covered statement of a
 # package in turn and runs its tests; a mutant no test kills is a gap or an
 # equivalent change (docs/RELIABILITY.md lists the survivors and why). A tool,
 # pinned, run with go run: not a dependency of the program. One worker by

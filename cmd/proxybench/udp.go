@@ -20,7 +20,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/testlaunch"
 )
 
-// -udp: the datagram workloads of issue 9, side by side with nginx's
+// -udp: the datagram workloads, side by side with nginx's
 // stream module (listen ... udp) and socat (UDP-RECVFROM with fork, and
 // UDP-LISTEN, which serves one client). systemd-socket-proxyd forwards no
 // datagrams, and haproxy neither.

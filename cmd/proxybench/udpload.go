@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The datagram load generator and backend (issue 9). Both batch with
+// The datagram load generator and backend. Both batch with
 // recvmmsg/sendmmsg on blocking sockets with a receive timeout, so that
 // this process (load and backend share one CPU) is not what limits the
 // proxy under test.

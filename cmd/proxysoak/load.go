@@ -35,12 +35,12 @@ const (
 	kindBoth     kind = 'B' // both send at once, each half-closes when done
 	// kindUrgent is kindBoth with the middle byte of each payload sent as
 	// urgent data (MSG_OOB): it must arrive in order, as a byte like any
-	// other (issue 12: it used to cut the stream short).
+	// other (an urgent byte once cut the stream short).
 	kindUrgent kind = 'O'
 	// kindDescriptors is kindBoth over the proxy's unix listener, with a
 	// descriptor attached (SCM_RIGHTS) to the first bytes the client
 	// sends: they are not passed on, and nothing around them may stall or
-	// go missing (issue 12).
+	// go missing.
 	kindDescriptors kind = 'F'
 )
 

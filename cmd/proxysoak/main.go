@@ -2,7 +2,7 @@
 
 // Command proxysoak keeps thousands of connections going through
 // socket-proxyd for a long time and checks that nothing is lost and nothing
-// stays behind (issue 5):
+// stays behind:
 //
 //	go run ./cmd/proxysoak -duration 10m -conns 3000
 //

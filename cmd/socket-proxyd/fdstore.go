@@ -16,7 +16,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/notify"
 )
 
-// --fdstore (issue 10): on SIGTERM, hand every open connection to systemd's
+// --fdstore: on SIGTERM, hand every open connection to systemd's
 // fd store instead of draining it, and take them back at the next start;
 // always: also put each connection in the store as it opens, so that a
 // crash followed by a restart loses none either.

@@ -27,7 +27,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/notify"
 )
 
-// Reload in place (issue 10): SIGHUP executes the binary again, with the
+// Reload in place: SIGHUP executes the binary again, with the
 // same PID and every connection carried over.
 
 // checkFlag runs the binary in its check mode: it says whether it reads

@@ -16,7 +16,7 @@ import (
 )
 
 // A --listen socket file is handled through a descriptor of its directory,
-// never by path alone (issue 13): by path, a directory swapped for a
+// never by path alone: by path, a directory swapped for a
 // symlink between two steps makes "remove the stale socket" or "remove our
 // socket at exit" remove another service's live socket. The directory
 // descriptor stays on the directory we bound in, wherever it is moved, and

@@ -10,7 +10,7 @@ import (
 )
 
 // Stored is a descriptor systemd passed back from its fd store that is not
-// a listener: what a previous instance stored there (issue 10), by name.
+// a listener: what a previous instance stored there, by name.
 type Stored struct {
 	FD   int
 	Name string

@@ -50,7 +50,7 @@ type resolution struct {
 // for it. Connections to the same backend name share it, so the lookups
 // in flight are at most one per backend name, however many clients come
 // and go: a flood of clients that reset cannot pile up lookups (and their
-// memory) while the DNS server is silent (issue 13). A client that goes
+// memory) while the DNS server is silent. A client that goes
 // leaves its entry behind; entries are compacted as new ones come, so the
 // list stays within twice the clients still waiting.
 type lookup struct {
@@ -277,7 +277,7 @@ func (l *loop) retry(c *conn) {
 	c.attempt = 0
 	if c.dial != nil {
 		// The last round's reasons are kept: if this round runs into
-		// the deadline, they say why, not "timed out" (issue 12).
+		// the deadline, they say why, not "timed out".
 		c.dial.prev, c.dial.errs = c.dial.errs, c.dial.prev[:0]
 		c.dial.retryable = false
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 )
 
-// Datagrams (issue 9, systemd #5196): a datagram listener has no
+// Datagrams (systemd #5196): a datagram listener has no
 // connections, so the proxy makes one flow per client address, each with
 // its own connected socket to the backend, and the backend's replies on
 // that socket map back to their client. Replies leave through the

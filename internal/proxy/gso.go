@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// UDP segmentation offload (UDP_SEGMENT, "GSO", issue 9). A run of
+// UDP segmentation offload (UDP_SEGMENT, "GSO"). A run of
 // datagrams to one destination, all of one size but the last (which may be
 // shorter), leaves as one message that the kernel cuts into those datagrams
 // again below the socket layer: one trip through the UDP and IP stack for

@@ -16,7 +16,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 )
 
-// Handing the loop to the next image (issue 10). The loop stops between two
+// Handing the loop to the next image. The loop stops between two
 // batches of events, so that no connection is half-way through a step:
 // every byte read is either written or parked in its direction's pipe. The
 // record lists what each connection holds; the descriptors go over as they

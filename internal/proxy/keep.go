@@ -12,7 +12,7 @@ import (
 )
 
 // Connections kept in systemd's fd store from the moment they open
-// (--fdstore=always, issue 10), so that a crash or kill -9 followed by a
+// (--fdstore=always), so that a crash or kill -9 followed by a
 // restart cuts none of them.
 //
 // The invariant: a connection recovered after a crash continues with every

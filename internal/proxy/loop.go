@@ -320,7 +320,7 @@ func (l *loop) rearm(fd int, events uint32, gen uint32) {
 func (l *loop) now() int64 { return int64(time.Since(l.epoch)) }
 
 // after is now+d, saturating: a span of "infinity" (math.MaxInt64) means
-// never, not an overflow into the past (issue 13).
+// never, not an overflow into the past.
 func after(now int64, d time.Duration) int64 {
 	if d > 0 && now > math.MaxInt64-int64(d) {
 		return math.MaxInt64

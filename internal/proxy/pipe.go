@@ -10,7 +10,7 @@ import (
 // machines (one bulk stream, proxy pinned to one CPU, 6 interleaved runs):
 // 1 MiB pipes moved 12% more per second than 256 KiB ones but cost 25% more
 // CPU per GB, while 256 KiB matched systemd-socket-proxyd (which uses the
-// same size) on CPU per GB and beat it on throughput. Issue 3 asks for both,
+// same size) on CPU per GB and beat it on throughput. We want both,
 // so 256 KiB. Its pages are only allocated while data sits in it.
 const pipeSize = 256 << 10
 

@@ -31,7 +31,8 @@ import (
 // DefaultMaxConnections is systemd-socket-proxyd's default for -c.
 const DefaultMaxConnections = 256
 
-// Defaults for the options of issue 4; see Config.
+// Defaults for the connection options (connect timeout, keepalive,
+// shutdown timeout); see Config.
 const (
 	DefaultConnectTimeout  = 10 * time.Second
 	DefaultKeepAlive       = time.Minute

@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Sequential packets (issue 9): a SOCK_SEQPACKET listener's clients are
+// Sequential packets: a SOCK_SEQPACKET listener's clients are
 // connections like a stream's (accept, connect with retries, half-close,
 // -c, drain, idle timeout, the PROXY header as a first message of its
 // own), but each message is forwarded as one message, never merged or

@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0
-# run.sh: the .deb and the .rpm (make deb, make rpm; issue 11), checked
+# run.sh: the .deb and the .rpm (make deb, make rpm), checked
 # without booting anything (the .deb under a real systemd: make deb-test):
 #   - two builds of each are byte-identical (SOURCE_DATE_EPOCH);
 #   - each holds exactly what "make install PREFIX=/usr" installs, with the

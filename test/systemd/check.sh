@@ -67,7 +67,7 @@ dynamic_user() {
 	((uid >= 61184 && uid <= 65519)) || { echo "uid $uid is not a dynamic user"; return 1; }
 }
 
-# hardened UNIT: the settings of issue 13 reached the running unit: its own
+# hardened UNIT: the hardening settings of the units reached the running unit: its own
 # user namespace (PrivateUsers=), MemoryMax=, TasksMax=, IPAddressDeny=. The
 # other checks of each scenario show that the proxy still works with them.
 hardened() {
@@ -246,7 +246,7 @@ scenario_notify() { # Type=notify, --listen, watchdog, journal
 		echo "$lines"
 		[[ $(wc -l <<<"$lines") == 1 ]] && grep -q 127.0.0.1:41234 <<<"$lines" && ! grep -Eq "^(time=|[0-9]{4}[-/])" <<<"$lines"'
 	# stderr is the journal (JOURNAL_STREAM matches), so the proxy logs over
-	# the native protocol, with fields (issue 11).
+	# the native protocol, with fields.
 	check "journalctl -u spx-journal CLIENT=127.0.0.1:41234 selects the warning, with its fields" eval '
 		json=$(journalctl -q -b -u spx-journal CLIENT=127.0.0.1:41234 -o json)
 		echo "$json"

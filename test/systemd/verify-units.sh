@@ -6,7 +6,7 @@
 # our docs/. Any message from systemd-analyze counts as a failure, since it
 # reports unknown keys and bad values only as warnings. Then
 # "systemd-analyze security --offline=true" on every service: an overall
-# exposure above 1.0 fails (issue 13; contrib/systemd/README.md says why each
+# exposure above 1.0 fails (contrib/systemd/README.md says why each
 # remaining point stays). Last, "systemctl preset-all" on a scratch root that
 # holds the units and 90-socket-proxyd.preset: it must enable none of them, so
 # a unit added to contrib/systemd without a line in the preset file fails.
