@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"context"
 	"io"
 	"math"
 	"net"
@@ -15,22 +14,6 @@ import (
 )
 
 // Issue 13: bounded under abuse.
-
-// silentResolver is a resolver whose DNS server never answers: every
-// lookup waits until its context ends.
-func silentResolver(t *testing.T) *net.Resolver {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	server := pc.LocalAddr().String()
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", server)
-	}}
-}
 
 // resetClient connects and resets at once (SO_LINGER 0).
 func resetClient(addr string) error {
@@ -149,11 +132,6 @@ func TestRefusalsAreSummarised(t *testing.T) {
 	if strings.Contains(logs, "%!") {
 		t.Errorf("a line formatted with the wrong arguments:\n%s", tail(logs, 5))
 	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // TestLongSpans: "infinity" (math.MaxInt64) and spans of days or years

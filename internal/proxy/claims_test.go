@@ -11,7 +11,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -29,24 +28,6 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
-
-// closedWithin reads from c until it ends and returns how long that took;
-// data is an error, and so is still being open after limit.
-func closedWithin(t *testing.T, c net.Conn, limit time.Duration) time.Duration {
-	t.Helper()
-	begin := time.Now()
-	c.SetReadDeadline(begin.Add(limit))
-	var b [1]byte
-	n, err := c.Read(b[:])
-	took := time.Since(begin)
-	switch {
-	case n > 0:
-		t.Fatalf("got data %q, want the connection closed", b[:n])
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		t.Fatalf("still open after %v", limit)
-	}
-	return took
-}
 
 // TestIdleTimeoutBounds: a connection silent after an exchange is closed no
 // sooner than IdleTimeout after it (the sweep runs every quarter of it and
@@ -194,77 +175,6 @@ func TestConnectDeadlineSilentBackend(t *testing.T) {
 	}
 }
 
-// dnsResolver is a Go resolver that asks the DNS server at dns only.
-func dnsResolver(dns string) *net.Resolver {
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", dns)
-	}}
-}
-
-// fakeDNS answers every A question with addrs, in that order, and every
-// other question with no answer; it serves UDP on 127.0.0.1 until the test
-// ends.
-func fakeDNS(t *testing.T, addrs ...[4]byte) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		pc.Close()
-		<-done
-	})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 512)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if resp := dnsAnswer(buf[:n], addrs); resp != nil {
-				pc.WriteTo(resp, from)
-			}
-		}
-	}()
-	return pc.LocalAddr().String()
-}
-
-// dnsAnswer builds the response to one query (RFC 1035 4.1): the header
-// with QR, RD and RA set, the question copied, and for type A one answer
-// per address, each naming the question by a pointer to offset 12.
-func dnsAnswer(q []byte, addrs [][4]byte) []byte {
-	if len(q) < 12 {
-		return nil
-	}
-	i := 12
-	for i < len(q) && q[i] != 0 {
-		i += int(q[i]) + 1
-	}
-	if i+5 > len(q) {
-		return nil
-	}
-	question := q[12 : i+5]
-	qtype := binary.BigEndian.Uint16(q[i+1:])
-	var answers [][4]byte
-	if qtype == 1 { // A
-		answers = addrs
-	}
-	resp := binary.BigEndian.AppendUint16(nil, binary.BigEndian.Uint16(q))
-	resp = binary.BigEndian.AppendUint16(resp, 0x8180)
-	resp = binary.BigEndian.AppendUint16(resp, 1)
-	resp = binary.BigEndian.AppendUint16(resp, uint16(len(answers)))
-	resp = append(resp, 0, 0, 0, 0)
-	resp = append(resp, question...)
-	for _, a := range answers {
-		resp = append(resp, 0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4)
-		resp = append(resp, a[:]...)
-	}
-	return resp
-}
-
 // TestHostNameTriesEveryAddress: a host name with two addresses, from a
 // resolver of the test's own (Config.Resolver on a fake DNS server): the
 // first, 127.0.0.2, refuses (nothing listens there: the reset comes as an
@@ -402,27 +312,6 @@ func TestSmallMessagesNoPipe(t *testing.T) {
 	if st := p.srv.Stats(); st.Pipes != 0 || st.Splices != 0 || st.SplicedBytes != 0 {
 		t.Errorf("after 200 64-byte exchanges: %d pipes, %d splices (%d bytes); want none", st.Pipes, st.Splices, st.SplicedBytes)
 	}
-}
-
-// stdoutTarget is what descriptor 1 is: tests of a wrong "no socket"
-// marker see it closed.
-func stdoutTarget() string {
-	s, err := os.Readlink("/proc/self/fd/1")
-	if err != nil {
-		return "closed: " + err.Error()
-	}
-	return s
-}
-
-// listenNamed is a TCP listener on loopback named as a socket unit would.
-func listenNamed(t *testing.T, name string) activation.Listener {
-	t.Helper()
-	ln, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Name = name
-	return ln
 }
 
 // TestFailedConnectionClosesOnlyItsOwn: a client whose backend is never

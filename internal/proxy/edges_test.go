@@ -9,11 +9,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 )
@@ -36,35 +33,6 @@ func edgeProxy(t *testing.T, network string, handle func(net.Conn)) *running {
 		t.Fatal(err)
 	}
 	return startOn(t, ln, back, Config{})
-}
-
-func edgeDial(t *testing.T, network, addr string) net.Conn {
-	t.Helper()
-	c, err := net.DialTimeout(network, addr, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	// A regression stalls bytes: fail in seconds, not at go test's timeout.
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	return c
-}
-
-// sendUrgent sends one byte as urgent data (MSG_OOB).
-func sendUrgent(t *testing.T, c net.Conn, b byte) {
-	t.Helper()
-	rc, err := c.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serr error
-	err = rc.Write(func(fd uintptr) bool {
-		_, serr = unix.SendmsgN(int(fd), []byte{b}, nil, nil, unix.MSG_OOB)
-		return serr != unix.EAGAIN
-	})
-	if err != nil || serr != nil {
-		t.Errorf("send MSG_OOB: %v %v", err, serr)
-	}
 }
 
 // writeWithUrgent writes before, one urgent byte 'U', then after.
@@ -152,14 +120,6 @@ func TestUrgentByteStaysInTheStream(t *testing.T) {
 				}
 			})
 		}
-	}
-}
-
-// sendWithDescriptor sends b with one descriptor attached (SCM_RIGHTS).
-func sendWithDescriptor(t *testing.T, c *net.UnixConn, b []byte, f *os.File) {
-	t.Helper()
-	if _, _, err := c.WriteMsgUnix(b, unix.UnixRights(int(f.Fd())), nil); err != nil {
-		t.Errorf("sendmsg SCM_RIGHTS: %v", err)
 	}
 }
 

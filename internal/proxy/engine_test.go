@@ -4,12 +4,10 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,110 +21,11 @@ import (
 	"unsafe"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
-	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
 // Tests of the event-driven engine itself: descriptors and pipes come back,
 // splice is really used, and the edge cases of edge-triggered forwarding.
-
-// openFDs counts this process's sockets, epoll instances and eventfds: what
-// the proxy opens besides pipes (which Stats.Pipes counts; Go's own splice,
-// used by the test backends, caches pipes of its own).
-func openFDs(t *testing.T) int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatalf("cannot count descriptors: %v", err)
-	}
-	n := 0
-	for _, e := range entries {
-		link, _ := os.Readlink("/proc/self/fd/" + e.Name())
-		if strings.HasPrefix(link, "socket:") || strings.HasPrefix(link, "anon_inode:") {
-			n++
-		}
-	}
-	return n
-}
-
-// noLeak fails the test if, once everything the test set up is torn down,
-// more sockets are open than before. Call it first: cleanups run last in,
-// first out, so its check runs after every other cleanup.
-func noLeak(t *testing.T) {
-	t.Helper()
-	// Make sure the runtime's own descriptors (netpoll) exist already.
-	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
-		ln.Close()
-	}
-	before := openFDs(t)
-	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			n := openFDs(t)
-			if n <= before {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%d descriptors open after the test, %d before", n, before)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
-
-// startOn runs a proxy with the given listener in front of backendAddr.
-func startOn(t *testing.T, ln activation.Listener, backendAddr string, cfg Config) *running {
-	t.Helper()
-	return startPrepared(t, ln, backendAddr, cfg, nil)
-}
-
-// startPrepared is startOn with a prepare func that sees the Server before
-// it runs (to set a test hook).
-func startPrepared(t *testing.T, ln activation.Listener, backendAddr string, cfg Config, prepare func(*Server)) *running {
-	t.Helper()
-	if backendAddr != "" { // "": the test gives cfg.Backend, several perhaps
-		addr, err := backend.Parse(backendAddr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Backend = []backend.Address{addr}
-	}
-	logs := &syncBuffer{}
-	if cfg.ShutdownTimeout == 0 {
-		cfg.ShutdownTimeout = -1 // tests of the graceful stop set their own
-	}
-	cfg.Listeners = append(cfg.Listeners, ln)
-	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{srv: New(cfg), addr: ln.Addr().String(), logs: logs, cancel: cancel, done: make(chan error, 1)}
-	if prepare != nil {
-		prepare(r.srv)
-	}
-	go func() { r.done <- r.srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := recv(t, r.done, "Run to return"); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if n := r.srv.Stats().Pipes; n != 0 {
-			t.Errorf("%d pipes open after Run returned", n)
-		}
-	})
-	return r
-}
-
-// waitFor polls cond until it holds or 10 seconds pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func TestNoDescriptorLeak(t *testing.T) {
 	noLeak(t)

@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -195,39 +194,6 @@ func TestKeepAliveOnBothSides(t *testing.T) {
 			}
 		})
 	}
-}
-
-// socketBetween finds, among this process's descriptors, the TCP socket
-// whose local and peer addresses are the ones given: one of the proxy's.
-func socketBetween(t *testing.T, local, peer string) int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		la, err1 := syscall.Getsockname(fd)
-		pa, err2 := syscall.Getpeername(fd)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		if sockaddrString(la) == local && sockaddrString(pa) == peer {
-			return fd
-		}
-	}
-	t.Fatalf("no socket from %s to %s", local, peer)
-	return -1
-}
-
-func sockaddrString(sa syscall.Sockaddr) string {
-	if sa, ok := sa.(*syscall.SockaddrInet4); ok {
-		return net.JoinHostPort(net.IP(sa.Addr[:]).String(), strconv.Itoa(sa.Port))
-	}
-	return ""
 }
 
 // proxyBackend is a backend that reads a PROXY header with the reference

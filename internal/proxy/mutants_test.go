@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -248,97 +247,6 @@ func TestPipePool(t *testing.T) {
 	}
 	pp.put(c)
 	pp.put(a)
-}
-
-// store is an fd store for tests: it keeps what a proxy's Store hands it
-// (duplicates of the descriptors, as systemd's store holds them).
-type store struct {
-	rec    []byte
-	stored []int
-}
-
-func newStore(t *testing.T) *store {
-	st := &store{}
-	t.Cleanup(func() {
-		for _, fd := range st.stored {
-			unix.Close(fd)
-		}
-	})
-	return st
-}
-
-func (st *store) keep(b []byte, fds []int) error {
-	st.rec = b
-	for _, fd := range fds {
-		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		st.stored = append(st.stored, d)
-	}
-	return nil
-}
-
-// take has proxy a store everything and stop, and decodes the record as
-// the next instance would; the listeners that came along are closed (the
-// tests give the next proxy its own).
-func (st *store) take(t *testing.T, a *running) *handoff.Record {
-	t.Helper()
-	a.srv.Store()
-	if err := recv(t, a.done, "Run to return after Store"); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	a.done <- nil // for the cleanup
-	mfd, err := handoff.Memfd(st.rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, resolve, left, err := handoff.Stored(mfd, st.stored)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, unused, err := handoff.Decode(b, resolve)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.stored = nil // the record owns them now
-	if r.Epoll >= 0 {
-		// Only a reload in place carries the epoll instance (record:
-		// "Epoll: -1").
-		unix.Close(r.Epoll)
-		t.Errorf("the store carried descriptor %d as an epoll instance", r.Epoll)
-		r.Epoll = -1
-	}
-	if len(unused)+len(left()) != 0 {
-		t.Fatalf("descriptors left over: %v and %v", unused, left())
-	}
-	for _, l := range r.Listeners {
-		// The tests' listeners are bound by the proxy (as --listen
-		// ones): they are stored, a socket unit's are not.
-		if !l.Bound || l.FD < 0 {
-			t.Errorf("listener %q recorded as bound %v, descriptor %d: a --listen socket must be stored", l.Name, l.Bound, l.FD)
-		}
-		unix.Close(l.FD)
-	}
-	return r
-}
-
-// closeRecord closes the descriptors of a record that no proxy adopted:
-// a test that fails between the store and the resume must not leave the
-// backend's handler waiting on a socket nobody closes.
-func closeRecord(r *handoff.Record) {
-	for _, rc := range r.Conns {
-		for _, fd := range append(rc.FD[:], append(rc.Dir[0].Pipe[:], rc.Dir[1].Pipe[:]...)...) {
-			if fd >= 0 {
-				unix.Close(fd)
-			}
-		}
-	}
-	for _, f := range r.Flows {
-		if f.FD >= 0 {
-			unix.Close(f.FD)
-		}
-	}
 }
 
 // TestStoreCarriesIdleTime: a connection idle for a while when it goes to
@@ -1184,40 +1092,6 @@ func TestAdoptedResolvingClosesOnlyItsOwn(t *testing.T) {
 	}
 }
 
-// batchHold holds the loop, through the test hook, in its first non-empty
-// batch of events once armed (from the start, unless disarmed), until
-// released: what clients send meanwhile is queued, and read together.
-type batchHold struct {
-	armed atomic.Bool
-	held  chan struct{} // closed once the loop is held
-	hold  chan struct{}
-	once  sync.Once
-}
-
-// holdFirstBatch makes a batchHold and the func that releases the loop
-// (also called when the test ends).
-func holdFirstBatch(t *testing.T) (*batchHold, func()) {
-	h := &batchHold{held: make(chan struct{}), hold: make(chan struct{})}
-	h.armed.Store(true)
-	var release sync.Once
-	unhold := func() { release.Do(func() { close(h.hold) }) }
-	t.Cleanup(unhold)
-	return h, unhold
-}
-
-// prepare sets the hook: startPrepared's prepare.
-func (h *batchHold) prepare(s *Server) {
-	s.testBatch = func(events []unix.EpollEvent, n int) int {
-		if h.armed.Load() && n > 0 {
-			h.once.Do(func() {
-				close(h.held)
-				<-h.hold
-			})
-		}
-		return n
-	}
-}
-
 // TestHeldDatagramGoesWithItsHeader: the first datagram of a flow whose
 // backend's name is being resolved waits, and goes once it resolves with
 // its PROXY v2 header, counted as forwarded; an empty one goes as a header
@@ -1320,48 +1194,4 @@ func TestResumedConnectionEndsWithFIN(t *testing.T) {
 	close(goAhead)
 	waitFor(t, "the proxy to close it", func() bool { return b.srv.Stats().Active == 0 })
 	readWholeTail(t, c)
-}
-
-// tinyWindowTail is more than a client with a 1 KiB receive buffer lets
-// through: the last of it still waits in the proxy's send queue as the
-// proxy closes the connection.
-const tinyWindowTail = 8 << 10
-
-// tailBackend is a backend that sends tinyWindowTail bytes and closes once
-// goAhead is closed.
-func tailBackend(t *testing.T) (addr string, goAhead chan struct{}) {
-	goAhead = make(chan struct{})
-	addr = listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
-		<-goAhead
-		c.Write(bytes.Repeat([]byte("t"), tinyWindowTail))
-		c.Close()
-	})
-	return addr, goAhead
-}
-
-// dialTinyWindow connects a client with a 1 KiB receive buffer to addr and
-// ends its own stream: the backend's answer is all that is left.
-func dialTinyWindow(t *testing.T, addr string) *net.TCPConn {
-	t.Helper()
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 1024) })
-	}}
-	conn, err := d.DialContext(t.Context(), "tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := conn.(*net.TCPConn)
-	t.Cleanup(func() { c.Close() })
-	c.CloseWrite()
-	return c
-}
-
-// readWholeTail checks that c gets the whole tail, then a clean end.
-func readWholeTail(t *testing.T, c *net.TCPConn) {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	got, err := io.ReadAll(c)
-	if err != nil || len(got) != tinyWindowTail {
-		t.Errorf("the client read %d of the last %d bytes, then %v; want all of them and a clean end", len(got), tinyWindowTail, err)
-	}
 }

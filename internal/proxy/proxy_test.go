@@ -4,149 +4,15 @@ package proxy
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"errors"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 )
-
-// syncBuffer collects log output from the proxy's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// running is a proxy under test.
-type running struct {
-	srv    *Server
-	addr   string // where clients connect
-	logs   *syncBuffer
-	cancel context.CancelFunc
-	done   chan error
-}
-
-// start runs a proxy with one TCP listener in front of backendAddr.
-func start(t *testing.T, backendAddr string, cfg Config) *running {
-	t.Helper()
-	ln, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return startOn(t, ln, backendAddr, cfg)
-}
-
-// serveBackend runs handle for each connection on ln until the test ends.
-func serveBackend(t *testing.T, ln net.Listener, handle func(net.Conn)) {
-	t.Helper()
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-}
-
-func echo(c net.Conn) {
-	io.Copy(c, c)
-	c.(interface{ CloseWrite() error }).CloseWrite()
-}
-
-func listenBackend(t *testing.T, network, addr string, handle func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveBackend(t, ln, handle)
-	return ln.Addr().String()
-}
-
-func dial(t *testing.T, addr string) *net.TCPConn {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	return c.(*net.TCPConn)
-}
-
-// roundTrip sends payload, half-closes, and checks every byte comes back.
-func roundTrip(t *testing.T, addr string, payload []byte) {
-	t.Helper()
-	c := dial(t, addr)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.Write(payload)
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		errc <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read back: %v", err)
-	}
-	if err := recv(t, errc, "the write to end"); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	if !bytes.Equal(got, payload) {
-		t.Fatalf("echo returned %d bytes, sent %d; equal prefix: %v", len(got), len(payload), bytes.HasPrefix(payload, got))
-	}
-}
-
-func randomBytes(t *testing.T, n int) []byte {
-	b := make([]byte, n)
-	rand.Read(b)
-	return b
-}
-
-func shortDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "spx")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
 
 func TestForwardsEveryByte(t *testing.T) {
 	dir := shortDir(t)
@@ -343,21 +209,4 @@ func TestShutdownClosesConnections(t *testing.T) {
 	if _, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
 		t.Fatal("listener still accepting after shutdown")
 	}
-}
-
-// recv waits for a value on ch for at most 10 seconds (less if the test's
-// deadline is nearer), so that a regression fails the test with a message
-// instead of hanging it until go test's timeout.
-func recv[T any](t testing.TB, ch <-chan T, what string) T {
-	t.Helper()
-	timer := time.NewTimer(10 * time.Second)
-	defer timer.Stop()
-	select {
-	case v := <-ch:
-		return v
-	case <-timer.C:
-		t.Fatalf("timed out after 10s waiting for %s", what)
-	}
-	var zero T
-	return zero
 }
