@@ -10,7 +10,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -152,63 +151,6 @@ func TestStaleEventIgnored(t *testing.T) {
 	second.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := second.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("second client: %v, want it still open and waiting", err)
-	}
-}
-
-// TestConnectDeadlineSilentBackend: a backend that never answers the SYN
-// closes the client once ConnectTimeout has passed, not after the kernel's
-// SYN retries (about two minutes), with a warning that says it timed out.
-func TestConnectDeadlineSilentBackend(t *testing.T) {
-	noLeak(t)
-	const timeout = 700 * time.Millisecond
-	silent := testutil.SilentTCP(t)
-	p := start(t, silent, Config{ConnectTimeout: timeout})
-	c := dial(t, p.addr)
-	c.Write([]byte("hello"))
-	took := closedWithin(t, c, timeout+10*time.Second)
-	if took < timeout-50*time.Millisecond {
-		t.Errorf("closed after %v, before the %v connect timeout", took, timeout)
-	}
-	waitFor(t, "the warning", func() bool { return strings.Contains(p.logs.String(), "timed out") })
-	if st := p.srv.Stats(); st.BackendErrors != 1 {
-		t.Errorf("BackendErrors %d, want 1", st.BackendErrors)
-	}
-}
-
-// TestHostNameTriesEveryAddress: a host name with two addresses, from a
-// resolver of the test's own (Config.Resolver on a fake DNS server): the
-// first, 127.0.0.2, refuses (nothing listens there: the reset comes as an
-// event on the connecting socket); the second, 127.0.0.1, is the backend.
-// (An address whose connect fails at once, such as a multicast one, cannot
-// be put first: Go's resolver sorts addresses it cannot route to last,
-// RFC 6724 rule 1.) Every connection must reach it at once, in
-// its first round, with no backend error.
-func TestHostNameTriesEveryAddress(t *testing.T) {
-	noLeak(t)
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
-	_, port, _ := net.SplitHostPort(addr)
-	dns := fakeDNS(t, [4]byte{127, 0, 0, 2}, [4]byte{127, 0, 0, 1})
-	var queries atomic.Int64
-	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		queries.Add(1)
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", dns)
-	}}
-	ips, err := resolver.LookupHost(t.Context(), "two.spx.test")
-	if want := "127.0.0.2 127.0.0.1"; err != nil || strings.Join(ips, " ") != want {
-		t.Fatalf("the fake DNS server gives %v, %v; want %s in that order", ips, err, want)
-	}
-	// A connect timeout too short for a retry round to succeed unnoticed:
-	// a proxy that tries only the first address fails the clients.
-	p := start(t, "two.spx.test:"+port, Config{Resolver: resolver, ConnectTimeout: 300 * time.Millisecond})
-	for range 3 {
-		roundTrip(t, p.addr, []byte("through the second address"))
-	}
-	if st := p.srv.Stats(); st.BackendErrors != 0 {
-		t.Fatalf("%d backend errors:\n%s", st.BackendErrors, p.logs)
-	}
-	if queries.Load() < 2 {
-		t.Errorf("the proxy did not use Config.Resolver (%d queries)", queries.Load())
 	}
 }
 
@@ -468,65 +410,4 @@ func TestPipeBudget(t *testing.T) {
 			t.Errorf("pipeBudget(%d, keeping) = %d with RLIMIT_NOFILE %d, want %d", c, got, limit, want)
 		}
 	}
-}
-
-// TestFullUnixBacklogIsRetried: a unix backend whose accept queue is full
-// makes connect say EAGAIN; like a refusal, that is a backend not keeping
-// up, retried until the connect timeout, so the client is served once the
-// backend accepts again (systemd #2105's reasoning).
-func TestFullUnixBacklogIsRetried(t *testing.T) {
-	noLeak(t)
-	path := filepath.Join(shortDir(t), "busy.sock")
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lnFile := os.NewFile(uintptr(fd), "busy")
-	t.Cleanup(func() { lnFile.Close() })
-	err = unix.Bind(fd, &unix.SockaddrUnix{Name: path})
-	if err == nil {
-		err = unix.Listen(fd, 0)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Fill the queue with connects nobody accepts yet.
-	var queued []int
-	defer func() {
-		for _, q := range queued {
-			unix.Close(q)
-		}
-	}()
-	for i := 0; ; i++ {
-		cfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		queued = append(queued, cfd)
-		err = unix.Connect(cfd, &unix.SockaddrUnix{Name: path})
-		if err == unix.EAGAIN {
-			break
-		}
-		if err != nil || i == 16 {
-			t.Fatalf("filling the backlog: connect %d: %v", i, err)
-		}
-	}
-	p := start(t, path, Config{ConnectTimeout: 10 * time.Second})
-	c := dial(t, p.addr)
-	c.Write([]byte("hello"))
-	waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Accepted == 1 })
-	time.Sleep(100 * time.Millisecond) // the scenario: the backend is busy for a while
-	if st := p.srv.Stats(); st.BackendErrors != 0 {
-		t.Fatalf("the client of a busy backend was given up on at once:\n%s", p.logs)
-	}
-	ln, err := net.FileListener(lnFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveBackend(t, ln, echo) // accepts the queued ones too: they end when closed, below
-	got := make([]byte, 5)
-	if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello" {
-		t.Fatalf("client of a backend that was busy: %q, %v\n%s", got, err, p.logs)
-	}
-	c.Close() // before the backend's cleanup, which waits for its handlers
 }

@@ -414,25 +414,6 @@ func waitSocketError(c net.Conn, timeout time.Duration) error {
 	return errors.New("no error on the socket")
 }
 
-// TestHostNameBackend: a host name is resolved off the loop, and every
-// address it resolves to is tried in turn, so "localhost" works for a
-// backend on 127.0.0.1 alone even where ::1 comes first.
-func TestHostNameBackend(t *testing.T) {
-	noLeak(t)
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
-	_, port, _ := net.SplitHostPort(addr)
-	if ips, err := net.LookupHost("localhost"); err != nil || len(ips) == 0 {
-		testutil.Unavailable(t, "localhost does not resolve here: %v", err)
-	}
-	p := start(t, "localhost:"+port, Config{})
-	for range 3 {
-		roundTrip(t, p.addr, randomBytes(t, 100<<10))
-	}
-	if st := p.srv.Stats(); st.BackendErrors != 0 {
-		t.Fatalf("%d backend errors:\n%s", st.BackendErrors, p.logs)
-	}
-}
-
 // TestManyStreamsShareThePool: concurrent echoes with writes of every size
 // share the pipe pool and the one buffer; every byte must come back in
 // order on every connection.

@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -13,106 +12,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	pp "github.com/pires/go-proxyproto"
-
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
-	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 )
 
 // Tests of the options of issue 4, over real sockets: connect retries,
 // idle timeout, keepalive, PROXY protocol, backends per listener and the
 // graceful stop.
-
-// TestBackendAppearsLater: the backend starts listening 1.5 s after the
-// first client connected and sent its request; the client gets its reply
-// (systemd #2105), over TCP (ECONNREFUSED meanwhile) and a unix path
-// (ENOENT meanwhile).
-func TestBackendAppearsLater(t *testing.T) {
-	for _, network := range []string{"tcp", "unix"} {
-		t.Run(network, func(t *testing.T) {
-			t.Parallel()
-			noLeak(t)
-			var addr string
-			if network == "tcp" {
-				ln, err := net.Listen("tcp", "127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				addr = ln.Addr().String()
-				ln.Close() // refused until the backend comes
-			} else {
-				addr = filepath.Join(shortDir(t), "late.sock")
-			}
-			p := start(t, addr, Config{ConnectTimeout: 10 * time.Second})
-			c := dial(t, p.addr)
-			if _, err := c.Write([]byte("hello")); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(1500 * time.Millisecond) // the scenario: a backend that is slow to start
-			listenBackend(t, network, addr, echo)
-			got := make([]byte, 5)
-			if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello" {
-				t.Fatalf("first client got %q, %v; logs:\n%s", got, err, p.logs)
-			}
-			c.Close() // before the backend's cleanup, which waits for its handlers
-			if st := p.srv.Stats(); st.BackendErrors != 0 {
-				t.Fatalf("%d backend errors", st.BackendErrors)
-			}
-		})
-	}
-}
-
-// TestRefusedWithoutRetryFailsAtOnce: a negative ConnectTimeout
-// (--connect-timeout=0) tries once; a refused client is closed at once.
-func TestRefusedWithoutRetryFailsAtOnce(t *testing.T) {
-	noLeak(t)
-	addr := filepath.Join(shortDir(t), "none.sock")
-	p := start(t, addr, Config{ConnectTimeout: -1})
-	begin := time.Now()
-	c := dial(t, p.addr)
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatal("client of a missing backend got data")
-	}
-	if took := time.Since(begin); took > time.Second {
-		t.Fatalf("closed after %v, want at once", took)
-	}
-	waitFor(t, "the warning", func() bool { return strings.Contains(p.logs.String(), "no such file") })
-	if strings.Contains(p.logs.String(), "retried_for") {
-		t.Errorf("retried with retries off:\n%s", p.logs)
-	}
-}
-
-// TestRetriesUntilTheDeadline: a backend that never comes closes the
-// client once ConnectTimeout has passed, with one warning saying how long
-// it was retried.
-func TestRetriesUntilTheDeadline(t *testing.T) {
-	noLeak(t)
-	addr := filepath.Join(shortDir(t), "never.sock")
-	p := start(t, addr, Config{ConnectTimeout: 400 * time.Millisecond})
-	begin := time.Now()
-	c := dial(t, p.addr)
-	c.Write([]byte("waiting"))
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatal("client of a missing backend got data")
-	}
-	took := time.Since(begin)
-	if took < 400*time.Millisecond || took > 5*time.Second {
-		t.Fatalf("closed after %v, want after the 400ms connect timeout", took)
-	}
-	waitFor(t, "the warning", func() bool { return strings.Contains(p.logs.String(), "retried_for") })
-	if n := strings.Count(p.logs.String(), "cannot connect to backend"); n != 1 {
-		t.Errorf("%d warnings, want 1:\n%s", n, p.logs)
-	}
-	if st := p.srv.Stats(); st.BackendErrors != 1 {
-		t.Errorf("BackendErrors %d", st.BackendErrors)
-	}
-}
 
 // TestIdleTimeout closes a silent connection and not a busy one.
 func TestIdleTimeout(t *testing.T) {
@@ -145,136 +54,6 @@ func TestIdleTimeout(t *testing.T) {
 	}
 	if st := p.srv.Stats(); st.Active != 1 {
 		t.Errorf("%d active, want the busy one", st.Active)
-	}
-}
-
-// TestKeepAliveOnBothSides reads the keepalive options of the proxy's own
-// sockets (this process's) with getsockopt.
-func TestKeepAliveOnBothSides(t *testing.T) {
-	tests := []struct {
-		name                string
-		keepAlive           time.Duration
-		on                  bool
-		idle, intvl, probes int
-	}{
-		{name: "default", keepAlive: 0, on: true, idle: 60, intvl: 15, probes: 4},
-		{name: "20s", keepAlive: 20 * time.Second, on: true, idle: 20, intvl: 5, probes: 4},
-		{name: "2s", keepAlive: 2 * time.Second, on: true, idle: 2, intvl: 1, probes: 4},
-		{name: "off", keepAlive: -1, on: false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			noLeak(t)
-			backendConns := make(chan net.Conn, 1)
-			addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
-				backendConns <- c
-				echo(c)
-			})
-			p := start(t, addr, Config{KeepAlive: tt.keepAlive})
-			c := dial(t, p.addr)
-			c.Write([]byte("ping"))
-			io.ReadFull(c, make([]byte, 4))
-			b := recv(t, backendConns, "the backend connection")
-			front := socketBetween(t, p.addr, c.LocalAddr().String())
-			back := socketBetween(t, b.RemoteAddr().String(), addr)
-			for side, fd := range map[string]int{"client side": front, "backend side": back} {
-				on, _ := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
-				if (on != 0) != tt.on {
-					t.Errorf("%s: SO_KEEPALIVE %d, want %v", side, on, tt.on)
-				}
-				if !tt.on {
-					continue
-				}
-				idle, _ := syscall.GetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE)
-				intvl, _ := syscall.GetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL)
-				probes, _ := syscall.GetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT)
-				if idle != tt.idle || intvl != tt.intvl || probes != tt.probes {
-					t.Errorf("%s: idle %d, interval %d, probes %d; want %d, %d, %d", side, idle, intvl, probes, tt.idle, tt.intvl, tt.probes)
-				}
-			}
-		})
-	}
-}
-
-// proxyBackend is a backend that reads a PROXY header with the reference
-// library, then echoes; it hands the header over.
-func proxyBackend(t *testing.T, network, addr string) (string, chan *pp.Header) {
-	headers := make(chan *pp.Header, 4)
-	return listenBackend(t, network, addr, func(c net.Conn) {
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		r := bufio.NewReader(c)
-		h, err := pp.Read(r)
-		if err != nil {
-			t.Errorf("backend: PROXY header: %v", err)
-			return
-		}
-		headers <- h
-		io.Copy(c, r)
-		c.(interface{ CloseWrite() error }).CloseWrite()
-	}), headers
-}
-
-func TestProxyProtocolTCP(t *testing.T) {
-	for _, v := range []proxyproto.Version{proxyproto.V1, proxyproto.V2} {
-		t.Run(v.String(), func(t *testing.T) {
-			noLeak(t)
-			addr, headers := proxyBackend(t, "tcp", "127.0.0.1:0")
-			p := start(t, addr, Config{ProxyProtocol: v})
-			payload := randomBytes(t, 1<<20)
-			c := dial(t, p.addr)
-			go func() {
-				c.Write(payload)
-				c.CloseWrite()
-			}()
-			got, err := io.ReadAll(c)
-			if err != nil || !bytes.Equal(got, payload) {
-				t.Fatalf("echo after the header: %d bytes of %d, %v", len(got), len(payload), err)
-			}
-			h := recv(t, headers, "the PROXY header")
-			if h.Version != map[proxyproto.Version]byte{proxyproto.V1: 1, proxyproto.V2: 2}[v] {
-				t.Errorf("header version %d", h.Version)
-			}
-			if h.TransportProtocol != pp.TCPv4 || h.Command != pp.PROXY {
-				t.Errorf("header %v %v, want TCPv4 PROXY", h.TransportProtocol, h.Command)
-			}
-			if h.SourceAddr.String() != c.LocalAddr().String() || h.DestinationAddr.String() != p.addr {
-				t.Errorf("header says %s -> %s, want %s -> %s", h.SourceAddr, h.DestinationAddr, c.LocalAddr(), p.addr)
-			}
-			// The header is not the client's: the counters leave it out.
-			if st := p.srv.Stats(); st.BytesIn != int64(len(payload)) {
-				t.Errorf("BytesIn %d, want %d", st.BytesIn, len(payload))
-			}
-		})
-	}
-}
-
-func TestProxyProtocolUnixClient(t *testing.T) {
-	for _, v := range []proxyproto.Version{proxyproto.V1, proxyproto.V2} {
-		t.Run(v.String(), func(t *testing.T) {
-			noLeak(t)
-			dir := shortDir(t)
-			addr, headers := proxyBackend(t, "unix", filepath.Join(dir, "b"))
-			ln, err := activation.Listen(filepath.Join(dir, "f"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := startOn(t, ln, addr, Config{ProxyProtocol: v})
-			c, err := net.Dial("unix", p.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			c.Write([]byte("hi"))
-			if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
-				t.Fatal(err)
-			}
-			h := recv(t, headers, "the PROXY header")
-			// The library reads v1's "PROXY UNKNOWN" as LOCAL too.
-			if h.TransportProtocol != pp.UNSPEC || h.Command != pp.LOCAL {
-				t.Errorf("header %v %v for a unix client, want UNSPEC LOCAL", h.TransportProtocol, h.Command)
-			}
-		})
 	}
 }
 

@@ -4,7 +4,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -92,49 +91,6 @@ func TestPipeFullOfSmallMessages(t *testing.T) {
 	reply := make([]byte, 2)
 	if _, err := io.ReadFull(c, reply); err != nil || string(reply) != "ok" {
 		t.Fatalf("after %d of %d bytes written: reply %q, %v (a stalled direction); %+v", written.Load(), total, reply, err, p.srv.Stats())
-	}
-}
-
-// TestConnectDoneHangupWithoutError: the event that ends a connect in
-// progress may carry EPOLLHUP (or EPOLLERR) while SO_ERROR says nothing went
-// wrong; with EPOLLOUT the connect is done and the connection goes on
-// (dial.go, connectDone: "err == nil && e == 0", "ev&unix.EPOLLOUT == 0").
-// The kernel does not produce it on loopback, so the test hook adds
-// EPOLLHUP to the backend socket's first event: generation 2, the first
-// connection's backend side (its client side is 1).
-func TestConnectDoneHangupWithoutError(t *testing.T) {
-	noLeak(t)
-	var injected atomic.Bool
-	ln, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	back := listenBackend(t, "tcp", "127.0.0.1:0", echo)
-	p := startPrepared(t, ln, back, Config{ConnectTimeout: 20 * time.Second}, func(s *Server) {
-		s.testBatch = func(events []unix.EpollEvent, n int) int {
-			for i := range events[:n] {
-				if ev := &events[i]; ev.Pad == 2 && !injected.Load() {
-					if ev.Events&unix.EPOLLOUT == 0 {
-						t.Errorf("the backend socket's first event is %#x, not the connect's EPOLLOUT", ev.Events)
-					}
-					ev.Events |= unix.EPOLLHUP
-					injected.Store(true)
-				}
-			}
-			return n
-		}
-	})
-	c := dial(t, p.addr)
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, 4)
-	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
-		t.Fatalf("echo: %q, %v; injected %v\n%s", got, err, injected.Load(), p.logs)
-	}
-	if !injected.Load() {
-		t.Fatal("the hook saw no event of the backend socket")
 	}
 }
 
@@ -473,97 +429,6 @@ func TestPacketsEmptyMessage(t *testing.T) {
 	waitFor(t, "the connection to close", func() bool { return r.srv.Stats().Active == 0 })
 	if st := r.srv.Stats(); st.BytesIn != 5 || st.BytesOut != int64(len("1 0 1 3")+n) {
 		t.Errorf("BytesIn %d, BytesOut %d; want 5 and %d", st.BytesIn, st.BytesOut, len("1 0 1 3")+n)
-	}
-}
-
-// TestLookupWaitersBounded: clients that come and go while the lookup of
-// their backend's name hangs leave entries in its list of waiters, which
-// is compacted so that it stays within twice the clients still waiting
-// (plus 16): each one that goes is counted out (connection.go, release:
-// "c.state == stateResolving" calls leaveLookup). The hook reads the list
-// on the loop's goroutine.
-func TestLookupWaitersBounded(t *testing.T) {
-	const clients = 300
-	var srv *Server
-	peak, peakLive := 0, 0
-	var mu sync.Mutex
-	ln, err := activation.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := startPrepared(t, ln, "backend.invalid:80", Config{Resolver: silentResolver(t), ConnectTimeout: time.Hour}, func(s *Server) {
-		srv = s
-		s.testBatch = func(events []unix.EpollEvent, n int) int {
-			if l := srv.loop.Load(); l != nil {
-				mu.Lock()
-				for _, lk := range l.lookups {
-					peak, peakLive = max(peak, len(lk.waiting)), max(peakLive, lk.live)
-				}
-				mu.Unlock()
-			}
-			return n
-		}
-	})
-	for i := range clients {
-		if err := resetClient(p.addr); err != nil {
-			t.Fatalf("client %d: %v", i, err)
-		}
-		// One at a time, so that few wait at once and the bound is tight.
-		waitFor(t, "the client to be gone", func() bool {
-			st := p.srv.Stats()
-			return st.Accepted == int64(i+1) && st.Active == 0
-		})
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	// One client waits at a time: 2*1+16 entries at most.
-	if peak > 18 {
-		t.Errorf("%d entries in the lookup's list at the peak (its count of waiters: %d), one client waiting at a time, after %d clients: gone clients are not counted out", peak, peakLive, clients)
-	}
-	t.Logf("at most %d entries, %d clients waiting", peak, peakLive)
-}
-
-// TestLookupCompactionKeepsWaiters: compacting a lookup's list of waiters
-// drops the clients that went and keeps the one still waiting, which is
-// served when the answer comes (dial.go, waitLookup: "l.waiter(d) == nil"
-// in the compaction).
-func TestLookupCompactionKeepsWaiters(t *testing.T) {
-	noLeak(t)
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
-	_, port, _ := net.SplitHostPort(addr)
-	dns := fakeDNS(t, [4]byte{127, 0, 0, 1})
-	release := make(chan struct{})
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
-	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		select { // the answer waits until the list has been compacted
-		case <-release:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", dns)
-	}}
-	p := start(t, "one.spx.test:"+port, Config{Resolver: resolver, ConnectTimeout: 20 * time.Second})
-	c := dial(t, p.addr)
-	if _, err := c.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Accepted == 1 })
-	for i := range 40 { // gone clients: past 2*live+16 entries, so the list is compacted
-		if err := resetClient(p.addr); err != nil {
-			t.Fatalf("client %d: %v", i, err)
-		}
-		waitFor(t, "the client to be gone", func() bool {
-			st := p.srv.Stats()
-			return st.Accepted == int64(i+2) && st.Active == 1
-		})
-	}
-	once.Do(func() { close(release) })
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got := make([]byte, 4)
-	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
-		t.Fatalf("the waiting client got %q, %v: it was dropped from the lookup\n%s", got, err, tail(p.logs.String(), 5))
 	}
 }
 
