@@ -14,8 +14,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -231,69 +229,6 @@ func TestPipePoolBound(t *testing.T) {
 	}
 }
 
-// TestSmallMessagesNoPipe: 64-byte exchanges cost one read and one write
-// each way: no pipe is taken from the pool and nothing is spliced
-// (docs/ENGINE.md, "small data").
-func TestSmallMessagesNoPipe(t *testing.T) {
-	noLeak(t)
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
-	p := start(t, addr, Config{})
-	c := dial(t, p.addr)
-	msg := bytes.Repeat([]byte("m"), 64)
-	got := make([]byte, 64)
-	for i := range 200 {
-		if _, err := c.Write(msg); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, got); err != nil {
-			t.Fatalf("message %d: %v", i, err)
-		}
-	}
-	// A pipe lent and given back stays pooled for a trim interval: one
-	// used now would still be counted.
-	if st := p.srv.Stats(); st.Pipes != 0 || st.Splices != 0 || st.SplicedBytes != 0 {
-		t.Errorf("after 200 64-byte exchanges: %d pipes, %d splices (%d bytes); want none", st.Pipes, st.Splices, st.SplicedBytes)
-	}
-}
-
-// TestFailedConnectionClosesOnlyItsOwn: a client whose backend is never
-// reached (a host name with no address; a refused backend the client
-// gives up on between two retry rounds) is closed with its own socket and
-// nothing else: a connection without a backend socket must not close
-// whatever descriptor a wrong "no socket" marker names (stdout, here).
-func TestFailedConnectionClosesOnlyItsOwn(t *testing.T) {
-	t.Run("unresolvable", func(t *testing.T) {
-		noLeak(t)
-		dns := fakeDNS(t) // no address for any name
-		resolver := dnsResolver(dns)
-		before := stdoutTarget()
-		p := start(t, "none.spx.test:80", Config{Resolver: resolver})
-		closedWithin(t, dial(t, p.addr), 10*time.Second)
-		waitFor(t, "the warning", func() bool { return strings.Contains(p.logs.String(), `cannot resolve \"none.spx.test\"`) })
-		if st := p.srv.Stats(); st.BackendErrors != 1 {
-			t.Errorf("BackendErrors %d, want 1", st.BackendErrors)
-		}
-		if after := stdoutTarget(); after != before {
-			t.Errorf("descriptor 1 was %s, is %s after the failed connection", before, after)
-		}
-	})
-	t.Run("client leaves while retrying", func(t *testing.T) {
-		noLeak(t)
-		refused := filepath.Join(shortDir(t), "none.sock")
-		before := stdoutTarget()
-		p := start(t, refused, Config{ConnectTimeout: time.Minute})
-		c := dial(t, p.addr)
-		waitFor(t, "the client to be accepted", func() bool { return p.srv.Stats().Active == 1 })
-		time.Sleep(50 * time.Millisecond) // the scenario: a few refused rounds (10, 20 ms apart)
-		c.SetLinger(0)
-		c.Close()
-		waitFor(t, "the client to be gone", func() bool { return p.srv.Stats().Active == 0 })
-		if after := stdoutTarget(); after != before {
-			t.Errorf("descriptor 1 was %s, is %s after the client left", before, after)
-		}
-	})
-}
-
 // smallRcvbufBackend listens with a small receive buffer (set on the
 // listener, so accepted sockets start with it and the kernel does not grow
 // it): the few MiB loopback TCP would otherwise buffer between the proxy
@@ -311,69 +246,6 @@ func smallRcvbufBackend(t *testing.T, handle func(net.Conn)) string {
 	}
 	serveBackend(t, ln, handle)
 	return ln.Addr().String()
-}
-
-// TestParkedBytesCounted: small messages to a backend that stops reading
-// for a while end in a partial write, whose rest is parked in a pipe and
-// written out later; those bytes count in BytesIn like any other, so the
-// total is exact once the backend has read everything.
-func TestParkedBytesCounted(t *testing.T) {
-	noLeak(t)
-	const msgs, size = 400, 1000
-	release := make(chan struct{})
-	got := make(chan int64, 1)
-	// A unix backend: its socket buffer (the proxy's send buffer, a few
-	// hundred KiB) is not grown by the kernel, so it fills up.
-	addr := listenBackend(t, "unix", filepath.Join(shortDir(t), "b"), func(c net.Conn) {
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		<-release
-		n, _ := io.Copy(io.Discard, struct{ io.Reader }{c})
-		got <- n
-	})
-	p := start(t, addr, Config{})
-	c := dial(t, p.addr)
-	msg := bytes.Repeat([]byte("s"), size)
-	for i := range msgs {
-		if _, err := c.Write(msg); err != nil {
-			t.Fatalf("message %d: %v", i, err)
-		}
-		time.Sleep(time.Millisecond) // so the proxy reads them one by one, small
-	}
-	close(release)
-	c.CloseWrite()
-	if n := recv(t, got, "the backend to read to the end"); n != msgs*size {
-		t.Fatalf("backend read %d bytes, want %d", n, msgs*size)
-	}
-	if st := p.srv.Stats(); st.BytesIn != msgs*size || st.BytesOut != 0 {
-		t.Errorf("BytesIn %d, BytesOut %d; want %d (every byte delivered, parked ones too) and 0 (the backend sent nothing)", st.BytesIn, st.BytesOut, msgs*size)
-	}
-}
-
-// TestLargeRequestThenWait: a client sends a request much larger than a
-// pipe and then waits for the reply, without closing its side: no new
-// edge will come for the request's last bytes, so a direction that gave up
-// its readiness too early (on an EAGAIN that meant "pipe full", not
-// "socket empty") would stall until the deadline.
-func TestLargeRequestThenWait(t *testing.T) {
-	noLeak(t)
-	const size = 8 << 20
-	addr := listenBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		if _, err := io.CopyN(io.Discard, c, size); err == nil {
-			c.Write([]byte("ok"))
-		}
-	})
-	p := start(t, addr, Config{})
-	for i := range 3 {
-		c := dial(t, p.addr)
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		go c.Write(bytes.Repeat([]byte{'q'}, size))
-		reply := make([]byte, 2)
-		if _, err := io.ReadFull(c, reply); err != nil || string(reply) != "ok" {
-			t.Fatalf("request %d of %d bytes: reply %q, %v; %+v", i, size, reply, err, p.srv.Stats())
-		}
-		c.Close()
-	}
 }
 
 // TestPipeBudget: the pool leaves every descriptor the connection limit
