@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -849,72 +848,6 @@ func hasIPv6() bool {
 	}
 	pc.Close()
 	return true
-}
-
-// TestDescriptorTableReserved: the loop grows the descriptor table to what
-// -c can use at start-up, so that no new flow (or connection) waits for
-// the kernel to grow it: in a threaded process each doubling waits for an
-// RCU grace period, 8 to 16 ms on the bench VM. With an open files limit
-// below what -c asks for, it grows the table up to the limit, where a
-// reserve past it would fail and grow nothing (reserveDescriptors:
-// "Getrlimit(...) == nil", gremlins run 9).
-func TestDescriptorTableReserved(t *testing.T) {
-	mode := os.Getenv("SPX_FDTABLE_CHILD")
-	if mode == "" {
-		// In a process of its own: the table only grows, and every
-		// proxy the other tests start grows this one's.
-		for _, mode := range []string{"c", "limit"} {
-			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestDescriptorTableReserved$", "-test.count=1", "-test.v")
-			cmd.Env = append(os.Environ(), "SPX_FDTABLE_CHILD="+mode)
-			if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "--- PASS: TestDescriptorTableReserved") {
-				t.Fatalf("in a fresh process (%s): %v\n%s", mode, err, out)
-			}
-		}
-		return
-	}
-	before := fdTableSize(t)
-	var rl unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-		t.Fatal(err)
-	}
-	c := before // 2c descriptors do not fit in the table as it is
-	if mode == "limit" {
-		rl.Cur = min(rl.Cur, 1000)
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-			t.Fatal(err)
-		}
-		c = int(rl.Cur) // 2c descriptors do not fit under the limit
-	}
-	want := min(2*c+64, int(min(rl.Cur, 1<<30)), maxReserve)
-	if want <= before {
-		testutil.Unavailable(t, "the table has %d slots, as many as a reserve may take (open files limit %d)", before, rl.Cur)
-	}
-	be := udpEcho(t, "udp", "127.0.0.1:0", "re:")
-	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{MaxConnections: c})
-	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("x")) // served meanwhile
-	waitFor(t, fmt.Sprintf("a descriptor table of at least %d slots for -c %d (it had %d)", want, c, before), func() bool {
-		return fdTableSize(t) >= want
-	})
-}
-
-// fdTableSize is the size of the process's descriptor table (FDSize).
-func fdTableSize(t *testing.T) int {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "FDSize:"); ok {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatal("no FDSize in /proc/self/status")
-	return 0
 }
 
 // TestDatagramListenerBufferRaised: a datagram listener gets a receive
