@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -997,5 +998,429 @@ func TestLargestUnixDatagramGoesWhole(t *testing.T) {
 	n, err := c.Read(buf)
 	if err != nil || n != len(msg) {
 		t.Fatalf("reply of %d bytes, %v; want %d; stats %+v", n, err, len(msg), r.srv.Stats())
+	}
+}
+
+// TestFlowIdleBounds: a flow silent after an exchange expires no sooner
+// than its idle timeout and not much later: the sweep runs every quarter
+// of it (flow.go, setupDatagram: "t/4"). TestFlowExpires has the lower
+// bound only.
+func TestFlowIdleBounds(t *testing.T) {
+	noLeak(t)
+	const idle = 200 * time.Millisecond
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{FlowIdleTimeout: idle})
+	c := udpClient(t, "127.0.0.1:0", "")
+	exchange(t, c, r.addr, []byte("x"))
+	// The sweeps count from the flow's first datagram: the last one comes
+	// between two of them, where a sweep too early would show.
+	time.Sleep(idle / 8)
+	exchange(t, c, r.addr, []byte("x"))
+	start := time.Now()
+	waitFor(t, "the flow to expire", func() bool { return r.srv.Stats().Flows == 0 })
+	took := time.Since(start)
+	t.Logf("expired %v after the last exchange (idle timeout %v)", took, idle)
+	// Never early: the flow was last seen before the exchange returned.
+	// A little slack for that, and no more: a sweep early (flow.go,
+	// flowTimers: "> l.flows.ticks") expires it at least a sweep interval
+	// (a quarter of the timeout) early.
+	if took < idle-10*time.Millisecond {
+		t.Errorf("expired %v after the last exchange, before the %v idle timeout", took, idle)
+	}
+	// The timeout plus a quarter, plus slack for -race on a loaded
+	// machine; a sweep every 4 timeouts (capped at 1 s) comes after 0.8 s.
+	if took > idle+idle/4+500*time.Millisecond {
+		t.Errorf("expired %v after the last exchange, long after the %v idle timeout", took, idle)
+	}
+	// With no flow the sweep stops, and its tick with it: a flow that
+	// comes after a silence must not start from the old tick
+	// (newFlow: "l.flows.every > 0" brings it up to date).
+	time.Sleep(3 * idle)
+	exchange(t, c, r.addr, []byte("y"))
+	start = time.Now()
+	waitFor(t, "the second flow to expire", func() bool { return r.srv.Stats().Flows == 0 })
+	if took := time.Since(start); took < idle*9/10 {
+		t.Errorf("a flow opened after a silence expired %v after its exchange, before the %v idle timeout", took, idle)
+	}
+}
+
+// TestFlowNeverExpires: a negative FlowIdleTimeout turns expiry off; the
+// loop has no flow tick then, and must not divide by it (flow.go,
+// newFlow: "l.flows.every > 0").
+func TestFlowNeverExpires(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	r := startDgram(t, "127.0.0.1:0", be.LocalAddr().String(), Config{FlowIdleTimeout: -1})
+	c := udpClient(t, "127.0.0.1:0", "")
+	exchange(t, c, r.addr, []byte("x"))
+	time.Sleep(100 * time.Millisecond)
+	if n := r.srv.Stats().Flows; n != 1 {
+		t.Errorf("%d flows, want the one, kept", n)
+	}
+}
+
+// TestFlowIdleDefault: a FlowIdleTimeout of 0 means the default, not
+// "never" (flow.go, setupDatagram: "t >= 0"). Read on the loop's
+// goroutine, through the test hook: the default is too long to wait for.
+func TestFlowIdleDefault(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srv *Server
+	got := make(chan time.Duration, 1)
+	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, func(s *Server) {
+		srv = s
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			if l := srv.loop.Load(); l != nil {
+				select {
+				case got <- time.Duration(int64(l.flows.ticks) * l.flows.every):
+				default:
+				}
+			}
+			return n
+		}
+	})
+	exchange(t, udpClient(t, "127.0.0.1:0", ""), r.addr, []byte("x"))
+	if d := recv(t, got, "a batch of events"); d < DefaultFlowIdleTimeout || d > DefaultFlowIdleTimeout+sweepMax {
+		t.Errorf("flows expire after %v of silence, want the default %v", d, DefaultFlowIdleTimeout)
+	}
+}
+
+// TestDatagramBatches: datagrams queued while the loop is busy are read in
+// batches of dgramBatch, each datagram into its own slot of the batch
+// (data and control message), and a full batch is followed by another
+// read, as no new edge will come for what is queued (flow.go, datagrams:
+// "k*b.slot", "k*oobSize", "n < dgramBatch"). The test hook holds the loop
+// while the client queues more than two batches; on a wildcard listener, to two
+// local addresses, each reply must come back with its payload and from the
+// address it was sent to.
+func TestDatagramBatches(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	ln, err := activation.ListenDatagram("0.0.0.0:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, unhold := holdFirstBatch(t)
+	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, held.prepare)
+	_, port, _ := net.SplitHostPort(r.addr)
+	c := udpClient(t, "127.0.0.1:0", "")
+	// More than two batches: the edges of the datagrams queued while the
+	// loop is held come as one event, which pays for one read only.
+	const count = 2*dgramBatch + 9
+	send := func(i int) {
+		to := netip.MustParseAddrPort(net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i%2), port))
+		if _, err := c.WriteToUDPAddrPort([]byte(fmt.Sprintf("%d %s", i, to.Addr())), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(0)
+	recv(t, held.held, "the loop to be held")
+	for i := 1; i < count; i++ {
+		send(i)
+	}
+	unhold()
+	seen := make(map[int]bool)
+	buf := make([]byte, 100)
+	for range count {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("%d replies of %d: %v; %+v", len(seen), count, err, r.srv.Stats())
+		}
+		var i int
+		var to string
+		if _, err := fmt.Sscanf(string(buf[:n]), "%d %s", &i, &to); err != nil || i < 0 || i >= count || seen[i] {
+			t.Fatalf("reply %q: not one of the datagrams sent, or twice", buf[:n])
+		}
+		seen[i] = true
+		if from.Addr().String() != to {
+			t.Errorf("datagram %d was sent to %s, its reply came from %s", i, to, from.Addr())
+		}
+	}
+}
+
+// TestHeldDatagramsInBatch: the first datagram of each new flow to a
+// backend host name is held while the name resolves, copied from its own
+// slot of the batch (flow.go, forwardIn: "k*b.slot" in the hold). The test
+// hook holds the loop while three clients queue one datagram each, so that
+// they come in one batch.
+func TestHeldDatagramsInBatch(t *testing.T) {
+	be := udpEcho(t, "udp", "127.0.0.1:0", "")
+	_, port, _ := net.SplitHostPort(be.LocalAddr().String())
+	dns := fakeDNS(t, [4]byte{127, 0, 0, 1})
+	resolver := dnsResolver(dns)
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, unhold := holdFirstBatch(t)
+	r := startPrepared(t, ln, "one.spx.test:"+port, Config{Resolver: resolver}, held.prepare)
+	// The loop is held on a first client's datagram; the three that count
+	// are queued meanwhile and read together.
+	first := udpClient(t, "127.0.0.1:0", "")
+	dst := netip.MustParseAddrPort(r.addr)
+	if _, err := first.WriteToUDPAddrPort([]byte("first"), dst); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, held.held, "the loop to be held")
+	var clients []*net.UDPConn
+	for i := range 3 {
+		c := udpClient(t, "127.0.0.1:0", "")
+		if _, err := c.WriteToUDPAddrPort([]byte(fmt.Sprintf("client %d", i)), dst); err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	unhold()
+	buf := make([]byte, 100)
+	for i, c := range clients {
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if want := fmt.Sprintf("client %d", i); err != nil || string(buf[:n]) != want {
+			t.Errorf("client %d got %q, %v; want its own datagram back", i, buf[:n], err)
+		}
+	}
+}
+
+// TestFlowTableGrows: the table of flows by descriptor grows to hold any
+// descriptor, the one just past its end included, and an event for a
+// descriptor past its end is not a flow's (flow.go, insertFlow:
+// "fd >= len(l.flows.table)", "fd+1"; flowEvent: "fd >= len").
+func TestFlowTableGrows(t *testing.T) {
+	l := &loop{s: New(Config{})}
+	ln := &listenerFD{dgram: &dgramListener{flows: make(map[string]*flow)}, n: new(listenerCounters)}
+	for _, fd := range []int{3, 64, 128, 1000} {
+		f := &flow{fd: int32(fd), key: strconv.Itoa(fd)}
+		l.insertFlow(ln, f, netip.Addr{})
+		if l.flows.table[fd] != f {
+			t.Fatalf("flow on descriptor %d not in the table", fd)
+		}
+	}
+	l.flowEvent(len(l.flows.table), 1, unix.EPOLLIN) // none there: ignored
+}
+
+// TestReplyBursts: replies queued on flow sockets while the loop is busy
+// are read in batches until each socket is empty, as no new edge will come
+// for them, the second flow's into the rest of the first's batch (flow.go,
+// flowEvent: "n < dgramBatch-lo"). The test hook holds the loop while the
+// backend answers two flows with more than three batches of replies each,
+// so that one wait reports both flows, once each.
+func TestReplyBursts(t *testing.T) {
+	const burst = 3*dgramBatch + 4
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goAhead, sent := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 100)
+		var bursts []net.Addr
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) != "burst" {
+				pc.WriteTo(buf[:n], from)
+				continue
+			}
+			if bursts = append(bursts, from); len(bursts) < 2 {
+				continue
+			}
+			select {
+			case <-goAhead:
+			case <-time.After(10 * time.Second):
+				return
+			}
+			for _, to := range bursts {
+				for i := range burst {
+					pc.WriteTo([]byte(strconv.Itoa(i)), to)
+				}
+			}
+			close(sent)
+		}
+	})
+	held, unhold := holdFirstBatch(t)
+	held.armed.Store(false)
+	r := startPrepared(t, ln4(t), pc.LocalAddr().String(), Config{}, held.prepare)
+	dst := netip.MustParseAddrPort(r.addr)
+	clients := []*net.UDPConn{udpClient(t, "127.0.0.1:0", ""), udpClient(t, "127.0.0.1:0", "")}
+	for _, c := range clients {
+		exchange(t, c, r.addr, []byte("x")) // its flow
+		if _, err := c.WriteToUDPAddrPort([]byte("burst"), dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "both bursts forwarded", func() bool { return r.srv.Stats().DatagramsIn == 4 })
+	// Hold the loop on a third client's datagram; the replies come
+	// meanwhile.
+	held.armed.Store(true)
+	third := udpClient(t, "127.0.0.1:0", "")
+	if _, err := third.WriteToUDPAddrPort([]byte("wake"), dst); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, held.held, "the loop to be held")
+	close(goAhead)
+	recv(t, sent, "the backend to send its replies")
+	unhold()
+	for i, c := range clients {
+		seen := make(map[string]bool)
+		buf := make([]byte, 100)
+		for len(seen) < burst {
+			n, _, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				t.Fatalf("client %d: %d replies of %d: %v; %+v", i, len(seen), burst, err, r.srv.Stats())
+			}
+			seen[string(buf[:n])] = true
+		}
+	}
+}
+
+// ln4 is a datagram listener on 127.0.0.1.
+func ln4(t *testing.T) activation.Listener {
+	t.Helper()
+	ln, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// TestRepliesLeaveByTheirListener: replies read in one wait for flows of
+// two datagram listeners each leave through their own listener (flow.go,
+// flowEvent: the batch of one listener is flushed before another's
+// replies are read into it). The backend answers both clients at once;
+// the test hook holds the wait that reports the first reply until both
+// are in their flow sockets, and adds the second flow's event to it. Each
+// client's socket is connected to its listener's address and takes no
+// reply from the other.
+func TestRepliesLeaveByTheirListener(t *testing.T) {
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	answered := make(chan struct{}, 1)
+	go func() { // echo in pairs: both answers leave together
+		buf := make([]byte, 100)
+		for {
+			var got [2]struct {
+				msg  []byte
+				from netip.AddrPort
+			}
+			for k := range got {
+				n, from, err := be.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				got[k].msg, got[k].from = append([]byte(nil), buf[:n]...), from
+			}
+			for _, g := range got {
+				be.WriteToUDPAddrPort(g.msg, g.from)
+			}
+			answered <- struct{}{}
+		}
+	}()
+	lnA, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB, err := activation.ListenDatagram("127.0.0.1:0", activation.DefaultSocketMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var armed atomic.Bool
+	var srv *Server
+	startPrepared(t, lnB, be.LocalAddr().String(), Config{Listeners: []activation.Listener{lnA}}, func(s *Server) {
+		srv = s
+		s.testBatch = func(events []unix.EpollEvent, n int) int {
+			l := srv.loop.Load()
+			if l == nil || !armed.Load() {
+				return n
+			}
+			for _, ev := range events[:n] {
+				if int(ev.Fd) < len(l.flows.table) && l.flows.table[ev.Fd] != nil {
+					armed.Store(false)
+					<-answered // both replies wait in their flow sockets now
+					for _, f := range l.flows.table {
+						if f != nil && int(f.fd) != int(ev.Fd) && n < len(events) {
+							events[n] = unix.EpollEvent{Events: unix.EPOLLIN, Fd: f.fd, Pad: int32(f.gen)}
+							n++
+						}
+					}
+					return n
+				}
+			}
+			return n
+		}
+	})
+	dial := func(ln activation.Listener) *net.UDPConn {
+		c, err := net.DialUDP("udp", nil, ln.Addr().(*net.UDPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c
+	}
+	clients := [2]*net.UDPConn{dial(lnA), dial(lnB)}
+	ask := func(round string) {
+		for k, c := range clients {
+			if _, err := c.Write([]byte(fmt.Sprintf("%s %d", round, k))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		buf := make([]byte, 100)
+		for k, c := range clients {
+			n, err := c.Read(buf)
+			if want := fmt.Sprintf("%s %d", round, k); err != nil || string(buf[:n]) != want {
+				t.Fatalf("%s: client %d read %q, %v; want %q from its own listener", round, k, buf[:n], err, want)
+			}
+		}
+	}
+	ask("open")
+	<-answered
+	armed.Store(true)
+	ask("mixed")
+}
+
+// TestHeldDatagramGoesWithItsHeader: the first datagram of a flow whose
+// backend's name is being resolved waits, and goes once it resolves with
+// its PROXY v2 header, counted as forwarded; an empty one goes as a header
+// alone (flow.go, flowResolved).
+func TestHeldDatagramGoesWithItsHeader(t *testing.T) {
+	dns := fakeDNS(t, [4]byte{127, 0, 0, 1})
+	resolver := dnsResolver(dns)
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	be.SetDeadline(time.Now().Add(10 * time.Second))
+	_, port, _ := net.SplitHostPort(be.LocalAddr().String())
+	r := startDgram(t, "127.0.0.1:0", "one.spx.test:"+port, Config{Resolver: resolver, ProxyProtocol: proxyproto.V2})
+	signature := "\r\n\r\n\x00\r\nQUIT\n"
+	buf := make([]byte, 1000)
+	for _, payload := range []string{"first", ""} {
+		c := udpClient(t, "127.0.0.1:0", "")
+		if _, err := c.WriteToUDPAddrPort([]byte(payload), netip.MustParseAddrPort(r.addr)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := be.Read(buf)
+		if err != nil {
+			t.Fatalf("%q: %v", payload, err)
+		}
+		got := string(buf[:n])
+		if !strings.HasPrefix(got, signature) || !strings.HasSuffix(got, payload) || n <= len(payload)+len(signature) {
+			t.Errorf("the backend got %q for %q, want a PROXY v2 header, then it", got, payload)
+		}
+	}
+	waitFor(t, "both counted", func() bool { return r.srv.Stats().DatagramsIn == 2 })
+	if st := r.srv.Stats(); st.DatagramsDropped != 0 {
+		t.Errorf("%d dropped, want none", st.DatagramsDropped)
 	}
 }

@@ -12,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
+	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 )
 
 func TestForwardsEveryByte(t *testing.T) {
@@ -209,4 +212,47 @@ func TestShutdownClosesConnections(t *testing.T) {
 	if _, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
 		t.Fatal("listener still accepting after shutdown")
 	}
+}
+
+func TestNoDescriptorLeak(t *testing.T) {
+	noLeak(t)
+	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
+	p := start(t, addr, Config{})
+	roundTrip(t, p.addr, randomBytes(t, 8<<20))
+	for range 20 {
+		roundTrip(t, p.addr, []byte("hello"))
+	}
+	waitFor(t, "connections to close", func() bool { return p.srv.Stats().Active == 0 })
+}
+
+// TestBackendsPerListener: two listeners, each with its own backend.
+func TestBackendsPerListener(t *testing.T) {
+	noLeak(t)
+	named := func(name string) func(net.Conn) {
+		return func(c net.Conn) { c.Write([]byte(name)) }
+	}
+	a := listenBackend(t, "tcp", "127.0.0.1:0", named("alpha"))
+	b := listenBackend(t, "unix", filepath.Join(shortDir(t), "b"), named("beta"))
+	ba, _ := backend.Parse(b)
+	lnA, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lnB.Name = "beta"
+	p := startOn(t, lnA, a, Config{
+		Listeners: []activation.Listener{lnB},
+		Backends:  map[string][]backend.Address{"beta": {ba}},
+	})
+	for addr, want := range map[string]string{lnA.Addr().String(): "alpha", lnB.Addr().String(): "beta"} {
+		c := dial(t, addr)
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != want {
+			t.Errorf("client of %s got %q, %v; want %q", addr, got, err, want)
+		}
+	}
+	_ = p
 }

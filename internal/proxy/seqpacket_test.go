@@ -5,11 +5,13 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -313,5 +315,77 @@ func TestStoreKeepsParkedEmptyMessage(t *testing.T) {
 	c.CloseWrite()
 	if msgs, want := recv(t, got, "the backend's messages"), []string{"before", "", "after"}; !slices.Equal(msgs, want) {
 		t.Fatalf("the backend read %q, want %q", msgs, want)
+	}
+}
+
+// TestPacketsEmptyMessage: a message of zero bytes goes on as one, in its
+// place, and is not taken for the end of the stream; the end, which reads
+// alike, goes on as a shutdown, not as empty messages; the bytes are
+// counted (seqpacket.go: peerShut, rawWriteMsg).
+func TestPacketsEmptyMessage(t *testing.T) {
+	noLeak(t)
+	r, path := startPackets(t, func(nc net.Conn) {
+		c := nc.(*net.UnixConn)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return
+		}
+		// A raw recvmsg: Go's reads, ReadMsgUnix too, take an empty
+		// message for EOF.
+		buf := make([]byte, 100)
+		read := func() (n int, err error) {
+			if rerr := rc.Read(func(fd uintptr) bool {
+				n, _, _, _, err = unix.Recvmsg(int(fd), buf, nil, 0)
+				return err != unix.EAGAIN
+			}); rerr != nil {
+				err = rerr
+			}
+			return n, err
+		}
+		var lens []string
+		for {
+			n, err := read()
+			if err != nil {
+				c.Write([]byte(err.Error()))
+				return
+			}
+			lens = append(lens, strconv.Itoa(n))
+			if string(buf[:n]) == "end" {
+				break
+			}
+		}
+		c.Write([]byte(strings.Join(lens, " ")))
+		// Then the client's end: a read of nothing, and the peer shut.
+		n, err := read()
+		shut := false
+		rc.Control(func(fd uintptr) {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+			m, perr := unix.Poll(fds, 5000)
+			shut = perr == nil && m > 0 && fds[0].Revents&unix.POLLRDHUP != 0
+		})
+		c.Write([]byte(fmt.Sprintf("read %d %v, shut %v", n, err, shut)))
+	}, Config{})
+	c := dialPackets(t, path)
+	for _, m := range []string{"a", "", "b", "end"} {
+		if _, _, err := c.WriteMsgUnix([]byte(m), nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 100)
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "1 0 1 3" {
+		t.Fatalf("the backend got messages of %q bytes, %v; want \"1 0 1 3\"\n%s", buf[:n], err, r.logs)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	n, err = c.Read(buf)
+	if want := "read 0 <nil>, shut true"; err != nil || string(buf[:n]) != want {
+		t.Fatalf("the backend after the client's end: %q, %v; want %q", buf[:n], err, want)
+	}
+	waitFor(t, "the connection to close", func() bool { return r.srv.Stats().Active == 0 })
+	if st := r.srv.Stats(); st.BytesIn != 5 || st.BytesOut != int64(len("1 0 1 3")+n) {
+		t.Errorf("BytesIn %d, BytesOut %d; want 5 and %d", st.BytesIn, st.BytesOut, len("1 0 1 3")+n)
 	}
 }
