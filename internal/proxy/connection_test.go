@@ -612,8 +612,8 @@ func TestBackendNeverReads(t *testing.T) {
 }
 
 // TestConnectionSize keeps the per-connection state as small as
-// docs/ENGINE.md says: 128 bytes, plus two 8-byte table slots (issue 3 asks
-// for at most 0.25 KiB per idle connection).
+// docs/ENGINE.md says: 128 bytes, plus two 8-byte table slots (the aim is
+// at most 0.25 KiB per idle connection).
 func TestConnectionSize(t *testing.T) {
 	size, slot := unsafe.Sizeof(conn{}), unsafe.Sizeof((*conn)(nil))
 	t.Logf("conn is %d bytes, plus 2 table slots of %d", size, slot)

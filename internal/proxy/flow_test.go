@@ -29,7 +29,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
-// Tests of datagram flows (flow.go, issue 9).
+// Tests of datagram flows (flow.go).
 
 // udpEcho runs a UDP (or unixgram) backend that sends every datagram back
 // to its sender, prefixed by reply, until the test ends.

@@ -256,7 +256,7 @@ func TestPipeBudget(t *testing.T) {
 }
 
 // TestLongSpans: "infinity" (math.MaxInt64) and spans of days or years
-// mean "later", never "at once" or an overflow (issue 13): a connect
+// mean "later", never "at once" or an overflow: a connect
 // deadline computed as start+MaxInt64 failed every client, a drain deadline
 // cut every connection at stop, and --exit-idle-time=30d made a negative
 // epoll timeout that never woke up.
@@ -583,7 +583,7 @@ func TestAcceptPausesOnEMFILE(t *testing.T) {
 // RCU grace period, 8 to 16 ms on the bench VM. With an open files limit
 // below what -c asks for, it grows the table up to the limit, where a
 // reserve past it would fail and grow nothing (reserveDescriptors:
-// "Getrlimit(...) == nil", gremlins run 9).
+// "Getrlimit(...) == nil").
 func TestDescriptorTableReserved(t *testing.T) {
 	mode := os.Getenv("SPX_FDTABLE_CHILD")
 	if mode == "" {

@@ -21,7 +21,7 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 )
 
-// Tests of sequential-packet connections (seqpacket.go, issue 9).
+// Tests of sequential-packet connections (seqpacket.go).
 
 // packetEcho sends each message back as one message, and half-closes
 // when the client does.

@@ -97,7 +97,7 @@ func TestBackendWarningsAreRateLimited(t *testing.T) {
 }
 
 // TestRefusalsAreSummarised: clients refused at the limit are counted in a
-// summary at stop, not silently swallowed by the rate limit (issue 12).
+// summary at stop, not silently swallowed by the rate limit.
 func TestRefusalsAreSummarised(t *testing.T) {
 	addr := listenBackend(t, "tcp", "127.0.0.1:0", echo)
 	p := start(t, addr, Config{MaxConnections: 1})
