@@ -49,7 +49,7 @@ func firstLines(t *testing.T, path string) []string {
 }
 
 // TestSPDXLines: every Go file, shell script and Makefile of the repository
-// names its licence in an SPDX line at the top (issue 11), so a new file
+// names its licence in an SPDX line at the top, so a new file
 // without one fails here.
 func TestSPDXLines(t *testing.T) {
 	counts := map[string]int{}

@@ -2,7 +2,7 @@
 
 package main_test
 
-// Bad socket-activation environments (issue 5): LISTEN_FDS, LISTEN_PID and
+// Bad socket-activation environments: LISTEN_FDS, LISTEN_PID and
 // LISTEN_FDNAMES with garbage, huge counts, a PID mismatch, closed and
 // non-socket descriptors. Each is one clear error line and exit status 1,
 // never a panic or a hang. TestBadInheritedFD (e2e_cli_test.go) covers the
@@ -196,7 +196,7 @@ func TestBadActivationEnvironment(t *testing.T) {
 				f := rawSocketFile(t, syscall.AF_UNIX, syscall.SOCK_SEQPACKET, true)
 				return launch{fds: []inherited{{file: f, name: "seq"}}}
 			},
-			// Served since issue 9, but a sequential-packet socket
+			// A sequential-packet socket is served, but it
 			// forwards to a unix socket only.
 			want: []string{`socket "seq" (fd 3) is a sequential-packet socket`, "unix socket"},
 		},

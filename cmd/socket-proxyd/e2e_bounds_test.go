@@ -17,12 +17,12 @@ import (
 	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
 
-// TestLookupFloodStaysBounded is issue 13's measurement: a backend host
+// TestLookupFloodStaysBounded: a flood of lookups of a backend host
 // name whose DNS server never answers (a UDP socket on a loopback address
 // that reads and never replies, named by a resolv.conf bind-mounted in a
 // private mount namespace), and 5 s of clients that connect and reset at
-// once, against -c 256. On today's main each client left a lookup behind
-// for the whole connect timeout: 6 MiB grew to 393 MiB in 5 s at -c 4.
+// once, against -c 256. Without a bound on lookups, each client left one
+// behind for the whole connect timeout: 6 MiB grew to 393 MiB in 5 s at -c 4.
 // Goal: growth under 16 MiB. Needs root (unshare -m, port 53).
 func TestLookupFloodStaysBounded(t *testing.T) {
 	testutil.RequireRoot(t, "unshare -m, a DNS socket on port 53")
@@ -107,7 +107,7 @@ func TestLookupFloodStaysBounded(t *testing.T) {
 }
 
 // TestSpanOptions: every span option with infinity, 0 and huge finite
-// values behaves as the man page says (issue 13): "infinity" used to mean
+// values behaves as the man page says: "infinity" used to mean
 // "at once" for --connect-timeout (every client failed) and
 // --shutdown-timeout (every connection cut at SIGTERM), and 30d made
 // --exit-idle-time wait forever.

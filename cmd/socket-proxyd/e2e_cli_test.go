@@ -367,7 +367,7 @@ func TestConnectionsMaxLikeOriginal(t *testing.T) {
 }
 
 // TestCommandLineLikeOriginal: the original's options are read as its
-// getopt_long reads them, case by case (issue 12): abbreviations, both
+// getopt_long reads them, case by case: abbreviations, both
 // value forms, clusters, "--" and options after the address. ok records
 // what systemd-socket-proxyd 252 does; SPX_COMPARE_ORIGINAL=1 checks that
 // record against the installed original. Parsing passed when the binary
@@ -453,8 +453,7 @@ func TestCommandLineLikeOriginal(t *testing.T) {
 
 // TestStartupNamesListeners: one info line per listener names it, where it
 // listens and its backend, so the port of --listen 127.0.0.1:0 can be
-// found; LISTEN_FDS without LISTEN_PID is ignored, as sd_listen_fds does
-// (issue 12).
+// found; LISTEN_FDS without LISTEN_PID is ignored, as sd_listen_fds does.
 func TestStartupNamesListeners(t *testing.T) {
 	t.Parallel()
 	_, backend := echoTCP(t, "127.0.0.1:0")
@@ -485,7 +484,7 @@ func TestStartupNamesListeners(t *testing.T) {
 }
 
 // TestListenSocketFile: a --listen unix socket is 0666 by default, as
-// SocketMode=, or --socket-mode; and it is removed at exit (issue 12).
+// SocketMode=, or --socket-mode; and it is removed at exit.
 func TestListenSocketFile(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -524,8 +523,8 @@ func TestListenSocketFile(t *testing.T) {
 	}
 }
 
-// TestHints: the mistakes users make get an error that says what to write
-// (issue 12), one line and the usage hint, exit status 1.
+// TestHints: the mistakes users make get an error that says what to write,
+// one line and the usage hint, exit status 1.
 func TestHints(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -558,7 +557,7 @@ func TestHints(t *testing.T) {
 }
 
 // TestExitIdleZero: --exit-idle-time=0 exits as soon as nothing is open,
-// with status 0, and no message calls the span "1ns" (issue 12).
+// with status 0, and no message calls the span "1ns".
 func TestExitIdleZero(t *testing.T) {
 	t.Parallel()
 	code, _, stderr := run(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", "--exit-idle-time=0", "127.0.0.1:9"}})

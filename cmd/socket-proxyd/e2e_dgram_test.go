@@ -2,7 +2,7 @@
 
 package main_test
 
-// Datagrams and sequential packets (issue 9), black-box: sockets passed
+// Datagrams and sequential packets, black-box: sockets passed
 // the way a .socket unit with ListenDatagram= and ListenSequentialPacket=
 // passes them, the --listen-datagram and --listen-sequential-packet forms,
 // a real dig through the proxy to a real dnsmasq over UDP and TCP on one

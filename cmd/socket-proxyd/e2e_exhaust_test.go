@@ -2,7 +2,7 @@
 
 package main_test
 
-// Resource exhaustion (issue 5): the proxy run with a low descriptor limit
+// Resource exhaustion: the proxy run with a low descriptor limit
 // and more clients than descriptors, and a flood of clients beyond
 // --connections-max.
 

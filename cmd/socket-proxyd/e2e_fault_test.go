@@ -2,7 +2,7 @@
 
 package main_test
 
-// Faults on the wire (issue 5), black-box against the binary: a backend
+// Faults on the wire, black-box against the binary: a backend
 // killed mid-transfer, resets from either side, a backend that never reads
 // and a client that never reads (back-pressure, not buffering), half-open
 // connections, a backend that resets as soon as it accepts, a listener shut

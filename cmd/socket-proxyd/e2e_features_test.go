@@ -2,7 +2,7 @@
 
 package main_test
 
-// The options of issue 4, black-box: connect retries, idle timeout,
+// The connection options, black-box: connect retries, idle timeout,
 // keepalive, PROXY protocol (with a real nginx), graceful stop under load,
 // backends per socket, and STATUS=.
 

@@ -19,7 +19,7 @@ import (
 	"time"
 )
 
-// Reload in place (issue 10): SIGHUP executes the binary again with every
+// Reload in place: SIGHUP executes the binary again with every
 // connection carried over, same PID, no byte lost or doubled.
 
 // reloadTo sends SIGHUP and waits for the n-th "resumed connections" line:

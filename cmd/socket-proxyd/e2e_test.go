@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 
-// Black-box end-to-end tests of the socket-proxyd binary (issue 2).
+// Black-box end-to-end tests of the socket-proxyd binary.
 //
 // TestMain builds ./cmd/socket-proxyd into a temporary directory (with -race
 // when the tests run with -race, so races in the program fail the tests too);

@@ -2,7 +2,7 @@
 
 package main_test
 
-// No privileges needed (issue 5): the proxy runs as nobody, as it would
+// No privileges needed: the proxy runs as nobody, as it would
 // under DynamicUser=yes, with inherited sockets and with --listen on an
 // unprivileged port.
 

@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// TestParseDatagramOptions: the issue 9 options, abbreviated as getopt
-// allows, and --idle-timeout reaching the flows only when given.
+// TestParseDatagramOptions: the datagram and sequential-packet options,
+// abbreviated as getopt allows, and --idle-timeout reaching the flows only when given.
 func TestParseDatagramOptions(t *testing.T) {
 	o, err := parseOptions([]string{"--listen-datagram=:53", "--listen-d", "/run/d", "--listen-seq=/run/p", "127.0.0.1:53"})
 	if err != nil {

@@ -77,7 +77,10 @@ func TestSeveralBackendsPerSocket(t *testing.T) {
 	}
 }
 
-func TestParseIssue4Options(t *testing.T) {
+// TestParseNamedBackendsAndTimeouts: --backend name=address, the connect,
+// idle and shutdown timeouts, --keepalive and --proxy-protocol, and their
+// defaults.
+func TestParseNamedBackendsAndTimeouts(t *testing.T) {
 	o, err := parseOptions([]string{"--backend", "web=127.0.0.1:8080", "--backend=admin=/run/a.sock",
 		"--connect-timeout=2s", "--idle-timeout=5min", "--keepalive=0", "--shutdown-timeout=1min", "--proxy-protocol=v2"})
 	if err != nil {
@@ -140,9 +143,9 @@ func TestParseOptionsErrors(t *testing.T) {
 	}
 }
 
-// TestParseOptionsIssue12: abbreviations as the original reads them, the
+// TestParseOptionValues: abbreviations as the original reads them, the
 // range of --keepalive, --socket-mode, and a span the shell split.
-func TestParseOptionsIssue12(t *testing.T) {
+func TestParseOptionValues(t *testing.T) {
 	tests := []struct {
 		args  []string
 		check func(o options) bool

@@ -28,7 +28,7 @@ func answers(p string) bool {
 }
 
 // TestListenSocketMode: a --listen socket file gets exactly the mode asked,
-// 0666 by default as systemd's SocketMode=, whatever the umask (issue 12).
+// 0666 by default as systemd's SocketMode=, whatever the umask.
 func TestListenSocketMode(t *testing.T) {
 	dir := shortDir(t)
 	old := syscall.Umask(0o077)
@@ -60,7 +60,7 @@ func TestListenSocketMode(t *testing.T) {
 }
 
 // TestListenRemovesItsOwnSocketOnly: at exit the socket file goes if it is
-// still ours, and stays if another one took its path (issue 13).
+// still ours, and stays if another one took its path.
 func TestListenRemovesItsOwnSocketOnly(t *testing.T) {
 	dir := shortDir(t)
 	p := filepath.Join(dir, "own.sock")
@@ -100,7 +100,7 @@ func TestListenRemovesItsOwnSocketOnly(t *testing.T) {
 // TestListenDirectorySwapped: the directory of a --listen socket is swapped
 // for a symlink to another service's directory while the proxy runs; at
 // exit the proxy removes its own socket, in the directory it bound in, and
-// not the other service's live socket of the same name (issue 13).
+// not the other service's live socket of the same name.
 func TestListenDirectorySwapped(t *testing.T) {
 	base := shortDir(t)
 	mine, victim := filepath.Join(base, "mine"), filepath.Join(base, "victim")
@@ -192,7 +192,7 @@ func TestListenStaleSocket(t *testing.T) {
 
 // TestListenRefusesUnsafeDirectory: as root, a socket in a directory that
 // others may change (or under one) is refused; a sticky one such as /tmp
-// and a symlink kept in a safe directory are fine (issue 13).
+// and a symlink kept in a safe directory are fine.
 func TestListenRefusesUnsafeDirectory(t *testing.T) {
 	testutil.RequireRoot(t, "to own directories as another user")
 	base := shortDir(t)
@@ -264,7 +264,7 @@ func TestListenRefusesUnsafeDirectory(t *testing.T) {
 	}
 }
 
-// TestListenHints: the slips users make in --listen get a hint (issue 12).
+// TestListenHints: the slips users make in --listen get a hint.
 func TestListenHints(t *testing.T) {
 	for _, tt := range []struct{ in, want string }{
 		{in: "::1:8080", want: `--listen address "::1:8080": write an IPv6 address in brackets, "[::1]:8080"`},

@@ -96,7 +96,7 @@ func FuzzParse(f *testing.F) {
 }
 
 // TestParseHints: the addresses users write for other programs, or by slip,
-// get an error that says what to write instead (issue 12).
+// get an error that says what to write instead.
 func TestParseHints(t *testing.T) {
 	tests := []struct {
 		in, want string
