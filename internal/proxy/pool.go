@@ -4,7 +4,6 @@ package proxy
 
 import (
 	"fmt"
-	"hash/maphash"
 	"math"
 	"net/netip"
 	"strings"
@@ -106,14 +105,13 @@ type pool struct {
 	policy  Balance
 	next    uint32 // the turn of RoundRobin, and of equals
 	up      int    // members not down
-	seed    maphash.Seed
 	// checked: active health checks are on, and only a probe (or a
 	// client's connect) brings a backend that went down back.
 	checked bool
 }
 
 func newPool(addrs []backend.Address, policy Balance) pool {
-	p := pool{policy: policy, seed: maphash.MakeSeed()}
+	p := pool{policy: policy}
 	for _, a := range addrs {
 		p.members = append(p.members, member{addr: a, name: a.String(), static: staticAddrs(a), probe: probe{fd: -1}})
 	}
@@ -134,6 +132,18 @@ func (p *pool) eligible(m int, now int64) bool {
 // pick chooses a backend for a new connection or flow from client src
 // (invalid for a unix client), by the policy, among those eligible; -1
 // when none is.
+// sourceHash is FNV-1a of the client's address: the same in every image,
+// so that a reload (or a restart) keeps each client address on its
+// backend, as long as the list of backends stays the same.
+func sourceHash(a netip.Addr) uint64 {
+	b := a.Unmap().As16()
+	h := uint64(14695981039346656037)
+	for _, c := range b {
+		h = (h ^ uint64(c)) * 1099511628211
+	}
+	return h
+}
+
 func (p *pool) pick(src netip.Addr, now int64) int {
 	n := len(p.members)
 	start := 0
@@ -142,8 +152,7 @@ func (p *pool) pick(src netip.Addr, now int64) int {
 		start = int(p.next % uint32(n))
 	case Source:
 		if src.IsValid() {
-			b := src.Unmap().As16()
-			start = int(maphash.Bytes(p.seed, b[:]) % uint64(n))
+			start = int(sourceHash(src) % uint64(n))
 		} else {
 			start = int(p.next % uint32(n))
 		}
