@@ -5,9 +5,9 @@ package proxy
 import (
 	"bufio"
 	"fmt"
-	"net/netip"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
