@@ -58,6 +58,11 @@ type flow struct {
 	state      uint8 // flowsWaiting or flowsAnswered
 	refused    bool  // an ECONNREFUSED was logged for this flow
 	member     uint8 // its backend in the listener's pool, for its whole life
+	// gone: its backend is gone for it (a unix socket that closed, or a
+	// backend that refuses while another of the pool is up); it is
+	// closed once the send or read at hand is over, and the client's
+	// next datagram opens a flow to a backend that is up.
+	gone bool
 	// resolving: the backend's host name is being looked up for this
 	// flow; its socket is not connected yet (flowResolved does it).
 	resolving bool
@@ -327,6 +332,9 @@ func (l *loop) sendFlow(f *flow, b *dgramBuf, run int) {
 	sent, bytes := l.sendOrDrop(int(f.fd), b.out[:run], segment, false, f, n)
 	n.bytesIn.Add(bytes)
 	n.datagramsIn.Add(sent)
+	if f.gone {
+		l.closeFlow(f, "backend gone")
+	}
 }
 
 // sendOrDrop sends msgs on fd, segmented where it can be when segment is
@@ -370,6 +378,10 @@ func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment, perDestination b
 		default:
 			l.dropOne(f, e, cnt)
 			msgs = msgs[1:]
+			if f != nil && f.gone {
+				cnt.drop(DropBackendRefused, len(msgs)) // the flow closes: the rest go with it
+				return sent, bytes
+			}
 		}
 	}
 	return sent, bytes
@@ -382,7 +394,9 @@ func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment, perDestination b
 // with a PROXY header before it).
 func (l *loop) dropOne(f *flow, e unix.Errno, n *listenerCounters) {
 	switch {
-	case e == unix.ECONNREFUSED && f != nil:
+	case (e == unix.ECONNREFUSED || e == unix.ENOTCONN) && f != nil:
+		// ENOTCONN: a unix datagram socket whose backend closed, after
+		// the ECONNREFUSED that said so.
 		l.flowRefused(f)
 	case e == unix.EMSGSIZE:
 		n.drop(DropTooBig, 1)
@@ -612,8 +626,13 @@ func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 			continue
 		case e == unix.ECONNREFUSED:
 			// The backend's port is closed (ICMP unreachable). Reading
-			// consumed the error: no busy loop; the flow stays.
+			// consumed the error: no busy loop; the flow stays, unless
+			// its backend is gone for it.
 			l.flowRefused(f)
+			if f.gone {
+				l.closeFlow(f, "backend gone")
+				return
+			}
 			continue
 		case e != 0:
 			return
@@ -697,16 +716,22 @@ func (l *loop) sendReplies() {
 // flowRefused counts an ICMP port unreachable (or a unix backend gone) and
 // says so at debug level, once per flow.
 func (l *loop) flowRefused(f *flow) {
-	l.listeners[f.listener].n.drop(DropBackendRefused, 1)
-	// Nothing listens there: new flows go elsewhere for a while; this
-	// one stays, as a flow keeps its backend.
+	ln := &l.listeners[f.listener]
+	ln.n.drop(DropBackendRefused, 1)
+	// Nothing listens there: new flows go elsewhere for a while. A flow
+	// keeps its backend while it is the only one to go to; a UDP port
+	// that answers again serves the same connected socket, but a unix
+	// datagram socket whose backend closed is dead for good, even when a
+	// new one is bound at the same path.
 	l.memberFailed(int(f.listener), int(f.member), unix.ECONNREFUSED.Error())
+	if ln.dgram.unix || ln.pool.anotherUp(int(f.member), l.now()) {
+		f.gone = true
+	}
 	if !f.refused {
 		// Once per flow, and rate-limited with the connections' backend
 		// warnings: a backend that is down is as loud for datagrams as
 		// for streams.
 		f.refused = true
-		ln := &l.listeners[f.listener]
 		l.warn(warnBackend, "backend refused datagrams (ICMP port unreachable): is it running?", "connection refused",
 			"client", flowClient(f), "listener", ln.label, "backend", l.flowBackend(f).name)
 	}

@@ -1424,3 +1424,48 @@ func TestHeldDatagramGoesWithItsHeader(t *testing.T) {
 		t.Errorf("%d dropped, want none", st.DatagramsDropped)
 	}
 }
+
+// TestUnixFlowFollowsARestartedBackend: a unix datagram flow whose backend
+// closed is dead for good, even when the backend binds its path again: the
+// flow ends at the refusal, and the client's next datagram opens a flow to
+// the backend that is there now.
+func TestUnixFlowFollowsARestartedBackend(t *testing.T) {
+	dir := shortDir(t)
+	bePath := filepath.Join(dir, "be")
+	listenBe := func() *net.UnixConn {
+		os.Remove(bePath)
+		be, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: bePath, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { be.Close() })
+		return be
+	}
+	be := listenBe()
+	r := startDgram(t, filepath.Join(dir, "px"), bePath, Config{})
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "c"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	px := &net.UnixAddr{Name: r.addr, Net: "unixgram"}
+	buf := make([]byte, 64)
+	c.WriteToUnix([]byte("before"), px)
+	be.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := be.Read(buf); err != nil || string(buf[:n]) != "before" {
+		t.Fatalf("first datagram: %q, %v", buf[:max(n, 0)], err)
+	}
+	be.Close()
+	be = listenBe() // the backend restarts at the same path
+	for i := range 50 {
+		c.WriteToUnix([]byte("after"), px)
+		be.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, err := be.Read(buf); err == nil && string(buf[:n]) == "after" {
+			if i > 2 {
+				t.Errorf("%d datagrams lost before the flow followed the backend", i)
+			}
+			return
+		}
+	}
+	t.Fatalf("the restarted backend never got the client's datagrams; stats %+v", r.srv.Stats())
+}

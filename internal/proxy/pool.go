@@ -129,9 +129,6 @@ func (p *pool) eligible(m int, now int64) bool {
 	return !b.down || now >= b.until
 }
 
-// pick chooses a backend for a new connection or flow from client src
-// (invalid for a unix client), by the policy, among those eligible; -1
-// when none is.
 // sourceHash is FNV-1a of the client's address: the same in every image,
 // so that a reload (or a restart) keeps each client address on its
 // backend, as long as the list of backends stays the same.
@@ -144,6 +141,19 @@ func sourceHash(a netip.Addr) uint64 {
 	return h
 }
 
+// anotherUp says a member other than m may be picked now.
+func (p *pool) anotherUp(m int, now int64) bool {
+	for i := range p.members {
+		if i != m && p.eligible(i, now) {
+			return true
+		}
+	}
+	return false
+}
+
+// pick chooses a backend for a new connection or flow from client src
+// (invalid for a unix client), by the policy, among those eligible; -1
+// when none is.
 func (p *pool) pick(src netip.Addr, now int64) int {
 	n := len(p.members)
 	start := 0

@@ -524,3 +524,62 @@ func TestSourceSameInEveryImage(t *testing.T) {
 		t.Errorf("64 addresses went to %d backends: no spread", len(spread))
 	}
 }
+
+// TestFlowLeavesABackendThatIsGone: a flow keeps its backend while that
+// backend answers; once it refuses (ICMP port unreachable) while another
+// backend is up, the flow ends, and the client's next datagrams go to a
+// backend that is up, instead of to the dead one for as long as the client
+// keeps sending.
+func TestFlowLeavesABackendThatIsGone(t *testing.T) {
+	var addrs []backend.Address
+	var conns []net.PacketConn
+	for i := range 2 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo(append([]byte(fmt.Sprintf("b%d:", i)), buf[:n]...), from)
+			}
+		}()
+		a, _ := backend.Parse(pc.LocalAddr().String())
+		addrs, conns = append(addrs, a), append(conns, pc)
+	}
+	ln, err := activation.ListenDatagram("127.0.0.1:0", 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startOn(t, ln, "", Config{Backend: addrs, Balance: First})
+	c, err := net.Dial("udp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ask := func(wait time.Duration) string {
+		c.SetDeadline(time.Now().Add(wait))
+		fmt.Fprint(c, "q")
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil {
+			return ""
+		}
+		return string(buf[:n])
+	}
+	if got := ask(5 * time.Second); got != "b0:q" {
+		t.Fatalf("first reply %q, want the first backend's", got)
+	}
+	conns[0].Close() // the first backend is gone: its port answers ICMP unreachable
+	for range 50 {
+		if got := ask(200 * time.Millisecond); got == "b1:q" {
+			return
+		}
+	}
+	t.Fatalf("the client's flow stayed on the dead backend; stats %+v", p.srv.Stats())
+}
