@@ -173,3 +173,40 @@ func TestServeAnswersAndStops(t *testing.T) {
 		t.Errorf("Serve: %v", serveErr)
 	}
 }
+
+// TestServeOutlastsSilentClients: connections that never send a request
+// hold a place for a second at most, so a few of them cannot keep a
+// scraper out; and a request with a long line (a bearer token, a long
+// query) is read up to the 8 KiB the server allows, not refused at 1 KiB.
+func TestServeOutlastsSilentClients(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { Serve(ctx, ln, fixed(), slog.New(slog.DiscardHandler)) })
+	defer func() { cancel(); wg.Wait() }()
+	for range maxScrapes {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close() // silent
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + ln.Addr().String() + "/metrics?token=" + strings.Repeat("x", 2000))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("a request with a 2 KiB line: %s", resp.Status)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("silent connections kept the scraper out: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // a scraper's retry; the bound is the deadline above
+	}
+}

@@ -22,7 +22,11 @@ import (
 const (
 	// maxScrapes is the most scrapes served at once; past it a client
 	// is closed at once: a scraper retries at its next interval.
-	maxScrapes = 4
+	maxScrapes = 16
+	// requestTimeout bounds the wait for a request: a connection that
+	// sends nothing must not hold a place for long (a few silent ones
+	// would keep every scraper out).
+	requestTimeout = time.Second
 	// scrapeTimeout bounds the whole of one scrape, request and answer.
 	scrapeTimeout = 10 * time.Second
 	// maxRequest bounds the request line and headers.
@@ -76,8 +80,9 @@ func Serve(ctx context.Context, ln net.Listener, e *Exporter, log *slog.Logger) 
 
 // serveConn reads one request and answers it.
 func (e *Exporter) serveConn(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(requestTimeout))
+	method, path, err := readRequest(bufio.NewReaderSize(c, maxRequest))
 	c.SetDeadline(time.Now().Add(scrapeTimeout))
-	method, path, err := readRequest(bufio.NewReaderSize(c, 1024))
 	if err != nil {
 		c.Write([]byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
 		return err

@@ -129,3 +129,26 @@ func TestListenerStatsAllocateNothing(t *testing.T) {
 		t.Errorf("%v allocations per Stats, want 0", allocs)
 	}
 }
+
+// TestListenerLabelsAreUnique: sockets of one unit share its name unless
+// FileDescriptorName= says otherwise, so two TCP sockets are both
+// "web/tcp"; the second gets its address after the label, so that the
+// metrics never hold two series with one set of labels.
+func TestListenerLabelsAreUnique(t *testing.T) {
+	var lns []activation.Listener
+	for range 2 {
+		ln, err := activation.Listen("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ln.Name = "web"
+		lns = append(lns, ln)
+	}
+	b, _ := backend.Parse("127.0.0.1:9")
+	s := New(Config{Listeners: lns, Backend: []backend.Address{b}})
+	stats := s.ListenerStats(nil)
+	if stats[0].Listener != "web/tcp" || stats[1].Listener != "web/tcp@"+lns[1].Addr().String() {
+		t.Fatalf("labels %q and %q, want web/tcp and web/tcp@%s", stats[0].Listener, stats[1].Listener, lns[1].Addr())
+	}
+}

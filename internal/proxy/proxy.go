@@ -265,6 +265,17 @@ func New(cfg Config) *Server {
 		// names them all, in order (bounded by MaxBackends).
 		s.backends = append(s.backends, strings.Join(names, ","))
 	}
+	// Sockets of one unit share its name unless FileDescriptorName= says
+	// otherwise: two TCP sockets would both be "web.socket/tcp", and the
+	// metrics would hold two series with one set of labels. A label
+	// taken already gets the socket's address after it.
+	seen := make(map[string]bool, len(s.labels))
+	for i, label := range s.labels {
+		if seen[label] {
+			s.labels[i] = label + "@" + cfg.Listeners[i].Addr().String()
+		}
+		seen[s.labels[i]] = true
+	}
 	return s
 }
 
