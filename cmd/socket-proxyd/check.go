@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
@@ -60,8 +61,12 @@ func checkPlan(opts options, stdout, stderr io.Writer) int {
 	if timeout <= 0 || timeout == timespan.Infinity {
 		timeout = 10 * time.Second
 	}
-	resolved := map[string]string{}
-	check := func(a backend.Address) string {
+	type checked struct {
+		text string
+		err  error
+	}
+	resolved := map[string]checked{}
+	check := func(a backend.Address) checked {
 		s := a.String()
 		if r, ok := resolved[s]; ok {
 			return r
@@ -69,19 +74,32 @@ func checkPlan(opts options, stdout, stderr io.Writer) int {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		addrs, err := backend.Check(ctx, nil, a)
-		r := strings.Join(addrs, ", ")
+		r := checked{text: strings.Join(addrs, ", "), err: err}
 		if err != nil {
-			fail("backend %q: %v", s, err)
-			r = "NOT REACHABLE: " + err.Error()
+			r.text = "NOT REACHABLE: " + err.Error()
 		}
 		resolved[s] = r
 		return r
 	}
-	// checkAll is check for each of a socket's backends.
+	// checkAll is check for each of a socket's backends. One that is
+	// down fails the check only when it is the socket's only one: of
+	// several, the proxy skips it while another is up, and a reload
+	// (ExecReload= with --check) must not fail for an instance stopped
+	// on purpose.
 	checkAll := func(list []backend.Address) string {
 		var out []string
+		up := 0
 		for _, a := range list {
-			out = append(out, a.String()+" ("+check(a)+")")
+			r := check(a)
+			if r.err == nil {
+				up++
+			}
+			out = append(out, a.String()+" ("+r.text+")")
+		}
+		if up == 0 {
+			for _, a := range list {
+				fail("backend %q: %v", a.String(), check(a).err)
+			}
 		}
 		return strings.Join(out, ", ")
 	}
@@ -97,6 +115,9 @@ func checkPlan(opts options, stdout, stderr io.Writer) int {
 
 	used := map[string]bool{}
 	for _, p := range listeners {
+		if err := activation.CheckListen(p.option, p.addr); err != nil {
+			fail("%v", err)
+		}
 		used[p.label()], used[p.addr] = true, true
 		a, ok := backendOf(p)
 		fmt.Fprintf(&b, "listener %s (%s %s)", p.label(), p.option, p.addr)
@@ -161,8 +182,10 @@ func checkPlan(opts options, stdout, stderr io.Writer) int {
 		opts.proxyProtocol, opts.fdstore, uint32(opts.socketMode), metrics, level)
 
 	io.WriteString(stdout, b.String())
-	for _, e := range errs {
-		fmt.Fprintf(stderr, "socket-proxyd: %s\n", e)
+	for i, e := range errs {
+		if !slices.Contains(errs[:i], e) { // a backend shared by several sockets fails once
+			fmt.Fprintf(stderr, "socket-proxyd: %s\n", e)
+		}
 	}
 	if len(errs) > 0 {
 		return 1

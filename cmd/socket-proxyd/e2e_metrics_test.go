@@ -385,3 +385,28 @@ scrape_configs:
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
 }
+
+// TestCheckSeveralBackendsAndListenAddresses: of several backends, one
+// that is down fails --check only when none is up (an ExecReload= with
+// --check must not fail for an instance stopped on purpose); a --listen
+// address that binding would refuse fails it, unbound.
+func TestCheckSeveralBackendsAndListenAddresses(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	up, down := filepath.Join(dir, "up.sock"), filepath.Join(dir, "down.sock")
+	echoUnix(t, up)
+	code, stdout, stderr := run(t, binary, launch{args: []string{"--check", "--listen", "127.0.0.1:0", up, down}})
+	if code != 0 || !strings.Contains(stdout, "NOT REACHABLE") {
+		t.Errorf("one of two backends down: exit %d, stdout %q, stderr %q; want 0 and the plan saying which", code, stdout, stderr)
+	}
+	code, _, stderr = run(t, binary, launch{args: []string{"--check", "--listen", "127.0.0.1:0", down}})
+	if code != 1 || !strings.Contains(stderr, "no unix socket") {
+		t.Errorf("the only backend down: exit %d, stderr %q; want 1 and why", code, stderr)
+	}
+	for _, bad := range [][]string{{"--listen", "127.0.0.1:99999"}, {"--listen", "::1:8080"}, {"--listen-datagram", "127.0.0.1:70000"}} {
+		code, _, stderr = run(t, binary, launch{args: append([]string{"--check"}, append(bad, up)...)})
+		if code != 1 || !strings.Contains(stderr, bad[0]+" address") {
+			t.Errorf("%v: exit %d, stderr %q; want 1 and the address named", bad, code, stderr)
+		}
+	}
+}

@@ -52,6 +52,36 @@ func ListenMode(addr string, mode os.FileMode) (Listener, error) {
 	return Listener{Listener: ln, Name: addr, FD: -1}, nil
 }
 
+// CheckListen says what is wrong with the address of a --listen,
+// --listen-datagram or --listen-sequential-packet option (flag), as
+// binding it would, but without binding: --check runs beside the proxy
+// that holds the address.
+func CheckListen(flag, addr string) error {
+	switch flag {
+	case "--listen-datagram":
+		if _, err := packetNetwork(addr, flag, "udp", "unixgram"); err != nil {
+			return err
+		}
+	case "--listen-sequential-packet":
+		_, err := packetNetwork(addr, flag, "", "unixpacket")
+		return err
+	default:
+		if addr == "" {
+			return errors.New("empty --listen address: give HOST:PORT, [IPv6]:PORT, an absolute unix socket path or @name")
+		}
+		if strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "@") {
+			return nil
+		}
+		if err := tcpMistake(addr); err != nil {
+			return err
+		}
+	}
+	if strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "@") {
+		return nil
+	}
+	return checkListenPort(flag, addr)
+}
+
 // checkListenPort refuses a HOST:PORT whose port is neither a number from
 // 0 to 65535 nor a service name, saying so, where Go would say "lookup
 // tcp/80x: unknown port".
