@@ -469,6 +469,9 @@ func metricsAddress(p *string) func(string) error {
 		if s == "" {
 			return errors.New("empty address: give HOST:PORT, a unix socket path or @name, such as 127.0.0.1:9560")
 		}
+		if *p != "" {
+			return fmt.Errorf("given twice (%q before): the metrics are served on one address", *p)
+		}
 		*p = s
 		return nil
 	}

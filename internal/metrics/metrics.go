@@ -137,7 +137,7 @@ func (e *Exporter) Append(b []byte) []byte {
 	w.plain("socket_proxyd_fdstore_taken_total", "", "", taken)
 	w.family("socket_proxyd_pipes", "gauge", "Kernel pipes open now, lent to connections or pooled.")
 	w.plain("socket_proxyd_pipes", "", "", st.Pipes)
-	w.family("socket_proxyd_spliced_bytes_total", "counter", "Bytes moved by splice without a copy to user space (part of socket_proxyd_bytes_total).")
+	w.family("socket_proxyd_spliced_bytes_total", "counter", "Bytes moved by splice from a socket into a pipe, without a copy to user space; those delivered are counted in socket_proxyd_bytes_total, and a connection cut with bytes in its pipe has spliced more than it delivered.")
 	w.plain("socket_proxyd_spliced_bytes_total", "", "", st.SplicedBytes)
 
 	open, limit := descriptors()

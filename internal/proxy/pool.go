@@ -232,7 +232,11 @@ func (l *loop) poolMember(listener uint16, m uint8) *member {
 func (l *loop) backendDown(listener int, m int, why string) {
 	ln := &l.listeners[listener]
 	l.s.poolUp.Add(-1)
-	l.s.log.Warn("backend down, skipping it while another is up", "listener", ln.label, "backend", ln.pool.members[m].name,
+	msg := "backend down, skipping it while another is up"
+	if ln.pool.up == 0 {
+		msg = "backend down, and every backend of the socket is down: clients wait and retry within --connect-timeout"
+	}
+	l.s.log.Warn(msg, "listener", ln.label, "backend", ln.pool.members[m].name,
 		"error", why, "backends_up", ln.pool.up, "backends", len(ln.pool.members))
 }
 
