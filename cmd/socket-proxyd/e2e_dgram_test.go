@@ -323,16 +323,11 @@ func startDnsmasq(t *testing.T) string {
 	return server
 }
 
-// TestDigThroughProxy: a real resolver and a real server. dnsmasq answers
-// on 127.0.0.1 at a high port; one proxy process holds a stream socket and
-// a datagram socket on one port, as a .socket unit with ListenStream=53
-// and ListenDatagram=53 passes them; dig asks through it over UDP and TCP.
-func TestDigThroughProxy(t *testing.T) {
-	t.Parallel()
-	dig := testutil.RequireTool(t, "dig", "bind9-dnsutils")
-	server := startDnsmasq(t)
-
-	// One port, both kinds, as systemd passes them.
+// listenBothOnOnePort listens on a TCP and a UDP socket of one port of
+// 127.0.0.1, as a .socket unit with ListenStream= and ListenDatagram= of
+// one port passes them; the UDP socket is closed when the test ends.
+func listenBothOnOnePort(t *testing.T) (*net.TCPListener, *net.UDPConn) {
+	t.Helper()
 	var tcpLn *net.TCPListener
 	var udpConn *net.UDPConn
 	var err error
@@ -344,6 +339,20 @@ func TestDigThroughProxy(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() { udpConn.Close() })
+	return tcpLn, udpConn
+}
+
+// TestDigThroughProxy: a real resolver and a real server. dnsmasq answers
+// on 127.0.0.1 at a high port; one proxy process holds a stream socket and
+// a datagram socket on one port, as a .socket unit with ListenStream=53
+// and ListenDatagram=53 passes them; dig asks through it over UDP and TCP.
+func TestDigThroughProxy(t *testing.T) {
+	t.Parallel()
+	dig := testutil.RequireTool(t, "dig", "bind9-dnsutils")
+	server := startDnsmasq(t)
+
+	// One port, both kinds, as systemd passes them.
+	tcpLn, udpConn := listenBothOnOnePort(t)
 	proxyPort := tcpLn.Addr().(*net.TCPAddr).Port
 	p := start(t, binary, launch{args: []string{server},
 		fds: []inherited{{file: fileOf(t, tcpLn), name: "dns-tcp"}, {file: fileOf(t, udpConn), name: "dns-udp"}}})

@@ -248,17 +248,7 @@ func dnsperfLost(t *testing.T, server, mode string, clients, seconds int) (sent,
 func TestDnsperfThroughProxy(t *testing.T) {
 	t.Parallel()
 	server := startNSD(t)
-	var tcpLn *net.TCPListener
-	var udpConn *net.UDPConn
-	var err error
-	for attempt := 0; udpConn == nil; attempt++ {
-		tcpLn = listenTCP(t, "127.0.0.1:0")
-		udpConn, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: tcpLn.Addr().(*net.TCPAddr).Port})
-		if err != nil && attempt == 5 {
-			t.Fatalf("no port free for both TCP and UDP: %v", err)
-		}
-	}
-	t.Cleanup(func() { udpConn.Close() })
+	tcpLn, udpConn := listenBothOnOnePort(t)
 	p := start(t, binary, launch{args: []string{server},
 		fds: []inherited{{file: fileOf(t, tcpLn), name: "dns-proxy.socket"}, {file: fileOf(t, udpConn), name: "dns-proxy.socket"}}})
 	for _, mode := range []string{"udp", "tcp"} {

@@ -438,12 +438,12 @@ func TestOneBackendLogsAsBefore(t *testing.T) {
 	}
 }
 
-// TestFlowsStayOnTheirBackend: a datagram client keeps its backend for
-// every datagram of its flow, under round-robin, and clients spread.
-func TestFlowsStayOnTheirBackend(t *testing.T) {
-	noLeak(t)
+// udpBackends runs n UDP echo backends, each prefixing its replies with
+// "b<i>:", until the test ends.
+func udpBackends(t *testing.T, n int) ([]backend.Address, []net.PacketConn) {
 	var addrs []backend.Address
-	for i := range 2 {
+	var conns []net.PacketConn
+	for i := range n {
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -460,8 +460,16 @@ func TestFlowsStayOnTheirBackend(t *testing.T) {
 			}
 		}()
 		a, _ := backend.Parse(pc.LocalAddr().String())
-		addrs = append(addrs, a)
+		addrs, conns = append(addrs, a), append(conns, pc)
 	}
+	return addrs, conns
+}
+
+// TestFlowsStayOnTheirBackend: a datagram client keeps its backend for
+// every datagram of its flow, under round-robin, and clients spread.
+func TestFlowsStayOnTheirBackend(t *testing.T) {
+	noLeak(t)
+	addrs, _ := udpBackends(t, 2)
 	ln, err := activation.ListenDatagram("127.0.0.1:0", 0o666)
 	if err != nil {
 		t.Fatal(err)
@@ -531,27 +539,7 @@ func TestSourceSameInEveryImage(t *testing.T) {
 // backend that is up, instead of to the dead one for as long as the client
 // keeps sending.
 func TestFlowLeavesABackendThatIsGone(t *testing.T) {
-	var addrs []backend.Address
-	var conns []net.PacketConn
-	for i := range 2 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { pc.Close() })
-		go func() {
-			buf := make([]byte, 64)
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				pc.WriteTo(append([]byte(fmt.Sprintf("b%d:", i)), buf[:n]...), from)
-			}
-		}()
-		a, _ := backend.Parse(pc.LocalAddr().String())
-		addrs, conns = append(addrs, a), append(conns, pc)
-	}
+	addrs, conns := udpBackends(t, 2)
 	ln, err := activation.ListenDatagram("127.0.0.1:0", 0o666)
 	if err != nil {
 		t.Fatal(err)
