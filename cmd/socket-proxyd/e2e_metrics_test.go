@@ -188,7 +188,7 @@ func TestCheckPrintsThePlan(t *testing.T) {
 		}
 	}
 	missing := filepath.Join(shortDir(t), "none.sock")
-	code, stdout, stderr = run(t, binary, launch{args: []string{"--check", "--listen", "127.0.0.1:0", missing}})
+	code, _, stderr = run(t, binary, launch{args: []string{"--check", "--listen", "127.0.0.1:0", missing}})
 	if code != 1 || !strings.Contains(stderr, "no unix socket at "+strconv.Quote(missing)) {
 		t.Errorf("--check with a missing backend: exit %d, stderr %q, want 1 and the reason", code, stderr)
 	}
