@@ -50,7 +50,9 @@ func plannedListeners(opts options) []planned {
 
 // checkPlan prints the plan to stdout and returns 0, or prints why it
 // would not start to stderr and returns 1.
-func checkPlan(opts options, stdout, stderr io.Writer) int {
+// planPrefix and errPrefix go before each line of either (the journal's
+// priority prefixes, under systemd).
+func checkPlan(opts options, stdout, stderr io.Writer, planPrefix, errPrefix string) int {
 	var errs []string
 	fail := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
 	var b strings.Builder
@@ -181,10 +183,14 @@ func checkPlan(opts options, stdout, stderr io.Writer) int {
 	fmt.Fprintf(&b, "proxy-protocol=%s fdstore=%s socket-mode=%#o metrics=%s log-level=%s\n",
 		opts.proxyProtocol, opts.fdstore, uint32(opts.socketMode), metrics, level)
 
-	io.WriteString(stdout, b.String())
+	for _, line := range strings.SplitAfter(b.String(), "\n") {
+		if line != "" {
+			io.WriteString(stdout, planPrefix+line)
+		}
+	}
 	for i, e := range errs {
 		if !slices.Contains(errs[:i], e) { // a backend shared by several sockets fails once
-			fmt.Fprintf(stderr, "socket-proxyd: %s\n", e)
+			fmt.Fprintf(stderr, "%ssocket-proxyd: %s\n", errPrefix, e)
 		}
 	}
 	if len(errs) > 0 {

@@ -90,7 +90,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if opts.check {
-		return checkPlan(opts, stdout, stderr)
+		// Under systemd (ExecReload=), the plan is debug and the
+		// reasons errors, so that journalctl -p shows the failure.
+		planPrefix, errPrefix := "", ""
+		if logging.StreamIsJournal(os.Getenv("JOURNAL_STREAM"), stdout) {
+			planPrefix = "<7>"
+		}
+		if journal {
+			errPrefix = "<3>"
+		}
+		return checkPlan(opts, stdout, stderr, planPrefix, errPrefix)
 	}
 
 	logOpts := logging.Options{Journal: journal, Level: slog.LevelInfo}
