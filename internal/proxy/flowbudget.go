@@ -50,14 +50,18 @@ const MaxFlowsCap = 16384
 
 // flowBudget is the default for Config.MaxFlows: the descriptors the open
 // files limit leaves after the connections (two each), their pipes and the
-// loop's own, but never fewer than 64 nor more than MaxFlowsCap.
+// loop's own, the connections taking half the limit at most (-c is a limit,
+// often set far past what the descriptors allow: -c 20000 under a limit of
+// 20000 must not leave flows 64), and never fewer than 64 nor more than
+// MaxFlowsCap.
 func flowBudget(maxConns, pipes int) int {
 	var rl unix.Rlimit
 	limit := 1024
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Cur < 1<<30 {
 		limit = int(rl.Cur)
 	}
-	return max(64, min(limit-2*maxConns-2*pipes-64, MaxFlowsCap))
+	conns := min(2*maxConns+2*pipes, limit/2)
+	return max(64, min(limit-conns-64, MaxFlowsCap))
 }
 
 func (l *loop) flowAt(r flowRef) *flow { return l.flows.table[r-1] }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 )
 
@@ -53,5 +55,22 @@ func TestEvictionOrderSurvivesTheStore(t *testing.T) {
 	}
 	if got, _ := exchange(t, second, b.addr, []byte("2")); string(got) == string(flowOfSecond) {
 		t.Errorf("the least recently active flow was kept")
+	}
+}
+
+// TestFlowBudgetFromTheLimit: the default budget is what the open files
+// limit leaves after the connections, which take half of it at most: a -c
+// far past the limit does not leave flows a budget of 64.
+func TestFlowBudgetFromTheLimit(t *testing.T) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur < 4096 {
+		t.Skipf("open files limit %d: too low to tell", rl.Cur)
+	}
+	limit := int(min(rl.Cur, 1<<30))
+	if got := flowBudget(20000, 1024); got < min(limit/2-64, MaxFlowsCap) {
+		t.Errorf("-c 20000 under a limit of %d: budget %d, want at least half the limit", limit, got)
+	}
+	if got := flowBudget(256, 224); got != min(limit-2*256-2*224-64, MaxFlowsCap) {
+		t.Errorf("-c 256: budget %d", got)
 	}
 }
