@@ -357,9 +357,10 @@ func (l *loop) sendOrDrop(fd int, msgs []unix.Mmsghdr, segment, perDestination b
 		msgs = msgs[n:]
 		switch {
 		case len(msgs) == 0:
-		case e == 0 || e == unix.EINTR:
+		case e == 0 && n > 0, e == unix.EINTR:
 			// sendmmsg stops without an error at the first datagram
 			// that fails after one went: the next call reports it.
+			// (Nothing sent and no error would loop: it drops one.)
 		case e == unix.EMSGSIZE && segment:
 			// The failed send may have been a run of segments: send
 			// one by one from here, to find the one datagram too big.

@@ -521,15 +521,7 @@ func TestReplyToGoneClientDropped(t *testing.T) {
 	}()
 	r := startDgram(t, filepath.Join(dir, "px"), be.LocalAddr().String(), Config{})
 	to := &net.UnixAddr{Name: r.addr, Net: "unixgram"}
-	client := func(name string) *net.UnixConn {
-		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, name), Net: "unixgram"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		return c
-	}
+	client := func(name string) *net.UnixConn { return unixgramClient(t, filepath.Join(dir, name), 10*time.Second) }
 	gone := client("gone")
 	if _, err := gone.WriteTo([]byte("later"), to); err != nil {
 		t.Fatal(err)
@@ -912,15 +904,7 @@ func TestUnixReplyToAFullClientDropsAlone(t *testing.T) {
 	held, unhold := holdFirstBatch(t)
 	held.armed.Store(false)
 	r := startPrepared(t, ln, be.LocalAddr().String(), Config{}, held.prepare)
-	client := func(name string) *net.UnixConn {
-		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, name), Net: "unixgram"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		return c
-	}
+	client := func(name string) *net.UnixConn { return unixgramClient(t, filepath.Join(dir, name), 20*time.Second) }
 	px := &net.UnixAddr{Name: r.addr, Net: "unixgram"}
 	buf := make([]byte, 100)
 	forward := func(c *net.UnixConn, msg string) *net.UnixAddr { // client -> proxy -> backend; the flow's address
@@ -981,12 +965,7 @@ func TestLargestUnixDatagramGoesWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := startDgram(t, filepath.Join(dir, "px"), be.LocalAddr().String(), Config{})
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "c"), Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := unixgramClient(t, filepath.Join(dir, "c"), 10*time.Second)
 	if err := c.SetWriteBuffer(2 * unixSlot); err != nil {
 		t.Fatal(err)
 	}
@@ -1443,11 +1422,7 @@ func TestUnixFlowFollowsARestartedBackend(t *testing.T) {
 	}
 	be := listenBe()
 	r := startDgram(t, filepath.Join(dir, "px"), bePath, Config{})
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "c"), Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := unixgramClient(t, filepath.Join(dir, "c"), 20*time.Second)
 	px := &net.UnixAddr{Name: r.addr, Net: "unixgram"}
 	buf := make([]byte, 64)
 	c.WriteToUnix([]byte("before"), px)
@@ -1468,4 +1443,17 @@ func TestUnixFlowFollowsARestartedBackend(t *testing.T) {
 		}
 	}
 	t.Fatalf("the restarted backend never got the client's datagrams; stats %+v", r.srv.Stats())
+}
+
+// unixgramClient is a unix datagram socket bound at path, closed when the
+// test ends, that gives up on reads and writes after wait.
+func unixgramClient(t *testing.T, path string, wait time.Duration) *net.UnixConn {
+	t.Helper()
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(wait))
+	return c
 }
