@@ -16,7 +16,9 @@ import (
 // sent, and which events happened while the operation was open. An event
 // allows some bad outcomes and no others:
 //
-//	reset of a stream           backend-reset (of that connection), sigterm without the store, exhaust
+//	reset of a stream           backend-reset (of that connection), sigterm without the store, exhaust,
+//	                            a sigterm that killed the proxy in a reload's exec window
+//	end of the proxy by SIGTERM a sigterm within reloadWindow of a sighup
 //	refusal of a new stream     limit, exhaust, sigterm without the store
 //	loss of a datagram          sigstop, backend-down, backend-stall, exhaust, limit, sigterm,
 //	                            flood (the flow table), or a drop the kernel counted on a socket
@@ -49,6 +51,13 @@ func (t *timeline) begin(kind string, id int) *span {
 	defer t.mu.Unlock()
 	t.spans = append(t.spans, span{kind: kind, id: id, start: time.Now()})
 	return &t.spans[len(t.spans)-1]
+}
+
+// add records an event that was seen after the fact.
+func (t *timeline) add(kind string, id int, start, end time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.spans = append(t.spans, span{kind: kind, id: id, start: start, end: end})
 }
 
 func (t *timeline) end(kind string, id int) {

@@ -43,7 +43,15 @@ const (
 )
 
 var trafficKinds = []string{kTCP, kUnix, kSeqpacket, kUDP4, kUDP6, kUnixgram, kFlood}
-var eventKinds = []string{eHUP, eHUPBurst, eStop, eDown, eReset, eStall, eExhaust, eLimit, eTerm, eBroken, eHang}
+// eTermMidReload is no scheduled event: the timeline records it when a
+// SIGTERM killed the proxy in a reload's exec window.
+const eTermMidReload = "sigterm-mid-reload"
+
+// reloadWindow is how long after a SIGHUP its reload may still be under
+// way: the check's deadline (10s) and its wait delay, with a second spare.
+const reloadWindow = 12 * time.Second
+
+var eventKinds = []string{eHUP, eHUPBurst, eStop, eDown, eReset, eStall, eExhaust, eLimit, eTerm, eBroken, eHang, eTermMidReload}
 
 // defaultMix and defaultEvents are the weights of a run that says nothing.
 const (

@@ -194,7 +194,7 @@ func readEnd(c net.Conn, what string, got int64) outcome {
 		return outcome{err: fmt.Errorf("%w: %s: a byte %#x after the trailer", errCorrupt, what, one[0]), got: got}
 	}
 	if err != io.EOF {
-		return outcome{err: fmt.Errorf("%s: after the trailer, %v instead of the end", what, err), got: got}
+		return outcome{err: fmt.Errorf("%s: after the trailer, %w instead of the end", what, err), got: got}
 	}
 	return outcome{got: got}
 }

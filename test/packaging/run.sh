@@ -65,8 +65,9 @@ check "rpm: License: Apache-2.0" eval 'l=$(rpm -qp --qf "%{LICENSE}" "$rpm" 2>/d
 
 dpkg-deb --fsys-tarfile "$deb" | tar -t | grep -v '/$' | sed 's|^\.||' |
 	grep -vx /usr/share/doc/socket-proxyd/copyright |
-	sed 's|/usr/share/zsh/vendor-completions/|/usr/share/zsh/site-functions/|' | sort >"$tmp/deb-files.list"
-check "the .deb holds what make install installs (zsh's file in vendor-completions)" same "$tmp/install.list" "$tmp/deb-files.list"
+	sed 's|/usr/share/zsh/vendor-completions/|/usr/share/zsh/site-functions/|; s|^/lib/systemd/system-preset/|/usr/lib/systemd/system-preset/|' |
+	sort >"$tmp/deb-files.list"
+check "the .deb holds what make install installs (zsh's file in vendor-completions, the preset where Debian 12's systemd has its directory)" same "$tmp/install.list" "$tmp/deb-files.list"
 check "deb: a machine-readable copyright file naming Apache-2.0" eval '
 	dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/share/doc/socket-proxyd/copyright >"$tmp/copyright" &&
 	head -n 1 "$tmp/copyright" | grep -qx "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/" &&

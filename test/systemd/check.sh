@@ -465,12 +465,12 @@ scenario_deb() { # the Debian package: install, use, remove
 	check "curl gets nginx's page" get_page http://localhost:80/
 	files=$(dpkg -L socket-proxyd | while read -r f; do [[ -d $f ]] || echo "$f"; done)
 	check "package lists its files" test -n "$files"
-	check "dpkg -r socket-proxyd" dpkg -r socket-proxyd
+	check "dpkg -r socket-proxyd, without a warning" eval 'out=$(dpkg -r socket-proxyd 2>&1) || exit 1; echo "$out"; ! grep -i warning <<<"$out"'
 	check "removal stopped the proxy and its socket" eval 'inactive proxy-to-nginx.service && ! systemctl is-active -q proxy-to-nginx.socket'
 	check "removal disabled it: no link left in /etc/systemd/system" eval '
 		links=$(find /etc/systemd/system -name "proxy-to-nginx*" -type l); [[ -z $links ]] || { echo "left: $links"; exit 1; }'
 	check "every file of the package is gone" eval 'left=0; while read -r f; do [[ -e $f ]] && { echo "left: $f"; left=1; }; done <<<"$files"; exit $left'
-	check "dpkg -P socket-proxyd" dpkg -P socket-proxyd
+	check "dpkg -P socket-proxyd, without a warning" eval 'out=$(dpkg -P socket-proxyd 2>&1) || exit 1; echo "$out"; ! grep -i warning <<<"$out"'
 	check "package no longer known to dpkg" eval '! dpkg -s socket-proxyd'
 }
 
