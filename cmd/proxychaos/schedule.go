@@ -43,6 +43,7 @@ const (
 )
 
 var trafficKinds = []string{kTCP, kUnix, kSeqpacket, kUDP4, kUDP6, kUnixgram, kFlood}
+
 // eTermMidReload is no scheduled event: the timeline records it when a
 // SIGTERM killed the proxy in a reload's exec window.
 const eTermMidReload = "sigterm-mid-reload"
