@@ -10,8 +10,7 @@
 # index in a byte), so 1000 backends probed every second is measured as
 # the same probe rate: 64 backends every 64ms (about 1000 probes a second).
 #
-# Usage: test/bench/health-cost.sh   (needs python3, systemd-socket-activate,
-# taskset; BACKENDS=64 INTERVAL=64ms SECONDS_EACH=20 BIN=./socket-proxyd)
+# Usage: test/bench/health-cost.sh   (needs python3 and taskset; BACKENDS=64 INTERVAL=64ms SECONDS_EACH=20 BIN=./socket-proxyd)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${BIN:-$top/socket-proxyd}
@@ -26,7 +25,7 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-for c in python3 systemd-socket-activate taskset; do command -v $c >/dev/null || { echo "health-cost.sh: $c not found" >&2; exit 1; }; done
+for c in python3 taskset; do command -v $c >/dev/null || { echo "health-cost.sh: $c not found" >&2; exit 1; }; done
 [[ -x $bin ]] || { echo "health-cost.sh: no $bin (make build)" >&2; exit 1; }
 
 # The backends: n listening ports, each connection accepted and closed,
@@ -71,7 +70,9 @@ printf '| %s | %s | %s | %s |\n' "health interval" "backends" "proxy CPU %" "pro
 printf '|---|---|---|---|\n'
 port=$((20000 + RANDOM % 20000))
 for iv in 0 "$interval"; do
-	taskset -c 0 systemd-socket-activate -l "127.0.0.1:$port" "$bin" --health-interval="$iv" "${backends[@]}" 2>"$dir/proxy.log" &
+	# --listen: systemd-socket-activate would start the proxy only at
+	# the first client, and here there is none.
+	taskset -c 0 "$bin" --listen "127.0.0.1:$port" --health-interval="$iv" "${backends[@]}" 2>"$dir/proxy.log" &
 	p=$!
 	sleep 3 # past start-up and the first round of probes
 	c0=$(cputime $p) n0=$(probes)
