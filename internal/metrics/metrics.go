@@ -96,6 +96,17 @@ func (e *Exporter) Append(b []byte) []byte {
 			w.histogram("socket_proxyd_backend_connect_seconds", l, &l.ConnectTime)
 		}
 	}
+	if several(e.ls) {
+		w.family("socket_proxyd_backend_up", "gauge", "1 while a backend of a listener with several is up, 0 while a failed connect or probe holds it down.")
+		w.members(e.ls, "socket_proxyd_backend_up", func(b *proxy.BackendStats) int64 {
+			if b.Up {
+				return 1
+			}
+			return 0
+		})
+		w.family("socket_proxyd_backend_open", "gauge", "Connections and datagram flows on each backend of a listener with several, connecting included.")
+		w.members(e.ls, "socket_proxyd_backend_open", func(b *proxy.BackendStats) int64 { return b.Open })
+	}
 	w.family("socket_proxyd_flows_active", "gauge", "Datagram flows open now.")
 	w.datagram(e.ls, "socket_proxyd_flows_active", func(l *proxy.ListenerStats) int64 { return l.Flows })
 	w.family("socket_proxyd_flows_opened_total", "counter", "Datagram flows opened.")
@@ -228,6 +239,35 @@ func (w *writer) open(name string, l *proxy.ListenerStats) {
 	w.b = appendQuoted(w.b, l.Listener)
 	w.b = append(w.b, ",backend="...)
 	w.b = appendQuoted(w.b, l.Backend)
+}
+
+// several says some listener has several backends.
+func several(ls []proxy.ListenerStats) bool {
+	for i := range ls {
+		if ls[i].NBackends > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// members writes name{listener=...,backend=MEMBER} v for each backend of
+// each listener with several.
+func (w *writer) members(ls []proxy.ListenerStats, name string, v func(*proxy.BackendStats) int64) {
+	for i := range ls {
+		l := &ls[i]
+		for m := range l.NBackends {
+			b := &l.Backends[m]
+			w.b = append(w.b, name...)
+			w.b = append(w.b, "{listener="...)
+			w.b = appendQuoted(w.b, l.Listener)
+			w.b = append(w.b, ",backend="...)
+			w.b = appendQuoted(w.b, b.Name)
+			w.b = append(w.b, "} "...)
+			w.b = strconv.AppendInt(w.b, v(b), 10)
+			w.b = append(w.b, '\n')
+		}
+	}
 }
 
 func (w *writer) label(key, value string) {

@@ -32,8 +32,11 @@ func fixed() *Exporter {
 	dgram := proxy.ListenerStats{Listener: "a\"b\\c\nd/udp", Kind: activation.Datagram, Backend: "/run/x.sock",
 		Flows: 1, FlowsOpened: 4, FlowsExpired: 2, FlowsEvicted: 1, DatagramsIn: 9, DatagramsOut: 8}
 	dgram.Dropped[proxy.DropTruncated] = 5
+	pool := proxy.ListenerStats{Listener: "pool/tcp", Kind: activation.Stream, Backend: "/run/app1.sock,/run/app2.sock", NBackends: 2}
+	pool.Backends[0] = proxy.BackendStats{Name: "/run/app1.sock", Up: true, Open: 3}
+	pool.Backends[1] = proxy.BackendStats{Name: "/run/app2.sock"}
 	e := &Exporter{
-		Listeners: func(dst []proxy.ListenerStats) []proxy.ListenerStats { return append(dst, stream, dgram) },
+		Listeners: func(dst []proxy.ListenerStats) []proxy.ListenerStats { return append(dst, stream, dgram, pool) },
 		Stats:     func() proxy.Stats { return proxy.Stats{Kept: 3, Paused: int64(1500 * time.Microsecond), Resumed: 6} },
 		Reloads:   &Reloads{},
 		Resumed:   true,
@@ -68,6 +71,10 @@ func TestExposition(t *testing.T) {
 		`socket_proxyd_datagrams_forwarded_total{listener="a\"b\\c\nd/udp",backend="/run/x.sock",direction="to_backend"} 9`,
 		`socket_proxyd_datagrams_forwarded_total{listener="a\"b\\c\nd/udp",backend="/run/x.sock",direction="to_client"} 8`,
 		`socket_proxyd_datagrams_dropped_total{listener="a\"b\\c\nd/udp",backend="/run/x.sock",reason="truncated"} 5`,
+		`socket_proxyd_backend_up{listener="pool/tcp",backend="/run/app1.sock"} 1`,
+		`socket_proxyd_backend_up{listener="pool/tcp",backend="/run/app2.sock"} 0`,
+		`socket_proxyd_backend_open{listener="pool/tcp",backend="/run/app1.sock"} 3`,
+		`socket_proxyd_backend_open{listener="pool/tcp",backend="/run/app2.sock"} 0`,
 		`socket_proxyd_reloads_total{result="ok"} 2`,
 		`socket_proxyd_reloads_total{result="failed"} 0`,
 		`socket_proxyd_reload_pause_seconds 0.0015`,
@@ -83,6 +90,7 @@ func TestExposition(t *testing.T) {
 		`socket_proxyd_connections_accepted_total{listener="a`,
 		`socket_proxyd_flows_active{listener=":8080/tcp"`,
 		`socket_proxyd_backend_connect_seconds_bucket{listener="a`,
+		`socket_proxyd_backend_up{listener=":8080/tcp"`, // one backend: no health kept
 	} {
 		if strings.Contains(out, absent) {
 			t.Errorf("a series of the wrong listener type: %s", absent)
@@ -108,7 +116,7 @@ func TestPromtoolAcceptsTheExposition(t *testing.T) {
 // allocates nothing of its own (net/http's part aside).
 func TestScrapeAllocatesNothing(t *testing.T) {
 	e := fixed()
-	ls := make([]proxy.ListenerStats, 0, 2)
+	ls := make([]proxy.ListenerStats, 0, 3)
 	e.Listeners = func(dst []proxy.ListenerStats) []proxy.ListenerStats {
 		return append(dst, ls[:cap(ls)]...)
 	}

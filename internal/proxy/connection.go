@@ -551,7 +551,7 @@ func (l *loop) release(c *conn, reset bool) {
 		l.leaveLookup(c)
 	}
 	if m := l.poolMember(c.listener, c.member); m != nil && c.state != 0 {
-		m.open--
+		m.add(-1)
 	}
 	c.state = 0
 	l.sourceAdd(c.client.Addr(), false, -1)

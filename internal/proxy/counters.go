@@ -138,6 +138,14 @@ type listenerCounters struct {
 	datagramsIn        atomic.Int64
 	datagramsOut       atomic.Int64
 	dropped            [Drops]atomic.Int64
+	backends           [MaxBackends]backendCounters
+}
+
+// backendCounters are one backend's, of a listener with several: whether
+// it is up, and the connections and flows on it.
+type backendCounters struct {
+	up   atomic.Bool
+	open atomic.Int64
 }
 
 func (n *listenerCounters) drop(why Drop, k int) { n.dropped[why].Add(int64(k)) }
@@ -160,6 +168,19 @@ type ListenerStats struct {
 	Flows, FlowsOpened, FlowsExpired, FlowsEvicted int64
 	DatagramsIn, DatagramsOut                      int64
 	Dropped                                        [Drops]int64
+
+	// Backends are the first NBackends entries: each backend of a
+	// listener with several (none for a listener with one, whose health
+	// is not kept), in the order of the command line.
+	Backends  [MaxBackends]BackendStats
+	NBackends int
+}
+
+// BackendStats is one backend of a listener with several.
+type BackendStats struct {
+	Name string // its address as log lines print it
+	Up   bool   // not marked down by a failed connect or probe
+	Open int64  // connections and datagram flows on it, connecting included
 }
 
 // ListenerStats appends a snapshot of each listener's counters to dst, in
@@ -168,7 +189,15 @@ type ListenerStats struct {
 func (s *Server) ListenerStats(dst []ListenerStats) []ListenerStats {
 	for i := range s.per {
 		dst = append(dst, ListenerStats{Listener: s.labels[i], Kind: s.cfg.Listeners[i].Kind, Backend: s.backends[i]})
-		s.per[i].snapshot(&dst[len(dst)-1])
+		o := &dst[len(dst)-1]
+		s.per[i].snapshot(o)
+		if names := s.members[i]; len(names) > 1 {
+			o.NBackends = len(names)
+			for m, name := range names {
+				b := &s.per[i].backends[m]
+				o.Backends[m] = BackendStats{Name: name, Up: b.up.Load(), Open: b.open.Load()}
+			}
+		}
 	}
 	return dst
 }

@@ -124,7 +124,7 @@ func (l *loop) dialBackend(c *conn) {
 	if p := &l.listeners[c.listener].pool; p.several() {
 		m := max(p.pick(c.client.Addr(), l.now()), 0)
 		c.member = uint8(m)
-		p.members[m].open++
+		p.members[m].add(1)
 	}
 	l.dialMember(c)
 }
@@ -200,8 +200,8 @@ func (l *loop) nextMember(c *conn) bool {
 // address.
 func (l *loop) moveTo(c *conn, n int) {
 	p := &l.listeners[c.listener].pool
-	p.members[c.member].open--
-	p.members[n].open++
+	p.members[c.member].add(-1)
+	p.members[n].add(1)
 	c.member, c.attempt = uint8(n), 0
 	if c.dial != nil {
 		c.dial.targets = nil // a host name's: resolved again for the new one

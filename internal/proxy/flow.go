@@ -531,7 +531,7 @@ func (l *loop) insertFlow(ln *listenerFD, f *flow, local netip.Addr) {
 	l.flows.table[fd] = f
 	d.flows[f.key] = f
 	if p := &ln.pool; p.several() && int(f.member) < len(p.members) {
-		p.members[f.member].open++
+		p.members[f.member].add(1)
 	}
 	f.state = flowsWaiting
 	l.link(f)
@@ -758,7 +758,7 @@ func flowClient(f *flow) string {
 // closeFlow ends a flow: its socket, its table and map entries.
 func (l *loop) closeFlow(f *flow, why string) {
 	if m := l.poolMember(f.listener, f.member); m != nil {
-		m.open--
+		m.add(-1)
 	}
 	if f.resolving {
 		if lk := l.lookups[l.flowBackend(f).name]; lk != nil {

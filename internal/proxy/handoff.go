@@ -420,7 +420,7 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	l.track(rc.FD[1], c)
 	c.state = stateOpen
 	if m := l.poolMember(c.listener, c.member); m != nil {
-		m.open++ // counted from here on, as release uncounts it
+		m.add(1) // counted from here on, as release uncounts it
 	}
 	for d := range rc.Dir {
 		c.dir[d].n = rc.Dir[d].Bytes

@@ -89,6 +89,9 @@ type member struct {
 	static []target
 	// open counts the connections and flows on it, connecting included.
 	open int32
+	// shown is what a scrape of the metrics sees of it (up, open): the
+	// loop writes it, another goroutine reads it. Nil for a pool of one.
+	shown *backendCounters
 	// down: a connect failed (or the probe said so) and nothing has
 	// connected since. until is when, under passive health, it may be
 	// tried again; fails counts the failures since it went down.
@@ -110,13 +113,35 @@ type pool struct {
 	checked bool
 }
 
-func newPool(addrs []backend.Address, policy Balance) pool {
+// newPool makes the pool of addrs; shown, if not nil, receives what the
+// metrics show of each member, while the pool has several.
+func newPool(addrs []backend.Address, policy Balance, shown *[MaxBackends]backendCounters) pool {
 	p := pool{policy: policy}
-	for _, a := range addrs {
+	for i, a := range addrs {
 		p.members = append(p.members, member{addr: a, name: a.String(), static: staticAddrs(a), probe: probe{fd: -1}})
+		if shown != nil && len(addrs) > 1 {
+			p.members[i].shown = &shown[i]
+			shown[i].up.Store(true)
+		}
 	}
 	p.up = len(p.members)
 	return p
+}
+
+// add counts d more connections or flows on m.
+func (m *member) add(d int32) {
+	m.open += d
+	if m.shown != nil {
+		m.shown.open.Add(int64(d))
+	}
+}
+
+// setDown marks m down (or up again).
+func (m *member) setDown(down bool) {
+	m.down = down
+	if m.shown != nil {
+		m.shown.up.Store(!down)
+	}
 }
 
 // several says the pool balances and keeps health at all.
@@ -199,7 +224,8 @@ func (p *pool) failed(m int, now int64) bool {
 		}
 		return false
 	}
-	b.down, b.fails, b.until = true, 0, after(now, downFirst)
+	b.setDown(true)
+	b.fails, b.until = 0, after(now, downFirst)
 	if p.checked {
 		b.until = math.MaxInt64
 	}
@@ -214,7 +240,8 @@ func (p *pool) succeeded(m int) bool {
 	if !b.down {
 		return false
 	}
-	b.down, b.fails, b.until = false, 0, 0
+	b.setDown(false)
+	b.fails, b.until = 0, 0
 	p.up++
 	return true
 }

@@ -174,6 +174,24 @@ func TestFirstStandsByInOrder(t *testing.T) {
 	if st := p.srv.Stats(); st.Backends != 4 || st.BackendsUp != 3 || st.BackendErrors != 0 {
 		t.Errorf("stats: %d backends, %d up, %d backend errors; want 4, 3, 0", st.Backends, st.BackendsUp, st.BackendErrors)
 	}
+	want := "b0 down 0, b1 up 0, b2 up 0, b3 up 0"
+	waitFor(t, "the metrics to show "+want, func() bool { return backendsShown(p.srv) == want })
+}
+
+// backendsShown is what the metrics would show of the first listener's
+// backends, each named as in fourMembers.
+func backendsShown(s *Server) string {
+	ls := s.ListenerStats(nil)[0]
+	var parts []string
+	for m := range ls.NBackends {
+		b := ls.Backends[m]
+		state := "down"
+		if b.Up {
+			state = "up"
+		}
+		parts = append(parts, fmt.Sprintf("b%d %s %d", m, state, b.Open))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // TestDeadBackendComesBack: a backend started again on its address takes
@@ -294,6 +312,9 @@ func TestLeastConnectionsFillsTheEmptiest(t *testing.T) {
 	if len(held) != 4 {
 		t.Fatalf("four connections went to %d backends", len(held))
 	}
+	if got := backendsShown(p.srv); got != "b0 up 1, b1 up 1, b2 up 1, b3 up 1" {
+		t.Errorf("with one connection on each, the metrics show the backends as %q", got)
+	}
 	held["b0"].Close()
 	held["b2"].Close()
 	waitFor(t, "two connections to close", func() bool { return p.srv.Stats().Active == 2 })
@@ -306,6 +327,12 @@ func TestLeastConnectionsFillsTheEmptiest(t *testing.T) {
 	if got["b0"] != 1 || got["b2"] != 1 {
 		t.Errorf("the next two went to %v, want b0 and b2", got)
 	}
+	if got := backendsShown(p.srv); got != "b0 up 1, b1 up 1, b2 up 1, b3 up 1" {
+		t.Errorf("after two closed and two more came, the metrics show the backends as %q", got)
+	}
+	held["b1"].Close()
+	want := "b0 up 1, b1 up 0, b2 up 1, b3 up 1"
+	waitFor(t, "the metrics to show "+want, func() bool { return backendsShown(p.srv) == want })
 }
 
 // TestSourceKeepsAClientOnItsBackend: each client address keeps its
@@ -518,7 +545,7 @@ func TestSourceSameInEveryImage(t *testing.T) {
 		}
 		addrs[i] = a
 	}
-	before, after := newPool(addrs, Source), newPool(addrs, Source)
+	before, after := newPool(addrs, Source, nil), newPool(addrs, Source, nil)
 	spread := map[int]bool{}
 	for i := range 64 {
 		src := netip.AddrFrom4([4]byte{10, 0, byte(i / 8), byte(i)})

@@ -227,9 +227,11 @@ type Server struct {
 	store  atomic.Bool          // Store was called
 
 	// per are each listener's counters (counters.go), by index in
-	// Config.Listeners; labels and backends name them.
+	// Config.Listeners; labels and backends name them, members names
+	// each backend of each.
 	per              []listenerCounters
 	labels, backends []string
+	members          [][]string
 
 	pipes, splices, splicedBytes, kept atomic.Int64
 	busyPollHits, segmented            atomic.Int64
@@ -261,6 +263,7 @@ func New(cfg Config) *Server {
 			names[i] = a.String()
 		}
 		s.labels = append(s.labels, ln.Label())
+		s.members = append(s.members, names)
 		// Several backends share a listener's counters: the label
 		// names them all, in order (bounded by MaxBackends).
 		s.backends = append(s.backends, strings.Join(names, ","))
