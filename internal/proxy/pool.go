@@ -216,8 +216,12 @@ func (p *pool) pick(src netip.Addr, now int64) int {
 // member went down just now (the caller logs that, once).
 func (p *pool) failed(m int, now int64) bool {
 	b := &p.members[m]
+	// A member the probes watch comes back by a probe; one they cannot
+	// watch (a host name) by a client's connect after its backoff, as
+	// without probes.
+	probed := p.checked && len(b.static) > 0
 	if b.down {
-		if now >= b.until && !p.checked {
+		if now >= b.until && !probed {
 			// Tried again after its backoff, and failed again.
 			b.fails = min(b.fails+1, 8)
 			b.until = after(now, min(downFirst<<b.fails, downMax))
@@ -226,7 +230,7 @@ func (p *pool) failed(m int, now int64) bool {
 	}
 	b.setDown(true)
 	b.fails, b.until = 0, after(now, downFirst)
-	if p.checked {
+	if probed {
 		b.until = math.MaxInt64
 	}
 	p.up--

@@ -439,6 +439,38 @@ func TestHealthChecksMoveBackendsDownAndUp(t *testing.T) {
 	}
 }
 
+// TestHostNameBackendComesBackWithProbesOn: the probes cannot watch a
+// backend given as a host name, so with them on it still comes back as
+// without them: a client's connect tries it again after its backoff.
+func TestHostNameBackendComesBackWithProbesOn(t *testing.T) {
+	noLeak(t)
+	ms := fourMembers(t)
+	cfg := Config{Balance: RoundRobin, HealthInterval: 30 * time.Millisecond}
+	for i, m := range ms {
+		addr := m.addr
+		if i == 3 {
+			addr = strings.Replace(addr, "127.0.0.1:", "localhost:", 1)
+		}
+		a, err := backend.Parse(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Backend = append(cfg.Backend, a)
+	}
+	ln, err := activation.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startOn(t, ln, "", cfg)
+	ms[3].stop()
+	waitFor(t, "a client's connect to take b3 down", func() bool {
+		share(t, p.addr, 4)
+		return p.srv.Stats().BackendsUp == 3
+	})
+	ms[3].start()
+	waitFor(t, "b3 to take connections again", func() bool { return share(t, p.addr, 4)["b3"] > 0 })
+}
+
 // TestOneBackendLogsAsBefore: a pool of one says nothing of pools: no
 // up or down lines, no backend counts, and a refused backend is the same
 // one warning as always.
