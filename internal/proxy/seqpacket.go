@@ -3,6 +3,9 @@
 package proxy
 
 import (
+	"os"
+	"strconv"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -17,9 +20,22 @@ import (
 // holds). A message the destination cannot take yet is parked whole in
 // memory, and nothing more is read from its source meanwhile.
 
-// packetSlot is the largest message forwarded: more than a unix socket's
-// default send buffer, which bounds what a sender can send in one message.
-const packetSlot = unixSlot
+// packetSlot is the largest message forwarded: the largest a sender
+// without CAP_NET_ADMIN can send. A unix socket sends a message of up to
+// its send buffer (less a few bytes), and such a sender can raise that to
+// twice net.core.wmem_max (the kernel doubles what it is asked for); the
+// default buffer, 256 KiB, at the least. The loop's one buffer of that
+// size is allocated at the first message and takes memory only as far as
+// messages fill it.
+func packetSlot() int {
+	b, _ := os.ReadFile(wmemMax)
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return max(unixSlot, 2*n)
+}
+
+// wmemMax is where the kernel says net.core.wmem_max (a test's file in
+// tests).
+var wmemMax = "/proc/sys/net/core/wmem_max"
 
 // errMessageTooBig ends a connection whose message does not fit
 // packetSlot: it cannot be forwarded whole, and a part would be a lie.
@@ -30,7 +46,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 	dir := &c.dir[d]
 	src, dst := int(c.fd[d]), int(c.fd[1-d])
 	if l.flows.packet == nil {
-		l.flows.packet = make([]byte, packetSlot)
+		l.flows.packet = make([]byte, packetSlot())
 	}
 	buf := l.flows.packet
 	for {
@@ -74,6 +90,12 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			l.abort(c, e)
 			return false
 		case flags&unix.MSG_TRUNC != 0:
+			// Only a sender with CAP_NET_ADMIN (SO_SNDBUFFORCE) gets
+			// here. A unix socket has no reset to send: its peer sees an
+			// end, or an error only if messages of its are still unread.
+			l.warn(warnOther, "a message too big to forward whole ended its connection", "",
+				"client", c.clientString(), "listener", l.listenerName(c), "from", [2]string{"client", "backend"}[d],
+				"bytes", n, "most", len(buf))
 			l.abort(c, errMessageTooBig)
 			return false
 		case n == 0 && !message:
@@ -85,7 +107,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			// A message larger than dst's send buffer takes, which a
 			// sender that raised its own may send: raise dst's (up to
 			// wmem_max) and send it again; past that it cannot go whole.
-			unix.SetsockoptInt(dst, unix.SOL_SOCKET, unix.SO_SNDBUF, packetSlot)
+			unix.SetsockoptInt(dst, unix.SOL_SOCKET, unix.SO_SNDBUF, len(buf))
 			w, e = rawWriteMsg(dst, buf[:n])
 		}
 		switch {
@@ -126,7 +148,9 @@ func recvMessage(fd int, p []byte) (n, flags int, message bool, e unix.Errno) {
 	iov.SetLen(len(p))
 	msg := unix.Msghdr{Iov: &iov, Iovlen: 1, Control: &oob[0]}
 	msg.SetControllen(credSpace)
-	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
+	// MSG_TRUNC: a message longer than p says its whole length (and
+	// MSG_TRUNC in flags), for the log line of the one that cannot go.
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_TRUNC)
 	if e != 0 {
 		return 0, 0, false, e
 	}

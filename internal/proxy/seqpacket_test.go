@@ -26,7 +26,7 @@ import (
 // packetEcho sends each message back as one message, and half-closes
 // when the client does.
 func packetEcho(c net.Conn) {
-	buf := make([]byte, packetSlot)
+	buf := make([]byte, packetSlot())
 	for {
 		n, err := c.Read(buf)
 		if err != nil {
@@ -74,7 +74,7 @@ func TestPacketsStayWhole(t *testing.T) {
 			t.Fatalf("write %d bytes: %v", size, err)
 		}
 	}
-	buf := make([]byte, packetSlot+1)
+	buf := make([]byte, packetSlot()+1)
 	for i, size := range sizes {
 		n, err := c.Read(buf)
 		if err != nil {
@@ -202,7 +202,7 @@ func readMessages(t *testing.T, c net.Conn) []string {
 		return nil
 	}
 	var msgs []string
-	buf := make([]byte, packetSlot)
+	buf := make([]byte, packetSlot())
 	oob := make([]byte, 64)
 	rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -245,18 +245,25 @@ func TestEmptyMessageKeepsWhatFollows(t *testing.T) {
 	}
 }
 
-// TestLargestMessageGoesWhole: a message of packetSlot bytes, which a
-// client that raised its send buffer can send, goes on whole, though the
-// proxy's socket to the backend starts with the default send buffer, which
-// is smaller.
+// TestLargestMessageGoesWhole: the largest message a client without
+// CAP_NET_ADMIN can send (its send buffer raised as far as it goes, to
+// twice net.core.wmem_max) goes on whole, though the proxy's socket to
+// the backend starts with the default send buffer, which is smaller.
 func TestLargestMessageGoesWhole(t *testing.T) {
 	got := make(chan []string, 1)
 	_, path := startPackets(t, func(c net.Conn) { got <- readMessages(t, c) }, Config{})
 	c := dialPackets(t, path)
-	if err := c.SetWriteBuffer(2 * packetSlot); err != nil {
+	if err := c.SetWriteBuffer(packetSlot()); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{strings.Repeat("x", packetSlot), "after"}
+	// The kernel takes a message of up to the send buffer less 32 bytes,
+	// and as much as it can allocate in one piece (4 MiB and a little on
+	// x86-64).
+	if n := sendBuffer(t, c); n != packetSlot() {
+		t.Fatalf("the client's send buffer is %d bytes, want packetSlot, %d", n, packetSlot())
+	}
+	largest := min(packetSlot()-32, 4<<20)
+	want := []string{strings.Repeat("x", largest), "after"}
 	for _, m := range want {
 		if _, _, err := c.WriteMsgUnix([]byte(m), nil, nil); err != nil {
 			t.Fatalf("client write of %d bytes: %v", len(m), err)
@@ -271,6 +278,71 @@ func TestLargestMessageGoesWhole(t *testing.T) {
 		}
 		t.Fatalf("backend read messages of %v bytes, want %d and %d", sizes, len(want[0]), len(want[1]))
 	}
+}
+
+// TestMessageTooBigEndsItsConnectionAndSaysSo: a message past packetSlot
+// (a sender with CAP_NET_ADMIN can send one) cannot go whole: its
+// connection ends, nothing of it reaches the backend, and a warning says
+// why, with the size and the most that goes.
+func TestMessageTooBigEndsItsConnectionAndSaysSo(t *testing.T) {
+	noLeak(t)
+	// A small net.core.wmem_max, so that packetSlot is the least, 256 KiB,
+	// which the kernel can send more than (with a forced send buffer).
+	small := filepath.Join(t.TempDir(), "wmem_max")
+	if err := os.WriteFile(small, []byte("4096\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := wmemMax
+	wmemMax = small
+	t.Cleanup(func() { wmemMax = old })
+	got := make(chan []string, 1)
+	r, path := startPackets(t, func(c net.Conn) { got <- readMessages(t, c) }, Config{})
+	c := dialPackets(t, path)
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 2*packetSlot())
+	})
+	if serr != nil {
+		t.Skipf("SO_SNDBUFFORCE needs CAP_NET_ADMIN: %v", serr)
+	}
+	if _, _, err := c.WriteMsgUnix([]byte("before"), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.WriteMsgUnix(make([]byte, packetSlot()+1), nil, nil); err != nil {
+		t.Fatalf("client write of %d bytes: %v", packetSlot()+1, err)
+	}
+	if msgs := recv(t, got, "the backend's messages"); !slices.Equal(msgs, []string{"before"}) {
+		var sizes []int
+		for _, m := range msgs {
+			sizes = append(sizes, len(m))
+		}
+		t.Errorf("backend read messages of %v bytes, want the first (6) alone", sizes)
+	}
+	want := fmt.Sprintf("bytes=%d most=%d", packetSlot()+1, packetSlot())
+	waitFor(t, "a warning naming the size, in:\n"+r.logs.String(), func() bool {
+		return strings.Contains(r.logs.String(), "a message too big to forward whole ended its connection") &&
+			strings.Contains(r.logs.String(), want)
+	})
+}
+
+// sendBuffer is c's SO_SNDBUF as the kernel keeps it.
+func sendBuffer(t *testing.T, c *net.UnixConn) int {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var gerr error
+	raw.Control(func(fd uintptr) { n, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF) })
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return n
 }
 
 // TestStoreKeepsParkedEmptyMessage: an empty message parked for a full
