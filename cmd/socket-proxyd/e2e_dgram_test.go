@@ -19,8 +19,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
 )
@@ -463,4 +466,98 @@ func freeTCPAddr(t *testing.T, network, host string) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// TestRepliesBehindAnICMPErrorArrive: an ICMP error other than "port
+// unreachable" (here "host prohibited", what a firewall's REJECT sends)
+// that lands on a flow's socket behind the backend's replies is taken off
+// by a read before them; the replies still reach the client. The proxy
+// is stopped while the replies and the error land, so that one wake-up
+// finds them all. Needs CAP_NET_RAW to send the ICMP error.
+func TestRepliesBehindAnICMPErrorArrive(t *testing.T) {
+	t.Parallel()
+	raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		t.Skipf("an ICMP error needs a raw socket (CAP_NET_RAW): %v", err)
+	}
+	defer unix.Close(raw)
+	be := listenUDP(t)
+	udp := listenUDP(t)
+	p := start(t, binary, launch{args: []string{be.LocalAddr().String()}, fds: []inherited{{file: fileOf(t, udp), name: "dns"}}})
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.WriteTo([]byte("q"), udp.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	be.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	_, flow, err := be.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatalf("the backend got nothing: %v", err)
+	}
+	p.signal(syscall.SIGSTOP)
+	for _, r := range []string{"r1", "r2"} {
+		if _, err := be.WriteToUDP([]byte(r), flow); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sendICMPHostProhibited(t, raw, be.LocalAddr().(*net.UDPAddr), flow)
+	p.signal(syscall.SIGCONT)
+	var got []string
+	for range 2 {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("after %q: %v (the replies behind the ICMP error stayed in the flow's socket)", got, err)
+		}
+		got = append(got, string(buf[:n]))
+	}
+	if got[0] != "r1" || got[1] != "r2" {
+		t.Errorf("the client got %q, want r1 and r2", got)
+	}
+}
+
+// sendICMPHostProhibited sends, as from the backend's address, the ICMP
+// error "destination unreachable, host prohibited" (type 3, code 10) for a
+// datagram from flow to backend, which the kernel hands to flow's socket.
+func sendICMPHostProhibited(t *testing.T, raw int, backend, flow *net.UDPAddr) {
+	t.Helper()
+	// The datagram it is about: an IPv4 header and the UDP header.
+	inner := make([]byte, 28)
+	inner[0], inner[8], inner[9] = 0x45, 64, unix.IPPROTO_UDP
+	put16(inner[2:], 28)
+	copy(inner[12:16], flow.IP.To4())
+	copy(inner[16:20], backend.IP.To4())
+	put16(inner[10:], inetChecksum(inner[:20]))
+	put16(inner[20:], uint16(flow.Port))
+	put16(inner[22:], uint16(backend.Port))
+	put16(inner[24:], 8)
+	icmp := append([]byte{3, 10, 0, 0, 0, 0, 0, 0}, inner...)
+	put16(icmp[2:], inetChecksum(icmp))
+	to := &unix.SockaddrInet4{}
+	copy(to.Addr[:], flow.IP.To4())
+	if err := unix.Sendto(raw, icmp, 0, to); err != nil {
+		t.Fatalf("sending the ICMP error: %v", err)
+	}
+}
+
+// put16 writes v at b[0:2] in network order.
+func put16(b []byte, v uint16) { b[0], b[1] = byte(v>>8), byte(v) }
+
+// inetChecksum is the Internet checksum (RFC 1071) of b.
+func inetChecksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
 }

@@ -609,6 +609,7 @@ func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 	b := r.b
 	f.seen = l.flows.tick
 	l.touch(f, flowsAnswered)
+	errs := 0
 	for {
 		if r.used == dgramBatch {
 			l.flushReplies(r)
@@ -636,7 +637,17 @@ func (l *loop) flowEvent(fd int, gen uint32, ev uint32) {
 			}
 			continue
 		case e != 0:
-			return
+			// Another ICMP error (host or administratively prohibited:
+			// EHOSTUNREACH, EACCES; ...) or ENOMEM, which this read took
+			// off the socket: replies may be queued behind it, and under
+			// edge-triggered epoll nothing would say so again. Read on, a
+			// bounded number of times; past that, ask epoll to look at
+			// the socket afresh.
+			if errs++; errs > dgramBatch {
+				l.rearm(fd, flowEvents, f.gen)
+				return
+			}
+			continue
 		}
 		l.queueReplies(r, f, lo, n)
 		if n < dgramBatch-lo {
