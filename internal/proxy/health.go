@@ -21,7 +21,8 @@ import (
 // state at all: nil, one comparison per timer run.
 //
 // A backend given as a host name is checked passively only: probing it
-// would take a lookup per probe, off the loop.
+// would take a lookup per probe, off the loop. So is a UDP backend, which
+// a connect says nothing about (member.watched).
 
 // Defaults of the rise and fall counts, haproxy's.
 const (
@@ -96,8 +97,8 @@ func (l *loop) probeAll(now int64) {
 func (l *loop) startProbe(i, m int) {
 	ln := &l.listeners[i]
 	b := &ln.pool.members[m]
-	if len(b.static) == 0 {
-		return // a host name: passive only
+	if !b.watched {
+		return // a host name, or UDP: passive only
 	}
 	sa := b.static[0].sa
 	family := unix.AF_UNIX
@@ -112,10 +113,7 @@ func (l *loop) startProbe(i, m int) {
 	case activation.SequentialPacket:
 		typ = unix.SOCK_SEQPACKET
 	case activation.Datagram:
-		if family != unix.AF_UNIX {
-			return // a UDP connect says nothing about the backend
-		}
-		typ = unix.SOCK_DGRAM
+		typ = unix.SOCK_DGRAM // a unix one: a UDP backend is not watched
 	}
 	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {

@@ -216,7 +216,7 @@ func newLoop(s *Server) (*loop, error) {
 			l.close()
 			return nil, fmt.Errorf("listener %q: %d backends: give 1 to %d", ln.Name, len(b), MaxBackends)
 		}
-		p := newPool(b, s.cfg.Balance, &s.per[i].backends)
+		p := newPool(b, s.cfg.Balance, ln.Kind, &s.per[i].backends)
 		if p.several() {
 			s.poolSize.Add(int64(len(b)))
 			s.poolUp.Add(int64(len(b)))

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 )
@@ -87,6 +88,10 @@ type member struct {
 	// static holds its addresses when it is numeric or a unix socket,
 	// resolved once at start-up; nil for a host name.
 	static []target
+	// watched: active health checks can probe it (a numeric address or
+	// a unix socket, and not UDP, where a connect says nothing). One
+	// they cannot comes back by a client's connect after its backoff.
+	watched bool
 	// open counts the connections and flows on it, connecting included.
 	open int32
 	// shown is what a scrape of the metrics sees of it (up, open): the
@@ -115,10 +120,12 @@ type pool struct {
 
 // newPool makes the pool of addrs; shown, if not nil, receives what the
 // metrics show of each member, while the pool has several.
-func newPool(addrs []backend.Address, policy Balance, shown *[MaxBackends]backendCounters) pool {
+func newPool(addrs []backend.Address, policy Balance, kind activation.Kind, shown *[MaxBackends]backendCounters) pool {
 	p := pool{policy: policy}
 	for i, a := range addrs {
-		p.members = append(p.members, member{addr: a, name: a.String(), static: staticAddrs(a), probe: probe{fd: -1}})
+		static := staticAddrs(a)
+		watched := len(static) > 0 && (kind != activation.Datagram || a.Network == "unix")
+		p.members = append(p.members, member{addr: a, name: a.String(), static: static, watched: watched, probe: probe{fd: -1}})
 		if shown != nil && len(addrs) > 1 {
 			p.members[i].shown = &shown[i]
 			shown[i].up.Store(true)
@@ -217,9 +224,9 @@ func (p *pool) pick(src netip.Addr, now int64) int {
 func (p *pool) failed(m int, now int64) bool {
 	b := &p.members[m]
 	// A member the probes watch comes back by a probe; one they cannot
-	// watch (a host name) by a client's connect after its backoff, as
+	// (a host name, UDP) by a client's connect after its backoff, as
 	// without probes.
-	probed := p.checked && len(b.static) > 0
+	probed := p.checked && b.watched
 	if b.down {
 		if now >= b.until && !probed {
 			// Tried again after its backoff, and failed again.

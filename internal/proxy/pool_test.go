@@ -471,6 +471,53 @@ func TestHostNameBackendComesBackWithProbesOn(t *testing.T) {
 	waitFor(t, "b3 to take connections again", func() bool { return share(t, p.addr, 4)["b3"] > 0 })
 }
 
+// TestUDPBackendComesBackWithProbesOn: a connect says nothing of a UDP
+// backend, so the probes leave it alone, and with them on a UDP backend
+// that refused a datagram comes back as without them: a new flow tries it
+// again after its backoff.
+func TestUDPBackendComesBackWithProbesOn(t *testing.T) {
+	noLeak(t)
+	addrs, conns := udpBackends(t, 2)
+	ln, err := activation.ListenDatagram("127.0.0.1:0", 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startOn(t, ln, "", Config{Backend: addrs, Balance: RoundRobin, HealthInterval: 30 * time.Millisecond})
+	ask := func() string { // one datagram from a new socket: a new flow
+		c, err := net.Dial("udp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		fmt.Fprint(c, "q")
+		buf := make([]byte, 64)
+		n, _ := c.Read(buf)
+		return string(buf[:n])
+	}
+	conns[0].Close()
+	waitFor(t, "a refused datagram to take b0 down", func() bool {
+		ask()
+		return p.srv.Stats().BackendsUp == 1
+	})
+	again, err := net.ListenPacket("udp", addrs[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := again.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			again.WriteTo(append([]byte("b0:"), buf[:n]...), from)
+		}
+	}()
+	waitFor(t, "b0 to answer a new flow again", func() bool { return ask() == "b0:q" })
+}
+
 // TestOneBackendLogsAsBefore: a pool of one says nothing of pools: no
 // up or down lines, no backend counts, and a refused backend is the same
 // one warning as always.
@@ -577,7 +624,7 @@ func TestSourceSameInEveryImage(t *testing.T) {
 		}
 		addrs[i] = a
 	}
-	before, after := newPool(addrs, Source, nil), newPool(addrs, Source, nil)
+	before, after := newPool(addrs, Source, activation.Stream, nil), newPool(addrs, Source, activation.Stream, nil)
 	spread := map[int]bool{}
 	for i := range 64 {
 		src := netip.AddrFrom4([4]byte{10, 0, byte(i / 8), byte(i)})
