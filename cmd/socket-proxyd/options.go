@@ -112,9 +112,9 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              least-connections or source (by client address)
                              (default: first)
      --health-interval=SPAN  Probe each of several backends with a connect
-                             every SPAN; 0 turns probes off, and a failed
-                             client connect alone takes a backend down for a
-                             backoff (default: 0)
+                             every SPAN (at least 100ms); 0 turns probes
+                             off, and a failed client connect alone takes a
+                             backend down for a backoff (default: 0)
      --health-rise=N         Good probes in a row that bring a backend back
                              (default: 2)
      --health-fall=N         Failed probes in a row that take it down
@@ -198,9 +198,9 @@ func parseOptions(args []string) (options, error) {
 		{Long: "socket-mode", Arg: true, Set: fileMode(&opts.socketMode)},
 		{Long: "backend", Arg: true, Set: appendTo(&named)},
 		{Long: "balance", Arg: true, Set: balance(&opts.balance)},
-		{Long: "health-interval", Arg: true, Set: span(&opts.healthInterval)},
-		{Long: "health-rise", Arg: true, Set: positiveInt(&opts.healthRise)},
-		{Long: "health-fall", Arg: true, Set: positiveInt(&opts.healthFall)},
+		{Long: "health-interval", Arg: true, Set: healthInterval(&opts.healthInterval)},
+		{Long: "health-rise", Arg: true, Set: intUpTo(&opts.healthRise, 255)},
+		{Long: "health-fall", Arg: true, Set: intUpTo(&opts.healthFall, 255)},
 		{Long: "connect-timeout", Arg: true, Set: span(&opts.connectTimeout)},
 		{Long: "idle-timeout", Arg: true, Set: func(v string) error {
 			opts.idleTimeoutSet = true
@@ -510,6 +510,40 @@ func positiveInt(p *int) func(string) error {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
 			return errors.New("must be a whole number of at least 1")
+		}
+		*p = n
+		return nil
+	}
+}
+
+// minHealthInterval is the shortest --health-interval: a probe not
+// answered by the next one has failed, so a shorter one would take
+// healthy backends down while their answers are on the way, and probe
+// them thousands of times a second.
+const minHealthInterval = 100 * time.Millisecond
+
+// healthInterval reads --health-interval: 0 or infinity (off), or at
+// least minHealthInterval.
+func healthInterval(p *time.Duration) func(string) error {
+	return func(s string) error {
+		d, err := timespan.Parse(s)
+		if err != nil {
+			return err
+		}
+		if d > 0 && d < minHealthInterval {
+			return fmt.Errorf("a probe not answered by the next one has failed: give 0 (off) or at least %v", minHealthInterval)
+		}
+		*p = d
+		return nil
+	}
+}
+
+// intUpTo reads a whole number from 1 to most.
+func intUpTo(p *int, most int) func(string) error {
+	return func(s string) error {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > most {
+			return fmt.Errorf("must be a whole number from 1 to %d", most)
 		}
 		*p = n
 		return nil

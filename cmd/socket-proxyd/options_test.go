@@ -114,6 +114,8 @@ func TestParseOptionsErrors(t *testing.T) {
 		{name: "bad second backend", args: []string{"a:1", "run/b.sock"}, mention: []string{`"run/b.sock"`, "absolute path"}},
 		{name: "bad balance", args: []string{"--balance=random", "a:1", "b:1"}, mention: []string{`"random"`, "round-robin", "least-connections"}},
 		{name: "health rise zero", args: []string{"--health-rise=0", "a:1", "b:1"}, mention: []string{`"0"`, "--health-rise"}},
+		{name: "health fall past a byte", args: []string{"--health-fall=256", "a:1", "b:1"}, mention: []string{`"256"`, "--health-fall", "from 1 to 255"}},
+		{name: "health interval too short", args: []string{"--health-interval=1us", "a:1", "b:1"}, mention: []string{`"1us"`, "--health-interval", "at least 100ms"}},
 		{name: "limit zero", args: []string{"-c0", "a:1"}, mention: []string{`"0"`, "-c/--connections-max"}},
 		{name: "limit negative", args: []string{"-c", "-1", "a:1"}, mention: []string{`"-1"`, "-c/--connections-max"}},
 		{name: "limit not a number", args: []string{"--connections-max=many", "a:1"}, mention: []string{`"many"`}},
