@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/backend"
+	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
 	"github.com/socket-proxyd/socket-proxyd/internal/timespan"
 )
@@ -165,7 +167,20 @@ func checkPlan(opts options, stdout, stderr io.Writer, planPrefix, errPrefix str
 	if opts.maxPerSource > 0 {
 		perSource = strconv.Itoa(opts.maxPerSource)
 	}
-	fmt.Fprintf(&b, "limits: connections-max=%d flows-max=%s per-source-max=%s\n", opts.maxConnections, flows, perSource)
+	socketBuffer := "autotuned"
+	if opts.socketBuffer > 0 {
+		socketBuffer = strconv.Itoa(opts.socketBuffer)
+	}
+	fmt.Fprintf(&b, "limits: connections-max=%d flows-max=%s per-source-max=%s socket-buffer=%s\n", opts.maxConnections, flows, perSource, socketBuffer)
+	rise, fall := opts.healthRise, opts.healthFall
+	if rise == 0 {
+		rise = proxy.DefaultHealthRise
+	}
+	if fall == 0 {
+		fall = proxy.DefaultHealthFall
+	}
+	fmt.Fprintf(&b, "several backends: balance=%s health-interval=%s health-rise=%d health-fall=%d\n",
+		opts.balance, timespan.Format(opts.healthInterval), rise, fall)
 	flowIdle := "1min"
 	if opts.idleTimeoutSet {
 		flowIdle = timespan.Format(opts.idleTimeout)
@@ -176,6 +191,9 @@ func checkPlan(opts options, stdout, stderr io.Writer, planPrefix, errPrefix str
 	metrics, level := "off", "info"
 	if opts.metrics != "" {
 		metrics = opts.metrics
+	}
+	if s := os.Getenv("SYSTEMD_LOG_LEVEL"); s != "" {
+		level = s + " (SYSTEMD_LOG_LEVEL)"
 	}
 	if opts.logLevel != "" {
 		level = opts.logLevel

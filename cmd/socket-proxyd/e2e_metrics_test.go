@@ -173,7 +173,8 @@ func TestCheckPrintsThePlan(t *testing.T) {
 	echoUnix(t, sock)
 	code, stdout, stderr := run(t, binary, launch{args: []string{"--check", "--listen", free.Addr().String(),
 		"--listen-datagram", "127.0.0.1:5353", "--backend", "127.0.0.1:5353/udp=" + sock,
-		"--connections-max=9", "--metrics=127.0.0.1:9560", backend}})
+		"--connections-max=9", "--metrics=127.0.0.1:9560", "--socket-buffer=64K", "--balance=least-connections",
+		"--health-interval=2s", "--health-fall=4", backend}, env: []string{"SYSTEMD_LOG_LEVEL=err"}})
 	if code != 0 {
 		t.Fatalf("--check: exit %d\n%s%s", code, stdout, stderr)
 	}
@@ -181,7 +182,10 @@ func TestCheckPrintsThePlan(t *testing.T) {
 		fmt.Sprintf("listener %s/tcp (--listen %s) -> %s (%s)\n", free.Addr(), free.Addr(), backend, backend),
 		fmt.Sprintf("listener 127.0.0.1:5353/udp (--listen-datagram 127.0.0.1:5353) -> %s (%s)\n", sock, sock),
 		"limits: connections-max=9 ",
+		" socket-buffer=65536\n",
+		"several backends: balance=least-connections health-interval=2s health-rise=2 health-fall=4\n",
 		"metrics=127.0.0.1:9560",
+		"log-level=err (SYSTEMD_LOG_LEVEL)\n",
 	} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("no %q in the plan:\n%s", want, stdout)
