@@ -158,13 +158,14 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
   -h --help                  Show this help
      --version               Show package version
 
-HOST may be an IPv4 address, a host name, or an IPv6 address in brackets; without
-:PORT the port is 80. SOCKET is an absolute unix socket path, or @name for an
-abstract one. Several backend addresses, each its own argument, share the
-clients by --balance; a backend whose connect fails is skipped while another
-is up, and a client's connect moves on to the next within --connect-timeout. Listening sockets come from systemd (a .socket unit with
-Accept=no, or systemd-socket-activate -l ADDRESS) and from --listen.
-Long options may be abbreviated, as in systemd-socket-proxyd (--conn=5).
+HOST may be an IPv4 address, a host name, or an IPv6 address in brackets;
+without :PORT the port is 80. SOCKET is an absolute unix socket path, or @name
+for an abstract one. Several backend addresses, each its own argument, share
+the clients by --balance; a backend whose connect fails is skipped while
+another is up, and a client's connect moves on to the next within
+--connect-timeout. Listening sockets come from systemd (a .socket unit with
+Accept=no, or systemd-socket-activate -l ADDRESS) and from --listen. Long
+options may be abbreviated, as in systemd-socket-proxyd (--conn=5).
 
 See the socket-proxyd(8) man page for details.
 `

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 	"time"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
@@ -292,6 +293,16 @@ func TestSocketBufferSizes(t *testing.T) {
 			t.Errorf("%q: %d, %v; want it refused with the range", tt.in, opts.socketBuffer, err)
 		case tt.want >= 0 && (err != nil || opts.socketBuffer != tt.want):
 			t.Errorf("%q: %d, %v; want %d", tt.in, opts.socketBuffer, err, tt.want)
+		}
+	}
+}
+
+// TestHelpFitsATerminal: every line of --help fits 79 columns, as the
+// original's do.
+func TestHelpFitsATerminal(t *testing.T) {
+	for i, line := range strings.Split(usage, "\n") {
+		if n := utf8.RuneCountInString(line); n > 79 {
+			t.Errorf("--help line %d is %d columns: %q", i+1, n, line)
 		}
 	}
 }
