@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -78,9 +77,9 @@ func metricsListener(listeners []activation.Listener, rec *handoff.Record, opts 
 	if found != nil || opts.metrics == "" {
 		return listeners, found, nil
 	}
-	l, err := activation.ListenMode(opts.metrics, opts.socketMode)
+	l, err := activation.ListenFor("--metrics", opts.metrics, opts.socketMode)
 	if err != nil {
-		return listeners, nil, fmt.Errorf("--metrics: %v", err)
+		return listeners, nil, err
 	}
 	return listeners, &l, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path"
 	"strconv"
@@ -27,9 +28,15 @@ func Listen(addr string) (Listener, error) {
 // :PORT (every address), an absolute unix socket path, whose file gets
 // mode, or @abstract.
 func ListenMode(addr string, mode os.FileMode) (Listener, error) {
+	return ListenFor("--listen", addr, mode)
+}
+
+// ListenFor is ListenMode for the option named flag (--listen, --metrics),
+// which its error messages name.
+func ListenFor(flag, addr string, mode os.FileMode) (Listener, error) {
 	switch {
 	case addr == "":
-		return Listener{}, errors.New("empty --listen address: give HOST:PORT, [IPv6]:PORT, an absolute unix socket path or @name")
+		return Listener{}, fmt.Errorf("empty %s address: give HOST:PORT, [IPv6]:PORT, an absolute unix socket path or @name", flag)
 	case strings.HasPrefix(addr, "/"):
 		return listenUnixPath(addr, mode)
 	case strings.HasPrefix(addr, "@"):
@@ -39,10 +46,10 @@ func ListenMode(addr string, mode os.FileMode) (Listener, error) {
 		}
 		return Listener{Listener: ln, Name: addr, FD: -1}, nil
 	}
-	if err := tcpMistake(addr); err != nil {
+	if err := tcpMistake(flag, addr); err != nil {
 		return Listener{}, err
 	}
-	if err := checkListenPort("--listen", addr); err != nil {
+	if err := checkListenPort(flag, addr); err != nil {
 		return Listener{}, err
 	}
 	ln, err := net.Listen("tcp", addr)
@@ -72,7 +79,7 @@ func CheckListen(flag, addr string) error {
 		if strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "@") {
 			return nil
 		}
-		if err := tcpMistake(addr); err != nil {
+		if err := tcpMistake(flag, addr); err != nil {
 			return err
 		}
 	}
@@ -113,24 +120,46 @@ func listenError(addr string, err error) error {
 	return fmt.Errorf("cannot listen on %q: %v", addr, err)
 }
 
-// tcpMistake says what to write instead of a --listen address that is not
-// HOST:PORT, for the slips users make.
-func tcpMistake(addr string) error {
+// tcpMistake says what to write instead of an address for the option
+// named flag that is not HOST:PORT, for the slips users make.
+func tcpMistake(flag, addr string) error {
 	host, port, found := cutLast(addr, ":")
 	switch {
+	case strings.Contains(addr, "://"):
+		return fmt.Errorf("%s address %q is a URL: give HOST:PORT, such as %q", flag, addr, urlHostPort(addr))
 	case strings.Contains(addr, "/"):
-		return fmt.Errorf("--listen address %q is a relative path: give the unix socket's absolute path, such as %q", addr, "/run/"+path.Base(addr))
+		return fmt.Errorf("%s address %q is a relative path: give the unix socket's absolute path, such as %q", flag, addr, "/run/"+path.Base(addr))
 	case !found:
 		if ext := path.Ext(addr); ext == ".sock" || ext == ".socket" {
-			return fmt.Errorf("--listen address %q looks like a unix socket file: give its absolute path, such as %q", addr, "/run/"+addr)
+			return fmt.Errorf("%s address %q looks like a unix socket file: give its absolute path, such as %q", flag, addr, "/run/"+addr)
 		}
-		return fmt.Errorf("--listen address %q has no port: write HOST:PORT, [IPv6]:PORT or :PORT", addr)
+		if _, err := strconv.ParseUint(addr, 10, 16); err == nil {
+			return fmt.Errorf("%s address %q is a port alone: write %q for every address (as ListenStream=%s), or HOST:%s", flag, addr, ":"+addr, addr, addr)
+		}
+		return fmt.Errorf("%s address %q has no port: write HOST:PORT, [IPv6]:PORT or :PORT", flag, addr)
 	case strings.Contains(host, ":") && !strings.HasPrefix(host, "["):
 		// Go says "too many colons"; the backend splits at the last colon
 		// as the original does, but a new option can ask for the clear form.
-		return fmt.Errorf("--listen address %q: write an IPv6 address in brackets, %q", addr, "["+host+"]:"+port)
+		return fmt.Errorf("%s address %q: write an IPv6 address in brackets, %q", flag, addr, "["+host+"]:"+port)
 	}
 	return nil
+}
+
+// urlHostPort is the HOST:PORT of a URL, the scheme's port when it has
+// none (80 for http, 443 for https).
+func urlHostPort(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return "127.0.0.1:8080"
+	}
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "80"
+	if u.Scheme == "https" {
+		port = "443"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 func cutLast(s, sep string) (before, after string, found bool) {

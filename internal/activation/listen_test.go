@@ -273,6 +273,9 @@ func TestListenHints(t *testing.T) {
 		{in: "web.sock", want: `looks like a unix socket file: give its absolute path, such as "/run/web.sock"`},
 		{in: "127.0.0.1", want: "has no port"},
 		{in: "/", want: "names a directory"},
+		{in: "http://127.0.0.1:8080/", want: `--listen address "http://127.0.0.1:8080/" is a URL: give HOST:PORT, such as "127.0.0.1:8080"`},
+		{in: "https://localhost", want: `is a URL: give HOST:PORT, such as "localhost:443"`},
+		{in: "8080", want: `--listen address "8080" is a port alone: write ":8080" for every address (as ListenStream=8080), or HOST:8080`},
 	} {
 		l, err := Listen(tt.in)
 		if err == nil {
@@ -283,6 +286,17 @@ func TestListenHints(t *testing.T) {
 		if !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Listen(%q): %q, want %q", tt.in, err, tt.want)
 		}
+	}
+}
+
+// TestListenHintsNameTheirOption: --metrics and --listen-datagram take
+// the same addresses, and their hints name them, not --listen.
+func TestListenHintsNameTheirOption(t *testing.T) {
+	if _, err := ListenFor("--metrics", "http://127.0.0.1:9560", DefaultSocketMode); err == nil || !strings.HasPrefix(err.Error(), `--metrics address "http://127.0.0.1:9560" is a URL`) {
+		t.Errorf("--metrics with a URL: %v", err)
+	}
+	if _, err := ListenDatagram("5353", DefaultSocketMode); err == nil || !strings.HasPrefix(err.Error(), `--listen-datagram address "5353" is a port alone`) {
+		t.Errorf("--listen-datagram with a port alone: %v", err)
 	}
 }
 

@@ -177,8 +177,8 @@ func packetNetwork(addr, flag, inet, local string) (string, error) {
 		return local, nil
 	case inet == "":
 		return "", fmt.Errorf("%s address %q is not a unix socket: write /path or @name (sequential packets are unix only)", flag, addr)
-	case !strings.Contains(addr, ":"):
-		return "", fmt.Errorf("%s address %q has no port: write HOST:PORT, [IPv6]:PORT or :PORT", flag, addr)
+	case strings.Contains(addr, "://") || !strings.Contains(addr, ":"):
+		return "", tcpMistake(flag, addr)
 	}
 	return inet, nil
 }
