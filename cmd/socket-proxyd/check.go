@@ -119,12 +119,14 @@ func checkPlan(opts options, stdout, stderr io.Writer, planPrefix, errPrefix str
 
 	used := map[string]bool{}
 	for _, p := range listeners {
+		bad := ""
 		if err := activation.CheckListen(p.option, p.addr); err != nil {
 			fail("%v", err)
+			bad = " INVALID ADDRESS"
 		}
 		used[p.label()], used[p.addr] = true, true
 		a, ok := backendOf(p)
-		fmt.Fprintf(&b, "listener %s (%s %s)", p.label(), p.option, p.addr)
+		fmt.Fprintf(&b, "listener %s (%s %s%s)", p.label(), p.option, p.addr, bad)
 		if !ok {
 			fail("socket %q (%s) has no backend: add --backend %s=ADDRESS, or give a default backend address", p.addr, p.option, p.addr)
 			b.WriteString(" -> NO BACKEND\n")

@@ -191,6 +191,10 @@ func TestCheckPrintsThePlan(t *testing.T) {
 			t.Errorf("no %q in the plan:\n%s", want, stdout)
 		}
 	}
+	code, stdout, stderr = run(t, binary, launch{args: []string{"--check", "--listen", "8080", backend}})
+	if code != 1 || !strings.Contains(stdout, "(--listen 8080 INVALID ADDRESS)") || !strings.Contains(stderr, "is a port alone") {
+		t.Errorf("--check with a bad --listen: exit %d, plan %q, stderr %q; want 1, the plan marking it and the reason", code, stdout, stderr)
+	}
 	missing := filepath.Join(shortDir(t), "none.sock")
 	code, _, stderr = run(t, binary, launch{args: []string{"--check", "--listen", "127.0.0.1:0", missing}})
 	if code != 1 || !strings.Contains(stderr, "no unix socket at "+strconv.Quote(missing)) {
