@@ -70,7 +70,14 @@ func (l *loop) setupHealth() {
 	h.at = l.now() // the first probes at once
 	l.health = h
 	for i := range l.listeners {
-		l.listeners[i].pool.checked = true
+		p := &l.listeners[i].pool
+		p.checked = true
+		for m := range p.members {
+			if p.several() && !p.members[m].watched {
+				l.s.log.Info("backend not probed: a host name or a UDP backend is checked by its clients' connects only",
+					"listener", l.listeners[i].label, "backend", p.members[m].name)
+			}
+		}
 	}
 }
 

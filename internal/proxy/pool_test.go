@@ -462,6 +462,10 @@ func TestHostNameBackendComesBackWithProbesOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startOn(t, ln, "", cfg)
+	if want := "backend not probed: a host name or a UDP backend is checked by its clients' connects only"; !strings.Contains(p.logs.String(), want) ||
+		strings.Count(p.logs.String(), want) != 1 {
+		t.Errorf("want one line %q at start-up:\n%s", want, p.logs)
+	}
 	ms[3].stop()
 	waitFor(t, "a client's connect to take b3 down", func() bool {
 		share(t, p.addr, 4)
