@@ -462,9 +462,10 @@ func TestHostNameBackendComesBackWithProbesOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startOn(t, ln, "", cfg)
-	if want := "backend not probed: a host name or a UDP backend is checked by its clients' connects only"; !strings.Contains(p.logs.String(), want) ||
-		strings.Count(p.logs.String(), want) != 1 {
-		t.Errorf("want one line %q at start-up:\n%s", want, p.logs)
+	want := "backend not probed: a host name or a UDP backend is checked by its clients' connects only"
+	waitFor(t, "a line at start-up: "+want, func() bool { return strings.Contains(p.logs.String(), want) })
+	if n := strings.Count(p.logs.String(), want); n != 1 {
+		t.Errorf("%d lines %q, want 1 (for b3):\n%s", n, want, p.logs)
 	}
 	ms[3].stop()
 	waitFor(t, "a client's connect to take b3 down", func() bool {
