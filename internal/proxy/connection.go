@@ -84,6 +84,7 @@ const (
 	noSplice                     // the kernel cannot splice this pair
 	header                       // the pipe holds the PROXY header, not client bytes
 	fdsDropped                   // descriptors (SCM_RIGHTS) arrived and were closed; logged
+	parkedMsg                    // the pipe holds a message pumpPackets parked, counted in loop.parked
 )
 
 // armed marks, in c.dir[1].flags, a connection whose TCP sockets reset on
@@ -538,6 +539,7 @@ func (l *loop) release(c *conn, reset bool) {
 		c.fd[side] = -1
 	}
 	for d := range c.dir {
+		l.unpark(&c.dir[d])
 		if p := c.dir[d].pipe; p != nil {
 			l.pipes.put(p) // discarded when it still holds bytes
 			c.dir[d].pipe = nil

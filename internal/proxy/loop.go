@@ -54,6 +54,10 @@ type loop struct {
 	buf    []byte
 	pipes  pipePool
 	epoch  time.Time
+	// parked is the bytes of the messages pumpPackets holds for
+	// sequential-packet destinations that could not take them yet
+	// (parkBudget).
+	parked int
 
 	listeners []listenerFD
 	conns     []*conn // by descriptor number, both sides of each connection

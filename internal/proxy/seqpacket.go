@@ -33,6 +33,15 @@ func packetSlot() int {
 	return max(unixSlot, 2*n)
 }
 
+// parkBudget bounds the memory of parked messages, the loop's whole: a
+// message read whose destination cannot take it yet is kept in memory
+// (one per direction), and with messages of up to packetSlot, many slow
+// backends could make that gigabytes. Past the budget, a message is only
+// peeked at (MSG_PEEK), sent, and then taken off its socket; one its
+// destination cannot take waits in the kernel's socket, where
+// --socket-buffer and the kernel's limits bound it, as a stream's bytes.
+var parkBudget = 32 << 20
+
 // wmemMax is where the kernel says net.core.wmem_max (a test's file in
 // tests).
 var wmemMax = "/proc/sys/net/core/wmem_max"
@@ -67,6 +76,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 				l.count(c, d, n)
 			}
 			dir.flags &^= header
+			l.unpark(dir)
 			dir.pipe = nil
 			continue
 		}
@@ -76,7 +86,8 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
 		}
-		n, flags, message, e := recvMessage(src, buf)
+		peek := l.parked >= parkBudget
+		n, flags, message, e := recvMessage(src, buf, peek)
 		if flags&unix.MSG_CTRUNC != 0 {
 			l.descriptorsDropped(c, d) // the message itself goes on whole
 		}
@@ -111,14 +122,27 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			w, e = rawWriteMsg(dst, buf[:n])
 		}
 		switch {
+		case e == unix.EAGAIN && peek:
+			c.ready[1-d] &^= canWrite
+			return true // the message waits in its socket, read again when dst can take it
 		case e == unix.EAGAIN:
 			c.ready[1-d] &^= canWrite
 			// Non-nil even when empty: a parked message, not none.
 			dir.pipe = &pipe{r: -1, w: -1, n: n, mem: append(make([]byte, 0, n), buf[:n]...)}
+			dir.flags |= parkedMsg
+			l.parked += n
 		case e != 0:
 			l.abort(c, e)
 			return false
 		default:
+			if peek {
+				// Take the message sent off its socket; were it left
+				// there, the next read would send it again.
+				if e := discardMessage(src); e != 0 {
+					l.abort(c, e)
+					return false
+				}
+			}
 			l.count(c, d, w)
 		}
 	}
@@ -142,7 +166,7 @@ var credSpace = unix.CmsgSpace(unix.SizeofUcred)
 // recvMessage reads one message into p. message says a message was read,
 // perhaps an empty one, rather than the end of the stream: it came with
 // the credentials passCredentials asked for.
-func recvMessage(fd int, p []byte) (n, flags int, message bool, e unix.Errno) {
+func recvMessage(fd int, p []byte, peek bool) (n, flags int, message bool, e unix.Errno) {
 	var oob [64]byte
 	iov := unix.Iovec{Base: &p[0]}
 	iov.SetLen(len(p))
@@ -150,11 +174,35 @@ func recvMessage(fd int, p []byte) (n, flags int, message bool, e unix.Errno) {
 	msg.SetControllen(credSpace)
 	// MSG_TRUNC: a message longer than p says its whole length (and
 	// MSG_TRUNC in flags), for the log line of the one that cannot go.
-	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+	how := unix.MSG_DONTWAIT | unix.MSG_TRUNC
+	if peek {
+		how |= unix.MSG_PEEK // the message stays first in the socket
+	}
+	r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(how))
 	if e != 0 {
 		return 0, 0, false, e
 	}
 	return int(r), int(msg.Flags), r > 0 || msg.Controllen > 0, 0
+}
+
+// discardMessage takes the first message off fd, which a peek has read
+// (descriptors it carries are closed by the kernel: no room for them).
+func discardMessage(fd int) unix.Errno {
+	for {
+		var msg unix.Msghdr
+		_, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+		if e != unix.EINTR {
+			return e
+		}
+	}
+}
+
+// unpark uncounts the message parked in dir, if pumpPackets parked one.
+func (l *loop) unpark(dir *direction) {
+	if dir.flags&parkedMsg != 0 {
+		l.parked -= dir.pipe.n
+		dir.flags &^= parkedMsg
+	}
 }
 
 // rawWriteMsg sends b as one message (a zero-length one too, which write

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -277,6 +278,61 @@ func TestLargestMessageGoesWhole(t *testing.T) {
 			sizes = append(sizes, len(m))
 		}
 		t.Fatalf("backend read messages of %v bytes, want %d and %d", sizes, len(want[0]), len(want[1]))
+	}
+}
+
+// TestMessagesPastTheParkBudgetWaitInTheirSocket: past parkBudget (here
+// 0: from the first message) the proxy keeps no message in memory for a
+// backend that does not read; each waits in the client's socket, peeked
+// at and taken off only once sent, and every one still arrives whole, in
+// order, once, empty ones and large ones included.
+func TestMessagesPastTheParkBudgetWaitInTheirSocket(t *testing.T) {
+	noLeak(t)
+	old := parkBudget
+	parkBudget = 0
+	t.Cleanup(func() { parkBudget = old })
+	// The backend starts reading once the client has sent more than the
+	// proxy's socket to it queues (net.unix.max_dgram_qlen, 10 by
+	// default), so the proxy has found it full; the client, whose own
+	// socket queues as few, then waits for the backend.
+	start := make(chan struct{})
+	var once sync.Once
+	begin := func() { once.Do(func() { close(start) }) }
+	t.Cleanup(begin)
+	got := make(chan []string, 1)
+	_, path := startPackets(t, func(c net.Conn) { <-start; got <- readMessages(t, c) }, Config{})
+	c := dialPackets(t, path)
+	var want []string
+	for i := range 40 {
+		m := strings.Repeat(string(rune('a'+i%26)), i*997)
+		if i%7 == 3 {
+			m = ""
+		}
+		want = append(want, m)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		for i, m := range want {
+			if i == 15 {
+				begin()
+			}
+			if _, _, err := c.WriteMsgUnix([]byte(m), nil, nil); err != nil {
+				wrote <- fmt.Errorf("client write %d (%d bytes): %v", i, len(m), err)
+				return
+			}
+		}
+		wrote <- c.CloseWrite()
+	}()
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	msgs := recv(t, got, "the backend's messages")
+	if !slices.Equal(msgs, want) {
+		var sizes []int
+		for _, m := range msgs {
+			sizes = append(sizes, len(m))
+		}
+		t.Fatalf("backend read messages of %v bytes, want %d messages whole and in order", sizes, len(want))
 	}
 }
 
