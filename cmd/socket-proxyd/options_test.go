@@ -7,8 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"unicode/utf8"
 	"time"
+	"unicode/utf8"
 
 	"github.com/socket-proxyd/socket-proxyd/internal/proxy"
 	"github.com/socket-proxyd/socket-proxyd/internal/proxyproto"
