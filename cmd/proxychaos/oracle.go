@@ -19,7 +19,7 @@ import (
 //	reset of a stream           backend-reset (of that connection), sigterm without the store, exhaust,
 //	                            a sigterm that killed the proxy in a reload's exec window
 //	end of the proxy by SIGTERM a sigterm within reloadWindow of a sighup
-//	refusal of a new stream     limit, exhaust, sigterm without the store
+//	refusal of a new stream     limit, exhaust, sigterm without the store, backend-down
 //	loss of a datagram          sigstop, backend-down, backend-stall, exhaust, limit, sigterm,
 //	                            flood (the flow table), or a drop the kernel counted on a socket
 //	                            on the way; on a unix datagram socket, a drop the proxy counted

@@ -130,7 +130,8 @@ func classify(err error) string {
 		return "corrupt"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, errEnd):
 		return "cut"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ENOTCONN):
+		// ENOTCONN: a shutdown of a socket the peer has reset.
 		return "reset"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
