@@ -315,14 +315,19 @@ func (l *loop) waitForDescriptor(c *conn, e unix.Errno) {
 	l.waitRound(c, now, end)
 }
 
-func (l *loop) startConnect(c *conn, sa unix.Sockaddr) unix.Errno {
-	family := unix.AF_UNIX
+// familyOf is the address family of sa.
+func familyOf(sa unix.Sockaddr) int {
 	switch sa.(type) {
 	case *unix.SockaddrInet4:
-		family = unix.AF_INET
+		return unix.AF_INET
 	case *unix.SockaddrInet6:
-		family = unix.AF_INET6
+		return unix.AF_INET6
 	}
+	return unix.AF_UNIX
+}
+
+func (l *loop) startConnect(c *conn, sa unix.Sockaddr) unix.Errno {
+	family := familyOf(sa)
 	typ := unix.SOCK_STREAM
 	if c.packets {
 		typ = unix.SOCK_SEQPACKET

@@ -108,13 +108,7 @@ func (l *loop) startProbe(i, m int) {
 		return // a host name, or UDP: passive only
 	}
 	sa := b.static[0].sa
-	family := unix.AF_UNIX
-	switch sa.(type) {
-	case *unix.SockaddrInet4:
-		family = unix.AF_INET
-	case *unix.SockaddrInet6:
-		family = unix.AF_INET6
-	}
+	family := familyOf(sa)
 	typ := unix.SOCK_STREAM
 	switch ln.kind {
 	case activation.SequentialPacket:

@@ -104,7 +104,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			// Only a sender with CAP_NET_ADMIN (SO_SNDBUFFORCE) gets
 			// here. A unix socket has no reset to send: its peer sees an
 			// end, or an error only if messages of its are still unread.
-			l.warn(warnOther, "a message too big to forward whole ended its connection", "",
+			l.warn(warnOther, "a message too big to forward whole ended its connection", "message too big",
 				"client", c.clientString(), "listener", l.listenerName(c), "from", [2]string{"client", "backend"}[d],
 				"bytes", n, "most", len(buf))
 			l.abort(c, errMessageTooBig)
