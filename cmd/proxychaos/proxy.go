@@ -32,6 +32,9 @@ type proxy struct {
 }
 
 func (p *proxy) start(extra []testlaunch.Socket) error {
+	// Counted before the start: a proxy quicker than this goroutine
+	// sends READY=1 before a later count would see it.
+	ready := p.notify.count("READY=1")
 	spec := testlaunch.Spec{Path: p.bin, Args: p.args, Sockets: append(append([]testlaunch.Socket(nil), p.sockets...), extra...),
 		Extra: []string{"NOTIFY_SOCKET=" + p.notify.path}, Stdout: p.log, Stderr: p.log}
 	proc, err := testlaunch.Start(spec)
@@ -44,7 +47,7 @@ func (p *proxy) start(extra []testlaunch.Socket) error {
 	p.mu.Lock()
 	p.proc = proc
 	p.mu.Unlock()
-	return p.notify.waitFor("READY=1", proc, 10*time.Second)
+	return p.notify.waitFor("READY=1", ready, proc, 10*time.Second)
 }
 
 func (p *proxy) current() *testlaunch.Proc {
@@ -65,15 +68,16 @@ func (p *proxy) logTail(n int) string {
 	return string(b)
 }
 
-// notifyStore is systemd's end of NOTIFY_SOCKET: it keeps the messages
-// (READY=1, STATUS=...) and an fd store (FDSTORE=1 with FDNAME=).
+// notifyStore is systemd's end of NOTIFY_SOCKET: it counts the messages
+// (READY=1, ...), keeps the last STATUS=, and is an fd store (FDSTORE=1
+// with FDNAME=).
 type notifyStore struct {
 	path string
 	conn *net.UnixConn
 	done chan struct{}
 
 	mu     sync.Mutex
-	msgs   []string
+	seen   map[string]int // how many times each line came
 	status string
 	// dropped says some STATUS= counted a dropped datagram. Sticky: a
 	// reload or a restart starts the proxy's counters again at 0.
@@ -88,7 +92,7 @@ func newNotifyStore(dir string) (*notifyStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &notifyStore{path: path, conn: c, done: make(chan struct{}), synced: make(chan struct{}, 1)}
+	s := &notifyStore{path: path, conn: c, done: make(chan struct{}), synced: make(chan struct{}, 1), seen: map[string]int{}}
 	go s.receive()
 	return s, nil
 }
@@ -125,8 +129,8 @@ func (s *notifyStore) receive() {
 			if k == "STATUS" {
 				s.status = v
 				s.dropped = s.dropped || statusCount(v, "dropped") > 0
-			} else if len(s.msgs) < 10000 {
-				s.msgs = append(s.msgs, line)
+			} else if k != "FDNAME" && k != "MONOTONIC_USEC" {
+				s.seen[line]++ // bounded: lines without a name or a clock in them
 			}
 		}
 		name := fields["FDNAME"]
@@ -204,21 +208,20 @@ func (s *notifyStore) lastStatus() string {
 	return s.status
 }
 
-// waitFor waits for a message, counting from now.
-func (s *notifyStore) waitFor(msg string, proc *testlaunch.Proc, d time.Duration) error {
+// count says how many times msg has come so far.
+func (s *notifyStore) count(msg string) int {
 	s.mu.Lock()
-	from := len(s.msgs)
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	return s.seen[msg]
+}
+
+// waitFor waits for msg to come once more than the before that count gave.
+func (s *notifyStore) waitFor(msg string, before int, proc *testlaunch.Proc, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		s.mu.Lock()
-		for _, m := range s.msgs[min(from, len(s.msgs)):] {
-			if m == msg {
-				s.mu.Unlock()
-				return nil
-			}
+		if s.count(msg) > before {
+			return nil
 		}
-		s.mu.Unlock()
 		if proc.Exited() {
 			return fmt.Errorf("the proxy exited before %s: %v", msg, proc.Err())
 		}
