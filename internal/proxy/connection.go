@@ -68,6 +68,11 @@ const (
 	canWrite
 	peerClosed
 	urgent
+	// peerReset: a sequential-packet peer closed with messages sent to
+	// it unread (seqpacket.go). What it sent before is read to the end,
+	// then the connection is reset. Not in the handoff record: after a
+	// reload the end comes as a plain one, with every message before it.
+	peerReset
 )
 
 // direction is one way through the connection.
@@ -178,6 +183,9 @@ func (l *loop) event(c *conn, side, fd int, ev uint32) {
 		// client whose direction had ended while the backend was
 		// silent: end the connection now, not at the next write.
 		if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && e != 0 {
+			if c.packets && unix.Errno(e) == unix.ECONNRESET && l.drainsFirst(c, side) {
+				return
+			}
 			l.abort(c, unix.Errno(e))
 		}
 	}

@@ -69,8 +69,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 				return true
 			}
 			if e != 0 {
-				l.abort(c, e)
-				return false
+				return l.packetWriteFailed(c, d, e)
 			}
 			if dir.flags&header == 0 {
 				l.count(c, d, n)
@@ -97,6 +96,14 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			return true
 		case e == unix.EINTR:
 			continue
+		case e == unix.ECONNRESET && c.ready[d]&peerReset == 0:
+			// The peer closed with messages of ours unread. The kernel
+			// says so before the messages the peer sent until then,
+			// which are still queued: they go on, and the connection is
+			// reset after them, as a client of the peer itself would
+			// have read them.
+			c.ready[d] |= peerReset
+			continue
 		case e != 0:
 			l.abort(c, e)
 			return false
@@ -110,6 +117,10 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			l.abort(c, errMessageTooBig)
 			return false
 		case n == 0 && !message:
+			if c.ready[d]&peerReset != 0 {
+				l.abort(c, unix.ECONNRESET)
+				return false
+			}
 			dir.flags |= srcEOF
 			continue
 		}
@@ -132,8 +143,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			dir.flags |= parkedMsg
 			l.parked += n
 		case e != 0:
-			l.abort(c, e)
-			return false
+			return l.packetWriteFailed(c, d, e)
 		default:
 			if peek {
 				// Take the message sent off its socket; were it left
@@ -146,6 +156,40 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			l.count(c, d, w)
 		}
 	}
+}
+
+// packetWriteFailed ends direction d, whose destination refused a message
+// with e. EPIPE says the destination's peer is gone, or reads no more, and
+// ECONNRESET that it closed with messages unread (a write learns that
+// first when it comes before a read): the message is lost with the peer,
+// but what the peer sent before is still queued in the same socket, so the
+// other direction reads it to the end first, and the connection is reset
+// after it. Any other error ends the connection now.
+func (l *loop) packetWriteFailed(c *conn, d int, e unix.Errno) bool {
+	other := &c.dir[1-d]
+	if e != unix.EPIPE && e != unix.ECONNRESET || other.flags&srcEOF != 0 && other.pipe == nil {
+		l.abort(c, e)
+		return false
+	}
+	dir := &c.dir[d]
+	l.unpark(dir)
+	dir.pipe = nil
+	dir.flags |= srcEOF | dstShut // read no more from d's side: it could go nowhere
+	c.ready[1-d] |= peerReset
+	return l.pumpPackets(c, 1-d)
+}
+
+// drainsFirst is for a sequential-packet connection whose side's socket
+// says ECONNRESET (taken with SO_ERROR, so no read will say it): its peer
+// closed with messages unread. When messages it sent before may still be
+// queued, they are read to the end first, and the connection is reset
+// after them; it reports whether that is so.
+func (l *loop) drainsFirst(c *conn, side int) bool {
+	if dir := &c.dir[side]; dir.flags&srcEOF != 0 && dir.pipe == nil {
+		return false
+	}
+	c.ready[side] |= peerReset
+	return true
 }
 
 // passCredentials asks the kernel to attach the sender's credentials to

@@ -517,3 +517,82 @@ func TestPacketsEmptyMessage(t *testing.T) {
 		t.Errorf("BytesIn %d, BytesOut %d; want 5 and %d", st.BytesIn, st.BytesOut, len("1 0 1 3")+n)
 	}
 }
+
+// TestRepliesOfAPeerThatClosedArrive: a backend that replies and closes
+// without reading all the client sent leaves its replies queued in the
+// proxy's socket, behind the kernel's "connection reset" (which a read
+// reports first), or behind a "broken pipe" when the client's next
+// message comes after the close. The replies reach the client whole and
+// in order, then the end. The client reads nothing until the backend has
+// closed, so the replies back up behind its full socket and are still
+// queued in the proxy's when the reset comes.
+func TestRepliesOfAPeerThatClosedArrive(t *testing.T) {
+	const replies, size = 6, 50 << 10
+	for _, tc := range []struct {
+		name   string
+		unread bool // the backend closes with the client's second message unread
+	}{
+		{"closed with a message unread", true},
+		{"closed, then sent to", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			closed := make(chan struct{})
+			_, path := startPackets(t, func(c net.Conn) {
+				defer close(closed)
+				defer c.Close()
+				uc := c.(*net.UnixConn)
+				uc.SetWriteBuffer(1 << 20)
+				buf := make([]byte, 100)
+				if _, err := uc.Read(buf); err != nil {
+					t.Error(err)
+					return
+				}
+				if tc.unread {
+					peekOne(t, uc)
+				}
+				for i := range replies {
+					if _, err := uc.Write(bytes.Repeat([]byte{byte('a' + i)}, size)); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}, Config{})
+			c := dialPackets(t, path)
+			c.Write([]byte("request"))
+			if tc.unread {
+				c.Write([]byte("more"))
+			}
+			recv(t, closed, "the backend's close")
+			if !tc.unread {
+				c.Write([]byte("more"))
+			}
+			buf := make([]byte, 2*size)
+			for i := range replies {
+				n, err := c.Read(buf)
+				if err != nil || n != size || buf[0] != byte('a'+i) {
+					t.Fatalf("reply %d: %d bytes of %q, %v; want %d of %q", i, n, buf[:min(n, 1)], err, size, string(rune('a'+i)))
+				}
+			}
+			if n, err := c.Read(buf); n != 0 || err == nil {
+				t.Fatalf("after the replies: %d bytes, %v; want the end", n, err)
+			}
+		})
+	}
+}
+
+// peekOne waits until a message is queued in c, and leaves it there.
+func peekOne(t *testing.T, c *net.UnixConn) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peekErr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, _, _, peekErr = unix.Recvmsg(int(fd), make([]byte, 1), nil, unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+		return peekErr != unix.EAGAIN
+	})
+	if err != nil || peekErr != nil {
+		t.Fatalf("peek: %v, %v", err, peekErr)
+	}
+}
