@@ -527,6 +527,9 @@ func (l *loop) backendFailed(c *conn) {
 	}
 	l.listeners[c.listener].n.connectFailed[connectFailureOf(e)].Add(1)
 	attrs := []any{"client", c.clientString(), "listener", l.listenerName(c), "backend", l.backendName(c), "error", why}
+	if p := &l.listeners[c.listener].pool; p.several() && p.up == 0 {
+		attrs[5] = p.names() // every one was tried: naming one would mislead
+	}
 	if c.round > 0 {
 		attrs = append(attrs, "retried_for", time.Duration(l.now()-c.start).Round(time.Millisecond).String())
 	}

@@ -257,6 +257,18 @@ func (p *pool) succeeded(m int) bool {
 	return true
 }
 
+// names lists the members as log lines name them, comma-separated.
+func (p *pool) names() string {
+	var b strings.Builder
+	for i := range p.members {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(p.members[i].name)
+	}
+	return b.String()
+}
+
 // poolMember is the member c is on, or nil (a pool of one, or none).
 func (l *loop) poolMember(listener uint16, m uint8) *member {
 	p := &l.listeners[listener].pool

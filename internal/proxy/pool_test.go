@@ -682,3 +682,26 @@ func TestFlowLeavesABackendThatIsGone(t *testing.T) {
 	}
 	t.Fatalf("the client's flow stayed on the dead backend; stats %+v", p.srv.Stats())
 }
+
+// TestGivingUpNamesEveryBackend: a client given up on while every backend
+// is down was tried on all of them, and its warning names them all.
+func TestGivingUpNamesEveryBackend(t *testing.T) {
+	noLeak(t)
+	ms := []*testMember{newMember(t, "b0", "tcp", "127.0.0.1:0"), newMember(t, "b1", "tcp", "127.0.0.1:0")}
+	p := startPool(t, ms, Config{Balance: RoundRobin, ConnectTimeout: 200 * time.Millisecond})
+	for _, m := range ms {
+		m.stop()
+	}
+	c := dial(t, p.addr)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read from a client of dead backends")
+	}
+	want := fmt.Sprintf("backend=%q", ms[0].addr+", "+ms[1].addr)
+	waitFor(t, "the warning", func() bool { return strings.Contains(p.logs.String(), "closing client") })
+	for _, line := range strings.Split(p.logs.String(), "\n") {
+		if strings.Contains(line, "closing client") && !strings.Contains(line, want) {
+			t.Errorf("the warning does not name both backends (%s):\n%s", want, line)
+		}
+	}
+}
