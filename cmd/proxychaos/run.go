@@ -376,7 +376,7 @@ func (h *harness) traffic(o *op) {
 		switch o.Kind {
 		case kSeqpacket:
 			out = runMessages(h.addrs["pkt"], uint64(o.ID), o.Seed, opDeadline)
-			what = "messages " + describe(planMessages(o.Seed))
+			what = "messages " + planMessages(o.Seed).String()
 			h.rep.messages.Add(out.got)
 		default:
 			p := planStream(o.Seed, o.Kind == kTCP)

@@ -10,7 +10,7 @@
 # caller's checkout is only read: the copies, the builds and the runs live
 # in a temporary directory, removed at the end.
 #
-#   test/chaos/bites.sh              all six (make chaos-bites)
+#   test/chaos/bites.sh              all of them (make chaos-bites)
 #   test/chaos/bites.sh flow-flood   the named ones only
 #   JOBS=1 test/chaos/bites.sh       one run at a time (default 3)
 #   KEEP=1 test/chaos/bites.sh       keep the directory with every run's output
@@ -32,6 +32,7 @@ cases=(
 	"oversized-datagram|an oversized datagram drops its batch|4|-duration 8s -rate 15 -mix udp6=1 -events none"
 	"empty-seqpacket|an empty seqpacket message ends it|2|-duration 8s -rate 15 -mix seqpacket=1 -events none"
 	"flow-flood|a flow flood locks streams out|5|-duration 10s -rate 5 -mix tcp=3,flood=1 -events none"
+	"seqpacket-peer-reset|a seqpacket peer's close loses its answers|7|-duration 8s -rate 15 -mix seqpacket=1 -events none"
 )
 if (($# > 0)); then
 	chosen=()
