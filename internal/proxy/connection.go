@@ -68,10 +68,11 @@ const (
 	canWrite
 	peerClosed
 	urgent
-	// peerReset: a sequential-packet peer closed with messages sent to
-	// it unread (seqpacket.go). What it sent before is read to the end,
-	// then the connection is reset. Not in the handoff record: after a
-	// reload the end comes as a plain one, with every message before it.
+	// peerReset: a unix peer is gone, having closed with bytes or
+	// messages sent to it unread, or refused a write (writeFailed). What
+	// it sent before is read to the end, then the connection is reset.
+	// Not in the handoff record: after a reload the end comes as a plain
+	// one, with everything before it.
 	peerReset
 )
 
@@ -183,7 +184,7 @@ func (l *loop) event(c *conn, side, fd int, ev uint32) {
 		// client whose direction had ended while the backend was
 		// silent: end the connection now, not at the next write.
 		if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && e != 0 {
-			if c.packets && unix.Errno(e) == unix.ECONNRESET && l.drainsFirst(c, side) {
+			if unix.Errno(e) == unix.ECONNRESET && l.drainsFirst(c, side) {
 				return
 			}
 			l.abort(c, unix.Errno(e))
@@ -230,8 +231,7 @@ func (l *loop) pump(c *conn, d int) bool {
 				e = unix.EIO // the pipe holds less than counted: never spin on it
 			}
 			if e != 0 {
-				l.abort(c, e)
-				return false
+				return l.writeFailed(c, d, e)
 			}
 			if p.n > 0 {
 				continue
@@ -250,7 +250,7 @@ func (l *loop) pump(c *conn, d int) bool {
 			dir.pipe = nil
 		}
 		if dir.flags&srcEOF != 0 {
-			return l.halfClose(c, d)
+			return l.ended(c, d)
 		}
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
@@ -277,6 +277,10 @@ func (l *loop) pump(c *conn, d int) bool {
 			// Only a read that returns 0 proves the end of the
 			// stream (a splice that returns 0 may have stopped at
 			// an urgent mark).
+			if c.ready[d]&peerReset != 0 {
+				l.abort(c, unix.ECONNRESET) // all it sent is through
+				return false
+			}
 			dir.flags |= srcEOF
 			continue
 		case n == len(l.buf):
@@ -296,8 +300,7 @@ func (l *loop) pump(c *conn, d int) bool {
 			w = 0
 			c.ready[1-d] &^= canWrite
 		} else if e != 0 {
-			l.abort(c, e)
-			return false
+			return l.writeFailed(c, d, e)
 		}
 		if w > 0 {
 			l.count(c, d, w)
@@ -341,6 +344,17 @@ func (l *loop) descriptorsDropped(c *conn, d int) {
 // delivered: shutdown(SHUT_WR) towards the destination, while the other
 // direction keeps going; when both have ended, the connection closes. It
 // reports whether the connection is still open.
+// ended is for direction d, whose source has ended and whose last bytes
+// have gone: the end goes on (halfClose), or, when the source's peer is
+// gone with bytes of ours unread (peerReset), the connection is reset.
+func (l *loop) ended(c *conn, d int) bool {
+	if c.ready[d]&peerReset != 0 {
+		l.abort(c, unix.ECONNRESET)
+		return false
+	}
+	return l.halfClose(c, d)
+}
+
 func (l *loop) halfClose(c *conn, d int) bool {
 	dir := &c.dir[d]
 	if dir.flags&dstShut == 0 {
@@ -396,8 +410,7 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 				dir.flags = dir.flags&^bulk | noSplice
 				return true, true // the read/write path drains it
 			case e != 0:
-				l.abort(c, e)
-				return false, false
+				return l.writeFailed(c, d, e), false
 			}
 		}
 		if dir.flags&(srcEOF|bulk) == bulk && c.ready[d]&(canRead|urgent) == canRead && p.n < l.pipes.size {
@@ -427,6 +440,13 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 				l.unkeep(c)
 				dir.flags = dir.flags&^bulk | noSplice
 				return true, true
+			case e == unix.ECONNRESET && !c.tcp[d] && !c.isKept():
+				// A unix peer that closed with bytes of ours unread
+				// says so after the bytes it sent: those in the pipe
+				// go on, then the reset.
+				c.ready[d] |= peerReset
+				dir.flags = dir.flags&^bulk | srcEOF
+				return true, true
 			default:
 				l.abort(c, e)
 				return false, false
@@ -452,6 +472,46 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 	// Off bulk (the burst is over, or a splice returned 0), the read path
 	// goes on: it confirms an end or reads past an urgent mark.
 	return true, dir.flags&(srcEOF|bulk) != bulk
+}
+
+// writeFailed ends direction d, whose write into side 1-d failed with e.
+// On a unix socket, EPIPE says the peer is gone, and ECONNRESET that it
+// closed with bytes or messages of ours unread (a write learns that first
+// when it comes before a read). What the direction held is lost with the
+// peer, but what the peer sent before it went is still queued in the same
+// socket: the other direction reads it to the end first, and the
+// connection is reset after it. Any other error, a TCP side (the reset
+// that ends the client's side would drop the bytes still on their way to
+// it), or a kept connection (its pipes are its own) ends it now.
+func (l *loop) writeFailed(c *conn, d int, e unix.Errno) bool {
+	side := 1 - d
+	if e != unix.EPIPE && e != unix.ECONNRESET || c.tcp[side] || c.isKept() ||
+		c.dir[side].flags&srcEOF != 0 && c.dir[side].pipe == nil {
+		l.abort(c, e)
+		return false
+	}
+	dir := &c.dir[d]
+	l.unpark(dir)
+	if dir.pipe != nil {
+		l.pipes.put(dir.pipe) // discarded with what it holds
+		dir.pipe = nil
+	}
+	dir.flags = dir.flags&^bulk | srcEOF | dstShut // read no more from d's side: it could go nowhere
+	c.ready[side] |= peerReset | peerClosed
+	return l.pump(c, side)
+}
+
+// drainsFirst is for a connection whose side's socket says ECONNRESET
+// (taken with SO_ERROR, so no read will say it): on a unix socket, its
+// peer closed with bytes or messages unread. When what it sent before may
+// still be queued, it is read to the end first, and the connection is
+// reset after it; drainsFirst reports whether that is so.
+func (l *loop) drainsFirst(c *conn, side int) bool {
+	if c.tcp[side] || c.isKept() || c.dir[side].flags&srcEOF != 0 && c.dir[side].pipe == nil {
+		return false
+	}
+	c.ready[side] |= peerReset | peerClosed
+	return true
 }
 
 // drain writes out what c's pipe p holds.

@@ -743,3 +743,63 @@ func waitSocketError(c net.Conn, timeout time.Duration) error {
 	}
 	return errors.New("no error on the socket")
 }
+
+// TestBytesOfAUnixPeerThatClosedArrive: a unix backend that answers and
+// closes without reading all the client sent, or before the client's next
+// bytes come, still has its answer queued in the proxy's socket (the
+// client reads nothing until the backend has closed, so the answer backs
+// up there). The proxy's next write fails (EPIPE, or ECONNRESET when bytes
+// were left unread), or SO_ERROR says ECONNRESET; either way the answer
+// reaches the client whole, then the end.
+func TestBytesOfAUnixPeerThatClosedArrive(t *testing.T) {
+	const size = 300 << 10
+	answer := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	for _, tc := range []struct {
+		name   string
+		unread bool // the backend closes with the client's second write unread
+	}{
+		{"closed with bytes unread", true},
+		{"closed, then sent to", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			noLeak(t)
+			dir := shortDir(t)
+			closed := make(chan struct{})
+			back := listenBackend(t, "unix", filepath.Join(dir, "b"), func(c net.Conn) {
+				defer close(closed)
+				defer c.Close()
+				uc := c.(*net.UnixConn)
+				uc.SetWriteBuffer(1 << 20)
+				if _, err := io.ReadFull(c, make([]byte, len("request"))); err != nil {
+					t.Error(err)
+					return
+				}
+				if tc.unread {
+					peekOne(t, uc)
+				}
+				if _, err := c.Write(answer); err != nil {
+					t.Error(err)
+				}
+			})
+			ln, err := activation.Listen(filepath.Join(dir, "p"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := startOn(t, ln, back, Config{})
+			c := edgeDial(t, "unix", p.addr)
+			c.Write([]byte("request"))
+			if tc.unread {
+				c.Write([]byte("more"))
+			}
+			recv(t, closed, "the backend's close")
+			if !tc.unread {
+				c.Write([]byte("more"))
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(c)
+			if !bytes.Equal(got, answer) {
+				t.Fatalf("the client read %d bytes of the %d-byte answer, then %v", len(got), len(answer), err)
+			}
+		})
+	}
+}

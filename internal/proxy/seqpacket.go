@@ -69,7 +69,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 				return true
 			}
 			if e != 0 {
-				return l.packetWriteFailed(c, d, e)
+				return l.writeFailed(c, d, e)
 			}
 			if dir.flags&header == 0 {
 				l.count(c, d, n)
@@ -80,7 +80,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			continue
 		}
 		if dir.flags&srcEOF != 0 {
-			return l.halfClose(c, d)
+			return l.ended(c, d)
 		}
 		if c.ready[d]&canRead == 0 || c.ready[1-d]&canWrite == 0 {
 			return true
@@ -99,9 +99,9 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 		case e == unix.ECONNRESET && c.ready[d]&peerReset == 0:
 			// The peer closed with messages of ours unread. The kernel
 			// says so before the messages the peer sent until then,
-			// which are still queued: they go on, and the connection is
-			// reset after them, as a client of the peer itself would
-			// have read them.
+			// which are still queued (a unix stream says it after
+			// them): they go on, and the connection is reset after
+			// them, as a client of the peer itself would have read them.
 			c.ready[d] |= peerReset
 			continue
 		case e != 0:
@@ -143,7 +143,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			dir.flags |= parkedMsg
 			l.parked += n
 		case e != 0:
-			return l.packetWriteFailed(c, d, e)
+			return l.writeFailed(c, d, e)
 		default:
 			if peek {
 				// Take the message sent off its socket; were it left
@@ -156,40 +156,6 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			l.count(c, d, w)
 		}
 	}
-}
-
-// packetWriteFailed ends direction d, whose destination refused a message
-// with e. EPIPE says the destination's peer is gone, or reads no more, and
-// ECONNRESET that it closed with messages unread (a write learns that
-// first when it comes before a read): the message is lost with the peer,
-// but what the peer sent before is still queued in the same socket, so the
-// other direction reads it to the end first, and the connection is reset
-// after it. Any other error ends the connection now.
-func (l *loop) packetWriteFailed(c *conn, d int, e unix.Errno) bool {
-	other := &c.dir[1-d]
-	if e != unix.EPIPE && e != unix.ECONNRESET || other.flags&srcEOF != 0 && other.pipe == nil {
-		l.abort(c, e)
-		return false
-	}
-	dir := &c.dir[d]
-	l.unpark(dir)
-	dir.pipe = nil
-	dir.flags |= srcEOF | dstShut // read no more from d's side: it could go nowhere
-	c.ready[1-d] |= peerReset
-	return l.pumpPackets(c, 1-d)
-}
-
-// drainsFirst is for a sequential-packet connection whose side's socket
-// says ECONNRESET (taken with SO_ERROR, so no read will say it): its peer
-// closed with messages unread. When messages it sent before may still be
-// queued, they are read to the end first, and the connection is reset
-// after them; it reports whether that is so.
-func (l *loop) drainsFirst(c *conn, side int) bool {
-	if dir := &c.dir[side]; dir.flags&srcEOF != 0 && dir.pipe == nil {
-		return false
-	}
-	c.ready[side] |= peerReset
-	return true
 }
 
 // passCredentials asks the kernel to attach the sender's credentials to
