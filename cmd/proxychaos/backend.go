@@ -229,6 +229,15 @@ func (b *streamBackend) serve(c net.Conn) {
 		return closeWrite(c)
 	}
 	recv := func() outcome { return readPayload(c, payload(seed, 'u'), up, false, "upload") }
+	if p := planStream(seed, b.network == "tcp"); p.hangUp >= 0 {
+		s.out = readPrefix(c, payload(seed, 'u'), p.hangUp)
+		if s.out.ok() {
+			if err := writePayload(c, payload(seed, 'd'), []int{down}, nil, -1, nil, b.gate); err != nil {
+				s.out.err = fmt.Errorf("download: %w", err)
+			}
+		}
+		return // closed with the rest of the upload unread, or still to come
+	}
 	switch mode {
 	case modeRequest:
 		if s.out = readBody(c, payload(seed, 'u'), up, false, "upload"); s.out.ok() {
@@ -314,4 +323,17 @@ func parseProxyV2(b []byte) (string, error) {
 		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(a[:16])), binary.BigEndian.Uint16(a[32:])).String(), nil
 	}
 	return "", nil
+}
+
+// readPrefix reads the first n bytes of a payload and compares them.
+func readPrefix(c net.Conn, g *rand.ChaCha8, n int) outcome {
+	buf, want := make([]byte, n), make([]byte, n)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return outcome{err: fmt.Errorf("upload: the first %d bytes: %w", n, err)}
+	}
+	g.Read(want)
+	if i := firstDiff(buf, want); i >= 0 {
+		return outcome{err: fmt.Errorf("%w: upload byte %d is %#x, want %#x", errCorrupt, i, buf[i], want[i]), got: int64(i)}
+	}
+	return outcome{got: int64(n)}
 }

@@ -373,6 +373,7 @@ func (h *harness) traffic(o *op) {
 		h.open.Add(1)
 		var out outcome
 		var what string
+		resetOK := false // a reset the plan itself explains
 		switch o.Kind {
 		case kSeqpacket:
 			out = runMessages(h.addrs["pkt"], uint64(o.ID), o.Seed, opDeadline)
@@ -386,6 +387,12 @@ func (h *harness) traffic(o *op) {
 			}
 			out, _ = runStream(network, addr, uint64(o.ID), o.Seed, p, opDeadline)
 			what = fmt.Sprintf("up %d, down %d, mode %d, urgent at %d, slow %v", p.up, p.down, p.mode, p.urgent, p.slow)
+			if p.hangUp >= 0 {
+				what += fmt.Sprintf(", the backend hangs up after %d bytes", p.hangUp)
+				// Its close with bytes unread is a reset on TCP, which
+				// may cut the download on its way.
+				resetOK = o.Kind == kTCP
+			}
 			if p.fds >= 0 {
 				what += fmt.Sprintf(", %d descriptors with up to %d bytes at %d", p.nfds, p.fdLen, p.fds)
 			}
@@ -395,7 +402,7 @@ func (h *harness) traffic(o *op) {
 		o.ended = time.Now()
 		h.rep.conns.Add(1)
 		be := h.res.wait(uint64(o.ID), 5*time.Second)
-		h.judgeStream(o, out, be, openNow, what)
+		h.judgeStream(o, out, be, openNow, what, resetOK)
 	case kUDP4, kUDP6, kUnixgram:
 		h.flow(o)
 	case kFlood:
@@ -403,7 +410,7 @@ func (h *harness) traffic(o *op) {
 	}
 }
 
-func (h *harness) judgeStream(o *op, client outcome, be *seen, openNow int64, what string) {
+func (h *harness) judgeStream(o *op, client outcome, be *seen, openNow int64, what string, resetOK bool) {
 	cc := classify(client.err)
 	bc, berr := "unseen", error(nil)
 	if be != nil {
@@ -422,6 +429,10 @@ func (h *harness) judgeStream(o *op, client outcome, be *seen, openNow int64, wh
 	detail := fmt.Sprintf("%s; client: %v; backend: %v; events during: %v", what, client.err, berr, all)
 	if cc == "corrupt" || bc == "corrupt" {
 		h.rep.fail(o, "corrupt: %s", detail)
+		return
+	}
+	if resetOK && cc == "reset" && bc == "ok" {
+		h.rep.explained.Add(1)
 		return
 	}
 	if h.tl.wasReset(uint64(o.ID)) && (cc == "reset" || cc == "cut" || cc == "ok") {

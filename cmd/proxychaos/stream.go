@@ -74,6 +74,13 @@ type streamPlan struct {
 	// (SCM_RIGHTS) on a unix stream, or -1; fdLen its length at most
 	// (the piece ends with its part), nfds how many descriptors.
 	fds, fdLen, nfds int
+	// hangUp, unless -1: the backend reads that many bytes of the upload,
+	// sends its whole download and closes, with the rest of the upload
+	// unread or still to come, as a server that answers and hangs up
+	// does. The client sends its upload all the same (a write may then
+	// fail) and must read the whole download; on TCP the backend's close
+	// with bytes unread is a reset, which may cut it.
+	hangUp int
 }
 
 func planStream(seed uint64, tcp bool) streamPlan {
@@ -108,6 +115,10 @@ func planStream(seed uint64, tcp bool) streamPlan {
 		if r.IntN(2) == 0 {
 			p.mode = modeRequest
 		}
+	}
+	p.hangUp = -1
+	if p.up > 0 && r.IntN(10) == 0 {
+		p.hangUp = r.IntN(p.up)
 	}
 	return p
 }
@@ -198,6 +209,18 @@ func readEnd(c net.Conn, what string, got int64) outcome {
 		return outcome{err: fmt.Errorf("%s: after the trailer, %w instead of the end", what, err), got: got}
 	}
 	return outcome{got: got}
+}
+
+// readEndAfterHangUp is readEnd for a client whose backend hung up with
+// its upload unread: the proxy then closes the client's socket with bytes
+// of the client's unread too, which a unix socket reports as one
+// ECONNRESET, after the bytes before it.
+func readEndAfterHangUp(c net.Conn, what string, got int64) outcome {
+	o := readEnd(c, what, got)
+	if o.err != nil && errors.Is(o.err, syscall.ECONNRESET) {
+		return readEnd(c, what, got)
+	}
+	return o
 }
 
 func firstDiff(a, b []byte) int {
@@ -384,6 +407,17 @@ func runStream(network, addr string, id, seed uint64, p streamPlan, deadline tim
 			return err
 		}
 		return closeWrite(c)
+	}
+	if p.hangUp >= 0 {
+		errc := make(chan error, 1)
+		go func() { errc <- send() }() // may fail once the backend is gone
+		o := readBody(c, down, p.down, p.slow, "download")
+		if o.err == nil {
+			o = readEndAfterHangUp(c, "download", o.got)
+		}
+		c.Close() // the sender stops too
+		<-errc
+		return o, local
 	}
 	switch p.mode {
 	case modeRequest:

@@ -32,7 +32,7 @@ cases=(
 	"oversized-datagram|an oversized datagram drops its batch|4|-duration 8s -rate 15 -mix udp6=1 -events none"
 	"empty-seqpacket|an empty seqpacket message ends it|2|-duration 8s -rate 15 -mix seqpacket=1 -events none"
 	"flow-flood|a flow flood locks streams out|5|-duration 10s -rate 5 -mix tcp=3,flood=1 -events none"
-	"seqpacket-peer-reset|a seqpacket peer's close loses its answers|7|-duration 8s -rate 15 -mix seqpacket=1 -events none"
+	"unix-peer-gone|a unix peer that hangs up loses its answer's end|2|-duration 8s -rate 20 -mix unix=1,seqpacket=2 -events none"
 )
 if (($# > 0)); then
 	chosen=()
