@@ -410,7 +410,15 @@ func runStream(network, addr string, id, seed uint64, p streamPlan, deadline tim
 	}
 	if p.hangUp >= 0 {
 		errc := make(chan error, 1)
-		go func() { errc <- send() }() // may fail once the backend is gone
+		if p.mode == modeUpload {
+			// All of it first, as a client that reads only once it
+			// has sent does: a proxy that stops reading once the
+			// backend is gone would leave it stuck.
+			errc <- send()
+		} else {
+			go func() { errc <- send() }()
+		}
+		// The upload may fail once the backend is gone.
 		o := readBody(c, down, p.down, p.slow, "download")
 		if o.err == nil {
 			o = readEndAfterHangUp(c, "download", o.got)

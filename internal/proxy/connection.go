@@ -185,6 +185,9 @@ func (l *loop) event(c *conn, side, fd int, ev uint32) {
 		// silent: end the connection now, not at the next write.
 		if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && e != 0 {
 			if unix.Errno(e) == unix.ECONNRESET && l.drainsFirst(c, side) {
+				if l.pump(c, side) {
+					l.pump(c, 1-side)
+				}
 				return
 			}
 			l.abort(c, unix.Errno(e))
@@ -200,6 +203,13 @@ func (l *loop) event(c *conn, side, fd int, ev uint32) {
 // write; what the destination cannot take is parked in a pooled pipe. Once a
 // read fills the buffer the direction is bulk and splicePump moves it.
 func (l *loop) pump(c *conn, d int) bool {
+	if c.ready[1-d]&peerReset != 0 {
+		if c.ready[d]&peerReset != 0 {
+			l.abort(c, unix.ECONNRESET) // both peers gone: nowhere to deliver
+			return false
+		}
+		return l.sink(c, d)
+	}
 	if c.packets {
 		return l.pumpPackets(c, d)
 	}
@@ -340,10 +350,6 @@ func (l *loop) descriptorsDropped(c *conn, d int) {
 	}
 }
 
-// halfClose ends direction d once its source has ended and every byte is
-// delivered: shutdown(SHUT_WR) towards the destination, while the other
-// direction keeps going; when both have ended, the connection closes. It
-// reports whether the connection is still open.
 // ended is for direction d, whose source has ended and whose last bytes
 // have gone: the end goes on (halfClose), or, when the source's peer is
 // gone with bytes of ours unread (peerReset), the connection is reset.
@@ -355,6 +361,10 @@ func (l *loop) ended(c *conn, d int) bool {
 	return l.halfClose(c, d)
 }
 
+// halfClose ends direction d once its source has ended and every byte is
+// delivered: shutdown(SHUT_WR) towards the destination, while the other
+// direction keeps going; when both have ended, the connection closes. It
+// reports whether the connection is still open.
 func (l *loop) halfClose(c *conn, d int) bool {
 	dir := &c.dir[d]
 	if dir.flags&dstShut == 0 {
@@ -490,15 +500,48 @@ func (l *loop) writeFailed(c *conn, d int, e unix.Errno) bool {
 		l.abort(c, e)
 		return false
 	}
+	c.ready[side] |= peerReset | peerClosed
+	return l.pump(c, side) && l.pump(c, d) // d's from now on a sink
+}
+
+// sink is pump for direction d while its destination's peer is gone
+// (peerReset on side 1-d): what d's side sends can go nowhere, and is read
+// and dropped, so that a client that writes all before it reads is not
+// stuck behind a proxy that stopped reading, and goes on to read the
+// answer; a client of that peer itself would have seen its writes fail.
+// It reports whether the connection is still open.
+func (l *loop) sink(c *conn, d int) bool {
 	dir := &c.dir[d]
-	l.unpark(dir)
 	if dir.pipe != nil {
+		l.unpark(dir)
 		l.pipes.put(dir.pipe) // discarded with what it holds
 		dir.pipe = nil
 	}
-	dir.flags = dir.flags&^bulk | srcEOF | dstShut // read no more from d's side: it could go nowhere
-	c.ready[side] |= peerReset | peerClosed
-	return l.pump(c, side)
+	dir.flags &^= bulk
+	for dir.flags&srcEOF == 0 && c.ready[d]&canRead != 0 {
+		var n int
+		var end bool
+		var e unix.Errno
+		if c.packets {
+			var message bool
+			n, _, message, e = recvMessage(int(c.fd[d]), l.buf, false)
+			end = n == 0 && !message
+		} else {
+			n, _, e = l.read(c, d)
+			end = n == 0
+		}
+		switch {
+		case e == unix.EAGAIN:
+			c.ready[d] &^= canRead
+		case e == unix.EINTR:
+		case e != 0:
+			l.abort(c, e)
+			return false
+		case end:
+			dir.flags |= srcEOF
+		}
+	}
+	return true
 }
 
 // drainsFirst is for a connection whose side's socket says ECONNRESET
