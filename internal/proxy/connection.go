@@ -450,10 +450,11 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 				l.unkeep(c)
 				dir.flags = dir.flags&^bulk | noSplice
 				return true, true
-			case e == unix.ECONNRESET && !c.tcp[d] && !c.isKept():
+			case e == unix.ECONNRESET && !c.tcp[d]:
 				// A unix peer that closed with bytes of ours unread
 				// says so after the bytes it sent: those in the pipe
 				// go on, then the reset.
+				l.unkeep(c)
 				c.ready[d] |= peerReset
 				dir.flags = dir.flags&^bulk | srcEOF
 				return true, true
@@ -490,16 +491,17 @@ func (l *loop) splicePump(c *conn, d int) (open, more bool) {
 // when it comes before a read). What the direction held is lost with the
 // peer, but what the peer sent before it went is still queued in the same
 // socket: the other direction reads it to the end first, and the
-// connection is reset after it. Any other error, a TCP side (the reset
-// that ends the client's side would drop the bytes still on their way to
-// it), or a kept connection (its pipes are its own) ends it now.
+// connection is reset after it; a kept connection leaves the fd store
+// for that (its pipes become the pool's, as they empty). Any other error,
+// or a TCP side (the reset that ends the client's side would drop the
+// bytes still on their way to it), ends it now.
 func (l *loop) writeFailed(c *conn, d int, e unix.Errno) bool {
 	side := 1 - d
-	if e != unix.EPIPE && e != unix.ECONNRESET || c.tcp[side] || c.isKept() ||
-		c.dir[side].flags&srcEOF != 0 && c.dir[side].pipe == nil {
+	if e != unix.EPIPE && e != unix.ECONNRESET || c.tcp[side] || l.spent(c, side) {
 		l.abort(c, e)
 		return false
 	}
+	l.unkeep(c)
 	c.ready[side] |= peerReset | peerClosed
 	return l.pump(c, side) && l.pump(c, d) // d's from now on a sink
 }
@@ -550,11 +552,21 @@ func (l *loop) sink(c *conn, d int) bool {
 // still be queued, it is read to the end first, and the connection is
 // reset after it; drainsFirst reports whether that is so.
 func (l *loop) drainsFirst(c *conn, side int) bool {
-	if c.tcp[side] || c.isKept() || c.dir[side].flags&srcEOF != 0 && c.dir[side].pipe == nil {
+	if c.tcp[side] || l.spent(c, side) {
 		return false
 	}
+	l.unkeep(c)
 	c.ready[side] |= peerReset | peerClosed
 	return true
+}
+
+// spent says that the direction reading from side has nothing more to
+// deliver: its source ended and its pipe is empty (a kept connection's
+// pipe is there even when empty; a sequential packet's is a message, even
+// an empty one).
+func (l *loop) spent(c *conn, side int) bool {
+	dir := &c.dir[side]
+	return dir.flags&srcEOF != 0 && (dir.pipe == nil || !c.packets && dir.pipe.n == 0)
 }
 
 // drain writes out what c's pipe p holds.

@@ -808,41 +808,57 @@ func TestBytesOfAUnixPeerThatClosedArrive(t *testing.T) {
 // upload before it reads, to a unix backend that answered and hung up
 // after the first bytes, is not left blocked in its write by a proxy that
 // stopped reading (the bytes go nowhere, and are dropped); it then reads
-// the whole answer.
+// the whole answer. The same for a connection kept in the fd store
+// (--fdstore=always), which leaves the store for it.
 func TestClientWritingToAGoneBackendIsNotStuck(t *testing.T) {
-	noLeak(t)
-	dir := shortDir(t)
-	// More than the client's side holds, less than the backend's send
-	// buffer adds to that: the backend's close comes, with the end of its
-	// answer still queued in the proxy's socket.
-	answer := bytes.Repeat([]byte("answer. "), 75<<10)
-	closed := make(chan struct{})
-	back := listenBackend(t, "unix", filepath.Join(dir, "b"), func(c net.Conn) {
-		defer close(closed)
-		defer c.Close()
-		c.(*net.UnixConn).SetWriteBuffer(1 << 20)
-		if _, err := io.ReadFull(c, make([]byte, len("request"))); err != nil {
-			t.Error(err)
-			return
-		}
-		c.Write(answer)
-	})
-	ln, err := activation.Listen(filepath.Join(dir, "p"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := startOn(t, ln, back, Config{})
-	c := edgeDial(t, "unix", p.addr)
-	c.Write([]byte("request"))
-	recv(t, closed, "the backend's close")
-	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	upload := make([]byte, 16<<20) // far past every socket buffer on the way
-	if _, err := c.Write(upload); errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("the client's upload is stuck: %v", err)
-	}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	got, err := io.ReadAll(c)
-	if !bytes.Equal(got, answer) {
-		t.Fatalf("the client read %d bytes of the %d-byte answer, then %v", len(got), len(answer), err)
+	for _, keeping := range []bool{false, true} {
+		t.Run(fmt.Sprintf("kept %v", keeping), func(t *testing.T) {
+			noLeak(t)
+			dir := shortDir(t)
+			// More than the client's side holds, less than the backend's
+			// send buffer adds to that: the backend's close comes, with
+			// the end of its answer still queued in the proxy's socket.
+			answer := bytes.Repeat([]byte("answer. "), 75<<10)
+			closed := make(chan struct{})
+			back := listenBackend(t, "unix", filepath.Join(dir, "b"), func(c net.Conn) {
+				defer close(closed)
+				defer c.Close()
+				c.(*net.UnixConn).SetWriteBuffer(1 << 20)
+				if _, err := io.ReadFull(c, make([]byte, len("request"))); err != nil {
+					t.Error(err)
+					return
+				}
+				c.Write(answer)
+			})
+			ln, err := activation.Listen(filepath.Join(dir, "p"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cfg Config
+			k := &fakeKeeper{}
+			if keeping {
+				cfg.Keep, cfg.Forget = k.keep, k.forget
+			}
+			p := startOn(t, ln, back, cfg)
+			c := edgeDial(t, "unix", p.addr)
+			c.Write([]byte("request"))
+			recv(t, closed, "the backend's close")
+			if kept, _ := k.names(); keeping && len(kept) != 1 {
+				t.Fatalf("kept %v, want the connection", kept)
+			}
+			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			upload := make([]byte, 16<<20) // far past every socket buffer on the way
+			if _, err := c.Write(upload); errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("the client's upload is stuck: %v", err)
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(c)
+			if !bytes.Equal(got, answer) {
+				t.Fatalf("the client read %d bytes of the %d-byte answer, then %v", len(got), len(answer), err)
+			}
+			if kept, _ := k.names(); len(kept) != 0 {
+				t.Errorf("still kept in the store: %v", kept)
+			}
+		})
 	}
 }
