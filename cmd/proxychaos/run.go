@@ -254,7 +254,9 @@ func (h *harness) setup(bin string) error {
 	if h.run.ProxyProtocol != "" {
 		args = append(args, "--proxy-protocol="+h.run.ProxyProtocol)
 	}
-	if h.run.FDStore {
+	if h.run.FDStore && h.run.Always {
+		args = append(args, "--fdstore=always")
+	} else if h.run.FDStore {
 		args = append(args, "--fdstore=on-stop")
 	}
 	args = append(args, h.tcp.addr, "--backend", "unix="+h.unix.addr, "--backend", "pkt="+h.pkt.addr,

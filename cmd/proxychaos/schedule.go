@@ -112,10 +112,18 @@ type runConfig struct {
 	Limit         int    // -c
 	ProxyProtocol string // "" or "v2"
 	FDStore       bool   // --fdstore=on-stop: SIGTERM hands connections to the next instance
+	// Always makes the FDStore run's --fdstore=always: each stream
+	// connection kept in the store from its start, its bytes spliced
+	// through pipes of its own; a SIGTERM hands over as on-stop does.
+	Always bool
 }
 
 func (c runConfig) String() string {
-	return fmt.Sprintf("-c %d, PROXY header %q, fd store on stop %v", c.Limit, c.ProxyProtocol, c.FDStore)
+	store := "off"
+	if c.FDStore {
+		store = map[bool]string{false: "on-stop", true: "always"}[c.Always]
+	}
+	return fmt.Sprintf("-c %d, PROXY header %q, fd store %s", c.Limit, c.ProxyProtocol, store)
 }
 
 // op is one operation or event of the schedule.
@@ -155,6 +163,9 @@ func schedule(seed uint64, d time.Duration, rate float64, eventRate float64, mix
 		cfg.ProxyProtocol = "v2"
 	}
 	cfg.FDStore = r.IntN(2) == 0
+	// From a stream of its own, so that every seed's schedule stays what
+	// it was before the choice existed.
+	cfg.Always = cfg.FDStore && rand.New(rand.NewPCG(seed, 3)).IntN(2) == 0
 	var ops []*op
 	id := 0
 	if rate > 0 && len(mix) > 0 {

@@ -424,7 +424,12 @@ func runStream(network, addr string, id, seed uint64, p streamPlan, deadline tim
 			o = readEndAfterHangUp(c, "download", o.got)
 		}
 		c.Close() // the sender stops too
-		<-errc
+		// On TCP a write that meets the reset takes it (ECONNRESET
+		// once), and a read after it sees only the end: that end is
+		// the reset. A unix socket has none to take.
+		if sendErr := <-errc; network == "tcp" && classify(o.err) == "cut" && classify(sendErr) == "reset" {
+			o.err = fmt.Errorf("%w, and then %v", sendErr, o.err)
+		}
 		return o, local
 	}
 	switch p.mode {
