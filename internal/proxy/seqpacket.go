@@ -96,12 +96,14 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			return true
 		case e == unix.EINTR:
 			continue
-		case e == unix.ECONNRESET && c.ready[d]&peerReset == 0:
+		case e == unix.ECONNRESET:
 			// The peer closed with messages of ours unread. The kernel
-			// says so before the messages the peer sent until then,
-			// which are still queued (a unix stream says it after
-			// them): they go on, and the connection is reset after
-			// them, as a client of the peer itself would have read them.
+			// says so once, before the messages the peer sent until
+			// then, which are still queued (a unix stream says it
+			// after them): they go on, and the connection is reset
+			// after them, as a client of the peer itself would have
+			// read them. A write's EPIPE may have marked the side
+			// already (writeFailed), the reset still to be read.
 			c.ready[d] |= peerReset
 			continue
 		case e != 0:

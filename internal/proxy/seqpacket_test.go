@@ -596,3 +596,43 @@ func peekOne(t *testing.T, c *net.UnixConn) {
 		t.Fatalf("peek: %v, %v", err, peekErr)
 	}
 }
+
+// TestAnswerOfAPeerThatHangsUpArrives: a backend that answers the first
+// message and closes while the client's next ones are on their way. The
+// proxy's write of one may fail (EPIPE) before the kernel's reset note is
+// read, or after; either way the answer reaches the client. The race is
+// narrow, so it runs many times.
+func TestAnswerOfAPeerThatHangsUpArrives(t *testing.T) {
+	_, path := startPackets(t, func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 300<<10)
+		if n, err := c.Read(buf); err == nil {
+			c.Write(buf[:n])
+		}
+	}, Config{})
+	sizes := []int{929, 570, 216830, 1672, 126}
+	for round := range 300 {
+		c := dialPackets(t, path)
+		c.SetWriteBuffer(1 << 20)
+		sent := make(chan struct{})
+		go func() {
+			defer close(sent)
+			for _, size := range sizes {
+				if _, err := c.Write(make([]byte, size)); err != nil {
+					return // the proxy may be gone: the backend hung up
+				}
+			}
+			c.CloseWrite()
+		}()
+		buf := make([]byte, 300<<10)
+		n, err := c.Read(buf)
+		if errors.Is(err, unix.ECONNRESET) { // the proxy closed with messages of ours unread
+			n, err = c.Read(buf)
+		}
+		<-sent
+		c.Close()
+		if n != sizes[0] {
+			t.Fatalf("round %d: the client read %d bytes, %v; want the answer of %d", round, n, err, sizes[0])
+		}
+	}
+}
