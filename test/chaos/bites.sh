@@ -27,7 +27,7 @@ JOBS=${JOBS:-3}
 # name|defect|seed|proxychaos flags: the focus that finds it within the run.
 cases=(
 	"urgent-byte|a TCP urgent byte truncates the stream|1|-duration 8s -rate 10 -mix tcp=1 -events none"
-	"descriptors|descriptors stall a unix stream|1|-duration 8s -rate 20 -mix unix=1 -events none"
+	"descriptors|descriptors stall a unix stream|5|-duration 8s -rate 20 -mix unix=1 -events none"
 	"sighup-burst|a SIGHUP burst kills the proxy|6|-duration 15s -rate 5 -mix tcp=3,unix=1 -events sighup-burst=1 -event-rate 2"
 	"oversized-datagram|an oversized datagram drops its batch|4|-duration 8s -rate 15 -mix udp6=1 -events none"
 	"empty-seqpacket|an empty seqpacket message ends it|2|-duration 8s -rate 15 -mix seqpacket=1 -events none"
