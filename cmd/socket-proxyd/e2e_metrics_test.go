@@ -418,3 +418,15 @@ func TestCheckSeveralBackendsAndListenAddresses(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsAddressInUseSaysMetrics: a --metrics port that something
+// else holds fails the start, and the message names --metrics, so that it
+// is not taken for a --listen socket's.
+func TestMetricsAddressInUseSaysMetrics(t *testing.T) {
+	_, backend := echoTCP(t, "127.0.0.1:0")
+	taken := listenTCP(t, "127.0.0.1:0")
+	code, _, stderr := run(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", "--metrics", taken.Addr().String(), backend}})
+	if code != 1 || !strings.Contains(stderr, "--metrics: cannot listen on \""+taken.Addr().String()+"\"") {
+		t.Errorf("--metrics on a taken port: exit %d, stderr %q", code, stderr)
+	}
+}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -78,6 +79,9 @@ func metricsListener(listeners []activation.Listener, rec *handoff.Record, opts 
 		return listeners, found, nil
 	}
 	l, err := activation.ListenFor("--metrics", opts.metrics, opts.socketMode)
+	if err != nil && !strings.Contains(err.Error(), "--metrics") {
+		err = fmt.Errorf("--metrics: %w", err) // not to be taken for a --listen socket's
+	}
 	if err != nil {
 		return listeners, nil, err
 	}
