@@ -126,7 +126,8 @@ mutants-case:
 	@for p in $(MUTANTS_PKGS); do echo "=== casemutants $$p"; $(GO) run ./test/mutants/casemutants -run $$p || exit 1; done
 
 # Seeded chaos against the built proxy (docs/RELIABILITY.md, "Chaos"): the
-# seed is printed first; SEED=N replays it.
+# seed is printed first; SEED=N replays it (SEED=0, the default, takes
+# one from the clock).
 DURATION ?= 10m
 SEED ?= 0
 chaos:

@@ -42,8 +42,8 @@ func main() {
 	var seed int64
 	flag.Int64Var(&seed, "seed", 0, "the run's seed (default: from the clock); the same seed replays the same schedule")
 	flag.DurationVar(&cfg.duration, "duration", time.Minute, "how long to keep starting operations")
-	flag.Float64Var(&cfg.rate, "rate", 15, "operations started per second, on average")
-	flag.Float64Var(&cfg.eventRate, "event-rate", 0.5, "events per second, on average")
+	flag.Float64Var(&cfg.rate, "rate", defaultRate, "operations started per second, on average")
+	flag.Float64Var(&cfg.eventRate, "event-rate", defaultEventRate, "events per second, on average")
 	flag.StringVar(&cfg.mixFlag, "mix", defaultMix, "weights of the kinds of traffic, KIND=N,...: "+fmt.Sprint(trafficKinds))
 	flag.StringVar(&cfg.eventFlag, "events", defaultEvents, "weights of the kinds of events, KIND=N,... or none: "+fmt.Sprint(eventKinds))
 	flag.StringVar(&cfg.bin, "bin", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")

@@ -76,6 +76,9 @@ func run(cfg config, out io.Writer) int {
 	fmt.Fprintf(out, "proxychaos: %s, %d operations and events over %v; %s\n", bin, len(ops), cfg.duration, rc)
 	fmt.Fprintf(out, "replay: go run ./cmd/proxychaos -seed %d -duration %v -rate %g -event-rate %g -mix %s -events %s\n",
 		cfg.seed, cfg.duration, cfg.rate, cfg.eventRate, orNone(cfg.mixFlag), orNone(cfg.eventFlag))
+	if cfg.rate == defaultRate && cfg.eventRate == defaultEventRate && cfg.mixFlag == defaultMix && cfg.eventFlag == defaultEvents {
+		fmt.Fprintf(out, "replay: make chaos SEED=%d DURATION=%v\n", cfg.seed, cfg.duration)
+	}
 
 	// Warm up, then the baseline.
 	h.tl, h.rep = newTimeline(time.Now()), newReport(time.Now())

@@ -54,10 +54,13 @@ const reloadWindow = 12 * time.Second
 
 var eventKinds = []string{eHUP, eHUPBurst, eStop, eDown, eReset, eStall, eExhaust, eLimit, eTerm, eBroken, eHang, eTermMidReload}
 
-// defaultMix and defaultEvents are the weights of a run that says nothing.
+// defaultMix and defaultEvents are the weights of a run that says nothing,
+// at defaultRate operations and defaultEventRate events a second.
 const (
-	defaultMix    = "tcp=6,unix=3,seqpacket=3,udp4=3,udp6=2,unixgram=2,flood=1"
-	defaultEvents = "sighup=3,sighup-burst=2,sigstop=2,backend-down=1,backend-reset=2,backend-stall=1,exhaust=1,limit=1,sigterm=1,broken-reload=1,hung-reload=0"
+	defaultRate      = 15
+	defaultEventRate = 0.5
+	defaultMix       = "tcp=6,unix=3,seqpacket=3,udp4=3,udp6=2,unixgram=2,flood=1"
+	defaultEvents    = "sighup=3,sighup-burst=2,sigstop=2,backend-down=1,backend-reset=2,backend-stall=1,exhaust=1,limit=1,sigterm=1,broken-reload=1,hung-reload=0"
 )
 
 // weights is a "kind=N,kind=N" flag value.
