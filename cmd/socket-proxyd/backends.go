@@ -3,8 +3,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"sort"
 	"strings"
 
@@ -78,6 +81,31 @@ func announce(log *slog.Logger, listeners []activation.Listener, def []backend.A
 			attrs = append(attrs, "backends", names(b), "balance", policy.String())
 		}
 		log.Info("listening", attrs...)
+	}
+	warnMissingSockets(log, listeners, def, named)
+}
+
+// warnMissingSockets says once, at start-up, which unix socket backends do
+// not exist yet: their clients wait for them (up to --connect-timeout,
+// then a reset), which is right while the backend is starting and a
+// puzzle when its path is wrong.
+func warnMissingSockets(log *slog.Logger, listeners []activation.Listener, def []backend.Address, named map[string][]backend.Address) {
+	seen := map[string]bool{}
+	for _, l := range listeners {
+		b, ok := proxy.NamedBackend(named, l)
+		if !ok {
+			b = def
+		}
+		for _, a := range b {
+			if a.Network != "unix" || strings.HasPrefix(a.Path, "@") || seen[a.Path] {
+				continue
+			}
+			seen[a.Path] = true
+			if _, err := os.Stat(a.Path); errors.Is(err, fs.ErrNotExist) {
+				log.Warn("backend socket does not exist yet: its clients wait for it up to --connect-timeout, then are reset",
+					"backend", a.Path)
+			}
+		}
 	}
 }
 

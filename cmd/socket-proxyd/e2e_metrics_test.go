@@ -430,3 +430,17 @@ func TestMetricsAddressInUseSaysMetrics(t *testing.T) {
 		t.Errorf("--metrics on a taken port: exit %d, stderr %q", code, stderr)
 	}
 }
+
+// TestMissingUnixBackendIsNamedAtStart: a unix socket backend that does
+// not exist when the proxy starts is named once in a warning, since its
+// clients will wait for it and then be reset.
+func TestMissingUnixBackendIsNamedAtStart(t *testing.T) {
+	missing := filepath.Join(shortDir(t), "not-yet.sock")
+	p := start(t, binary, launch{args: []string{"--listen", "127.0.0.1:0", missing}})
+	if err := p.waitStderr("backend socket does not exist yet", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(p.stderr.String(), missing) {
+		t.Errorf("the warning does not name %s:\n%s", missing, p.stderr.String())
+	}
+}

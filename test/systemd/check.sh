@@ -240,9 +240,11 @@ scenario_notify() { # Type=notify, --listen, watchdog, journal
 		/usr/bin/socket-proxyd --listen 127.0.0.1:8099 /run/nowhere.sock
 	# The client's port is fixed, so the entry can be selected by CLIENT=.
 	check "connection to it is closed" eval '! curl -sS --max-time 10 --local-port 41234 http://127.0.0.1:8099/'
+	check "a warning at start-up that the backend socket does not exist" eval '
+		journalctl -q -b -u spx-journal -p warning..warning -o cat | grep "does not exist yet" | grep -q /run/nowhere.sock'
 	check "one warning line naming client and backend" eval '
-		wait_for 10 eval "journalctl -q -b -u spx-journal -p warning..warning -o cat | grep -q /run/nowhere.sock" || exit 1
-		lines=$(journalctl -q -b -u spx-journal -p warning..warning -o cat | grep /run/nowhere.sock)
+		wait_for 10 eval "journalctl -q -b -u spx-journal -p warning..warning -o cat | grep -q closing.client.*/run/nowhere.sock" || exit 1
+		lines=$(journalctl -q -b -u spx-journal -p warning..warning -o cat | grep /run/nowhere.sock | grep -v "does not exist yet")
 		echo "$lines"
 		[[ $(wc -l <<<"$lines") == 1 ]] && grep -q 127.0.0.1:41234 <<<"$lines" && ! grep -Eq "^(time=|[0-9]{4}[-/])" <<<"$lines"'
 	# stderr is the journal (JOURNAL_STREAM matches), so the proxy logs over
