@@ -286,11 +286,8 @@ func (l *loop) pump(c *conn, d int) bool {
 		case n == 0:
 			// Only a read that returns 0 proves the end of the
 			// stream (a splice that returns 0 may have stopped at
-			// an urgent mark).
-			if c.ready[d]&peerReset != 0 {
-				l.abort(c, unix.ECONNRESET) // all it sent is through
-				return false
-			}
+			// an urgent mark). With the peer gone (peerReset), ended
+			// then resets the connection.
 			dir.flags |= srcEOF
 			continue
 		case n == len(l.buf):

@@ -744,6 +744,18 @@ func waitSocketError(c net.Conn, timeout time.Duration) error {
 	return errors.New("no error on the socket")
 }
 
+// hangUps are the two ways a backend that answers can hang up: with the
+// client's second write or message already queued, unread (the proxy's
+// socket then says ECONNRESET), or before it comes (the proxy's write of it
+// then fails with EPIPE).
+var hangUps = []struct {
+	name   string
+	unread bool
+}{
+	{"closed with data unread", true},
+	{"closed, then sent to", false},
+}
+
 // TestBytesOfAUnixPeerThatClosedArrive: a unix backend that answers and
 // closes without reading all the client sent, or before the client's next
 // bytes come, still has its answer queued in the proxy's socket (the
@@ -754,13 +766,7 @@ func waitSocketError(c net.Conn, timeout time.Duration) error {
 func TestBytesOfAUnixPeerThatClosedArrive(t *testing.T) {
 	const size = 300 << 10
 	answer := bytes.Repeat([]byte("0123456789abcdef"), size/16)
-	for _, tc := range []struct {
-		name   string
-		unread bool // the backend closes with the client's second write unread
-	}{
-		{"closed with bytes unread", true},
-		{"closed, then sent to", false},
-	} {
+	for _, tc := range hangUps {
 		t.Run(tc.name, func(t *testing.T) {
 			noLeak(t)
 			dir := shortDir(t)

@@ -119,11 +119,7 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 			l.abort(c, errMessageTooBig)
 			return false
 		case n == 0 && !message:
-			if c.ready[d]&peerReset != 0 {
-				l.abort(c, unix.ECONNRESET)
-				return false
-			}
-			dir.flags |= srcEOF
+			dir.flags |= srcEOF // ended resets it if the peer is gone
 			continue
 		}
 		w, e := rawWriteMsg(dst, buf[:n])

@@ -528,13 +528,7 @@ func TestPacketsEmptyMessage(t *testing.T) {
 // queued in the proxy's when the reset comes.
 func TestRepliesOfAPeerThatClosedArrive(t *testing.T) {
 	const replies, size = 6, 50 << 10
-	for _, tc := range []struct {
-		name   string
-		unread bool // the backend closes with the client's second message unread
-	}{
-		{"closed with a message unread", true},
-		{"closed, then sent to", false},
-	} {
+	for _, tc := range hangUps {
 		t.Run(tc.name, func(t *testing.T) {
 			closed := make(chan struct{})
 			_, path := startPackets(t, func(c net.Conn) {
