@@ -145,8 +145,10 @@ func (b *streamBackend) close() {
 	b.wg.Wait()
 }
 
-// reset resets n of the open connections, chosen by r, and returns their ids.
-func (b *streamBackend) reset(r *rand.Rand, n int) []uint64 {
+// reset resets n of the open connections, chosen by r, calling mark with
+// each one's id before its reset: the operation's judge may wake as soon as
+// the reset lands, and must find it marked.
+func (b *streamBackend) reset(r *rand.Rand, n int, mark func(id uint64)) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var ids []uint64
@@ -159,13 +161,13 @@ func (b *streamBackend) reset(r *rand.Rand, n int) []uint64 {
 		ids = ids[:n]
 	}
 	for _, id := range ids {
+		mark(id)
 		c := b.live[id]
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetLinger(0)
 		}
 		c.Close()
 	}
-	return ids
 }
 
 func (b *streamBackend) accept(ln net.Listener) {

@@ -665,9 +665,7 @@ func (h *harness) event(e *op) {
 		}
 	case eReset:
 		for _, b := range []*streamBackend{h.tcp, h.unix, h.pkt} {
-			for _, id := range b.reset(r, e.Count) {
-				h.tl.markReset(id)
-			}
+			b.reset(r, e.Count, h.tl.markReset)
 		}
 	case eStall:
 		h.gate.hold(e.Hold)

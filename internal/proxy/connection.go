@@ -327,6 +327,14 @@ func (l *loop) read(c *conn, d int) (n int, cut bool, e unix.Errno) {
 	fd := int(c.fd[d])
 	if c.tcp[d] {
 		n, e = rawRead(fd, l.buf)
+		if e == unix.EAGAIN && c.ready[d]&urgent != 0 && queued(fd) {
+			// A read that starts at the urgent mark says EAGAIN, with
+			// the bytes still queued, when a signal is pending on the
+			// thread, and the runtime signals the loop's thread to
+			// preempt it: no edge will come for those bytes, so the
+			// read is made again, as after EINTR.
+			e = unix.EINTR
+		}
 		return n, false, e
 	}
 	n, flags, e := rawRecvmsg(fd, l.buf)

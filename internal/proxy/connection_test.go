@@ -22,6 +22,7 @@ import (
 
 	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // TestPipeFullOfSmallMessages: splice from a unix stream socket into a pipe
@@ -322,6 +323,66 @@ func TestUrgentByteStaysInTheStream(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestUrgentByteGetsThroughSignals: a TCP read that starts at the urgent
+// mark says EAGAIN, with every byte still queued, when a signal is pending
+// on the thread, and the Go runtime signals the loop's thread to preempt
+// it. Taken as "empty", that EAGAIN left the rest of a stream whose client
+// had sent everything waiting for an edge that never came.
+func TestUrgentByteGetsThroughSignals(t *testing.T) {
+	const rounds = 300
+	want := []byte("AAAAUCCCC")
+	p := edgeProxy(t, "tcp", func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		got, _ := io.ReadAll(c)
+		c.Write(got)
+	})
+	stop := signalEveryThread(t)
+	defer stop()
+	for i := range rounds {
+		c := edgeDial(t, "tcp", p.addr)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		writeWithUrgent(t, c, want[:4], want[5:])
+		closeWrite(c)
+		got, err := io.ReadAll(c)
+		c.Close()
+		if !bytes.Equal(got, want) {
+			t.Fatalf("round %d: the backend got %q (client's read: %v), want %q", i, got, err, want)
+		}
+	}
+}
+
+// signalEveryThread sends SIGURG, which the Go runtime takes as a
+// preemption request and otherwise ignores, to every thread of the test
+// process, over and over, until stop is called.
+func signalEveryThread(t *testing.T) (stop func()) {
+	t.Helper()
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		pid := unix.Getpid()
+		for {
+			entries, err := os.ReadDir("/proc/self/task")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for range 100 {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				for _, e := range entries {
+					var tid int
+					fmt.Sscan(e.Name(), &tid)
+					unix.Tgkill(pid, tid, unix.SIGURG)
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 func TestDescriptorsDoNotStallTheStream(t *testing.T) {

@@ -136,6 +136,9 @@ func (l *loop) keptRead(c *conn, d int) (read bool, e unix.Errno) {
 	case err == nil && n == 0:
 		c.dir[d].flags |= srcEOF
 		return false, 0
+	case err == unix.EAGAIN && c.tcp[d] && queued(int(c.fd[d])):
+		// At the urgent mark with a signal pending (read): peek again.
+		return false, unix.EINTR
 	case err == unix.EAGAIN:
 		c.dir[d].flags |= bulk // nothing after all: splice on
 		c.ready[d] &^= canRead

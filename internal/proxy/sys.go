@@ -81,3 +81,9 @@ func rawMmsg(trap uintptr, fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
 	}
 	return int(r), 0
 }
+
+// queued says whether a TCP socket holds bytes not yet read (SIOCINQ).
+func queued(fd int) bool {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && n > 0
+}
