@@ -36,31 +36,33 @@ const original = "systemd-socket-proxyd" // the ratios' reference
 var knownNames = []string{"direct", "socket-proxyd", "busy-poll", "metrics", "baseline", original, "haproxy", "nginx", "socat"}
 
 type config struct {
-	rounds    int
-	quick     bool
-	only      map[string]bool
-	bytes     int64
-	dur       time.Duration
-	pings     int
-	idle      int
-	maxForks  int
-	connMax   int
-	workers   int
-	settle    time.Duration
-	strace    bool
-	waitIdle  time.Duration
-	idleLoad  float64
-	proxyd    string
-	baseline  string
-	busyPoll  string // -busy-poll: a span for candidate busy-poll
-	metrics   bool   // -metrics: candidate metrics
-	pin       bool
-	proxyCPU  int
-	loadCPU   int
-	onlyFlag  string
-	bytesFlag string
-	udp       bool
-	backends  int
+	rounds   int
+	quick    bool
+	only     map[string]bool
+	bytes    int64
+	dur      time.Duration
+	pings    int
+	idle     int
+	maxForks int
+	connMax  int
+	workers  int
+	settle   time.Duration
+	strace   bool
+	waitIdle time.Duration
+	idleLoad float64
+	proxyd   string
+	baseline string
+	busyPoll string // -busy-poll: a span for candidate busy-poll
+	metrics  bool   // -metrics: candidate metrics
+	// scrapeEvery is the gap between the scrapes of candidate metrics.
+	scrapeEvery time.Duration
+	pin         bool
+	proxyCPU    int
+	loadCPU     int
+	onlyFlag    string
+	bytesFlag   string
+	udp         bool
+	backends    int
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -84,7 +86,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&cfg.strace, "strace", false, "also run one bulk transfer per proxy under strace -f -c and print the syscall counts")
 	fs.StringVar(&cfg.proxyd, "proxyd", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
 	fs.StringVar(&cfg.busyPoll, "busy-poll", "", "also run socket-proxyd --busy-poll=SPAN, as candidate \"busy-poll\" (say 50us)")
-	fs.BoolVar(&cfg.metrics, "metrics", false, "also run socket-proxyd --metrics (an abstract socket, scraped every 100ms by this process), as candidate \"metrics\"")
+	fs.BoolVar(&cfg.metrics, "metrics", false, "also run socket-proxyd --metrics (an abstract socket, scraped every -scrape-every by this process), as candidate \"metrics\"")
+	fs.DurationVar(&cfg.scrapeEvery, "scrape-every", 100*time.Millisecond, "with -metrics, the gap between scrapes (0: never scraped)")
 	fs.StringVar(&cfg.baseline, "baseline", "", "another socket-proxyd binary (say, main before a change) to run as candidate \"baseline\", interleaved with the others: an A/B in one run")
 	fs.BoolVar(&cfg.pin, "pin", true, "pin the proxy and the load generator to separate CPUs")
 	fs.IntVar(&cfg.proxyCPU, "proxy-cpu", 0, "CPU for the proxy")
@@ -236,7 +239,9 @@ func run() int {
 		scrapeCtx, stop := context.WithCancel(ctx)
 		defer wg.Wait()
 		defer stop()
-		wg.Go(func() { scrapeMetrics(scrapeCtx, metricsAddr, 100*time.Millisecond) })
+		if cfg.scrapeEvery > 0 {
+			wg.Go(func() { scrapeMetrics(scrapeCtx, metricsAddr, cfg.scrapeEvery) })
+		}
 	}
 	if cfg.udp {
 		b := &bench{cfg: cfg, l: &launcher{pin: cfg.pin, cpu: cfg.proxyCPU, connMax: cfg.connMax}, log: os.Stderr}
