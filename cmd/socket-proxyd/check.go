@@ -193,6 +193,10 @@ func checkPlan(opts options, stdout, stderr io.Writer, planPrefix, errPrefix str
 	metrics, level := "off", "info"
 	if opts.metrics != "" {
 		metrics = opts.metrics
+		if err := activation.CheckListen("--metrics", opts.metrics); err != nil {
+			fail("%v", err)
+			metrics += " INVALID ADDRESS"
+		}
 	}
 	if s := os.Getenv("SYSTEMD_LOG_LEVEL"); s != "" {
 		level = s + " (SYSTEMD_LOG_LEVEL)"

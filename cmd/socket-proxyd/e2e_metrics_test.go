@@ -411,10 +411,20 @@ func TestCheckSeveralBackendsAndListenAddresses(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "no unix socket") {
 		t.Errorf("the only backend down: exit %d, stderr %q; want 1 and why", code, stderr)
 	}
-	for _, bad := range [][]string{{"--listen", "127.0.0.1:99999"}, {"--listen", "::1:8080"}, {"--listen-datagram", "127.0.0.1:70000"}} {
+	for _, bad := range [][]string{{"--listen", "127.0.0.1:99999"}, {"--listen", "::1:8080"}, {"--listen-datagram", "127.0.0.1:70000"},
+		{"--metrics", "127.0.0.1:99999"}, {"--metrics", "relative"}} {
 		code, _, stderr = run(t, binary, launch{args: append([]string{"--check"}, append(bad, up)...)})
 		if code != 1 || !strings.Contains(stderr, bad[0]+" address") {
 			t.Errorf("%v: exit %d, stderr %q; want 1 and the address named", bad, code, stderr)
+		}
+	}
+	// Addresses too long for sun_path, which the start refuses as well.
+	long := "/tmp/" + strings.Repeat("x", 130)
+	for _, bad := range [][]string{{"--listen", long}, {"--listen-datagram", long}, {"--listen-sequential-packet", long},
+		{"--listen", "@" + strings.Repeat("x", 120)}, {"--metrics", long}} {
+		code, _, stderr = run(t, binary, launch{args: append([]string{"--check"}, append(bad, up)...)})
+		if code != 1 || !strings.Contains(stderr, "the limit is 107") {
+			t.Errorf("%s of %d bytes: exit %d, stderr %q; want 1 and the limit", bad[0], len(bad[1]), code, stderr)
 		}
 	}
 }

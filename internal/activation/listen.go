@@ -40,6 +40,9 @@ func ListenFor(flag, addr string, mode os.FileMode) (Listener, error) {
 	case strings.HasPrefix(addr, "/"):
 		return listenUnixPath(addr, mode)
 	case strings.HasPrefix(addr, "@"):
+		if err := unixAddressFits(addr); err != nil {
+			return Listener{}, err
+		}
 		ln, err := net.Listen("unix", addr)
 		if err != nil {
 			return Listener{}, fmt.Errorf("cannot listen on %q: %v", addr, unwrap(err))
@@ -60,10 +63,40 @@ func ListenFor(flag, addr string, mode os.FileMode) (Listener, error) {
 }
 
 // CheckListen says what is wrong with the address of a --listen,
-// --listen-datagram or --listen-sequential-packet option (flag), as
-// binding it would, but without binding: --check runs beside the proxy
-// that holds the address.
+// --listen-datagram, --listen-sequential-packet or --metrics option
+// (flag), as binding it would, but without binding: --check runs beside
+// the proxy that holds the address.
 func CheckListen(flag, addr string) error {
+	if err := checkListen(flag, addr); err != nil {
+		return err
+	}
+	if strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "@") {
+		return unixAddressFits(addr)
+	}
+	return nil
+}
+
+// unixAddressFits says whether a unix socket address fits in sun_path
+// (108 bytes) as binding makes it: an abstract name after a NUL byte; a
+// path as given, or, when that is too long, as /proc/self/fd/N/NAME
+// through its directory held open (listenUnixPath).
+func unixAddressFits(addr string) error {
+	if name, ok := strings.CutPrefix(addr, "@"); ok {
+		if len(name) >= maxSunPath {
+			return fmt.Errorf("cannot listen on %q: the abstract name is %d bytes long; the limit is %d: use a shorter name", addr, len(name), maxSunPath-1)
+		}
+		return nil
+	}
+	clean := path.Clean(addr)
+	// The longest descriptor number there is, so that what fits here
+	// fits at any.
+	if len(clean) >= maxSunPath && len("/proc/self/fd/2147483647/"+path.Base(clean)) >= maxSunPath {
+		return fmt.Errorf("cannot listen on %q: the path is %d bytes long; the limit is %d: use a shorter path", addr, len(clean), maxSunPath-1)
+	}
+	return nil
+}
+
+func checkListen(flag, addr string) error {
 	switch flag {
 	case "--listen-datagram":
 		if _, err := packetNetwork(addr, flag, "udp", "unixgram"); err != nil {

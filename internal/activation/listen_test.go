@@ -325,3 +325,38 @@ func TestListenPortMistakes(t *testing.T) {
 		}
 	}
 }
+
+// TestUnixAddressFitsAsBindingMakesIt: a path too long for sun_path still
+// binds through its directory held open when its name is short, which
+// CheckListen must allow; an abstract name has 107 bytes after its NUL.
+func TestUnixAddressFitsAsBindingMakesIt(t *testing.T) {
+	dir := t.TempDir()
+	deep := dir
+	for len(deep) < 120 {
+		deep = filepath.Join(deep, "dddddddddd")
+	}
+	if err := os.MkdirAll(deep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		addr string
+		fits bool
+	}{
+		{filepath.Join(deep, "s.sock"), true},
+		{filepath.Join(dir, strings.Repeat("n", 110)), false},
+		{"@" + strings.Repeat("a", 107), true},
+		{"@" + strings.Repeat("a", 108), false},
+	} {
+		checkErr := CheckListen("--listen", tt.addr)
+		if (checkErr == nil) != tt.fits {
+			t.Errorf("CheckListen(%d bytes): %v; want fits=%v", len(tt.addr), checkErr, tt.fits)
+		}
+		l, err := Listen(tt.addr)
+		if err == nil {
+			l.Close()
+		}
+		if (err == nil) != tt.fits {
+			t.Errorf("Listen(%d bytes): %v; want it to bind: %v", len(tt.addr), err, tt.fits)
+		}
+	}
+}

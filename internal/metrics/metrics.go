@@ -44,14 +44,12 @@ type Exporter struct {
 	Resumed bool
 	Build   Build
 
-	mu  sync.Mutex // one scrape at a time: they share the buffers
-	buf []byte
-	ls  []proxy.ListenerStats
-	hdr [20]byte
+	mu sync.Mutex // one Append at a time: they share ls
+	ls []proxy.ListenerStats
 }
 
 // Append appends every metric to b. It is not safe for concurrent use
-// (ServeHTTP holds a lock around it).
+// (serveConn holds a lock around it).
 func (e *Exporter) Append(b []byte) []byte {
 	e.ls = e.Listeners(e.ls[:0])
 	st := e.Stats()

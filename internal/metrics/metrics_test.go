@@ -4,6 +4,7 @@ package metrics
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -216,5 +217,57 @@ func TestServeOutlastsSilentClients(t *testing.T) {
 			t.Fatalf("silent connections kept the scraper out: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond) // a scraper's retry; the bound is the deadline above
+	}
+}
+
+// TestClientThatDoesNotReadHoldsNoOtherScrape: an answer larger than the
+// socket's buffer keeps its write waiting while the client does not read
+// (up to the scrape's 10 s); another scrape meanwhile is answered at once.
+func TestClientThatDoesNotReadHoldsNoOtherScrape(t *testing.T) {
+	big := fixed()
+	stream := proxy.ListenerStats{Kind: activation.Stream, Backend: "/run/" + strings.Repeat("b", 80) + ".sock"}
+	big.Listeners = func(dst []proxy.ListenerStats) []proxy.ListenerStats {
+		for i := range 1000 {
+			stream.Listener = fmt.Sprintf("listener-%04d/tcp", i)
+			dst = append(dst, stream)
+		}
+		return dst
+	}
+	if n := len(big.Append(nil)); n < 4<<20 {
+		t.Fatalf("the answer is %d bytes: too small to fill a unix socket's buffers", n)
+	}
+	addr := t.TempDir() + "/m.sock"
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { Serve(ctx, ln, big, slog.New(slog.DiscardHandler)) })
+	defer func() { cancel(); wg.Wait() }()
+
+	request := []byte("GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+	stuck, err := net.Dial("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	stuck.Write(request)
+	// One byte read: its answer is being written, and the rest waits.
+	stuck.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := stuck.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("no answer began: %v", err)
+	}
+
+	other, err := net.Dial("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	other.SetDeadline(time.Now().Add(5 * time.Second))
+	other.Write(request)
+	b, err := io.ReadAll(other)
+	if err != nil || !strings.HasPrefix(string(b), "HTTP/1.1 200 ") || !strings.HasSuffix(string(b), "\n") {
+		t.Fatalf("the other scrape got %d bytes (%v) while a client that does not read held its answer", len(b), err)
 	}
 }

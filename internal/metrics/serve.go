@@ -42,7 +42,13 @@ func Serve(ctx context.Context, ln net.Listener, e *Exporter, log *slog.Logger) 
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	slots := make(chan struct{}, maxScrapes)
+	// A place for a scrape is also its buffer: the answer is written from
+	// it, outside the exporter's lock, so that a client slow to read holds
+	// back no other scrape; and it is kept for the next one.
+	slots := make(chan *[]byte, maxScrapes)
+	for range maxScrapes {
+		slots <- new([]byte)
+	}
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -60,26 +66,27 @@ func Serve(ctx context.Context, ln net.Listener, e *Exporter, log *slog.Logger) 
 			continue
 		}
 		backoff = 0
+		var buf *[]byte
 		select {
-		case slots <- struct{}{}:
+		case buf = <-slots:
 		default:
 			c.Close()
 			continue
 		}
 		wg.Go(func() {
-			defer func() { <-slots }()
+			defer func() { slots <- buf }()
 			cut := context.AfterFunc(ctx, func() { c.Close() })
 			defer cut()
 			defer c.Close()
-			if err := e.serveConn(c); err != nil {
+			if err := e.serveConn(c, buf); err != nil {
 				log.Debug("scrape failed", "error", err.Error())
 			}
 		})
 	}
 }
 
-// serveConn reads one request and answers it.
-func (e *Exporter) serveConn(c net.Conn) error {
+// serveConn reads one request and answers it from buf.
+func (e *Exporter) serveConn(c net.Conn, buf *[]byte) error {
 	c.SetDeadline(time.Now().Add(requestTimeout))
 	method, path, err := readRequest(bufio.NewReaderSize(c, maxRequest))
 	c.SetDeadline(time.Now().Add(scrapeTimeout))
@@ -95,22 +102,24 @@ func (e *Exporter) serveConn(c net.Conn) error {
 		_, err = c.Write([]byte("HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
 		return err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	// The header goes in front of the body, in the one buffer: one write.
 	const head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nConnection: close\r\nContent-Length: "
-	e.buf = append(e.buf[:0], head...)
-	e.buf = append(e.buf, "0000000000\r\n\r\n"...) // room for the length
-	start := len(e.buf)
-	e.buf = e.Append(e.buf)
-	n := strconv.AppendInt(e.hdr[:0], int64(len(e.buf)-start), 10)
+	b := append((*buf)[:0], head...)
+	b = append(b, "0000000000\r\n\r\n"...) // room for the length
+	start := len(b)
+	e.mu.Lock()
+	b = e.Append(b)
+	e.mu.Unlock()
+	*buf = b
+	var digits [20]byte
+	n := strconv.AppendInt(digits[:0], int64(len(b)-start), 10)
 	// Right-align the length in its room after the header, then cut the
 	// padding by starting the answer later.
 	lenAt := len(head)
 	pad := 10 - len(n)
-	copy(e.buf[lenAt+pad:], n)
-	copy(e.buf[pad:], e.buf[:lenAt])
-	out := e.buf[pad:]
+	copy(b[lenAt+pad:], n)
+	copy(b[pad:], b[:lenAt])
+	out := b[pad:]
 	if method == "HEAD" {
 		out = out[:start-pad]
 	}
