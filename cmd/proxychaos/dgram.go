@@ -63,11 +63,21 @@ func planFlow(seed uint64, kind string) flowPlan {
 
 // datagram i (1..) of a flow.
 func datagram(id, seed uint64, i, size int) []byte {
-	full := make([]byte, max(size, 12))
+	g := payload(seed^uint64(i)*0x9e3779b97f4a7c15, 'g')
+	if size < 12 {
+		// Too short for the id and the index, whose first bytes are
+		// zeros alike: bytes of its own, so that a repeat, or another
+		// flow's datagram of its size, does not pass for it. An empty
+		// one still can: it has no bytes to tell.
+		b := make([]byte, size)
+		g.Read(b)
+		return b
+	}
+	full := make([]byte, size)
 	binary.BigEndian.PutUint64(full, id)
 	binary.BigEndian.PutUint32(full[8:], uint32(i))
-	payload(seed^uint64(i)*0x9e3779b97f4a7c15, 'g').Read(full[12:])
-	return full[:size]
+	g.Read(full[12:])
+	return full
 }
 
 func hello(id, seed uint64, local string) []byte {
