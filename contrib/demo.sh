@@ -26,6 +26,12 @@ go build -o "$dir/backend" ./contrib/demo/backend
 
 "$dir/backend" "$dir/backend.sock" &
 pids+=($!)
+# The backend's socket first (at most 5 s): started before it, the proxy
+# would warn that it does not exist yet.
+for _ in {1..50}; do
+	[[ -S $dir/backend.sock ]] && break
+	sleep 0.1
+done
 echo "+ socket-proxyd --listen 127.0.0.1:$port $dir/backend.sock"
 "$dir/socket-proxyd" --listen "127.0.0.1:$port" "$dir/backend.sock" &
 proxy=$!

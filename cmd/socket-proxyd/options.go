@@ -153,8 +153,10 @@ Bidirectionally proxy local sockets to another (possibly remote) socket.
                              warning or err; overrides SYSTEMD_LOG_LEVEL
                              (default: info)
      --check                 Check the command line, resolve or stat every
-                             backend, print the plan and exit: 0 when it
-                             would start, 1 and the reason when not
+                             backend, print the plan and exit: 1 and the
+                             reason when it cannot start, else 0 (binding
+                             nothing, it cannot see a port in use or the
+                             sockets systemd passes)
   -h --help                  Show this help
      --version               Show package version
 

@@ -150,6 +150,9 @@ func listenError(addr string, err error) error {
 			}
 		}
 	}
+	if errors.Is(err, syscall.EAFNOSUPPORT) {
+		return fmt.Errorf("cannot listen on %q: %v: the service may not open IP sockets (RestrictAddressFamilies= or PrivateNetwork= in its unit): listen on a unix socket path instead, or allow AF_INET and AF_INET6", addr, err)
+	}
 	return fmt.Errorf("cannot listen on %q: %v", addr, err)
 }
 

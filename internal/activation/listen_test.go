@@ -360,3 +360,13 @@ func TestUnixAddressFitsAsBindingMakesIt(t *testing.T) {
 		}
 	}
 }
+
+// TestListenHintsAtForbiddenAddressFamilies: a unit's
+// RestrictAddressFamilies= makes socket() fail with EAFNOSUPPORT, which
+// says nothing of the unit; the message says what to change.
+func TestListenHintsAtForbiddenAddressFamilies(t *testing.T) {
+	err := listenError("127.0.0.1:9560", &net.OpError{Op: "listen", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EAFNOSUPPORT)})
+	if err == nil || !strings.Contains(err.Error(), "RestrictAddressFamilies=") || !strings.Contains(err.Error(), "unix socket path") {
+		t.Errorf("EAFNOSUPPORT: %v", err)
+	}
+}

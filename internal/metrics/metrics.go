@@ -55,7 +55,7 @@ func (e *Exporter) Append(b []byte) []byte {
 	st := e.Stats()
 	w := writer{b: b}
 
-	w.family("socket_proxyd_connections_accepted_total", "counter", "Connections accepted and forwarded (stream and sequential-packet listeners).")
+	w.family("socket_proxyd_connections_accepted_total", "counter", "Connections accepted (stream and sequential-packet listeners), whether or not their backend connection then succeeded.")
 	for i := range e.ls {
 		if l := &e.ls[i]; l.Kind != activation.Datagram {
 			w.sample("socket_proxyd_connections_accepted_total", l, "", "", l.Accepted)
