@@ -5,6 +5,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -259,6 +260,17 @@ func (l *loop) roundFailed(c *conn) {
 // waitRound schedules c's next connect round: 10ms after the first
 // failure, doubling up to 500ms, never past the deadline.
 func (l *loop) waitRound(c *conn, now, end int64) {
+	if c.round == 0 && l.s.log.Enabled(context.Background(), slog.LevelDebug) {
+		// The warning comes only when the deadline gives up, seconds
+		// later: say now why the client waits.
+		why := ""
+		if c.dial != nil {
+			why = strings.Join(c.dial.errs, "; ")
+		}
+		l.s.log.Debug("backend not reachable yet, retrying until the connect timeout", "client", c.clientString(),
+			"listener", l.listenerName(c), "backend", l.backendName(c), "error", why,
+			"timeout", time.Duration(end-c.start).String())
+	}
 	backoff := retryMax
 	if c.round < 6 {
 		backoff = min(retryFirst<<c.round, retryMax)

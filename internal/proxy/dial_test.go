@@ -408,6 +408,23 @@ func TestRetriesUntilTheDeadline(t *testing.T) {
 	}
 }
 
+// TestWaitingForABackendIsLoggedAtOnce: the warning comes when the connect
+// timeout gives up; a debug line says at the first failed round why the
+// client waits, naming the backend and the error.
+func TestWaitingForABackendIsLoggedAtOnce(t *testing.T) {
+	noLeak(t)
+	addr := filepath.Join(shortDir(t), "never.sock")
+	p := start(t, addr, Config{ConnectTimeout: time.Minute})
+	c := dial(t, p.addr)
+	defer c.Close()
+	waitFor(t, "the debug line", func() bool {
+		return strings.Contains(p.logs.String(), "backend not reachable yet, retrying until the connect timeout")
+	})
+	if logs := p.logs.String(); !strings.Contains(logs, "backend="+addr) || !strings.Contains(logs, "no such file or directory") || !strings.Contains(logs, "timeout=1m0s") {
+		t.Errorf("the line does not say which backend, why and until when:\n%s", logs)
+	}
+}
+
 // TestKeepAliveOnBothSides reads the keepalive options of the proxy's own
 // sockets (this process's) with getsockopt.
 func TestKeepAliveOnBothSides(t *testing.T) {
