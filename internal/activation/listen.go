@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultSocketMode is the mode of a --listen unix socket file unless told
@@ -76,10 +78,11 @@ func CheckListen(flag, addr string) error {
 	return nil
 }
 
-// unixAddressFits says whether a unix socket address fits in sun_path
-// (108 bytes) as binding makes it: an abstract name after a NUL byte; a
-// path as given, or, when that is too long, as /proc/self/fd/N/NAME
-// through its directory held open (listenUnixPath).
+// unixAddressFits says whether a unix socket address can be bound as
+// binding makes it, without binding: an abstract name after a NUL byte
+// within sun_path (108 bytes); a socket file's path through the same
+// steps as listenUnixPath (a file name, its directory opened, the bind
+// address within sun_path), the directory closed again.
 func unixAddressFits(addr string) error {
 	if name, ok := strings.CutPrefix(addr, "@"); ok {
 		if len(name) >= maxSunPath {
@@ -87,13 +90,17 @@ func unixAddressFits(addr string) error {
 		}
 		return nil
 	}
-	clean := path.Clean(addr)
-	// The longest descriptor number there is, so that what fits here
-	// fits at any.
-	if len(clean) >= maxSunPath && len("/proc/self/fd/2147483647/"+path.Base(clean)) >= maxSunPath {
-		return fmt.Errorf("cannot listen on %q: the path is %d bytes long; the limit is %d: use a shorter path", addr, len(clean), maxSunPath-1)
+	clean, dirName, name, err := splitSocketPath(addr)
+	if err != nil {
+		return err
 	}
-	return nil
+	dir, err := openSocketDir(addr, dirName)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dir)
+	_, err = bindPath(addr, clean, name, dir)
+	return err
 }
 
 func checkListen(flag, addr string) error {

@@ -343,7 +343,13 @@ func TestUnixAddressFitsAsBindingMakesIt(t *testing.T) {
 		fits bool
 	}{
 		{filepath.Join(deep, "s.sock"), true},
+		// Too long as given, and bound through /proc/self/fd/N/NAME:
+		// a name of 88 bytes fits with the descriptor the bind gets.
+		{filepath.Join(deep, strings.Repeat("m", 88)), true},
+		{filepath.Join(deep, strings.Repeat("m", 100)), false},
 		{filepath.Join(dir, strings.Repeat("n", 110)), false},
+		{"/", false},
+		{filepath.Join(dir, "missing", "s.sock"), false},
 		{"@" + strings.Repeat("a", 107), true},
 		{"@" + strings.Repeat("a", 108), false},
 	} {

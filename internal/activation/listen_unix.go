@@ -107,6 +107,45 @@ func chmodBound(dir int, name string, mode os.FileMode) (dev, ino uint64, err er
 	return st.Dev, st.Ino, err
 }
 
+// splitSocketPath cleans the socket path p and splits it into its
+// directory and file name, refusing a path that names a directory.
+func splitSocketPath(p string) (clean, dirName, name string, err error) {
+	clean = filepath.Clean(p)
+	dirName, name = filepath.Split(clean)
+	if name == "" {
+		return "", "", "", fmt.Errorf("--listen address %q names a directory: give a socket file's path, such as /run/socket-proxyd/web.sock", p)
+	}
+	return clean, dirName, name, nil
+}
+
+// openSocketDir opens the directory a socket path p is bound in, held open
+// for the bind (O_PATH).
+func openSocketDir(p, dirName string) (int, error) {
+	dir, err := unix.Open(dirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("cannot listen on %q: directory %q: %v", p, dirName, err)
+	}
+	return dir, nil
+}
+
+// bindPath is the address a socket file is bound by: through
+// /proc/self/fd/DIR/NAME, so the path resolves to the directory held
+// open; without /proc, or if that path is too long for sun_path, by the
+// path given (the check after bind catches a swap). Either must fit
+// sun_path.
+func bindPath(p, clean, name string, dir int) (string, error) {
+	at := "/proc/self/fd/" + strconv.Itoa(dir) + "/" + name
+	if len(at) >= maxSunPath {
+		at = clean
+	} else if _, err := os.Stat("/proc/self/fd/" + strconv.Itoa(dir)); err != nil {
+		at = clean
+	}
+	if len(at) >= maxSunPath {
+		return "", fmt.Errorf("cannot listen on %q: the path is %d bytes long; the limit is %d: use a shorter path", p, len(clean), maxSunPath-1)
+	}
+	return at, nil
+}
+
 // listenUnixPath binds a unix stream socket at the absolute path p with
 // file mode mode.
 func listenUnixPath(p string, mode os.FileMode) (Listener, error) {
@@ -116,14 +155,13 @@ func listenUnixPath(p string, mode os.FileMode) (Listener, error) {
 // listenUnixPathOf is listenUnixPath for a socket of type typ: SOCK_STREAM,
 // SOCK_SEQPACKET (listening too) or SOCK_DGRAM (bound only).
 func listenUnixPathOf(p string, mode os.FileMode, typ int) (Listener, error) {
-	clean := filepath.Clean(p)
-	dirName, name := filepath.Split(clean)
-	if name == "" {
-		return Listener{}, fmt.Errorf("--listen address %q names a directory: give a socket file's path, such as /run/socket-proxyd/web.sock", p)
-	}
-	dir, err := unix.Open(dirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	clean, dirName, name, err := splitSocketPath(p)
 	if err != nil {
-		return Listener{}, fmt.Errorf("cannot listen on %q: directory %q: %v", p, dirName, err)
+		return Listener{}, err
+	}
+	dir, err := openSocketDir(p, dirName)
+	if err != nil {
+		return Listener{}, err
 	}
 	fail := func(err error) (Listener, error) {
 		unix.Close(dir)
@@ -137,14 +175,9 @@ func listenUnixPathOf(p string, mode os.FileMode, typ int) (Listener, error) {
 	// Bind through /proc/self/fd/N/name, so the path resolves to the
 	// directory held open; without /proc, or if that path is too long for
 	// sun_path, by the path given, and the check after bind catches a swap.
-	at := "/proc/self/fd/" + strconv.Itoa(dir) + "/" + name
-	if len(at) >= maxSunPath {
-		at = clean
-	} else if _, err := os.Stat("/proc/self/fd/" + strconv.Itoa(dir)); err != nil {
-		at = clean
-	}
-	if len(at) >= maxSunPath {
-		return fail(fmt.Errorf("cannot listen on %q: the path is %d bytes long; the limit is %d: use a shorter path", p, len(clean), maxSunPath-1))
+	at, err := bindPath(p, clean, name, dir)
+	if err != nil {
+		return fail(err)
 	}
 	removeStaleSocket(dir, name, at, typ)
 
