@@ -34,6 +34,7 @@ type config struct {
 	mix, events        weights
 	bin                string
 	verbose            bool
+	proxyLog           string
 	mixFlag, eventFlag string
 }
 
@@ -48,6 +49,7 @@ func main() {
 	flag.StringVar(&cfg.eventFlag, "events", defaultEvents, "weights of the kinds of events, KIND=N,... or none: "+fmt.Sprint(eventKinds))
 	flag.StringVar(&cfg.bin, "bin", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
 	flag.BoolVar(&cfg.verbose, "v", false, "print each event as it runs")
+	flag.StringVar(&cfg.proxyLog, "proxy-log", "", "keep the proxy's log in this file, at debug level (each connection's end and why)")
 	flag.Parse()
 	if seed == 0 {
 		seed = time.Now().UnixNano() & (1<<53 - 1)

@@ -143,6 +143,8 @@ type op struct {
 
 	// Filled in as it runs.
 	started, ended time.Time
+	// crowd: the streams open when a stream started, itself among them.
+	crowd int64
 }
 
 func (o *op) String() string {

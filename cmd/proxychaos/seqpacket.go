@@ -76,35 +76,65 @@ func message(seed uint64, i, size int) []byte {
 	return b
 }
 
+// packetReader reads a seqpacket socket and tells an empty message from
+// the end, which Go reads alike (EOF): with SO_PASSCRED set, every message
+// comes with the sender's credentials, and the end with none.
+type packetReader struct {
+	c        *net.UnixConn
+	buf, oob []byte
+}
+
+func newPacketReader(c *net.UnixConn, size int) *packetReader {
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1) })
+	}
+	return &packetReader{c: c, buf: make([]byte, size), oob: make([]byte, 64)}
+}
+
+// read reads one message into r.buf, or the end. The end is believed when
+// a second read says it too: the kernel says it to a read that found the
+// queue empty just before the peer's last message came and the peer shut
+// down.
+func (r *packetReader) read() (n, flags int, end bool, err error) {
+	for range 2 {
+		var oobn int
+		n, oobn, flags, _, err = r.c.ReadMsgUnix(r.buf, r.oob)
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		if end = err == nil && n == 0 && oobn == 0; !end {
+			break
+		}
+	}
+	return n, flags, end, err
+}
+
 // readMessages reads len(sizes) messages and compares each, then the end
 // if end says so. resetOK: one ECONNRESET may come first, the kernel's word
 // that the peer closed with messages of ours unread, ahead of those it
 // sent before.
-func readMessages(c *net.UnixConn, seed uint64, sizes []int, what string, echo *net.UnixConn, g *gate, end, resetOK bool) outcome {
-	buf := make([]byte, maxMessage+1)
-	read := func() (int, int, error) {
-		n, _, flags, _, err := c.ReadMsgUnix(buf, nil)
+func readMessages(pr *packetReader, seed uint64, sizes []int, what string, echo *net.UnixConn, g *gate, end, resetOK bool) outcome {
+	buf := pr.buf
+	read := func() (int, int, bool, error) {
+		n, flags, end, err := pr.read()
 		if resetOK && errors.Is(err, syscall.ECONNRESET) {
 			resetOK = false
-			n, _, flags, _, err = c.ReadMsgUnix(buf, nil)
+			n, flags, end, err = pr.read()
 		}
-		if errors.Is(err, io.EOF) {
-			err = nil // Go reads an empty message and the end alike as EOF
-		}
-		return n, flags, err
+		return n, flags, end, err
 	}
 	for i, size := range sizes {
 		if g != nil {
 			g.wait()
 		}
-		n, flags, err := read()
+		n, flags, ended, err := read()
 		if err != nil {
 			return outcome{err: fmt.Errorf("%s: message %d of %d %v: %w", what, i+1, len(sizes), sizes, err), got: int64(i)}
 		}
 		if flags&syscall.MSG_TRUNC != 0 || n > maxMessage {
 			return outcome{err: fmt.Errorf("%w: %s: message %d of %d %v is longer than %d", errCorrupt, what, i+1, len(sizes), sizes, maxMessage)}
 		}
-		if n == 0 && size != 0 {
+		if ended {
 			return outcome{err: fmt.Errorf("%s: the end after %d of %d messages %v (next: %d bytes): %w", what, i, len(sizes), sizes, size, errEnd), got: int64(i)}
 		}
 		if n != size {
@@ -122,11 +152,11 @@ func readMessages(c *net.UnixConn, seed uint64, sizes []int, what string, echo *
 	if !end {
 		return outcome{got: int64(len(sizes))}
 	}
-	n, _, err := read()
+	n, _, ended, err := read()
 	switch {
 	case err != nil:
 		return outcome{err: fmt.Errorf("%s: after %d messages, %w instead of the end", what, len(sizes), err), got: int64(len(sizes))}
-	case n != 0:
+	case !ended:
 		return outcome{err: fmt.Errorf("%w: %s: a message of %d bytes after the %d planned", errCorrupt, what, n, len(sizes))}
 	}
 	return outcome{got: int64(len(sizes))}
@@ -161,7 +191,7 @@ func runMessages(path string, id, seed uint64, deadline time.Duration) outcome {
 		}
 		errc <- c.CloseWrite()
 	}()
-	o := readMessages(c, seed, sizes[:plan.answered], "echo", nil, nil, true, plan.early())
+	o := readMessages(newPacketReader(c, maxMessage+1), seed, sizes[:plan.answered], "echo", nil, nil, true, plan.early())
 	if o.err != nil {
 		c.Close()
 	}
@@ -176,9 +206,10 @@ func runMessages(path string, id, seed uint64, deadline time.Duration) outcome {
 func (b *streamBackend) serveMessages(c net.Conn) {
 	uc := c.(*net.UnixConn)
 	uc.SetWriteBuffer(2 * maxMessage)
-	buf := make([]byte, 64)
-	n, _, _, _, err := uc.ReadMsgUnix(buf, nil)
-	if err != nil || n != 24 || [8]byte(buf[:8]) != streamMagic {
+	pr := newPacketReader(uc, maxMessage+1)
+	buf := pr.buf
+	n, _, end, err := pr.read()
+	if err != nil || end || n != 24 || [8]byte(buf[:8]) != streamMagic {
 		return
 	}
 	id := binary.BigEndian.Uint64(buf[8:])
@@ -194,7 +225,7 @@ func (b *streamBackend) serveMessages(c net.Conn) {
 		b.mu.Unlock()
 	}()
 	plan := planMessages(seed)
-	s.out = readMessages(uc, seed, plan.sizes[:plan.answered], "messages", uc, b.gate, !plan.early(), false)
+	s.out = readMessages(pr, seed, plan.sizes[:plan.answered], "messages", uc, b.gate, !plan.early(), false)
 	if s.out.err == nil && plan.early() && plan.queued {
 		waitQueued(uc, time.Second)
 	}

@@ -174,7 +174,24 @@ var credSpace = unix.CmsgSpace(unix.SizeofUcred)
 // recvMessage reads one message into p. message says a message was read,
 // perhaps an empty one, rather than the end of the stream: it came with
 // the credentials passCredentials asked for.
+//
+// The end is believed only when a second read says it too. The kernel
+// says the end when a read finds the queue empty and then sees that the
+// peer has shut down, two looks a peer's last send can fall between
+// (unix_dgram_recvmsg): the message is queued, and a stream cut short by
+// it would end cleanly. Whatever was sent before the shutdown was queued
+// before the first read saw it, so the second read finds it.
 func recvMessage(fd int, p []byte, peek bool) (n, flags int, message bool, e unix.Errno) {
+	for range 2 {
+		n, flags, message, e = recvOnce(fd, p, peek)
+		if e != 0 || message {
+			break
+		}
+	}
+	return n, flags, message, e
+}
+
+func recvOnce(fd int, p []byte, peek bool) (n, flags int, message bool, e unix.Errno) {
 	var oob [64]byte
 	iov := unix.Iovec{Base: &p[0]}
 	iov.SetLen(len(p))

@@ -207,6 +207,7 @@ func readMessages(t *testing.T, c net.Conn) []string {
 	oob := make([]byte, 64)
 	rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	ended := false
 	for {
 		var n, oobn int
 		var recvErr error
@@ -218,8 +219,13 @@ func readMessages(t *testing.T, c net.Conn) []string {
 			return msgs
 		}
 		if n == 0 && oobn == 0 {
-			return msgs // the end of the stream
+			if ended {
+				return msgs // the end of the stream, said twice (recvMessage)
+			}
+			ended = true
+			continue
 		}
+		ended = false
 		msgs = append(msgs, string(buf[:n]))
 	}
 }
@@ -627,6 +633,50 @@ func TestAnswerOfAPeerThatHangsUpArrives(t *testing.T) {
 		c.Close()
 		if n != sizes[0] {
 			t.Fatalf("round %d: the client read %d bytes, %v; want the answer of %d", round, n, err, sizes[0])
+		}
+	}
+}
+
+// TestEndComesAfterTheLastMessage: a peer that sends its last message and
+// shuts down at once still has that message read, and the end after it.
+// The kernel says the end to a read that found the queue empty and then
+// the peer shut down, two looks a send can fall between; a spinning reader
+// meets that window a few times in ten thousand rounds.
+func TestEndComesAfterTheLastMessage(t *testing.T) {
+	const rounds, spins = 20000, 1 << 24
+	buf := make([]byte, 64)
+	for round := range rounds {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		passCredentials(fds[0])
+		sent := make(chan error, 1)
+		go func() {
+			_, err := unix.Write(fds[1], []byte("last"))
+			sent <- errors.Join(err, unix.Shutdown(fds[1], unix.SHUT_WR))
+		}()
+		var got []string
+		for spin := 0; ; spin++ {
+			n, _, message, e := recvMessage(fds[0], buf, false)
+			if e == unix.EAGAIN && spin < spins {
+				continue // spinning: the window is a few instructions wide
+			}
+			if e != 0 {
+				t.Fatalf("round %d: read: %v", round, e)
+			}
+			if !message {
+				break
+			}
+			got = append(got, string(buf[:n]))
+		}
+		if err := <-sent; err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		if !slices.Equal(got, []string{"last"}) {
+			t.Fatalf("round %d: read %q before the end, want [\"last\"]: the end was read with the message still queued", round, got)
 		}
 	}
 }
