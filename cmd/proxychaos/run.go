@@ -710,9 +710,20 @@ func (h *harness) exhaust(e *op) {
 		h.rep.fail(e, "%v", err)
 		return
 	}
-	s, err := takeSample(pid)
-	if err != nil {
-		return
+	// What it holds: the most of a few samples, as one may fall in a
+	// reload's exec, when the next image has not yet opened what it
+	// needs (its runtime's poller, its socket to NOTIFY_SOCKET): a limit
+	// from that count is below what the proxy holds while it serves, and
+	// leaves the next image no room to start, not the exhaustion this
+	// event stands for.
+	var s sample
+	for range 10 {
+		n, err := takeSample(pid)
+		if err != nil {
+			return
+		}
+		s.fds = max(s.fds, n.fds)
+		time.Sleep(10 * time.Millisecond)
 	}
 	prlimit := func(lim string) {
 		if b, err := exec.Command("prlimit", "--pid", strconv.Itoa(pid), "--nofile="+lim).CombinedOutput(); err != nil {

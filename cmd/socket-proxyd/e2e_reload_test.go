@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Reload in place: SIGHUP executes the binary again with every
@@ -414,6 +416,87 @@ func TestReloadBrokenFile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReloadAtTheOpenFilesLimit: a reload that finds the process out of
+// descriptors, before its check or after it (the connections accepted
+// meanwhile took the last ones, or the limit came down), refuses: it says
+// which limit to raise, the proxy serves on, and once there is room the
+// next reload works.
+func TestReloadAtTheOpenFilesLimit(t *testing.T) {
+	t.Parallel()
+	for _, when := range []string{"before the check", "after the check"} {
+		t.Run(when, func(t *testing.T) {
+			t.Parallel()
+			exe, p, c, addr := startFromCopy(t)
+			pid := p.cmd.Process.Pid
+			dir := shortDir(t)
+			checking, proceed := filepath.Join(dir, "checking"), filepath.Join(dir, "proceed")
+			// The check waits for the test, then answers as the
+			// binary does.
+			replaceFile(t, exe, fmt.Sprintf(`#!/bin/sh
+case "$1" in --check-handoff=*)
+	: > %[1]s
+	i=0
+	while [ ! -e %[2]s ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done
+esac
+exec %[3]s "$@"
+`, checking, proceed, binary))
+			setLimit := func(n int) {
+				lim := unix.Rlimit{Cur: uint64(n), Max: 1024}
+				if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// A limit at the first free descriptor leaves no room.
+			if when == "before the check" {
+				setLimit(firstFreeDescriptor(t, pid))
+				os.WriteFile(proceed, nil, 0o644)
+			}
+			p.signal(syscall.SIGHUP)
+			if when == "after the check" {
+				if err := poll(20*time.Second, func() bool { _, err := os.Stat(checking); return err == nil },
+					func() string { return "the check never started:\n" + p.stderr.String() }); err != nil {
+					t.Fatal(err)
+				}
+				setLimit(firstFreeDescriptor(t, pid))
+				os.WriteFile(proceed, nil, 0o644)
+			}
+			if err := p.waitStderr("going on serving", 20*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(p.stderr.String(), "LimitNOFILE=") {
+				t.Errorf("the refusal does not say which limit to raise:\n%s", p.stderr.String())
+			}
+			mustEcho(t, c, 100)
+			setLimit(1024)
+			reloadTo(t, p, 1)
+			mustEcho(t, c, 100)
+			if err := stillServes(addr); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// firstFreeDescriptor is the lowest descriptor number pid does not use: a
+// RLIMIT_NOFILE of that leaves it no room for a new one.
+func firstFreeDescriptor(t *testing.T, pid int) int {
+	t.Helper()
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[int]bool{}
+	for _, e := range entries {
+		n, _ := strconv.Atoi(e.Name())
+		used[n] = true
+	}
+	n := 0
+	for used[n] {
+		n++
+	}
+	return n
 }
 
 // TestUnreadableRecordResets: an image handed a record it cannot read

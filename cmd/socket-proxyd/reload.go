@@ -214,11 +214,21 @@ func (r *reloader) checkOnce(ctx context.Context, exe *os.File) (hup bool, err e
 	case errors.Is(err, exec.ErrWaitDelay):
 		why = "it left a process behind that held its output"
 	case err != nil:
-		why = err.Error()
+		why = withLimitHint(err).Error()
 	default:
 		why = fmt.Sprintf("it is not a socket-proxyd that reads this build's handoff record: asked, it answered %q", truncate(stdout.String(), 80))
 	}
 	return hup, fmt.Errorf("%q cannot take over: %s", r.exe, truncate(why, 400))
+}
+
+// withLimitHint says which limit to raise when a reload failed for want of
+// a descriptor: the reload needs a few (the binary, its check's pipes, the
+// handoff record), and a proxy at its open-files limit has none to spare.
+func withLimitHint(err error) error {
+	if errors.Is(err, syscall.EMFILE) {
+		return fmt.Errorf("%w: the proxy is at its open-files limit: raise LimitNOFILE= or lower --connections-max", err)
+	}
+	return err
 }
 
 func truncate(s string, n int) string {
@@ -274,7 +284,7 @@ func (r *reloader) exec(rec []byte, fds []int) error {
 		r.mu.Lock()
 		exe := r.file
 		r.mu.Unlock()
-		err = handoff.Exec(exe, r.argv, env, rec, fds)
+		err = withLimitHint(handoff.Exec(exe, r.argv, env, rec, fds))
 		r.failed()
 	}
 	signal.Notify(r.hup, syscall.SIGHUP)
@@ -314,7 +324,7 @@ func (r *reloader) watch(alive context.Context) {
 		f, err := os.Open(r.exe)
 		if err != nil {
 			r.failed()
-			r.log.Error("cannot reload, going on serving", "error", fmt.Sprintf("%q cannot take over: %v", r.exe, err))
+			r.log.Error("cannot reload, going on serving", "error", fmt.Sprintf("%q cannot take over: %v", r.exe, withLimitHint(err)))
 			return
 		}
 		ctx, cancel := context.WithCancel(alive)

@@ -22,7 +22,7 @@ const EnvVar = "SOCKET_PROXYD_HANDOFF"
 func Memfd(b []byte) (int, error) {
 	fd, err := unix.MemfdCreate("socket-proxyd-handoff", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
-		return -1, fmt.Errorf("cannot create a memfd for the handoff record: %v", err)
+		return -1, fmt.Errorf("cannot create a memfd for the handoff record: %w", err)
 	}
 	for off := 0; off < len(b); {
 		n, err := unix.Pwrite(fd, b[off:], int64(off))
