@@ -38,7 +38,7 @@ const (
 	MaxFDs       = 1 << 20  // descriptors carried
 	MaxListeners = 4096
 	MaxName      = 4096    // bytes in a listener name or backend
-	MaxMem       = 1 << 20 // bytes of one direction's memory spill
+	MaxMem       = MaxSize // bytes of one direction's memory spill: a parked message, as large as its sender's send buffer
 	MaxPipe      = 1 << 30 // bytes said to wait in one kernel pipe
 	MaxBackends  = 254     // backends of one listener; 255 is NoBackend
 )

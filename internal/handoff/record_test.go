@@ -356,3 +356,33 @@ func TestEmptySpillRoundTrip(t *testing.T) {
 		t.Fatalf("a version 3 record with an empty spill: %v; want it refused", err)
 	}
 }
+
+// TestSpillOfAnyMessageSizeRoundTrips: a sequential-packet message parked
+// in memory is as large as its sender's send buffer (twice
+// net.core.wmem_max for a sender without privileges, 8 MiB with a 4 MiB
+// wmem_max); whatever fits the record comes back, for what Encode writes
+// Decode must read, or a reload loses every connection.
+func TestSpillOfAnyMessageSizeRoundTrips(t *testing.T) {
+	d := fds(t, 3)
+	big := bytes.Repeat([]byte("m"), 16<<20)
+	r := &Record{Written: 1, Epoll: -1,
+		Listeners: []Listener{{FD: d[0], Name: "pkt", Kind: ListenSequentialPacket}},
+		Conns: []Conn{{Listener: 0, State: Open, FD: [2]int{d[1], d[2]},
+			Dir: [2]Dir{{Pipe: [2]int{-1, -1}, Mem: big}, {Pipe: [2]int{-1, -1}, Mem: big[:1]}}}},
+	}
+	b, _, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := Decode(b, sameNumbers)
+	if err != nil {
+		t.Fatalf("a record Encode wrote: %v", err)
+	}
+	if !bytes.Equal(got.Conns[0].Dir[0].Mem, big) || !bytes.Equal(got.Conns[0].Dir[1].Mem, big[:1]) {
+		t.Fatal("the spills came back changed")
+	}
+	r.Conns[0].Dir[1].Mem = make([]byte, MaxSize)
+	if _, _, err := Encode(r); err == nil {
+		t.Fatal("Encode wrote a record past MaxSize, which Decode refuses")
+	}
+}
