@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // whoEchoes serves UDP: each datagram back to its sender, prefixed with the
@@ -59,4 +60,42 @@ func TestReloadEveryKind(t *testing.T) {
 	}
 	readExactly(t, sc, "message two")
 	mustEcho(t, tc, 100)
+}
+
+// TestReloadKeepsTheKindOfSocketsItBound: a sequential-packet socket the
+// proxy bound itself (--listen-sequential-packet) comes back from a reload
+// as one, under its label: a --backend that names it by label and kind
+// still finds it, and new clients keep their message boundaries.
+func TestReloadKeepsTheKindOfSocketsItBound(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	seqBackend := filepath.Join(dir, "seq-be")
+	serve(t, listenSeqpacket(t, seqBackend), echoMessages)
+	_, tcpBackend := echoTCP(t, "127.0.0.1:0")
+	seqPath := filepath.Join(dir, "seq")
+	p := start(t, binary, launch{args: []string{tcpBackend,
+		"--listen-sequential-packet", seqPath, "--backend", seqPath + "/unixpacket=" + seqBackend}})
+	before := dialRetry(t, "unixpacket", seqPath, 10*time.Second)
+	if _, err := before.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	readExactly(t, before, "before")
+
+	reloadTo(t, p, 1)
+	label := "listener=" + seqPath + "/unixpacket"
+	if n := strings.Count(p.stderr.String(), label); n < 2 {
+		t.Errorf("the reloaded image does not list %s:\n%s", label, p.stderr.String())
+	}
+	after := dial(t, "unixpacket", seqPath)
+	for _, m := range []string{"one", "two"} {
+		if _, err := after.Write([]byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readExactly(t, after, "one")
+	readExactly(t, after, "two")
+	if _, err := before.Write([]byte("carried")); err != nil {
+		t.Fatal(err)
+	}
+	readExactly(t, before, "carried")
 }

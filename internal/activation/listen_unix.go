@@ -303,8 +303,9 @@ func checkDirectory(dir int, given string) error {
 // socket carried over a reload, for its listener to remove on the way out,
 // as it would have in the image that bound it. The file's identity is
 // noted now (the one the socket was bound at, unless it was replaced during
-// the reload), and the directory held open from here.
-func adoptedFile(p string) (boundFile, *net.UnixAddr) {
+// the reload), and the directory held open from here. network is the
+// socket's own: unix, unixpacket or unixgram.
+func adoptedFile(p, network string) (boundFile, *net.UnixAddr) {
 	clean := filepath.Clean(p)
 	dirName, name := filepath.Split(clean)
 	file := boundFile{dir: -1, name: name}
@@ -316,7 +317,7 @@ func adoptedFile(p string) (boundFile, *net.UnixAddr) {
 			unix.Close(dir)
 		}
 	}
-	return file, &net.UnixAddr{Name: clean, Net: "unix"}
+	return file, &net.UnixAddr{Name: clean, Net: network}
 }
 
 // adoptPath gives a carried listener of a bound unix path the removal of its
@@ -325,11 +326,10 @@ func adoptPath(ln net.Listener, p string) net.Listener {
 	switch l := ln.(type) {
 	case *net.UnixListener:
 		l.SetUnlinkOnClose(false)
-		file, addr := adoptedFile(p)
+		file, addr := adoptedFile(p, l.Addr().Network()) // unix or unixpacket
 		return &unixListener{UnixListener: l, file: file, addr: addr}
 	case *packetListener:
-		file, addr := adoptedFile(p)
-		addr.Net = "unixgram"
+		file, addr := adoptedFile(p, "unixgram")
 		var once sync.Once
 		l.unlink, l.addr = func() { once.Do(file.remove) }, addr
 	}
