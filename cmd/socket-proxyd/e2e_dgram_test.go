@@ -561,3 +561,43 @@ func inetChecksum(b []byte) uint16 {
 	}
 	return ^uint16(sum)
 }
+
+// TestLargestMessageWithProcSysHidden: the largest message goes whole when
+// /proc/sys cannot be read, as under ProcSubset=pid, which the shipped
+// units set: the proxy learns the most a sender's buffer holds from a
+// socket, not from net.core.wmem_max's file (hidden here in a mount
+// namespace of the proxy's own).
+func TestLargestMessageWithProcSysHidden(t *testing.T) {
+	t.Parallel()
+	unshare := lookTool(t, "unshare", "util-linux")
+	if os.Geteuid() != 0 {
+		t.Skip("hiding /proc/sys takes a mount namespace: root only")
+	}
+	dir := shortDir(t)
+	seqBackend, seqPath := filepath.Join(dir, "seq-be"), filepath.Join(dir, "seq")
+	got := make(chan int, 1)
+	serve(t, listenSeqpacket(t, seqBackend), func(c net.Conn) {
+		buf := make([]byte, 16<<20)
+		n, _ := c.Read(buf)
+		got <- n
+	})
+	p := start(t, unshare, launch{args: []string{"-m", "sh", "-c",
+		`mount --bind /dev/null /proc/sys/net/core/wmem_max && exec "$0" "$@"`, binary,
+		"--listen-sequential-packet", seqPath, seqBackend}})
+	c := dialRetry(t, "unixpacket", seqPath, 10*time.Second).(*net.UnixConn)
+	if err := c.SetWriteBuffer(1 << 30); err != nil { // the kernel gives twice wmem_max
+		t.Fatal(err)
+	}
+	const size = 1 << 20 // past the 256 KiB the proxy falls back to, within any wmem_max's double
+	if _, err := c.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-got:
+		if n != size {
+			t.Fatalf("the backend read a message of %d bytes, want %d:\n%s", n, size, p.stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no message reached the backend:\n%s", p.stderr.String())
+	}
+}

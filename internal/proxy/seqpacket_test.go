@@ -350,13 +350,9 @@ func TestMessageTooBigEndsItsConnectionAndSaysSo(t *testing.T) {
 	noLeak(t)
 	// A small net.core.wmem_max, so that packetSlot is the least, 256 KiB,
 	// which the kernel can send more than (with a forced send buffer).
-	small := filepath.Join(t.TempDir(), "wmem_max")
-	if err := os.WriteFile(small, []byte("4096\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	old := wmemMax
-	wmemMax = small
-	t.Cleanup(func() { wmemMax = old })
+	old := sendBufferMost
+	sendBufferMost = func() int { return 8192 }
+	t.Cleanup(func() { sendBufferMost = old })
 	got := make(chan []string, 1)
 	r, path := startPackets(t, func(c net.Conn) { got <- readMessages(t, c) }, Config{})
 	c := dialPackets(t, path)
