@@ -23,7 +23,7 @@ func runChaos(t *testing.T, seed uint64, d time.Duration, rate, eventRate float6
 	if cfg.mix, err = parseWeights(mix, trafficKinds); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.events, err = parseWeights(events, eventKinds); err != nil {
+	if cfg.events, err = parseWeights(events, scheduledKinds); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("seed %d", seed)

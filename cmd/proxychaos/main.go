@@ -46,7 +46,7 @@ func main() {
 	flag.Float64Var(&cfg.rate, "rate", defaultRate, "operations started per second, on average")
 	flag.Float64Var(&cfg.eventRate, "event-rate", defaultEventRate, "events per second, on average")
 	flag.StringVar(&cfg.mixFlag, "mix", defaultMix, "weights of the kinds of traffic, KIND=N,...: "+fmt.Sprint(trafficKinds))
-	flag.StringVar(&cfg.eventFlag, "events", defaultEvents, "weights of the kinds of events, KIND=N,... or none: "+fmt.Sprint(eventKinds))
+	flag.StringVar(&cfg.eventFlag, "events", defaultEvents, "weights of the kinds of events, KIND=N,... or none: "+fmt.Sprint(scheduledKinds))
 	flag.StringVar(&cfg.bin, "bin", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
 	flag.BoolVar(&cfg.verbose, "v", false, "print each event as it runs")
 	flag.StringVar(&cfg.proxyLog, "proxy-log", "", "keep the proxy's log in this file, at debug level (each connection's end and why)")
@@ -61,7 +61,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "proxychaos: -mix: %v\n", err)
 		os.Exit(2)
 	}
-	if cfg.events, err = parseWeights(cfg.eventFlag, eventKinds); err != nil {
+	if cfg.events, err = parseWeights(cfg.eventFlag, scheduledKinds); err != nil {
 		fmt.Fprintf(os.Stderr, "proxychaos: -events: %v\n", err)
 		os.Exit(2)
 	}

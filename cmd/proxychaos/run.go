@@ -74,9 +74,13 @@ func run(cfg config, out io.Writer) int {
 	}
 	defer h.teardown()
 	fmt.Fprintf(out, "proxychaos: %s, %d operations and events over %v; %s\n", bin, len(ops), cfg.duration, rc)
-	fmt.Fprintf(out, "replay: go run ./cmd/proxychaos -seed %d -duration %v -rate %g -event-rate %g -mix %s -events %s\n",
-		cfg.seed, cfg.duration, cfg.rate, cfg.eventRate, orNone(cfg.mixFlag), orNone(cfg.eventFlag))
-	if cfg.rate == defaultRate && cfg.eventRate == defaultEventRate && cfg.mixFlag == defaultMix && cfg.eventFlag == defaultEvents {
+	binFlag := ""
+	if cfg.bin != "" {
+		binFlag = " -bin " + cfg.bin
+	}
+	fmt.Fprintf(out, "replay: go run ./cmd/proxychaos -seed %d -duration %v -rate %g -event-rate %g -mix %s -events %s%s\n",
+		cfg.seed, cfg.duration, cfg.rate, cfg.eventRate, orNone(cfg.mixFlag), orNone(cfg.eventFlag), binFlag)
+	if cfg.rate == defaultRate && cfg.eventRate == defaultEventRate && cfg.mixFlag == defaultMix && cfg.eventFlag == defaultEvents && cfg.bin == "" {
 		fmt.Fprintf(out, "replay: make chaos SEED=%d DURATION=%v\n", cfg.seed, cfg.duration)
 	}
 
@@ -193,15 +197,7 @@ func run(cfg config, out io.Writer) int {
 		fmt.Fprintln(out, "PASS")
 		return 0
 	}
-	fmt.Fprintf(out, "\nFAIL: seed %d\nschedule:\n", cfg.seed)
-	for _, o := range ops {
-		fmt.Fprintf(out, "  %s\n", o)
-	}
-	fmt.Fprintln(out, "events as they ran:")
-	for _, e := range h.tl.events() {
-		fmt.Fprintf(out, "  %s\n", e)
-	}
-	fmt.Fprintln(out, "failures:")
+	fmt.Fprintf(out, "\nFAIL: seed %d\nfailures (time since the start, %s by the clock):\n", cfg.seed, h.tl.start.Format("15:04:05.000"))
 	h.rep.mu.Lock()
 	for i, f := range h.rep.failures {
 		if i == 30 {
@@ -212,6 +208,14 @@ func run(cfg config, out io.Writer) int {
 	}
 	h.rep.mu.Unlock()
 	fmt.Fprintf(out, "proxy log (end):\n%s\n", h.p.logTail(3000))
+	fmt.Fprintln(out, "events as they ran:")
+	for _, e := range h.tl.events() {
+		fmt.Fprintf(out, "  %s\n", e)
+	}
+	fmt.Fprintln(out, "schedule:")
+	for _, o := range ops {
+		fmt.Fprintf(out, "  %s\n", o)
+	}
 	fmt.Fprintf(out, "FAIL: seed %d (replay with -seed %d and the same flags)\n", cfg.seed, cfg.seed)
 	return 1
 }

@@ -54,6 +54,10 @@ const reloadWindow = 12 * time.Second
 
 var eventKinds = []string{eHUP, eHUPBurst, eStop, eDown, eReset, eStall, eExhaust, eLimit, eTerm, eBroken, eHang, eTermMidReload}
 
+// scheduledKinds are the events -events may ask for: not eTermMidReload,
+// which would excuse what it never caused.
+var scheduledKinds = eventKinds[:len(eventKinds)-1]
+
 // defaultMix and defaultEvents are the weights of a run that says nothing,
 // at defaultRate operations and defaultEventRate events a second.
 const (
