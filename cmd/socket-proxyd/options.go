@@ -237,6 +237,9 @@ func parseOptions(args []string) (options, error) {
 	}
 	if len(rest) == 0 {
 		if len(opts.named) == 0 {
+			if len(opts.listenPacket) > 0 && len(opts.listen)+len(opts.listenDatagram) == 0 {
+				return opts, errors.New("missing backend address: give the path of the backend's unix sequential-packet socket")
+			}
 			return opts, errors.New("missing backend address: give HOST:PORT or a unix socket path")
 		}
 		return opts, nil // every socket must then be named by --backend

@@ -110,7 +110,8 @@ func TestParseOptionsErrors(t *testing.T) {
 		args    []string
 		mention []string
 	}{
-		{name: "missing address", args: nil, mention: []string{"missing backend address"}},
+		{name: "missing address", args: nil, mention: []string{"missing backend address", "HOST:PORT"}},
+		{name: "missing address of a seqpacket listener", args: []string{"--listen-sequential-packet=/run/a.sock"}, mention: []string{"missing backend address", "sequential-packet socket"}},
 		{name: "backend twice", args: []string{"a:1", "b:2", "a:1"}, mention: []string{`"a:1"`, "twice"}},
 		{name: "bad second backend", args: []string{"a:1", "run/b.sock"}, mention: []string{`"run/b.sock"`, "absolute path"}},
 		{name: "bad balance", args: []string{"--balance=random", "a:1", "b:1"}, mention: []string{`"random"`, "round-robin", "least-connections"}},
