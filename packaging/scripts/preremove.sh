@@ -12,10 +12,10 @@ remove | 0) ;;
 esac
 sockets="proxy-to-nginx.socket proxy-to-nginx-idle.socket proxy-to-nginx-ns.socket
 	proxy-to-nginx-reload.socket proxy-to-nginx-fdstore.socket proxy-to-nginx-fdstore-always.socket
-	dns-proxy.socket"
+	dns-proxy.socket seqpacket-proxy.socket"
 services="proxy-to-nginx.service proxy-to-nginx-idle.service proxy-to-nginx-ns.service
 	proxy-to-nginx-listen.service proxy-to-nginx-reload.service proxy-to-nginx-fdstore.service
-	proxy-to-nginx-fdstore-always.service dns-proxy.service"
+	proxy-to-nginx-fdstore-always.service dns-proxy.service seqpacket-proxy.service"
 if [ -d /run/systemd/system ]; then
 	# shellcheck disable=SC2086 # one word per unit
 	systemctl stop $sockets >/dev/null 2>&1 || true

@@ -592,6 +592,68 @@ scenario_dns() { # Examples 12 and 13: ListenStream=53 and ListenDatagram=53
 	check "no errors in the journal" no_errors dns-proxy.service
 }
 
+# seqpacket_backend: a sequential-packet echo service at
+# /run/seqpacket-app/app.sock, each message back as one, up to 16 MiB.
+seqpacket_backend() {
+	mkdir -p /run/seqpacket-app
+	# In a file: systemd-run cannot pass a program of several lines.
+	cat >/run/seqpacket-app/echo.pl <<'PERL'
+use Socket;
+socket(my $s, PF_UNIX, SOCK_SEQPACKET, 0) or die "socket: $!";
+unlink $ARGV[0]; bind($s, pack_sockaddr_un($ARGV[0])) or die "bind: $!";
+chmod 0666, $ARGV[0]; listen($s, 16) or die "listen: $!"; $SIG{CHLD} = "IGNORE";
+while (accept(my $c, $s)) {
+	next if fork;
+	setsockopt($c, SOL_SOCKET, SO_SNDBUF, 1 << 30);
+	while (1) { my $m; defined(recv($c, $m, 16 << 20, 0)) && length $m or exit; send($c, $m, 0) or exit; }
+}
+PERL
+	systemd-run --unit=spx-seq-backend perl /run/seqpacket-app/echo.pl /run/seqpacket-app/app.sock
+}
+
+# seqpacket_echo SIZE [RELOAD]: one connection to the proxy sends a
+# message of SIZE bytes and reads its echo, whole; with RELOAD, systemctl
+# reload runs between two such messages on the same connection.
+seqpacket_echo() {
+	perl -MSocket -e '
+		my ($size, $reload) = @ARGV;
+		socket(my $c, PF_UNIX, SOCK_SEQPACKET, 0) or die "socket: $!";
+		setsockopt($c, SOL_SOCKET, SO_SNDBUF, 1 << 30);
+		connect($c, pack_sockaddr_un("/run/seqpacket-proxy.sock")) or die "connect: $!";
+		for my $round (1 .. ($reload ? 2 : 1)) {
+			my $m = join "", map { chr(($_ * 7 + $round) & 255) } 1 .. 256;
+			$m = substr($m x ($size / 256 + 1), 0, $size);
+			send($c, $m, 0) or die "send: $!";
+			defined(recv($c, my $r, 16 << 20, 0)) or die "recv: $!";
+			$r eq $m or die sprintf("round %d: an echo of %d bytes, want %d", $round, length $r, $size);
+			next unless $reload && $round == 1;
+			# ExecReload=kill -HUP returns before the reload is done:
+			# the journal says when the next image resumed.
+			my $resumed = sub { scalar(() = `journalctl -q -b -u seqpacket-proxy -o cat` =~ /resumed connections/g) };
+			my $before = $resumed->();
+			system("systemctl reload seqpacket-proxy.service") == 0 or die "reload";
+			for (1 .. 100) { last if $resumed->() > $before; select(undef, undef, undef, 0.1); }
+			$resumed->() > $before or die "the reload did not resume";
+		}' "$@"
+}
+
+scenario_seqpacket() { # Examples 18 and 19: ListenSequentialPacket=, under the shipped hardening
+	local pid
+	seqpacket_backend
+	install_units seqpacket-proxy.socket seqpacket-proxy.service
+	systemctl daemon-reload
+	check "a sequential-packet echo service" wait_for 5 test -S /run/seqpacket-app/app.sock
+	check "systemctl enable --now seqpacket-proxy.socket" systemctl enable --now seqpacket-proxy.socket
+	check "a message of 1 MiB goes whole, though ProcSubset=pid hides net.core.wmem_max" seqpacket_echo 1048576
+	check "seqpacket-proxy.service is running, hardened" eval 'running seqpacket-proxy.service && hardened seqpacket-proxy.service'
+	pid=$(systemctl show -P MainPID seqpacket-proxy.service)
+	check "a systemctl reload between two messages of one connection: both echoed" seqpacket_echo 300000 reload
+	check "reloaded in place: same PID, the connection resumed" eval '
+		running seqpacket-proxy.service && [[ $(systemctl show -P MainPID seqpacket-proxy.service) == '"$pid"' ]] &&
+		(($(journal_count seqpacket-proxy "resumed connections connections=1") >= 1))'
+	check "no errors in the journal" no_errors seqpacket-proxy.service
+}
+
 # stub_queries N P: N queries for *.example.test to 127.0.0.1:53, P at a
 # time, each from a socket of its own (a new source port), asked once with
 # a 2 s wait: every one must be answered.
@@ -719,7 +781,7 @@ scenario_backends() { # Example 17: four app@ instances behind one socket-activa
 }
 
 case $scenario in
-simple | namespace | idle | notify | handoff | reload | fdstore | deb | dns | backends) "scenario_$scenario" ;;
+simple | namespace | idle | notify | handoff | reload | fdstore | deb | dns | backends | seqpacket) "scenario_$scenario" ;;
 fdstore-always) scenario_fdstore_always ;;
 fdstore-cost) scenario_fdstore_cost ;;
 *) fail setup "unknown scenario $scenario" ;;

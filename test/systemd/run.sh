@@ -7,7 +7,7 @@
 # script prints the results and fails if any check failed.
 #
 # Usage: test/systemd/run.sh [SCENARIO...]
-#   scenarios: simple namespace idle notify handoff reload fdstore fdstore-always dns backends deb
+#   scenarios: simple namespace idle notify handoff reload fdstore fdstore-always dns backends seqpacket deb
 #   (default: all; deb only when SOCKET_PROXYD_DEB is set); fdstore-cost (measures
 #   --fdstore=always, only when named). reload, fdstore and fdstore-always run the
 #   shipped proxy-to-nginx-SCENARIO units.
@@ -43,12 +43,12 @@ done
 [[ -x $bin ]] || die "$bin: no socket-proxyd binary (run make build, or set SOCKET_PROXYD_BIN)"
 
 if (($# == 0)); then
-	set -- simple namespace idle notify handoff reload fdstore fdstore-always dns backends
+	set -- simple namespace idle notify handoff reload fdstore fdstore-always dns backends seqpacket
 	if [[ -n $deb ]]; then set -- "$@" deb; else echo "systemd-test: SKIP deb (SOCKET_PROXYD_DEB not set)"; fi
 fi
 for s in "$@"; do
 	case $s in
-	simple | namespace | idle | notify | handoff | reload | fdstore | fdstore-always | dns | backends | fdstore-cost) ;;
+	simple | namespace | idle | notify | handoff | reload | fdstore | fdstore-always | dns | backends | seqpacket | fdstore-cost) ;;
 	deb) [[ -f $deb ]] || die "deb scenario: SOCKET_PROXYD_DEB=$deb is not a file (run make deb)" ;;
 	*) die "unknown scenario $s" ;;
 	esac
