@@ -376,7 +376,7 @@ func (h *harness) resetKinds() []string {
 // which the proxy had connected to.
 func (h *harness) refuseKinds() []string { return append(h.resetKinds(), eLimit, eDown) }
 
-var lossKinds = []string{eStop, eDown, eStall, eExhaust, eLimit, eTerm, kFlood}
+var lossKinds = []string{eStop, eDown, eStall, eStallHUP, eExhaust, eLimit, eTerm, kFlood}
 
 // traffic runs one operation and judges it.
 func (h *harness) traffic(o *op) {
@@ -685,6 +685,11 @@ func (h *harness) event(e *op) {
 	case eStall:
 		h.gate.hold(e.Hold)
 		time.Sleep(e.Hold)
+	case eStallHUP:
+		h.gate.hold(e.Hold)
+		time.Sleep(e.Hold / 2)
+		h.p.signal(syscall.SIGHUP)
+		time.Sleep(e.Hold - e.Hold/2)
 	case eExhaust:
 		h.exhaust(e)
 	case eLimit:
@@ -775,7 +780,7 @@ func (h *harness) restart(e *op) {
 		// an end by SIGTERM and those resets are what a reload just
 		// before allows, and nothing else.
 		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM &&
-			len(h.tl.during(sent.Add(-reloadWindow), sent, 0, eHUP, eHUPBurst)) > 0 {
+			len(h.tl.during(sent.Add(-reloadWindow), sent, 0, eHUP, eHUPBurst, eStallHUP)) > 0 {
 			h.rep.explained.Add(1)
 			h.tl.add(eTermMidReload, e.ID, sent, time.Now())
 		} else {

@@ -35,6 +35,10 @@ const (
 	eDown     = "backend-down"  // a backend stops listening, then comes back
 	eReset    = "backend-reset" // the stream backends reset some connections
 	eStall    = "backend-stall" // the backends stop reading and writing for a while
+	// eStallHUP is a backend-stall with a SIGHUP in its middle: messages
+	// and bytes the backends do not take wait in the proxy (a seqpacket
+	// message parked in memory among them) when the reload carries them.
+	eStallHUP = "stall-reload"
 	eExhaust  = "exhaust"       // the proxy's RLIMIT_NOFILE lowered to what it holds
 	eLimit    = "limit"         // -c connections held open for a while
 	eTerm     = "sigterm"       // SIGTERM, then start again (from the fd store when the run has --fdstore=on-stop)
@@ -52,7 +56,7 @@ const eTermMidReload = "sigterm-mid-reload"
 // way: the check's deadline (10s) and its wait delay, with a second spare.
 const reloadWindow = 12 * time.Second
 
-var eventKinds = []string{eHUP, eHUPBurst, eStop, eDown, eReset, eStall, eExhaust, eLimit, eTerm, eBroken, eHang, eTermMidReload}
+var eventKinds = []string{eHUP, eHUPBurst, eStop, eDown, eReset, eStall, eExhaust, eLimit, eTerm, eBroken, eHang, eStallHUP, eTermMidReload}
 
 // scheduledKinds are the events -events may ask for: not eTermMidReload,
 // which would excuse what it never caused.
@@ -64,7 +68,7 @@ const (
 	defaultRate      = 15
 	defaultEventRate = 0.5
 	defaultMix       = "tcp=6,unix=3,seqpacket=3,udp4=3,udp6=2,unixgram=2,flood=1"
-	defaultEvents    = "sighup=3,sighup-burst=2,sigstop=2,backend-down=1,backend-reset=2,backend-stall=1,exhaust=1,limit=1,sigterm=1,broken-reload=1,hung-reload=0"
+	defaultEvents    = "sighup=3,sighup-burst=2,sigstop=2,backend-down=1,backend-reset=2,backend-stall=1,exhaust=1,limit=1,sigterm=1,broken-reload=1,hung-reload=0,stall-reload=1"
 )
 
 // weights is a "kind=N,kind=N" flag value.
@@ -208,7 +212,7 @@ func schedule(seed uint64, d time.Duration, rate float64, eventRate float64, mix
 				e.Count, e.Gap = 2+r.IntN(7), time.Duration(r.IntN(30))*time.Millisecond
 			case eStop:
 				e.Hold = time.Duration(100+r.IntN(700)) * time.Millisecond
-			case eDown, eStall:
+			case eDown, eStall, eStallHUP:
 				e.Hold = time.Duration(200+r.IntN(1800)) * time.Millisecond
 			case eExhaust, eLimit:
 				e.Hold = time.Duration(300+r.IntN(1200)) * time.Millisecond

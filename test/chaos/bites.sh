@@ -33,6 +33,7 @@ cases=(
 	"empty-seqpacket|an empty seqpacket message ends it|2|-duration 8s -rate 15 -mix seqpacket=1 -events none"
 	"flow-flood|a flow flood locks streams out|5|-duration 10s -rate 5 -mix tcp=3,flood=1 -events none"
 	"unix-peer-gone|a unix peer that hangs up loses its answer's end|2|-duration 8s -rate 20 -mix unix=1,seqpacket=2 -events none"
+	"parked-message|a seqpacket message parked at a reload is lost|1|-duration 10s -rate 20 -mix seqpacket=1 -events stall-reload=1 -event-rate 2"
 )
 if (($# > 0)); then
 	chosen=()
