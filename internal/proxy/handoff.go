@@ -391,13 +391,22 @@ func (l *loop) adopt(rc *handoff.Conn, listener int, elapsed int64) error {
 	}
 	// From here on nothing fails: the descriptors are this image's.
 	for d, p := range pipes {
-		if p != nil && p.r >= 0 {
+		switch {
+		case p != nil && p.r >= 0:
 			l.pipes.open++
 			l.s.pipes.Add(1)
+		case p != nil && c.packets:
+			// A parked message: it counts against parkBudget here as it
+			// did in the image that parked it.
+			c.dir[d].flags |= parkedMsg
+			l.parked += p.n
 		}
 		c.dir[d].pipe = p
 	}
 	if err := l.register(c, 0, rc); err != nil {
+		for d := range c.dir {
+			l.unpark(&c.dir[d])
+		}
 		return err
 	}
 	l.track(rc.FD[0], c)
