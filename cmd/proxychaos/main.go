@@ -14,7 +14,7 @@
 //
 // The seed is printed first; every choice of the run follows from it, so
 // -seed replays the same schedule (the machine's timing differs). A
-// failure prints the seed, the schedule and what went wrong.
+// failure prints the seed, what went wrong, and the schedule.
 package main
 
 import (
@@ -50,12 +50,26 @@ func main() {
 	flag.StringVar(&cfg.bin, "bin", "", "socket-proxyd binary to test (default: go build ./cmd/socket-proxyd)")
 	flag.BoolVar(&cfg.verbose, "v", false, "print each event as it runs")
 	flag.StringVar(&cfg.proxyLog, "proxy-log", "", "keep the proxy's log in this file, at debug level (each connection's end and why)")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), `Usage: proxychaos [flags]
+
+Seeded chaos against socket-proxyd: random traffic of every kind it
+carries, mixed with events, each byte, datagram and message checked.
+Exit status 0: no failure; 1: failures (printed first, with the seed to
+replay), or a harness error (on standard error); 2: bad flags. How to
+read a failure: docs/RELIABILITY.md, "Chaos".
+
+`)
+		flag.PrintDefaults()
+	}
 	flag.Parse()
+	from := ""
 	if seed == 0 {
 		seed = time.Now().UnixNano() & (1<<53 - 1)
+		from = " (from the clock)"
 	}
 	cfg.seed = uint64(seed)
-	fmt.Printf("proxychaos: seed %d\n", seed)
+	fmt.Printf("proxychaos: seed %d%s\n", seed, from)
 	var err error
 	if cfg.mix, err = parseWeights(cfg.mixFlag, trafficKinds); err != nil {
 		fmt.Fprintf(os.Stderr, "proxychaos: -mix: %v\n", err)
