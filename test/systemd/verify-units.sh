@@ -65,6 +65,11 @@ mkdir -p "$preset/usr/lib/systemd/system" "$preset/usr/lib/systemd/system-preset
 cp "$top"/contrib/systemd/*.socket "$top"/contrib/systemd/*.service "$preset/usr/lib/systemd/system/"
 cp "$top/contrib/systemd/90-socket-proxyd.preset" "$preset/usr/lib/systemd/system-preset/"
 out=$(systemctl --root="$preset" preset-all 2>&1) || { echo "$out" >&2; echo "verify-units: systemctl preset-all failed" >&2; exit 1; }
+if grep -q "Couldn't parse" <<<"$out"; then
+	echo "$out" >&2
+	echo "verify-units: systemctl cannot parse a line of contrib/systemd/90-socket-proxyd.preset" >&2
+	exit 1
+fi
 enabled=$(cd "$preset/etc/systemd/system" && find . -type l | sed 's|^\./||')
 if [[ -n $enabled ]]; then
 	echo "$enabled" >&2
