@@ -601,3 +601,52 @@ func TestLargestMessageWithProcSysHidden(t *testing.T) {
 		t.Fatalf("no message reached the backend:\n%s", p.stderr.String())
 	}
 }
+
+// TestLargestMessageAfterAStartOutOfDescriptors: the largest message is
+// learnt at the start, not at the first message, which may come when the
+// process has no descriptor to spare for learning it: a first connection
+// out of descriptors, and every one after it, still carry messages of
+// 1 MiB.
+func TestLargestMessageAfterAStartOutOfDescriptors(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	seqBackend, seqPath := filepath.Join(dir, "seq-be"), filepath.Join(dir, "seq")
+	got, accepted := make(chan int, 2), make(chan struct{}, 2)
+	serve(t, listenSeqpacket(t, seqBackend), func(c net.Conn) {
+		accepted <- struct{}{}
+		buf := make([]byte, 16<<20)
+		n, _ := c.Read(buf)
+		got <- n
+	})
+	p := start(t, binary, launch{args: []string{"--listen-sequential-packet", seqPath, seqBackend}})
+	first := dialRetry(t, "unixpacket", seqPath, 10*time.Second).(*net.UnixConn)
+	<-accepted // the proxy holds both of its sockets
+	const size = 1 << 20
+	send := func(c *net.UnixConn) {
+		t.Helper()
+		if err := c.SetWriteBuffer(1 << 30); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case n := <-got:
+			if n != size {
+				t.Fatalf("the backend read a message of %d bytes, want %d:\n%s", n, size, p.stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no message reached the backend:\n%s", p.stderr.String())
+		}
+	}
+	// No room for a descriptor more.
+	limit := firstFreeDescriptor(t, p.cmd.Process.Pid)
+	lim := unix.Rlimit{Cur: uint64(limit), Max: 1024}
+	if err := unix.Prlimit(p.cmd.Process.Pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		t.Fatal(err)
+	}
+	send(first)
+	lim.Cur = 1024
+	unix.Prlimit(p.cmd.Process.Pid, unix.RLIMIT_NOFILE, &lim, nil)
+	send(dial(t, "unixpacket", seqPath).(*net.UnixConn))
+}

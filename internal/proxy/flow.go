@@ -136,8 +136,10 @@ type flowState struct {
 	// host name, sent once it is resolved (later ones are dropped).
 	held map[int32][]byte
 	// packet is the buffer sequential-packet connections read a message
-	// into (seqpacket.go), allocated at the first one.
-	packet []byte
+	// into (seqpacket.go), allocated at the first one, of packetSize
+	// bytes (packetSlot, learnt at the start).
+	packet     []byte
+	packetSize int
 	// segments packs runs of datagrams for UDP_SEGMENT (gso.go), unless
 	// the kernel said it cannot (noSegments).
 	segments   segments

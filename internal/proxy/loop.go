@@ -229,6 +229,11 @@ func newLoop(s *Server) (*loop, error) {
 		if ln.Kind == activation.Datagram {
 			l.setupDatagram(&l.listeners[len(l.listeners)-1])
 		}
+		if ln.Kind == activation.SequentialPacket && l.flows.packetSize == 0 {
+			// At the start, while descriptors are to be had: learning
+			// it takes one, and the first message may come when none is.
+			l.flows.packetSize = packetSlot()
+		}
 	}
 	l.setupHealth()
 	if s.cfg.ExitIdleTime > 0 {

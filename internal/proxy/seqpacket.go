@@ -22,9 +22,10 @@ import (
 // without CAP_NET_ADMIN can send. A unix socket sends a message of up to
 // its send buffer (less a few bytes), and such a sender can raise that to
 // twice net.core.wmem_max (the kernel doubles what it is asked for); the
-// default buffer, 256 KiB, at the least. The loop's one buffer of that
-// size is allocated at the first message and takes memory only as far as
-// messages fill it.
+// default buffer, 256 KiB, at the least. The loop learns it at its start
+// (a net.core.wmem_max raised later takes effect at the next reload); its
+// one buffer of that size is allocated at the first message and takes
+// memory only as far as messages fill it.
 func packetSlot() int {
 	return max(unixSlot, sendBufferMost())
 }
@@ -62,7 +63,10 @@ func (l *loop) pumpPackets(c *conn, d int) bool {
 	dir := &c.dir[d]
 	src, dst := int(c.fd[d]), int(c.fd[1-d])
 	if l.flows.packet == nil {
-		l.flows.packet = make([]byte, packetSlot())
+		if l.flows.packetSize == 0 {
+			l.flows.packetSize = packetSlot()
+		}
+		l.flows.packet = make([]byte, l.flows.packetSize)
 	}
 	buf := l.flows.packet
 	for {
