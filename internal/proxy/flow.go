@@ -136,8 +136,9 @@ type flowState struct {
 	// host name, sent once it is resolved (later ones are dropped).
 	held map[int32][]byte
 	// packet is the buffer sequential-packet connections read a message
-	// into (seqpacket.go), allocated at the first one, of packetSize
-	// bytes (packetSlot, learnt at the start).
+	// into (seqpacket.go), allocated at the first one; packetSize is the
+	// most a sender's buffer holds (sendBufferMost), learnt at the start,
+	// 0 until it could be.
 	packet     []byte
 	packetSize int
 	// segments packs runs of datagrams for UDP_SEGMENT (gso.go), unless

@@ -231,8 +231,9 @@ func newLoop(s *Server) (*loop, error) {
 		}
 		if ln.Kind == activation.SequentialPacket && l.flows.packetSize == 0 {
 			// At the start, while descriptors are to be had: learning
-			// it takes one, and the first message may come when none is.
-			l.flows.packetSize = packetSlot()
+			// it takes one, and the first message may come when none is
+			// (0 when none is now either: pumpPackets tries again).
+			l.flows.packetSize = sendBufferMost()
 		}
 	}
 	l.setupHealth()

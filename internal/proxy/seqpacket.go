@@ -62,11 +62,16 @@ var errMessageTooBig = unix.EMSGSIZE
 func (l *loop) pumpPackets(c *conn, d int) bool {
 	dir := &c.dir[d]
 	src, dst := int(c.fd[d]), int(c.fd[1-d])
-	if l.flows.packet == nil {
-		if l.flows.packetSize == 0 {
-			l.flows.packetSize = packetSlot()
+	if l.flows.packetSize == 0 {
+		// Not learnt yet: the start, or a reload, found no descriptor
+		// to learn it with. Until then the least, 256 KiB.
+		l.flows.packetSize = sendBufferMost()
+		if l.flows.packetSize > len(l.flows.packet) {
+			l.flows.packet = nil
 		}
-		l.flows.packet = make([]byte, l.flows.packetSize)
+	}
+	if l.flows.packet == nil {
+		l.flows.packet = make([]byte, max(unixSlot, l.flows.packetSize))
 	}
 	buf := l.flows.packet
 	for {

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -284,6 +285,38 @@ func TestLargestMessageGoesWhole(t *testing.T) {
 			sizes = append(sizes, len(m))
 		}
 		t.Fatalf("backend read messages of %v bytes, want %d and %d", sizes, len(want[0]), len(want[1]))
+	}
+}
+
+// TestLargestMessageLearntWhenItCanBe: a start (or a reload) that cannot
+// learn the largest message, for want of a descriptor, learns it at the
+// first message, before reading it, rather than keeping the least for good.
+func TestLargestMessageLearntWhenItCanBe(t *testing.T) {
+	real := sendBufferMost
+	var calls atomic.Int32
+	sendBufferMost = func() int {
+		if calls.Add(1) == 1 {
+			return 0 // the loop's start, out of descriptors
+		}
+		return real()
+	}
+	t.Cleanup(func() { sendBufferMost = real })
+	got := make(chan []string, 1)
+	_, path := startPackets(t, func(c net.Conn) { got <- readMessages(t, c) }, Config{})
+	c := dialPackets(t, path)
+	if err := c.SetWriteBuffer(4 * unixSlot); err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("x", 2*unixSlot)
+	if _, _, err := c.WriteMsgUnix([]byte(big), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	if msgs := recv(t, got, "the backend's messages"); len(msgs) != 1 || msgs[0] != big {
+		t.Fatalf("backend read %d messages, want one of %d bytes", len(msgs), len(big))
+	}
+	if calls.Load() < 2 {
+		t.Fatal("the loop did not ask for the largest message at its start")
 	}
 }
 
