@@ -576,3 +576,35 @@ func TestReloadPause(t *testing.T) {
 		mustEcho(t, conns[i], 100)
 	}
 }
+
+// TestReloadRemovesOnlyItsOwnSocketFile: at exit the proxy removes the
+// socket file it bound for --listen, and not another service's put at the
+// path since, even when a reload came in between: the image before passes
+// on which file it bound.
+func TestReloadRemovesOnlyItsOwnSocketFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(shortDir(t), "px.sock")
+	_, backend := echoTCP(t, "127.0.0.1:0")
+	p := start(t, binary, launch{args: []string{"--listen=" + path, backend}})
+	c := dialRetry(t, "unix", path, 10*time.Second)
+	mustEcho(t, c, 100)
+	c.Close()
+	// Another service takes the path.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	other, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.(*net.UnixListener).SetUnlinkOnClose(false)
+	defer other.Close()
+	reloadTo(t, p, 1)
+	p.signal(syscall.SIGTERM)
+	if code := p.waitExit(20 * time.Second); code != 0 {
+		t.Fatalf("exit status %d", code)
+	}
+	if st, err := os.Lstat(path); err != nil || st.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("the other service's socket file at %s is gone: %v", path, err)
+	}
+}

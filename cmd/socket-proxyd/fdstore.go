@@ -144,9 +144,9 @@ func (k *keeper) forget(name string) {
 // --fdstore=always, the kept connections found in the store, by name. A
 // store whose record cannot be read costs its connections (reset, and
 // logged), not the service.
-func takeOver(carried string, resuming bool, notifySocket string, log *slog.Logger) ([]activation.Listener, *handoff.Record, map[string][]int, error) {
+func takeOver(carried string, resuming bool, files map[string]activation.FileID, notifySocket string, log *slog.Logger) ([]activation.Listener, *handoff.Record, map[string][]int, error) {
 	if resuming {
-		rec, listeners, err := resume(carried)
+		rec, listeners, err := resume(carried, files)
 		return listeners, rec, nil, err
 	}
 	listeners, stored, err := activation.InheritedWithStored(handoff.IsStored, handoff.MaxFDs)
@@ -156,7 +156,7 @@ func takeOver(carried string, resuming bool, notifySocket string, log *slog.Logg
 	rec, kept, err := fromStore(notifySocket, stored)
 	var more []activation.Listener
 	if err == nil && rec != nil {
-		more, err = carriedListeners(rec, false)
+		more, err = carriedListeners(rec, false, nil)
 	}
 	if err != nil {
 		log.Error(err.Error())

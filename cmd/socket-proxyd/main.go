@@ -65,6 +65,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	os.Unsetenv(againVar)
 	reloads := carriedReloads(os.Getenv(reloadsVar), resuming)
 	os.Unsetenv(reloadsVar)
+	files := carriedFiles(os.Getenv(boundVar))
+	os.Unsetenv(boundVar)
 	notifySocket := os.Getenv("NOTIFY_SOCKET")
 	journal := logging.StreamIsJournal(os.Getenv("JOURNAL_STREAM"), stderr)
 	fail := func(err error) int {
@@ -128,7 +130,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if opts.fdstore != fdstoreNo && notifySocket == "" {
 		return fail(fmt.Errorf("--fdstore=%s needs systemd's fd store, and NOTIFY_SOCKET is not set: run it from a service with FileDescriptorStoreMax=, or drop --fdstore", opts.fdstore))
 	}
-	listeners, resumed, recovered, err := takeOver(carried, resuming, notifySocket, log)
+	listeners, resumed, recovered, err := takeOver(carried, resuming, files, notifySocket, log)
 	if err != nil {
 		return fail(err)
 	}
@@ -187,6 +189,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	reload := newReloader(selfExe(), os.Args, log, reloadAgain && resuming, hup, signals)
+	reload.bound = boundValue(listeners)
 	reload.counts = reloads
 	if resuming {
 		nameProcess(reload.exe)

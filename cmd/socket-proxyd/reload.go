@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -65,6 +66,43 @@ const checkWaitDelay = time.Second
 // when it is up. It is read once at start-up and unset.
 const againVar = "SOCKET_PROXYD_RELOAD_AGAIN"
 
+// boundVar, in the environment of the image a reload executes, names the
+// socket file at each path the proxy bound (its device and inode): the
+// next image removes that file at exit, not another put at the path since.
+// It is read once at start-up and unset.
+const boundVar = "SOCKET_PROXYD_BOUND_FILES"
+
+// boundValue is boundVar's value for listeners: DEV:INO:PATH-IN-HEX, comma
+// separated (a path may hold any byte but NUL).
+func boundValue(listeners []activation.Listener) string {
+	var entries []string
+	for _, l := range listeners {
+		if id, ok := l.BoundFile(); ok {
+			entries = append(entries, fmt.Sprintf("%d:%d:%x", id.Dev, id.Ino, l.Name))
+		}
+	}
+	return strings.Join(entries, ",")
+}
+
+// carriedFiles reads boundVar's value; what it cannot read it leaves out
+// (that path's file is then taken as found).
+func carriedFiles(v string) map[string]activation.FileID {
+	files := map[string]activation.FileID{}
+	for _, e := range strings.Split(v, ",") {
+		f := strings.SplitN(e, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		dev, err1 := strconv.ParseUint(f[0], 10, 64)
+		ino, err2 := strconv.ParseUint(f[1], 10, 64)
+		path, err3 := hex.DecodeString(f[2])
+		if err1 == nil && err2 == nil && err3 == nil {
+			files[string(path)] = activation.FileID{Dev: dev, Ino: ino}
+		}
+	}
+	return files
+}
+
 // checkMode answers the check before a reload: exit 0 and checkReply when
 // this build reads record version want and takes the command line.
 func checkMode(want string, args []string, stdout, stderr io.Writer) int {
@@ -110,6 +148,8 @@ type reloader struct {
 	log  *slog.Logger
 	// again says the image before asked for one more reload.
 	again bool
+	// bound is boundVar's value for this image's listeners.
+	bound string
 	// counts are the reloads done and failed, carried to the next image
 	// (reloadsVar); nil: not counted.
 	counts *metrics.Reloads
@@ -184,7 +224,7 @@ func (r *reloader) checkOnce(ctx context.Context, exe *os.File) (hup bool, err e
 	cmd := exec.CommandContext(ctx, "/proc/self/fd/3", append([]string{checkFlag + strconv.Itoa(handoff.Version)}, r.argv[1:]...)...)
 	cmd.Args[0] = r.exe
 	cmd.ExtraFiles = []*os.File{exe}
-	cmd.Env = withoutVars(os.Environ(), "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", handoff.EnvVar, againVar)
+	cmd.Env = withoutVars(os.Environ(), "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", handoff.EnvVar, againVar, boundVar)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = checkWaitDelay
@@ -280,6 +320,9 @@ func (r *reloader) exec(rec []byte, fds []int) error {
 		}
 		if r.counts != nil {
 			env = append(withoutVars(env, reloadsVar), reloadsVar+"="+reloadsValue(r.counts))
+		}
+		if r.bound != "" {
+			env = append(withoutVars(env, boundVar), boundVar+"="+r.bound)
 		}
 		r.mu.Lock()
 		exe := r.file
@@ -431,7 +474,7 @@ func (r *reloader) watch(alive context.Context) {
 // checked as a listening stream socket), and the record for the engine.
 // A record that cannot be read resets every descriptor that came with it:
 // nothing is forwarded that the record does not vouch for.
-func resume(value string) (*handoff.Record, []activation.Listener, error) {
+func resume(value string, files map[string]activation.FileID) (*handoff.Record, []activation.Listener, error) {
 	b, resolve, err := handoff.Inherited(value)
 	var rec *handoff.Record
 	var unused []int
@@ -444,7 +487,7 @@ func resume(value string) (*handoff.Record, []activation.Listener, error) {
 	}
 	handoff.Reset(unused)
 	handoff.CloseOnExec()
-	listeners, err := carriedListeners(rec, true)
+	listeners, err := carriedListeners(rec, true, files)
 	if err != nil {
 		for _, c := range rec.Conns {
 			handoff.Reset([]int{c.FD[0], c.FD[1], c.Dir[0].Pipe[0], c.Dir[0].Pipe[1], c.Dir[1].Pipe[0], c.Dir[1].Pipe[1]})
@@ -457,14 +500,14 @@ func resume(value string) (*handoff.Record, []activation.Listener, error) {
 // carriedListeners adopts the listeners a record carried. One a socket
 // unit passed is not in the fd store (systemd passes it again, by name):
 // all says every listener must have come.
-func carriedListeners(rec *handoff.Record, all bool) ([]activation.Listener, error) {
+func carriedListeners(rec *handoff.Record, all bool, files map[string]activation.FileID) ([]activation.Listener, error) {
 	var listeners []activation.Listener
 	for _, l := range rec.Listeners {
 		var ln activation.Listener
 		var err error
 		switch {
 		case l.FD >= 0:
-			ln, err = activation.FromFD(l.FD, l.Name, l.Bound)
+			ln, err = activation.FromFD(l.FD, l.Name, l.Bound, files[l.Name])
 		case l.Bound:
 			ln, err = activation.Listen(l.Name)
 		case all:

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socket-proxyd/socket-proxyd/internal/activation"
 	"github.com/socket-proxyd/socket-proxyd/internal/handoff"
 )
 
@@ -87,5 +89,17 @@ func TestCheckAgainAfterASIGHUP(t *testing.T) {
 	}
 	if _, err := os.Stat(mark); err != nil {
 		t.Fatalf("the first run was not signalled: %v", err)
+	}
+}
+
+// TestCarriedFilesReadWhatAnyPathBecomes: the socket files a reload passes
+// on come back by path, whatever bytes the path holds, and a damaged entry
+// is left out rather than misread.
+func TestCarriedFilesReadWhatAnyPathBecomes(t *testing.T) {
+	path := "/run/a,b:c d\n\x01.sock"
+	v := fmt.Sprintf("1:2:%x,garbage,3:x:%x", path, "/other")
+	got := carriedFiles(v)
+	if len(got) != 1 || got[path] != (activation.FileID{Dev: 1, Ino: 2}) {
+		t.Fatalf("carriedFiles(%q) = %v", v, got)
 	}
 }

@@ -232,9 +232,10 @@ func unwrap(err error) error {
 
 // FromFD adopts a listening socket carried over a reload under its name;
 // bound says it was bound for --listen (a unix path is then the proxy's to
-// unlink on the way out, as after Listen). The descriptor is checked like an
-// inherited one, and closed: the listener holds a duplicate.
-func FromFD(fd int, name string, bound bool) (Listener, error) {
+// unlink on the way out, as after Listen: the file file names, the image
+// before said, or whatever is there when it did not say). The descriptor is
+// checked like an inherited one, and closed: the listener holds a duplicate.
+func FromFD(fd int, name string, bound bool, file FileID) (Listener, error) {
 	where := fmt.Sprintf("carried fd %d (%q)", fd, name)
 	kind, err := checkFD(fd, where)
 	if err != nil {
@@ -247,7 +248,7 @@ func FromFD(fd int, name string, bound bool) (Listener, error) {
 		return Listener{}, fmt.Errorf("%s: %v", where, err)
 	}
 	if bound && strings.HasPrefix(name, "/") {
-		ln = adoptPath(ln, name)
+		ln = adoptPath(ln, name, file)
 	}
 	if bound {
 		fd = -1

@@ -30,6 +30,29 @@ type boundFile struct {
 	dev, ino uint64
 }
 
+// FileID is the device and inode of the socket file a listener bound: at
+// its path, that file and no other is the proxy's to remove.
+type FileID struct{ Dev, Ino uint64 }
+
+// BoundFile is the socket file l bound at its path (with --listen and the
+// like, or carried over a reload as such), and whether it has one it will
+// remove: what a reload passes on, so that the next image removes that
+// file and not one put at the path since.
+func (l Listener) BoundFile() (FileID, bool) {
+	var id FileID
+	switch u := l.Listener.(type) {
+	case *unixListener:
+		if u.file.dir >= 0 {
+			id = FileID{u.file.dev, u.file.ino}
+		}
+	case *packetListener:
+		if u.unlink != nil {
+			id = u.file
+		}
+	}
+	return id, id.Ino != 0
+}
+
 // unixListener removes its own socket file when closed, and only that.
 type unixListener struct {
 	*net.UnixListener
@@ -221,7 +244,7 @@ func listenUnixPathOf(p string, mode os.FileMode, typ int) (Listener, error) {
 			file.remove()
 			return Listener{}, fmt.Errorf("cannot listen on %q: %v", p, err)
 		}
-		pl := &packetListener{PacketConn: pc, addr: &net.UnixAddr{Name: clean, Net: "unixgram"}}
+		pl := &packetListener{PacketConn: pc, addr: &net.UnixAddr{Name: clean, Net: "unixgram"}, file: FileID{file.dev, file.ino}}
 		var once sync.Once
 		pl.unlink = func() { once.Do(file.remove) }
 		return Listener{Listener: pl, Name: p, FD: -1, Kind: Datagram}, nil
@@ -301,17 +324,19 @@ func checkDirectory(dir int, given string) error {
 
 // adoptedFile is the socket file of a --listen or --listen-datagram unix
 // socket carried over a reload, for its listener to remove on the way out,
-// as it would have in the image that bound it. The file's identity is
-// noted now (the one the socket was bound at, unless it was replaced during
-// the reload), and the directory held open from here. network is the
-// socket's own: unix, unixpacket or unixgram.
-func adoptedFile(p, network string) (boundFile, *net.UnixAddr) {
+// as it would have in the image that bound it: the file at the path, if it
+// is the one that image bound (want, which it passed on; unknown when zero,
+// from an image that did not), not another's put there since. The
+// directory is held open from here. network is the socket's own: unix,
+// unixpacket or unixgram.
+func adoptedFile(p, network string, want FileID) (boundFile, *net.UnixAddr) {
 	clean := filepath.Clean(p)
 	dirName, name := filepath.Split(clean)
 	file := boundFile{dir: -1, name: name}
 	if dir, err := unix.Open(dirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
 		var st unix.Stat_t
-		if unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+		if unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK &&
+			(want == FileID{} || want == FileID{st.Dev, st.Ino}) {
 			file.dir, file.dev, file.ino = dir, st.Dev, st.Ino
 		} else {
 			unix.Close(dir)
@@ -321,17 +346,17 @@ func adoptedFile(p, network string) (boundFile, *net.UnixAddr) {
 }
 
 // adoptPath gives a carried listener of a bound unix path the removal of its
-// file at close.
-func adoptPath(ln net.Listener, p string) net.Listener {
+// file at close, if the file there is still the one want names.
+func adoptPath(ln net.Listener, p string, want FileID) net.Listener {
 	switch l := ln.(type) {
 	case *net.UnixListener:
 		l.SetUnlinkOnClose(false)
-		file, addr := adoptedFile(p, l.Addr().Network()) // unix or unixpacket
+		file, addr := adoptedFile(p, l.Addr().Network(), want) // unix or unixpacket
 		return &unixListener{UnixListener: l, file: file, addr: addr}
 	case *packetListener:
-		file, addr := adoptedFile(p, "unixgram")
+		file, addr := adoptedFile(p, "unixgram", want)
 		var once sync.Once
-		l.unlink, l.addr = func() { once.Do(file.remove) }, addr
+		l.unlink, l.addr, l.file = func() { once.Do(file.remove) }, addr, FileID{file.dev, file.ino}
 	}
 	return ln
 }

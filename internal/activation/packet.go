@@ -59,6 +59,8 @@ type packetListener struct {
 	unlink func()
 	// addr is the path as given, for a socket bound through /proc.
 	addr net.Addr
+	// file is the socket file unlink removes.
+	file FileID
 }
 
 var errNoAccept = errors.New("a datagram socket accepts no connections")
